@@ -1,0 +1,2 @@
+//! Guest devices for the faultline VMM.
+#![deny(missing_docs)]

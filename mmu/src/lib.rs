@@ -1,0 +1,3 @@
+//! faultline's secondary-MMU emulation (pure Rust, no KVM, no I/O).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! faultline's VMM.
+#![deny(missing_docs)]
