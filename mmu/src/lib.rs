@@ -5,4 +5,5 @@
 pub mod gup;
 pub mod host;
 pub mod notifier;
+pub mod secondary;
 pub mod types;

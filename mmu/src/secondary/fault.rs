@@ -1,0 +1,790 @@
+//! The TDP fault path: from a guest access to an installed SPTE.
+//!
+//! Models `kvm_tdp_page_fault()` → `kvm_tdp_mmu_page_fault()` (arch/x86/kvm/mmu/mmu.c):
+//! `fast_page_fault()`, `kvm_faultin_pfn()` (snapshot of `mmu_invalidate_seq`, pre-check,
+//! `__kvm_faultin_pfn()`, post-check), `is_page_fault_stale()`, `kvm_tdp_mmu_map()` and the
+//! release of the page reference (6.12 `kvm_release_pfn_clean()` after unlock; 6.13+
+//! `kvm_release_faultin_page()` under `mmu_lock`). gfn → hva → pfn follows
+//! `__gfn_to_pfn_memslot()` / `hva_to_pfn()` (virt/kvm/kvm_main.c) on [`crate::gup`].
+//!
+//! The fault is a sequence of steps ([`Kvm::fault_snapshot`], [`Kvm::fault_precheck`],
+//! [`Kvm::fault_gup`], [`Kvm::fault_stale_check`], [`Kvm::fault_install`],
+//! [`Kvm::fault_finish`]) so that [`crate::explore`] can interleave invalidations between
+//! them; [`Kvm::page_fault`] runs them back to back.
+//!
+//! # Divergence
+//! No private memory, no APIC-access page, no write tracking (so no unsync and no
+//! `RET_PF_WRITE_PROTECTED` from `make_spte()`), no NX huge pages. Async page faults
+//! complete at once: the work's `get_user_pages_remote(FOLL_WRITE)` runs when the fault is
+//! queued and the vCPU then faults again. Dirty/accessed state is moved to the folio when
+//! the reference is released, not when the SPTE is zapped.
+
+use super::level;
+use super::spte::{bits, level_num, MapOutcome, Spte};
+use super::Kvm;
+use crate::gup::{self, FollFlags, GupError, GupPath, PageRef};
+use crate::host::{FaultFlags, HostFault, Mm, VmFlags};
+use crate::notifier::NotifierRange;
+use crate::types::{Gfn, Gpa, Hva, KernelVersion, Level, Pfn};
+use serde::{Deserialize, Serialize};
+
+/// A guest access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// A load.
+    Read,
+    /// A store.
+    Write,
+    /// An instruction fetch.
+    Exec,
+}
+
+/// The outcome of one guest access or fault (`RET_PF_*`, plus "hit").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PfResult {
+    /// The SPTE already allowed the access: no fault.
+    Hit,
+    /// `RET_PF_FIXED`.
+    Fixed,
+    /// `RET_PF_SPURIOUS`.
+    Spurious,
+    /// `RET_PF_RETRY`.
+    Retry,
+    /// `RET_PF_EMULATE` (not MMIO).
+    Emulate,
+    /// -EFAULT out of `KVM_RUN`.
+    Efault,
+    /// MMIO: no memslot (an MMIO SPTE was installed or hit).
+    Mmio,
+    /// `RET_PF_WRITE_PROTECTED`.
+    WriteProtected,
+}
+
+/// `kvm_pfn_t` error values (`KVM_PFN_ERR_*`, `KVM_PFN_NOSLOT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PfnError {
+    /// `KVM_PFN_ERR_FAULT`.
+    Fault,
+    /// `KVM_PFN_ERR_HWPOISON`.
+    Hwpoison,
+    /// `KVM_PFN_ERR_RO_FAULT`.
+    RoFault,
+    /// `KVM_PFN_ERR_SIGPENDING`.
+    SigPending,
+    /// `KVM_PFN_NOSLOT`.
+    NoSlot,
+    /// `KVM_PFN_ERR_NEEDS_IO` [6.13+] / `*async = true` (6.12).
+    NeedsIo,
+}
+
+/// What the GUP-like path did for one fault.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GupTrace {
+    /// Path that produced the pfn ("fast", "slow", "remapped"), or none.
+    pub path: GupPath,
+    /// FOLL flags of the call that produced the pfn (slow/fast), as names.
+    pub flags: Vec<&'static str>,
+    /// Every GUP-like call made, in order: (path, flags, success).
+    #[serde(skip)]
+    pub calls: Vec<(GupPath, FollFlags, bool)>,
+}
+
+/// One in-flight fault (`struct kvm_page_fault`).
+#[derive(Debug)]
+pub struct PageFault {
+    /// Faulting address.
+    pub gpa: Gpa,
+    /// `fault->gfn`.
+    pub gfn: Gfn,
+    /// `fault->write`.
+    pub write: bool,
+    /// `fault->exec`.
+    pub exec: bool,
+    /// `fault->present` (the SPTE was hardware-present).
+    pub present: bool,
+    /// `fault->prefetch`.
+    pub prefetch: bool,
+    /// `fault->max_level`.
+    pub max_level: Level,
+    /// `fault->goal_level`.
+    pub goal_level: Level,
+    /// Memslot id (`fault->slot`), None for noslot.
+    pub slot: Option<u16>,
+    /// `fault->mmu_seq`.
+    pub mmu_seq: u64,
+    /// `fault->pfn`.
+    pub pfn: Result<Pfn, PfnError>,
+    /// `fault->hva`.
+    pub hva: Option<Hva>,
+    /// `fault->map_writable`.
+    pub map_writable: bool,
+    /// The reference to drop once done (GUP page; 6.12 refcounted remapped page).
+    pub page: Option<PageRef>,
+    /// GUP report.
+    pub gup: GupTrace,
+    /// Host fault handlers run on behalf of this fault.
+    pub host_faults: Vec<HostFault>,
+}
+
+/// Result of one step: go on, or the fault is over with this result.
+pub type Step = Result<(), PfResult>;
+
+/// What one guest access did (scenario step record).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AccessReport {
+    /// Final outcome.
+    pub result: PfResult,
+    /// `RET_PF_RETRY` rounds.
+    pub retries: u32,
+    /// GUP of the last fault taken.
+    pub gup: Option<GupTrace>,
+    /// Host fault handlers that ran (GUP, fixup and emulation), in order.
+    pub host_faults: Vec<HostFault>,
+    /// Async page faults queued.
+    pub async_pf: u32,
+}
+
+/// Bound on the rounds one access may take before the model reports a livelock.
+pub const MAX_ROUNDS: u32 = 16;
+
+impl PageFault {
+    fn new(gpa: Gpa, access: Access, present: bool) -> Self {
+        PageFault {
+            gpa,
+            gfn: gpa.gfn(),
+            write: access == Access::Write,
+            exec: access == Access::Exec,
+            present,
+            prefetch: false,
+            max_level: Level::Pud1G,
+            goal_level: Level::Pte4K,
+            slot: None,
+            mmu_seq: 0,
+            pfn: Err(PfnError::Fault),
+            hva: None,
+            map_writable: false,
+            page: None,
+            gup: GupTrace::default(),
+            host_faults: Vec::new(),
+        }
+    }
+
+    /// `is_access_allowed()`.
+    fn allows(&self, s: Spte) -> bool {
+        allows(s, self.write)
+    }
+}
+
+fn allows(s: Spte, write: bool) -> bool {
+    s.is_present() && !s.is_access_tracked() && (!write || s.is_writable())
+}
+
+impl Kvm {
+    /// Runs one guest access to completion, as a vCPU would: "hit" when the SPTE allows
+    /// it; otherwise faults (`kvm_mmu_page_fault()`), re-entering the guest after
+    /// `RET_PF_RETRY` / `RET_PF_FIXED` until the access completes, is emulated (through
+    /// the host mapping, like the emulator's `copy_to/from_user`) or fails.
+    pub fn guest_access(&mut self, mm: &mut Mm, gpa: Gpa, access: Access) -> AccessReport {
+        let write = access == Access::Write;
+        let mut rep = AccessReport {
+            result: PfResult::Hit,
+            retries: 0,
+            gup: None,
+            host_faults: Vec::new(),
+            async_pf: 0,
+        };
+        let mut faulted = false;
+        for _ in 0..MAX_ROUNDS {
+            let spte = self.tdp.lookup(gpa.gfn());
+            match spte {
+                Some((s, _)) if s.is_mmio() => {
+                    // EPT misconfig → handle_mmio_page_fault() → emulate the MMIO access.
+                    self.stats.faults.mmio += 1;
+                    rep.result = PfResult::Mmio;
+                    return rep;
+                }
+                Some((s, l)) if allows(s, write) => {
+                    // The CPU sets A (and D on a write) itself.
+                    let mut n = s.with(bits::ACCESSED);
+                    if write {
+                        n = n.with(bits::DIRTY);
+                    }
+                    if n != s {
+                        self.tdp.update_leaf(gpa.gfn(), l, n);
+                    }
+                    if !faulted {
+                        rep.result = PfResult::Hit;
+                    }
+                    return rep;
+                }
+                _ => {}
+            }
+            let present = spte.is_some_and(|(s, _)| s.is_present() && !s.is_access_tracked());
+            faulted = true;
+            let (r, f) = self.page_fault(mm, gpa, access, present);
+            if let Some(f) = f {
+                rep.host_faults.extend(f.host_faults.iter().copied());
+                if f.gup.path != GupPath::None || !f.gup.calls.is_empty() {
+                    rep.gup = Some(f.gup);
+                }
+            }
+            rep.result = r;
+            match r {
+                PfResult::Retry => {
+                    rep.retries += 1;
+                    self.stats.retries += 1;
+                }
+                PfResult::Fixed | PfResult::Spurious => {}
+                PfResult::Emulate => {
+                    self.emulate_access(mm, gpa, write, &mut rep);
+                    return rep;
+                }
+                PfResult::Efault | PfResult::Mmio | PfResult::WriteProtected | PfResult::Hit => {
+                    return rep;
+                }
+            }
+            if r == PfResult::Retry && self.take_async_pf_event() {
+                rep.async_pf += 1;
+            }
+        }
+        rep
+    }
+
+    /// The emulator's access through the host mapping (`kvm_read_guest()` /
+    /// `kvm_write_guest()` → `copy_from/to_user()`), host faults included. A write to a
+    /// read-only memslot is an MMIO exit to userspace instead.
+    fn emulate_access(&mut self, mm: &mut Mm, gpa: Gpa, write: bool, rep: &mut AccessReport) {
+        let Some(slot) = self.slots.find(gpa.gfn()) else {
+            return;
+        };
+        if write && slot.flags.readonly {
+            return;
+        }
+        let hva = slot.gfn_to_hva(gpa.gfn()).add(gpa.0 & 0xfff);
+        match mm.user_access(hva, write, self) {
+            Ok(op) => rep.host_faults.extend(op.host_faults),
+            Err(crate::host::AccessError::Fault { faults, .. }) => {
+                for f in faults {
+                    rep.host_faults.extend(f.handlers);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// One fault, all steps back to back (`kvm_mmu_do_page_fault()` →
+    /// `kvm_tdp_page_fault()`). Returns the result and the fault (None when it ended in
+    /// `fast_page_fault()` or before any state was built).
+    pub fn page_fault(
+        &mut self,
+        mm: &mut Mm,
+        gpa: Gpa,
+        access: Access,
+        present: bool,
+    ) -> (PfResult, Option<PageFault>) {
+        let mut f = match self.fault_snapshot(gpa, access, present) {
+            Ok(f) => f,
+            Err(r) => return (self.count(r), None),
+        };
+        let r = self
+            .fault_precheck(&mut f, mm)
+            .and_then(|()| self.fault_gup(&mut f, mm))
+            .and_then(|()| self.fault_stale_check(&f))
+            .map(|()| self.fault_install(&mut f, mm));
+        let r = r.unwrap_or_else(|e| e);
+        self.fault_finish(&mut f, mm, r);
+        (self.count(r), Some(f))
+    }
+
+    fn count(&mut self, r: PfResult) -> PfResult {
+        let c = &mut self.stats.faults;
+        match r {
+            PfResult::Hit => {}
+            PfResult::Fixed => c.fixed += 1,
+            PfResult::Spurious => c.spurious += 1,
+            PfResult::Retry => c.retry += 1,
+            PfResult::Emulate => c.emulate += 1,
+            PfResult::Efault => c.efault += 1,
+            PfResult::Mmio => c.mmio += 1,
+            PfResult::WriteProtected => c.write_protected += 1,
+        }
+        r
+    }
+
+    /// Step 1: `fast_page_fault()`, then `kvm_faultin_pfn()` up to and including the
+    /// snapshot of `mmu_invalidate_seq` and the memslot checks.
+    pub fn fault_snapshot(
+        &mut self,
+        gpa: Gpa,
+        access: Access,
+        present: bool,
+    ) -> Result<PageFault, PfResult> {
+        let mut f = PageFault::new(gpa, access, present);
+        if let Some(r) = self.fast_page_fault(&f) {
+            return Err(r);
+        }
+        f.mmu_seq = self.inval.seq;
+        match self.slots.find(f.gfn) {
+            None => {
+                // kvm_handle_noslot_fault()
+                if !self.config.mmio_caching {
+                    return Err(PfResult::Mmio);
+                }
+                f.pfn = Err(PfnError::NoSlot);
+                f.map_writable = false;
+            }
+            Some(s) if s.invalid => return Err(PfResult::Retry),
+            Some(s) => f.slot = Some(s.id),
+        }
+        Ok(f)
+    }
+
+    /// Step 2: the lockless pre-check `mmu_invalidate_retry_gfn_unsafe()`, before GUP.
+    pub fn fault_precheck(&mut self, f: &mut PageFault, _mm: &mut Mm) -> Step {
+        if f.slot.is_some() && self.inval.retry_gfn_unsafe(f.mmu_seq, f.gfn) {
+            return Err(PfResult::Retry);
+        }
+        Ok(())
+    }
+
+    /// Step 3: `__kvm_faultin_pfn()` (NOWAIT pass, async PF or blocking pass), error pfns
+    /// (`kvm_handle_error_pfn()`), then the post-check.
+    pub fn fault_gup(&mut self, f: &mut PageFault, mm: &mut Mm) -> Step {
+        let Some(slot_id) = f.slot else {
+            return Ok(()); // noslot: nothing to resolve
+        };
+        let mut needs_io = false;
+        self.gfn_to_pfn(f, mm, slot_id, true, false, &mut needs_io);
+        if needs_io {
+            if !f.prefetch && self.config.async_pf {
+                // kvm_arch_setup_async_pf(): the work runs get_user_pages_remote(FOLL_WRITE)
+                // and the vCPU re-enters the guest.
+                self.async_pf_work(f, mm);
+                return Err(PfResult::Retry);
+            }
+            self.gfn_to_pfn(f, mm, slot_id, false, true, &mut needs_io);
+        }
+        match f.pfn {
+            Ok(_) => {}
+            Err(PfnError::NoSlot) => {}
+            Err(PfnError::RoFault) => return Err(PfResult::Emulate),
+            Err(PfnError::Hwpoison) => return Err(PfResult::Retry),
+            Err(PfnError::SigPending) | Err(PfnError::Fault) | Err(PfnError::NeedsIo) => {
+                return Err(PfResult::Efault)
+            }
+        }
+        if self.config.stale_check && self.inval.retry_gfn_unsafe(f.mmu_seq, f.gfn) {
+            return Err(PfResult::Retry);
+        }
+        Ok(())
+    }
+
+    /// Step 5 (under `mmu_lock`): `is_page_fault_stale()`; no notifier check for MMIO.
+    pub fn fault_stale_check(&self, f: &PageFault) -> Step {
+        if self.config.stale_check && f.slot.is_some() && self.inval.retry_gfn(f.mmu_seq, f.gfn) {
+            return Err(PfResult::Retry);
+        }
+        Ok(())
+    }
+
+    /// Step 6 (under `mmu_lock`): `kvm_mmu_hugepage_adjust()` then `kvm_tdp_mmu_map()`.
+    pub fn fault_install(&mut self, f: &mut PageFault, mm: &mut Mm) -> PfResult {
+        self.hugepage_adjust(f, mm);
+        let goal = level_num(f.goal_level);
+        let Some(slot_id) = f.slot else {
+            // make_mmio_spte()
+            let out = self.tdp.map(
+                f.gfn.align_down(f.goal_level),
+                goal,
+                Spte::mmio(f.gfn),
+                &mut |_| {},
+            );
+            return match out {
+                MapOutcome::Spurious => PfResult::Spurious,
+                MapOutcome::Installed { .. } => PfResult::Mmio,
+            };
+        };
+        let Ok(pfn) = f.pfn else {
+            return PfResult::Efault;
+        };
+        let old = self.tdp.lookup(f.gfn);
+        let new = self.make_spte(f, pfn, goal, old);
+        let trace = &mut self.trace;
+        let mut removed = 0u64;
+        let out = self.tdp.map(f.gfn, goal, new, &mut |c| {
+            removed += 1;
+            Kvm::record_zap(trace, c);
+        });
+        match out {
+            MapOutcome::Spurious => PfResult::Spurious,
+            MapOutcome::Installed {
+                replaced_table,
+                splits,
+                ..
+            } => {
+                self.stats.splits += u64::from(splits);
+                if replaced_table {
+                    // kvm_flush_remote_tlbs_gfn()
+                    self.stats.zaps += removed;
+                    self.flush_remote_tlbs();
+                }
+                if new.is_writable() {
+                    if let Some(s) = self.slots.by_id_mut(slot_id) {
+                        if s.dirty_logging() {
+                            s.mark_dirty(f.gfn);
+                        }
+                    }
+                }
+                PfResult::Fixed
+            }
+        }
+    }
+
+    /// Releases the page reference: 6.12 `kvm_release_pfn_clean()` (mark accessed, put);
+    /// 6.13+ `kvm_release_faultin_page()` (retry: put only; map_writable: dirty, accessed,
+    /// put; else accessed, put).
+    pub fn fault_finish(&mut self, f: &mut PageFault, mm: &mut Mm, r: PfResult) {
+        let Some(page) = f.page.take() else {
+            return;
+        };
+        if self.config.kernel >= KernelVersion::V6_13 {
+            if r != PfResult::Retry {
+                if f.map_writable {
+                    gup::set_page_dirty(mm, &page);
+                }
+                gup::mark_page_accessed(mm, &page);
+            }
+        } else {
+            gup::mark_page_accessed(mm, &page);
+        }
+        gup::put_page(mm, page);
+    }
+
+    /// `make_spte()` for a TDP leaf with `ACC_ALL`.
+    fn make_spte(&self, f: &PageFault, pfn: Pfn, goal: u8, old: Option<(Spte, u8)>) -> Spte {
+        let mut s = bits::PRESENT;
+        if !f.prefetch {
+            s |= bits::ACCESSED;
+        }
+        if goal > 1 {
+            s |= bits::HUGE;
+        }
+        if f.map_writable {
+            s |= bits::HOST_WRITABLE | bits::WRITABLE | bits::MMU_WRITABLE;
+            let old_writable_leaf = matches!(old, Some((o, l)) if l == goal && o.is_writable());
+            if !old_writable_leaf {
+                s |= bits::DIRTY;
+            }
+        }
+        let mut spte = Spte::leaf(pfn, s);
+        if f.prefetch && !self.config.ad_enabled {
+            spte = spte.with(bits::ACCESS_TRACKED);
+        }
+        spte
+    }
+
+    /// `kvm_mmu_hugepage_adjust()`.
+    fn hugepage_adjust(&mut self, f: &mut PageFault, mm: &Mm) {
+        f.goal_level = Level::Pte4K;
+        let Some(slot) = f.slot.and_then(|id| self.slots.by_id(id)) else {
+            return;
+        };
+        let Ok(pfn) = f.pfn else { return };
+        if f.max_level == Level::Pte4K || slot.dirty_logging() {
+            return;
+        }
+        let req = level::max_mapping_level(
+            mm,
+            slot,
+            f.gfn,
+            f.max_level,
+            self.config.max_huge_page_level,
+        );
+        if req == Level::Pte4K {
+            return;
+        }
+        f.goal_level = req;
+        f.pfn = Ok(pfn.align_down(req));
+    }
+
+    /// `fast_page_fault()`: fix a present SPTE in place (write to an MMU-writable SPTE,
+    /// access-tracked SPTE) without GUP. None is `RET_PF_INVALID`.
+    fn fast_page_fault(&mut self, f: &PageFault) -> Option<PfResult> {
+        // page_fault_can_be_fast()
+        let can = if !f.present {
+            !self.config.ad_enabled
+        } else {
+            f.write
+        };
+        if !can {
+            return None;
+        }
+        let (spte, level) = self.tdp.lookup(f.gfn)?;
+        if !spte.is_present() {
+            return None;
+        }
+        if f.allows(spte) {
+            self.stats.faults.fast += 1;
+            return Some(PfResult::Spurious);
+        }
+        let mut new = spte;
+        if !self.config.ad_enabled && spte.is_access_tracked() {
+            new = new.without(bits::ACCESS_TRACKED);
+        }
+        let slot = self.slots.find(f.gfn);
+        if f.write && spte.is_mmu_writable() {
+            new = new.with(bits::WRITABLE);
+            if level > 1 && slot.is_some_and(|s| s.dirty_logging()) {
+                return None;
+            }
+        }
+        if new == spte || !f.allows(new) {
+            return None;
+        }
+        if new.is_writable() && !spte.is_writable() {
+            // fast_pf_fix_direct_spte(): mark_page_dirty_in_slot()
+            if let Some(s) = self.slots.find_mut(f.gfn) {
+                s.mark_dirty(f.gfn);
+            }
+            new = new.with(bits::DIRTY);
+        }
+        self.tdp
+            .update_leaf(f.gfn.align_down(super::spte::level_of(level)), level, new);
+        self.stats.faults.fast += 1;
+        Some(PfResult::Fixed)
+    }
+
+    /// `__gfn_to_pfn_memslot()` → `hva_to_pfn()`: `nowait` is the first (async) pass,
+    /// `interruptible` the blocking one. Sets `f.pfn`, `f.map_writable`, `f.page`.
+    fn gfn_to_pfn(
+        &mut self,
+        f: &mut PageFault,
+        mm: &mut Mm,
+        slot_id: u16,
+        nowait: bool,
+        interruptible: bool,
+        needs_io: &mut bool,
+    ) {
+        *needs_io = false;
+        let Some(slot) = self.slots.by_id(slot_id) else {
+            f.pfn = Err(PfnError::NoSlot);
+            return;
+        };
+        // __gfn_to_hva_many()
+        if slot.flags.readonly && f.write {
+            f.pfn = Err(PfnError::RoFault);
+            return;
+        }
+        let readonly = slot.flags.readonly;
+        let hva = slot.gfn_to_hva(f.gfn);
+        f.hva = Some(hva);
+        // RO slot: writable == NULL, never mapped writable.
+        let want_writable = !readonly;
+        f.map_writable = false;
+        self.hva_to_pfn(f, mm, hva, nowait, interruptible, want_writable, needs_io);
+    }
+
+    /// `hva_to_pfn()` (virt/kvm/kvm_main.c, 6.12; 6.13+ differences noted).
+    #[allow(clippy::too_many_arguments)]
+    fn hva_to_pfn(
+        &mut self,
+        f: &mut PageFault,
+        mm: &mut Mm,
+        hva: Hva,
+        nowait: bool,
+        interruptible: bool,
+        want_writable: bool,
+        needs_io: &mut bool,
+    ) {
+        let write = f.write;
+        // hva_to_pfn_fast(): only with FOLL_WRITE, even for reads ("never fast-GUP for
+        // read-only: that could race with CoW").
+        if write || want_writable {
+            let page = gup::get_user_page_fast_only(mm, hva, FollFlags::WRITE);
+            let ok = page.is_some();
+            f.gup.calls.push((
+                GupPath::Fast,
+                FollFlags::WRITE | FollFlags::GET | FollFlags::FAST_ONLY,
+                ok,
+            ));
+            if let Some(p) = page {
+                self.stats.gup.fast += 1;
+                f.map_writable = true;
+                f.pfn = Ok(p.pfn());
+                f.page = Some(p);
+                f.gup.path = GupPath::Fast;
+                f.gup.flags = (FollFlags::WRITE | FollFlags::GET | FollFlags::FAST_ONLY).names();
+                return;
+            }
+        }
+        // hva_to_pfn_slow()
+        let mut flags = FollFlags::HWPOISON | FollFlags::HONOR_NUMA_FAULT;
+        if write {
+            flags |= FollFlags::WRITE;
+        }
+        if nowait {
+            flags |= FollFlags::NOWAIT;
+        }
+        if interruptible {
+            flags |= FollFlags::INTERRUPTIBLE;
+        }
+        f.map_writable = write && want_writable;
+        self.stats.gup.slow += 1;
+        let res = gup::get_user_pages_unlocked(mm, hva, flags, self);
+        let used = flags | FollFlags::TOUCH | FollFlags::UNLOCKABLE | FollFlags::GET;
+        f.host_faults
+            .extend(mm.last_gup().host_faults.iter().copied());
+        f.gup.calls.push((GupPath::Slow, used, res.is_ok()));
+        let err = match res {
+            Ok(mut page) => {
+                // The writable fallback: a read pinned the page read-only; take it writable
+                // if the PTE is writable now.
+                if !write && want_writable {
+                    if let Some(w) = gup::get_user_page_fast_only(mm, hva, FollFlags::WRITE) {
+                        gup::put_page(mm, page);
+                        page = w;
+                        f.map_writable = true;
+                    }
+                }
+                f.pfn = Ok(page.pfn());
+                f.page = Some(page);
+                f.gup.path = GupPath::Slow;
+                f.gup.flags = used.names();
+                return;
+            }
+            Err(e) => e,
+        };
+        // -EINTR (6.12; [6.13+] also -EAGAIN, which a single-page unlocked GUP does not
+        // return in the model) is a pending signal.
+        if matches!(err, GupError::Eintr(_)) {
+            f.pfn = Err(PfnError::SigPending);
+            return;
+        }
+        if matches!(err, GupError::Ehwpoison(_)) {
+            f.pfn = Err(PfnError::Hwpoison);
+            return;
+        }
+        // mmap_read_lock; vma = vma_lookup(hva)
+        let Some(vma) = mm.find_vma(hva) else {
+            f.pfn = Err(PfnError::Fault);
+            return;
+        };
+        if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
+            // hva_to_pfn_remapped(); the model's fixup_user_fault() does not report a
+            // dropped lock, so the -EAGAIN re-lookup never happens.
+            self.hva_to_pfn_remapped(f, mm, hva);
+            return;
+        }
+        let readable = vma.flags.contains(VmFlags::READ);
+        let writable_vma = vma.flags.contains(VmFlags::WRITE);
+        if nowait && readable && (!write || writable_vma) {
+            *needs_io = true;
+            f.pfn = Err(if self.config.kernel >= KernelVersion::V6_13 {
+                PfnError::NeedsIo
+            } else {
+                PfnError::Fault
+            });
+        } else {
+            f.pfn = Err(PfnError::Fault);
+        }
+    }
+
+    /// `hva_to_pfn_remapped()`: `follow_pfnmap_start()`, faulting with
+    /// `fixup_user_fault()` only when nothing is present; a write to a present read-only
+    /// entry is `KVM_PFN_ERR_RO_FAULT` (no upgrade attempted). 6.12 takes a reference on a
+    /// refcounted pfn (`kvm_try_get_pfn()`), failing on a zero refcount.
+    fn hva_to_pfn_remapped(&mut self, f: &mut PageFault, mm: &mut Mm, hva: Hva) {
+        self.stats.gup.remapped += 1;
+        let write = f.write;
+        let args = match gup::follow_pfnmap_start(mm, hva) {
+            Ok(a) => a,
+            Err(_) => {
+                let flags = if write {
+                    FaultFlags::WRITE
+                } else {
+                    FaultFlags::empty()
+                };
+                match gup::fixup_user_fault(mm, hva, flags, self) {
+                    Ok(reports) => {
+                        for r in reports {
+                            f.host_faults.extend(r.handlers);
+                        }
+                    }
+                    Err(_) => {
+                        f.pfn = Err(PfnError::Fault);
+                        return;
+                    }
+                }
+                match gup::follow_pfnmap_start(mm, hva) {
+                    Ok(a) => a,
+                    Err(_) => {
+                        f.pfn = Err(PfnError::Fault);
+                        return;
+                    }
+                }
+            }
+        };
+        f.gup.path = GupPath::Remapped;
+        f.gup.flags = if write { vec!["WRITE"] } else { vec![] };
+        f.gup
+            .calls
+            .push((GupPath::Remapped, FollFlags::empty(), true));
+        if write && !args.writable {
+            f.pfn = Err(PfnError::RoFault);
+        } else {
+            f.map_writable = args.writable && f.map_writable_allowed(self);
+            f.pfn = Ok(args.pfn);
+            if self.config.kernel < KernelVersion::V6_13 {
+                // kvm_try_get_pfn()
+                if let Some(info) = mm.folio_info(args.pfn) {
+                    let refcounted =
+                        !info.reserved || info.zero || info.zone == crate::host::Zone::Device;
+                    // get_page_unless_zero(): a zero refcount fails the fault. (The
+                    // reference itself is not taken until gup exposes it; see API.md.)
+                    if refcounted && info.refcount <= 0 {
+                        f.pfn = Err(PfnError::Fault);
+                    }
+                }
+            }
+        }
+        gup::follow_pfnmap_end(mm, args);
+    }
+
+    /// Runs the async page fault's work at once (`async_pf_execute()`:
+    /// `get_user_pages_remote(FOLL_WRITE)`, result ignored) and records the event.
+    fn async_pf_work(&mut self, f: &mut PageFault, mm: &mut Mm) {
+        if let Some(hva) = f.hva {
+            if let Ok(p) =
+                gup::get_user_pages_unlocked(mm, hva, FollFlags::WRITE | FollFlags::REMOTE, self)
+            {
+                gup::put_page(mm, p);
+            }
+            f.host_faults
+                .extend(mm.last_gup().host_faults.iter().copied());
+        }
+        self.async_pf_pending = true;
+    }
+
+    fn take_async_pf_event(&mut self) -> bool {
+        std::mem::take(&mut self.async_pf_pending)
+    }
+
+    /// Runs `f` as a notifier range on this VM (test helper for host-less invalidations).
+    pub fn invalidate(&mut self, range: &NotifierRange) {
+        use crate::notifier::MmuNotifier;
+        self.invalidate_range_start(range);
+        self.invalidate_range_end(range);
+    }
+}
+
+impl PageFault {
+    /// Whether the slot allows a writable mapping (not a read-only memslot).
+    fn map_writable_allowed(&self, kvm: &Kvm) -> bool {
+        self.slot
+            .and_then(|id| kvm.slots.by_id(id))
+            .is_some_and(|s| !s.flags.readonly)
+    }
+}
