@@ -5,5 +5,6 @@
 pub mod gup;
 pub mod host;
 pub mod notifier;
+pub mod scenario;
 pub mod secondary;
 pub mod types;
