@@ -4,7 +4,11 @@
 //! References are real: a [`PageRef`] holds a folio reference (`FOLL_GET`) or a pin
 //! (`FOLL_PIN`) and must be given back with [`put_page`] / [`unpin_user_page`].
 
-use crate::host::{FaultFlags, FaultReport, HostFault, Mm};
+use crate::host::folio::ff;
+use crate::host::pagetable::{PmdSlot, PudSlot};
+use crate::host::{
+    Entry, FaultFlags, FaultOutcome, FaultReport, HostFault, Mm, VmFlags, Vma, Zone,
+};
 use crate::notifier::{MmuNotifier, NotifierRange};
 use crate::types::{flag_set, Hva, Level, Pfn};
 use serde::{Deserialize, Serialize};
@@ -135,7 +139,8 @@ pub struct PageRef {
     pfn: Pfn,
     kind: RefKind,
     writable: bool,
-    pgmap: u16,
+    /// False for a pin of the zero page (no reference was taken).
+    counted: bool,
 }
 
 impl PageRef {
@@ -244,15 +249,219 @@ pub enum FollowPage {
     Efault,
 }
 
-/// Models `get_user_page_fast_only()` (mm/gup.c): GUP-fast for one page with
-/// `FOLL_GET|FOLL_FAST_ONLY` plus `flags`; never faults, never takes locks.
+/// The result of the lockless walk for one address.
+enum FastLeaf {
+    None,
+    Leaf(Level, Entry),
+}
+
+fn fast_walk(mm: &Mm, hva: Hva) -> FastLeaf {
+    match mm.space.pt.pud_slot(hva) {
+        None | Some(PudSlot::None) => FastLeaf::None,
+        Some(PudSlot::Leaf(e)) => FastLeaf::Leaf(Level::Pud1G, *e),
+        Some(PudSlot::Table(t)) => match &t.e[((hva.0 >> 21) & 511) as usize] {
+            PmdSlot::None => FastLeaf::None,
+            PmdSlot::Leaf(e) => FastLeaf::Leaf(Level::Pmd2M, *e),
+            PmdSlot::Table(pt) => {
+                FastLeaf::Leaf(Level::Pte4K, pt.e[((hva.0 >> 12) & 511) as usize])
+            }
+        },
+    }
+}
+
+/// `gup_fast_folio_allowed()` (mm/gup.c).
+fn gup_fast_folio_allowed(mm: &Mm, id: usize, flags: FollFlags) -> bool {
+    let f = &mm.frames.folios[id];
+    let reject_file = flags.contains(FollFlags::PIN | FollFlags::LONGTERM | FollFlags::WRITE);
+    let check_secretmem = f.order == 0;
+    if !reject_file && !check_secretmem {
+        return true;
+    }
+    if f.has(ff::ANON) {
+        return true;
+    }
+    let has_mapping = f.has(ff::PAGECACHE) || f.zone == Zone::Device;
+    if !has_mapping {
+        return false; // truncated / no mapping
+    }
+    if f.has(ff::SECRETMEM) {
+        return false;
+    }
+    // The page cache in this model is shmem, which is allowed.
+    true
+}
+
+/// `gup_must_unshare()` (mm/internal.h); `vma` is None for GUP-fast.
+fn gup_must_unshare(mm: &Mm, vma: Option<&Vma>, flags: FollFlags, id: usize) -> bool {
+    if !flags.contains(FollFlags::PIN) || flags.contains(FollFlags::WRITE) {
+        return false;
+    }
+    let f = &mm.frames.folios[id];
+    if !f.has(ff::ANON) {
+        if !flags.contains(FollFlags::LONGTERM) {
+            return false;
+        }
+        return vma.map_or(true, |v| v.is_cow_mapping());
+    }
+    !f.has(ff::ANON_EXCLUSIVE)
+}
+
+/// `try_grab_folio()` / `try_grab_folio_fast()`: GET → refcount; PIN → refcount and
+/// pincount (nothing for the zero page). Fails at refcount 0.
+fn try_grab(mm: &mut Mm, id: usize, refs: i32, flags: FollFlags) -> Option<bool> {
+    let f = &mm.frames.folios[id];
+    if flags.contains(FollFlags::PIN) && (f.has(ff::ZERO) || f.has(ff::HUGE_ZERO)) {
+        return Some(false);
+    }
+    if !mm.frames.try_get(id, refs) {
+        return None;
+    }
+    if flags.contains(FollFlags::PIN) {
+        mm.frames.folios[id].pincount += refs;
+    }
+    Some(true)
+}
+
+fn make_ref(pfn: Pfn, flags: FollFlags, writable: bool, counted: bool) -> PageRef {
+    PageRef {
+        pfn,
+        kind: if flags.contains(FollFlags::PIN) {
+            RefKind::Pin
+        } else {
+            RefKind::Get
+        },
+        writable,
+        counted,
+    }
+}
+
+/// Models the per-leaf checks of `gup_fast_pte_range()` / `gup_fast_pmd_leaf()` /
+/// `gup_fast_pud_leaf()` (mm/gup.c) for `nr` pages starting at `hva` within one leaf.
+fn gup_fast_leaf(
+    mm: &mut Mm,
+    hva: Hva,
+    level: Level,
+    e: Entry,
+    nr: usize,
+    flags: FollFlags,
+    out: &mut Vec<PageRef>,
+) -> Result<(), FastBail> {
+    let write = flags.contains(FollFlags::WRITE);
+    if e.is_none() || !e.is_present() {
+        return Err(FastBail::NotPresent);
+    }
+    // pte_protnone / pmd_protnone: always bail, FOLL_HONOR_NUMA_FAULT or not. (The PUD
+    // leaf has no protnone check in Linux; a protnone PUD fails the access check.)
+    if e.is_protnone() && level != Level::Pud1G {
+        return Err(FastBail::Protnone);
+    }
+    if !e.access_permitted(write) {
+        return Err(FastBail::AccessNotPermitted);
+    }
+    let pfn = e.pfn().add(hva.page_index_in(level));
+    if e.is_devmap() {
+        if flags.contains(FollFlags::LONGTERM) {
+            return Err(FastBail::DevmapLongterm);
+        }
+        match mm.frames.get_dev_pagemap(pfn) {
+            Some(pg) => mm.frames.put_dev_pagemap(pg),
+            None => return Err(FastBail::DevmapNoPgmap),
+        }
+    } else if e.is_special() {
+        return Err(FastBail::Special);
+    }
+    let Some(id) = mm.frames.folio_of(pfn) else {
+        return Err(FastBail::RefcountZero);
+    };
+    let refs = i32::try_from(nr).expect("nr fits i32");
+    let Some(counted) = try_grab(mm, id, refs, flags) else {
+        return Err(FastBail::RefcountZero);
+    };
+    let undo = |mm: &mut Mm| {
+        if counted {
+            if flags.contains(FollFlags::PIN) {
+                mm.frames.folios[id].pincount -= refs;
+            }
+            mm.frames.put(id, refs);
+        }
+    };
+    // Re-read the entry: a racing zap/split/migration makes it differ.
+    if mm.gup_fast_race {
+        mm.gup_fast_race = false;
+        mm.race_zap(hva);
+    }
+    let now = match fast_walk(mm, hva) {
+        FastLeaf::Leaf(l, n) if l == level => n,
+        _ => Entry::NONE,
+    };
+    if now != e {
+        undo(mm);
+        return Err(FastBail::Changed);
+    }
+    if !gup_fast_folio_allowed(mm, id, flags) {
+        undo(mm);
+        return Err(FastBail::FolioNotAllowed);
+    }
+    if !e.is_write() && gup_must_unshare(mm, None, flags, id) {
+        undo(mm);
+        return Err(FastBail::MustUnshare);
+    }
+    mm.frames.folios[id].flags |= ff::REFERENCED;
+    for i in 0..nr {
+        out.push(make_ref(pfn.add(i as u64), flags, e.is_write(), counted));
+    }
+    Ok(())
+}
+
+fn gup_fast_range(
+    mm: &mut Mm,
+    start: Hva,
+    nr: usize,
+    flags: FollFlags,
+    out: &mut Vec<PageRef>,
+) -> (usize, Option<FastBail>) {
+    if flags.contains(FollFlags::PIN) && mm.space.write_protect_seq % 2 == 1 {
+        return (0, Some(FastBail::ForkInProgress));
+    }
+    let mut done = 0;
+    while done < nr {
+        let va = start.add((done as u64) << 12);
+        let (level, e) = match fast_walk(mm, va) {
+            FastLeaf::None => return (done, Some(FastBail::NotPresent)),
+            FastLeaf::Leaf(l, e) => (l, e),
+        };
+        let in_leaf = usize::try_from(level.pages() - va.page_index_in(level)).unwrap_or(1);
+        let n = in_leaf.min(nr - done);
+        if let Err(b) = gup_fast_leaf(mm, va, level, e, n, flags, out) {
+            return (done, Some(b));
+        }
+        done += n;
+    }
+    (done, None)
+}
+
+/// Models `get_user_page_fast_only()` (include/linux/mm.h → `get_user_pages_fast_only()`,
+/// mm/gup.c): GUP-fast for one page with `FOLL_GET|FOLL_FAST_ONLY` plus `flags`; never
+/// faults, never takes locks. Bails (None) on none/protnone/not-permitted/special entries,
+/// devmap without pgmap (or LONGTERM), refcount 0, a changed entry, a disallowed folio,
+/// or a PIN needing unshare.
 pub fn get_user_page_fast_only(mm: &mut Mm, hva: Hva, flags: FollFlags) -> Option<PageRef> {
-    let _ = (mm, hva, flags);
-    todo!()
+    let flags = flags | FollFlags::GET | FollFlags::FAST_ONLY;
+    let mut out = Vec::with_capacity(1);
+    let (n, bail) = gup_fast_range(mm, hva.align_down(Level::Pte4K), 1, flags, &mut out);
+    mm.last_gup = GupReport {
+        hva,
+        flags,
+        path: if n == 1 { GupPath::Fast } else { GupPath::None },
+        fast_bail: bail,
+        ..Default::default()
+    };
+    out.pop()
 }
 
 /// Models `get_user_pages_fast_only()` over `nr` pages: stops at the first page GUP-fast
-/// cannot take. Returns how many were taken (appended to `out`).
+/// cannot take. Returns how many were taken (appended to `out`). Huge leaves are grabbed
+/// with one refcount add per leaf, as `gup_fast_pmd_leaf()` does.
 pub fn get_user_pages_fast_only(
     mm: &mut Mm,
     start: Hva,
@@ -260,56 +469,492 @@ pub fn get_user_pages_fast_only(
     flags: FollFlags,
     out: &mut Vec<PageRef>,
 ) -> usize {
-    let _ = (mm, start, nr, flags, out);
-    todo!()
+    let flags = flags | FollFlags::GET | FollFlags::FAST_ONLY;
+    let (n, bail) = gup_fast_range(mm, start.align_down(Level::Pte4K), nr, flags, out);
+    mm.last_gup = GupReport {
+        hva: start,
+        flags,
+        path: if n > 0 { GupPath::Fast } else { GupPath::None },
+        fast_bail: bail,
+        ..Default::default()
+    };
+    n
+}
+
+/// Models `gup_can_follow_protnone()` (include/linux/mm.h): without
+/// FOLL_HONOR_NUMA_FAULT a protnone entry is followed; with it, only in an inaccessible
+/// (PROT_NONE) VMA.
+pub fn gup_can_follow_protnone(vma: &Vma, flags: FollFlags) -> bool {
+    if !flags.contains(FollFlags::HONOR_NUMA_FAULT) {
+        return true;
+    }
+    !vma.is_accessible()
+}
+
+/// Models `can_follow_write_pte()` / `can_follow_write_pmd()` (mm/gup.c): a writable
+/// entry, or FOLL_FORCE on a private, may-write, not-writable VMA whose page is an
+/// exclusive anon page (and not uffd-wp).
+fn can_follow_write(mm: &Mm, e: Entry, page: Option<Pfn>, vma: &Vma, flags: FollFlags) -> bool {
+    if e.is_write() {
+        return true;
+    }
+    if !flags.contains(FollFlags::FORCE) {
+        return false;
+    }
+    if vma.flags.contains(VmFlags::MAYSHARE) {
+        return false;
+    }
+    if !vma.flags.contains(VmFlags::MAYWRITE) || vma.flags.contains(VmFlags::WRITE) {
+        return false;
+    }
+    let Some(id) = page.and_then(|p| mm.frames.folio_of(p)) else {
+        return false;
+    };
+    let f = &mm.frames.folios[id];
+    if !f.has(ff::ANON) || !f.has(ff::ANON_EXCLUSIVE) {
+        return false;
+    }
+    !e.is_uffd_wp()
+}
+
+/// Models `check_vma_flags()` (mm/gup.c).
+fn check_vma_flags(vma: &Vma, flags: FollFlags, hva: Hva) -> Result<(), GupError> {
+    if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
+        return Err(GupError::Efault(hva));
+    }
+    if flags.contains(FollFlags::ANON) && !vma.is_anonymous() {
+        return Err(GupError::Efault(hva));
+    }
+    if flags.contains(FollFlags::WRITE) {
+        if !vma.flags.contains(VmFlags::WRITE) {
+            if !flags.contains(FollFlags::FORCE) {
+                return Err(GupError::Efault(hva));
+            }
+            if !vma.is_cow_mapping() {
+                return Err(GupError::Efault(hva));
+            }
+        }
+    } else if !vma.flags.contains(VmFlags::READ) {
+        if !flags.contains(FollFlags::FORCE) {
+            return Err(GupError::Efault(hva));
+        }
+        if !vma.flags.contains(VmFlags::MAYREAD) {
+            return Err(GupError::Efault(hva));
+        }
+    }
+    Ok(())
+}
+
+/// Internal follow result.
+enum Follow {
+    Page(PageRef),
+    NoPage,
+    NoStructPage,
+    Unshare,
+    Efault,
+    Enomem,
+}
+
+/// Models `follow_page_mask()` → `follow_pud_mask()` / `follow_pmd_mask()` /
+/// `follow_page_pte()` (mm/gup.c), including `follow_huge_pud()`, `follow_huge_pmd()`,
+/// `follow_devmap_pmd()` and the FOLL_TOUCH side effects.
+fn follow_page_mask(mm: &mut Mm, vma: &Vma, hva: Hva, flags: FollFlags) -> Follow {
+    let write = flags.contains(FollFlags::WRITE);
+    let no_page_table = if flags.contains(FollFlags::DUMP) {
+        Follow::Efault
+    } else {
+        Follow::NoPage
+    };
+    let (level, e) = match mm.space.pt.pud_slot(hva) {
+        None | Some(PudSlot::None) => return no_page_table,
+        Some(PudSlot::Leaf(e)) => (Level::Pud1G, *e),
+        Some(PudSlot::Table(t)) => match &t.e[((hva.0 >> 21) & 511) as usize] {
+            PmdSlot::None => return no_page_table,
+            PmdSlot::Leaf(e) => (Level::Pmd2M, *e),
+            PmdSlot::Table(pt) => (Level::Pte4K, pt.e[((hva.0 >> 12) & 511) as usize]),
+        },
+    };
+    if e.is_none() {
+        return no_page_table;
+    }
+    if !e.is_present() {
+        return Follow::NoPage;
+    }
+    let pfn = e.pfn().add(hva.page_index_in(level));
+    let get = flags.intersects(FollFlags::GET | FollFlags::PIN);
+    if level != Level::Pte4K
+        && flags.contains(FollFlags::SPLIT_PMD)
+        && level == Level::Pmd2M
+        && !e.is_devmap()
+    {
+        mm.split_pmd_locked(vma, hva.align_down(Level::Pmd2M), e);
+        return follow_page_mask(mm, vma, hva, flags.without(FollFlags::SPLIT_PMD));
+    }
+    // Devmap leaves (6.12): follow_huge_pud() / follow_devmap_pmd() / pgmap PTE page.
+    if e.is_devmap() {
+        if write && !e.is_write() {
+            return Follow::NoPage;
+        }
+        if level == Level::Pte4K && e.is_protnone() && !gup_can_follow_protnone(vma, flags) {
+            return Follow::NoPage;
+        }
+        if flags.contains(FollFlags::TOUCH) {
+            touch(mm, hva, level, e, write);
+        }
+        if !get {
+            return if level == Level::Pte4K {
+                Follow::NoPage
+            } else {
+                Follow::NoStructPage
+            };
+        }
+        match mm.frames.get_dev_pagemap(pfn) {
+            Some(pg) => mm.frames.put_dev_pagemap(pg),
+            None => {
+                return if level == Level::Pte4K {
+                    Follow::NoPage
+                } else {
+                    Follow::Efault
+                }
+            }
+        }
+        return grab_followed(mm, pfn, flags, e.is_write());
+    }
+    if e.is_protnone() && !gup_can_follow_protnone(vma, flags) {
+        return Follow::NoPage;
+    }
+    let page = mm.vm_normal_page_entry(vma, hva, e, level);
+    if write && !can_follow_write(mm, e, page, vma, flags) {
+        return Follow::NoPage;
+    }
+    let page = match (page, level) {
+        (Some(p), _) => p,
+        (None, Level::Pmd2M) if mm.frames.is_huge_zero_pfn(e.pfn()) => {
+            // follow_huge_pmd() uses pmd_page(): the huge zero folio is grabbed like any
+            // folio (also from 6.18 when the huge zero PMD is special).
+            if flags.contains(FollFlags::DUMP) {
+                return Follow::Efault;
+            }
+            pfn
+        }
+        (None, _) => {
+            if flags.contains(FollFlags::DUMP) {
+                return Follow::Efault;
+            }
+            if level == Level::Pte4K && mm.frames.is_zero_pfn(e.pfn()) {
+                mm.frames.zero_pfn
+            } else {
+                // follow_pfn_pte(): touch, then -EEXIST.
+                if flags.contains(FollFlags::TOUCH) {
+                    touch(mm, hva, level, e, write);
+                }
+                return Follow::NoStructPage;
+            }
+        }
+    };
+    let Some(id) = mm.frames.folio_of(page) else {
+        return Follow::NoStructPage;
+    };
+    if !e.is_write() && gup_must_unshare(mm, Some(vma), flags, id) {
+        return Follow::Unshare;
+    }
+    let r = grab_followed(mm, page, flags, e.is_write() || write);
+    if let Follow::Page(_) = r {
+        if flags.contains(FollFlags::TOUCH) {
+            if level != Level::Pte4K {
+                touch(mm, hva, level, e, write);
+            }
+            let f = &mut mm.frames.folios[id];
+            if write {
+                f.flags |= ff::DIRTY;
+            }
+            f.flags |= ff::REFERENCED;
+        }
+    }
+    r
+}
+
+fn grab_followed(mm: &mut Mm, pfn: Pfn, flags: FollFlags, writable: bool) -> Follow {
+    let Some(id) = mm.frames.folio_of(pfn) else {
+        return Follow::NoStructPage;
+    };
+    if !flags.intersects(FollFlags::GET | FollFlags::PIN) {
+        return Follow::Page(PageRef {
+            pfn,
+            kind: RefKind::Get,
+            writable,
+            counted: false,
+        });
+    }
+    match try_grab(mm, id, 1, flags) {
+        Some(counted) => Follow::Page(make_ref(pfn, flags, writable, counted)),
+        None => Follow::Enomem,
+    }
+}
+
+/// `touch_pud()` / `touch_pmd()` / `follow_pfn_pte()`: young, and dirty for a write.
+fn touch(mm: &mut Mm, hva: Hva, level: Level, e: Entry, write: bool) {
+    let bits = Entry::YOUNG | if write { Entry::DIRTY } else { 0 };
+    crate::host::ops::set_leaf(&mut mm.space.pt, hva.align_down(level), level, e.set(bits));
+}
+
+/// Models `faultin_page()` (mm/gup.c): FOLL_* → FAULT_FLAG_* translation, one
+/// `handle_mm_fault()`, result → errno. Ok(()) means "retry the follow".
+fn faultin_page(
+    mm: &mut Mm,
+    hva: Hva,
+    flags: FollFlags,
+    unshare: bool,
+    notifier: &mut dyn MmuNotifier,
+    report: &mut GupReport,
+) -> Result<(), GupError> {
+    if flags.contains(FollFlags::NOFAULT) {
+        return Err(GupError::Efault(hva));
+    }
+    let mut ff_ = FaultFlags::empty();
+    if flags.contains(FollFlags::WRITE) {
+        ff_ |= FaultFlags::WRITE;
+    }
+    if flags.contains(FollFlags::REMOTE) {
+        ff_ |= FaultFlags::REMOTE;
+    }
+    if flags.contains(FollFlags::UNLOCKABLE) {
+        ff_ |= FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+        if flags.contains(FollFlags::INTERRUPTIBLE) {
+            ff_ |= FaultFlags::INTERRUPTIBLE;
+        }
+    }
+    if flags.contains(FollFlags::NOWAIT) {
+        ff_ |= FaultFlags::ALLOW_RETRY | FaultFlags::RETRY_NOWAIT;
+    }
+    if flags.contains(FollFlags::TRIED) {
+        ff_ |= FaultFlags::TRIED;
+    }
+    if unshare {
+        ff_ |= FaultFlags::UNSHARE;
+    }
+    let f = mm.handle_mm_fault(hva, ff_, notifier);
+    report.faultin_calls += 1;
+    report.host_faults.extend(f.handlers.iter().copied());
+    report.notifiers.extend(f.notifiers.iter().copied());
+    match f.outcome {
+        FaultOutcome::Done | FaultOutcome::Nopage => Ok(()),
+        // COMPLETED / RETRY: the lock is gone (or, with NOWAIT, the fault would block);
+        // userfaultfd waits are not modelled, so both return "0 pages".
+        FaultOutcome::Completed | FaultOutcome::Retry => Err(GupError::NoPage(hva)),
+        FaultOutcome::Oom => Err(GupError::Enomem(hva)),
+        FaultOutcome::Hwpoison if flags.contains(FollFlags::HWPOISON) => {
+            Err(GupError::Ehwpoison(hva))
+        }
+        FaultOutcome::Hwpoison | FaultOutcome::Sigbus | FaultOutcome::Sigsegv => {
+            Err(GupError::Efault(hva))
+        }
+    }
+}
+
+/// Models `__get_user_pages()` (mm/gup.c) for one page: `check_vma_flags()`, then
+/// `follow_page_mask()`; NULL or -EMLINK → `faultin_page()` and retry; -EEXIST (no struct
+/// page) is an error since pages are wanted.
+fn get_user_pages_slow(
+    mm: &mut Mm,
+    hva: Hva,
+    flags: FollFlags,
+    notifier: &mut dyn MmuNotifier,
+    report: &mut GupReport,
+) -> Result<PageRef, GupError> {
+    let Some(vma) = mm.space.vma(hva).cloned() else {
+        return Err(GupError::Efault(hva));
+    };
+    check_vma_flags(&vma, flags, hva)?;
+    report.path = GupPath::Slow;
+    for _ in 0..8 {
+        // A fault may have changed the VMA (e.g. anon_vma); re-read it.
+        let vma = mm.space.vma(hva).cloned().ok_or(GupError::Efault(hva))?;
+        match follow_page_mask(mm, &vma, hva, flags) {
+            Follow::Page(p) => return Ok(p),
+            Follow::NoPage => faultin_page(mm, hva, flags, false, notifier, report)?,
+            Follow::Unshare => faultin_page(mm, hva, flags, true, notifier, report)?,
+            Follow::NoStructPage => return Err(GupError::Eexist(hva)),
+            Follow::Efault => return Err(GupError::Efault(hva)),
+            Follow::Enomem => return Err(GupError::Enomem(hva)),
+        }
+    }
+    Err(GupError::Efault(hva))
 }
 
 /// Models `get_user_pages_unlocked()` (mm/gup.c) for one page: GUP-fast is NOT tried;
 /// `FOLL_TOUCH|FOLL_UNLOCKABLE|FOLL_GET` are added; faults go to `notifier`.
+/// This is what KVM's `hva_to_pfn_slow()` calls (with HONOR_NUMA_FAULT|HWPOISON, +WRITE,
+/// +NOWAIT for the async pass).
 pub fn get_user_pages_unlocked(
     mm: &mut Mm,
     hva: Hva,
     flags: FollFlags,
     notifier: &mut dyn MmuNotifier,
 ) -> Result<PageRef, GupError> {
-    let _ = (mm, hva, flags, notifier);
-    todo!()
+    let flags = flags | FollFlags::TOUCH | FollFlags::UNLOCKABLE | FollFlags::GET;
+    let mut report = GupReport {
+        hva,
+        flags,
+        ..Default::default()
+    };
+    let r = get_user_pages_slow(mm, hva, flags, notifier, &mut report);
+    mm.last_gup = report;
+    r
 }
 
-/// Models `get_user_pages_fast()` / `pin_user_pages_fast()` for one page: GUP-fast, then
-/// the slow path on failure.
+/// Models `get_user_pages_fast()` / `pin_user_pages_fast()` for one page
+/// (`gup_fast_fallback()`): GUP-fast, then the slow path with TOUCH|UNLOCKABLE.
+/// Pass `FollFlags::PIN` to pin; otherwise FOLL_GET is added.
 pub fn get_user_pages_fast(
     mm: &mut Mm,
     hva: Hva,
     flags: FollFlags,
     notifier: &mut dyn MmuNotifier,
 ) -> Result<PageRef, GupError> {
-    let _ = (mm, hva, flags, notifier);
-    todo!()
+    let flags = if flags.contains(FollFlags::PIN) {
+        flags
+    } else {
+        flags | FollFlags::GET
+    };
+    let mut out = Vec::with_capacity(1);
+    let (n, bail) = gup_fast_range(mm, hva.align_down(Level::Pte4K), 1, flags, &mut out);
+    if n == 1 {
+        mm.last_gup = GupReport {
+            hva,
+            flags,
+            path: GupPath::Fast,
+            ..Default::default()
+        };
+        return Ok(out.pop().expect("one page"));
+    }
+    let flags = flags | FollFlags::TOUCH | FollFlags::UNLOCKABLE;
+    let mut report = GupReport {
+        hva,
+        flags,
+        fast_bail: bail,
+        ..Default::default()
+    };
+    let r = get_user_pages_slow(mm, hva, flags, notifier, &mut report);
+    mm.last_gup = report;
+    r
 }
 
-/// Models `follow_page()` (`follow_page_mask()` without faulting, FOLL_HONOR_NUMA_FAULT
-/// not set unless passed).
+/// Models `follow_page()` (mm/gup.c): `follow_page_mask()` without faulting;
+/// FOLL_HONOR_NUMA_FAULT is not set unless passed (so protnone entries are followed, the
+/// smaps / KSM behaviour restored in 6.6).
 pub fn follow_page(mm: &mut Mm, hva: Hva, flags: FollFlags) -> FollowPage {
-    let _ = (mm, hva, flags);
-    todo!()
+    let Some(vma) = mm.space.vma(hva).cloned() else {
+        return FollowPage::NoPage;
+    };
+    match follow_page_mask(mm, &vma, hva, flags) {
+        Follow::Page(p) => {
+            let pfn = p.pfn;
+            if p.counted {
+                FollowPage::Page {
+                    pfn,
+                    page_ref: Some(p),
+                }
+            } else {
+                // No reference was taken (no GET/PIN, or a pinned zero page).
+                let zero_pin = flags.contains(FollFlags::PIN);
+                FollowPage::Page {
+                    pfn,
+                    page_ref: zero_pin.then_some(p),
+                }
+            }
+        }
+        Follow::NoPage => FollowPage::NoPage,
+        Follow::NoStructPage => FollowPage::NoStructPage,
+        Follow::Unshare => FollowPage::MustUnshare,
+        Follow::Efault | Follow::Enomem => FollowPage::Efault,
+    }
 }
 
-/// Models `fixup_user_fault()` (mm/gup.c).
+/// Models `fixup_user_fault()` (mm/gup.c): `vma_permits_fault()` (VM_WRITE for a write,
+/// VM_READ otherwise), then `handle_mm_fault()` until it does not ask for a retry. It does
+/// not re-check the resulting entry: a NOPAGE that left a read-only PTE is success.
 pub fn fixup_user_fault(
     mm: &mut Mm,
     hva: Hva,
     flags: FaultFlags,
     notifier: &mut dyn MmuNotifier,
 ) -> Result<Vec<FaultReport>, FixupError> {
-    let _ = (mm, hva, flags, notifier);
-    todo!()
+    let Some(vma) = mm.space.vma(hva) else {
+        return Err(FixupError::Efault(hva));
+    };
+    let need = if flags.contains(FaultFlags::WRITE) {
+        VmFlags::WRITE
+    } else {
+        VmFlags::READ
+    };
+    if !vma.flags.contains(need) {
+        return Err(FixupError::Efault(hva));
+    }
+    let mut flags = flags | FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+    let mut faults = Vec::new();
+    let mut report = GupReport {
+        hva,
+        path: GupPath::Remapped,
+        ..Default::default()
+    };
+    for _ in 0..4 {
+        let f = mm.handle_mm_fault(hva, flags, notifier);
+        report.faultin_calls += 1;
+        report.host_faults.extend(f.handlers.iter().copied());
+        report.notifiers.extend(f.notifiers.iter().copied());
+        let outcome = f.outcome;
+        faults.push(f);
+        match outcome {
+            FaultOutcome::Retry => {
+                flags |= FaultFlags::TRIED;
+                // userfaultfd waits are not modelled: a second RETRY is an error.
+                if faults.len() > 1 {
+                    mm.last_gup = report;
+                    return Err(FixupError::Efault(hva));
+                }
+            }
+            FaultOutcome::Oom => {
+                mm.last_gup = report;
+                return Err(FixupError::Enomem(hva));
+            }
+            FaultOutcome::Hwpoison => {
+                mm.last_gup = report;
+                return Err(FixupError::Ehwpoison(hva));
+            }
+            FaultOutcome::Sigbus | FaultOutcome::Sigsegv => {
+                mm.last_gup = report;
+                return Err(FixupError::Efault(hva));
+            }
+            FaultOutcome::Done | FaultOutcome::Nopage | FaultOutcome::Completed => {
+                mm.last_gup = report;
+                return Ok(faults);
+            }
+        }
+    }
+    mm.last_gup = report;
+    Err(FixupError::Efault(hva))
 }
 
-/// Models `follow_pfnmap_start()` (mm/memory.c).
+/// Models `follow_pfnmap_start()` (mm/memory.c): on a VM_IO|VM_PFNMAP VMA, the pfn of the
+/// 4K page at `hva` from whatever leaf maps it (PUD/PMD leaves give leaf pfn + offset),
+/// with writable and special.
 pub fn follow_pfnmap_start(mm: &Mm, hva: Hva) -> Result<PfnmapArgs, FollowPfnmapError> {
-    let _ = (mm, hva);
-    todo!()
+    let Some(vma) = mm.space.vma(hva) else {
+        return Err(FollowPfnmapError::NoVma(hva));
+    };
+    if !vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
+        return Err(FollowPfnmapError::NotPfnmap(hva));
+    }
+    match mm.space.pt.walk(hva) {
+        crate::host::pagetable::Walk::Leaf(level, e) if e.is_present() => Ok(PfnmapArgs {
+            pfn: e.pfn().add(hva.page_index_in(level)),
+            writable: e.is_write(),
+            special: e.is_special(),
+            level,
+        }),
+        _ => Err(FollowPfnmapError::NotPresent(hva)),
+    }
 }
 
 /// Models `follow_pfnmap_end()`: drops the page-table lock (nothing to do in the model).
@@ -317,10 +962,19 @@ pub fn follow_pfnmap_end(mm: &Mm, args: PfnmapArgs) {
     let _ = (mm, args);
 }
 
-/// Models `put_page()` / `folio_put()` for a GUP reference (also unpins a pin).
+/// Models `put_page()` / `unpin_user_page()` for a GUP reference: drops the reference
+/// (and the pin); frees the folio at refcount 0.
 pub fn put_page(mm: &mut Mm, page: PageRef) {
-    let _ = (mm, page);
-    todo!()
+    if !page.counted {
+        return;
+    }
+    let Some(id) = mm.frames.folio_of(page.pfn) else {
+        return;
+    };
+    if page.kind == RefKind::Pin {
+        mm.frames.folios[id].pincount -= 1;
+    }
+    mm.frames.put(id, 1);
 }
 
 /// Models `unpin_user_page()`.
@@ -330,31 +984,41 @@ pub fn unpin_user_page(mm: &mut Mm, page: PageRef) {
 
 /// Models `set_page_dirty_lock()` / `kvm_set_page_dirty()` on a referenced page.
 pub fn set_page_dirty(mm: &mut Mm, page: &PageRef) {
-    let _ = (mm, page);
-    todo!()
+    if let Some(id) = mm.frames.folio_of(page.pfn) {
+        mm.frames.folios[id].flags |= ff::DIRTY;
+    }
 }
 
 /// Models `mark_page_accessed()` on a referenced page.
 pub fn mark_page_accessed(mm: &mut Mm, page: &PageRef) {
-    let _ = (mm, page);
-    todo!()
+    if let Some(id) = mm.frames.folio_of(page.pfn) {
+        mm.frames.folios[id].flags |= ff::REFERENCED;
+    }
 }
 
-/// Models `vm_normal_page()` on the PTE mapping `hva`: the pfn of its struct page, or None
-/// (no PTE leaf, special, zero page, raw pfnmap).
+fn normal_page_at(mm: &Mm, hva: Hva, want: Level) -> Option<Pfn> {
+    let vma = mm.space.vma(hva)?;
+    match mm.space.pt.walk(hva) {
+        crate::host::pagetable::Walk::Leaf(level, e) if level == want => {
+            mm.vm_normal_page_entry(vma, hva, e, level)
+        }
+        _ => None,
+    }
+}
+
+/// Models `vm_normal_page()` (mm/memory.c) on the PTE mapping `hva`: the pfn of its struct
+/// page, or None (no PTE leaf, special, zero page, raw pfnmap).
 pub fn vm_normal_page(mm: &Mm, hva: Hva) -> Option<Pfn> {
-    let _ = (mm, hva);
-    todo!()
+    normal_page_at(mm, hva, Level::Pte4K)
 }
 
-/// Models `vm_normal_page_pmd()` on the PMD leaf mapping `hva` (the subpage's pfn).
+/// Models `vm_normal_page_pmd()` (mm/memory.c) on the PMD leaf mapping `hva`: None for
+/// special (huge pfnmap; 6.18 huge zero), devmap and the huge zero folio; else the subpage.
 pub fn vm_normal_page_pmd(mm: &Mm, hva: Hva) -> Option<Pfn> {
-    let _ = (mm, hva);
-    todo!()
+    normal_page_at(mm, hva, Level::Pmd2M)
 }
 
-/// Models `vm_normal_page_pud()` (6.18; the 6.12 logic of `follow_huge_pud()`).
+/// Models `vm_normal_page_pud()` (6.18 mm/memory.c; the same rules as the PMD variant).
 pub fn vm_normal_page_pud(mm: &Mm, hva: Hva) -> Option<Pfn> {
-    let _ = (mm, hva);
-    todo!()
+    normal_page_at(mm, hva, Level::Pud1G)
 }

@@ -42,7 +42,6 @@ pub(crate) mod ff {
     pub const PAGECACHE: u16 = 1 << 7;
     pub const SECRETMEM: u16 = 1 << 8;
     pub const KSM: u16 = 1 << 9;
-    pub const HWPOISON: u16 = 1 << 10;
 }
 
 /// One folio (`struct folio`), 40 bytes.
@@ -195,7 +194,13 @@ impl Frames {
 
     fn raw_alloc(&mut self, order: u8, node: NodeId, zone: Zone) -> Option<usize> {
         let n = 1u64 << order;
-        let rel = if let Some(r) = self.free[order_slot(order)].pop() {
+        // ZONE_DEVICE ranges are contiguous: never from the free lists.
+        let reuse = if zone == Zone::Normal {
+            self.free[order_slot(order)].pop()
+        } else {
+            None
+        };
+        let rel = if let Some(r) = reuse {
             r
         } else {
             let r = (self.next + n - 1) & !(n - 1);
@@ -256,26 +261,27 @@ impl Frames {
         self.raw_alloc(order, node, Zone::Normal)
     }
 
-    /// Creates `pages` ZONE_DEVICE pages (order-0 folios) behind a new pgmap.
+    /// Creates `pages` ZONE_DEVICE pages (folios of `order`) behind a new pgmap.
     /// `idle_refcount` is 1 on 6.12 (the extra ZONE_DEVICE reference), 0 from 6.17.
-    pub fn add_device_memory(&mut self, pages: u64, idle_refcount: i32) -> (Pfn, u16) {
+    pub fn add_device_memory(&mut self, pages: u64, order: u8, idle_refcount: i32) -> (Pfn, u16) {
         let pg = u16::try_from(self.pgmaps.len() + 1).expect("fewer than 65535 pgmaps");
         let mut first = None;
-        for i in 0..pages {
+        let step = 1u64 << order;
+        let mut done = 0;
+        while done < pages {
             let id = self
-                .raw_alloc(0, NodeId(0), Zone::Device)
+                .raw_alloc(order, NodeId(0), Zone::Device)
                 .expect("device memory fits the memmap");
             let f = &mut self.folios[id];
             f.pgmap = pg;
             f.refcount = idle_refcount;
             f.flags |= ff::RESERVED;
-            if i == 0 {
+            if first.is_none() {
                 first = Some(Pfn(f.pfn));
-            } else {
-                debug_assert_eq!(Some(Pfn(f.pfn - i)), first);
             }
+            done += step;
         }
-        self.allocated_pages -= pages;
+        self.allocated_pages -= done;
         let start = first.unwrap_or(Pfn(RAM_BASE_PFN));
         self.pgmaps.push(Pgmap {
             start,

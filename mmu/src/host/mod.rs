@@ -17,7 +17,7 @@ pub mod device;
 pub(crate) mod fault;
 pub mod folio;
 pub(crate) mod numa;
-pub(crate) mod ops;
+pub mod ops;
 pub(crate) mod pagetable;
 pub mod pte;
 pub mod vma;
@@ -112,9 +112,6 @@ impl AddrSpace {
     pub fn vma(&self, hva: Hva) -> Option<&Vma> {
         let (_, v) = self.vmas.range(..=hva.0).next_back()?;
         v.contains(hva).then_some(v)
-    }
-    pub fn vma_start(&self, hva: Hva) -> Option<u64> {
-        self.vma(hva).map(|v| v.start.0)
     }
 }
 
@@ -219,6 +216,8 @@ pub struct Mm {
     pub(crate) last_gup: GupReport,
     /// Driver callback counters: (fault, huge_fault, pfn_mkwrite) calls.
     pub(crate) driver_calls: DriverCalls,
+    /// Test hook: the next GUP-fast grab races with a zap of its entry.
+    pub(crate) gup_fast_race: bool,
 }
 
 /// How often driver callbacks ran (for tests of the double fault).
@@ -262,6 +261,7 @@ impl Mm {
             page_cache: BTreeMap::new(),
             last_gup: GupReport::default(),
             driver_calls: DriverCalls::default(),
+            gup_fast_race: false,
         }
     }
 
@@ -374,6 +374,27 @@ impl Mm {
         true
     }
 
+    /// Test hook: the next GUP-fast call finds its entry zapped between grabbing the folio
+    /// and re-reading the entry (a racing `zap_pte_range()`), so its re-check must fail.
+    pub fn inject_gup_fast_race(&mut self) {
+        self.gup_fast_race = true;
+    }
+
+    /// The racing zap of [`Mm::inject_gup_fast_race`]: clears the leaf at `hva` and drops
+    /// what it held (no notifier: the point is GUP-fast's re-check, not KVM).
+    pub(crate) fn race_zap(&mut self, hva: Hva) {
+        if let Some(m) = self.lookup(hva) {
+            ops::set_leaf(&mut self.space.pt, m.leaf_start, m.level, Entry::NONE);
+            self.drop_leaf_ref(m.entry);
+        }
+    }
+
+    /// The process's tasks move to `node` (later faults allocate there and NUMA hinting
+    /// faults migrate towards it).
+    pub fn set_task_node(&mut self, node: NodeId) {
+        self.config.task_node = node;
+    }
+
     /// How often driver callbacks ran.
     pub fn driver_calls(&self) -> DriverCalls {
         self.driver_calls
@@ -404,6 +425,73 @@ impl Mm {
             mapped_pages: mapped,
             allocated_pages: self.frames.allocated_pages,
         }
+    }
+
+    /// Checks the model's invariants: every present leaf maps a live folio (or a pfn without
+    /// struct page, or a special/zero entry), special leaves never yield a page from
+    /// `vm_normal_page*()`, each folio's mapcount equals the leaves mapping it, and its
+    /// refcount equals mapcount + page-cache reference + `extra_refs` (GUP references the
+    /// caller still holds, keyed by head pfn).
+    pub fn check_invariants(&self, extra_refs: &BTreeMap<Pfn, i32>) -> Result<(), InvariantError> {
+        let mut maps: BTreeMap<usize, i32> = BTreeMap::new();
+        let spaces = std::iter::once(&self.space).chain(self.children.iter().flatten());
+        let mut err = None;
+        for space in spaces {
+            space
+                .pt
+                .for_each_leaf(Hva(0), Hva(crate::types::TASK_SIZE), |va, level, e| {
+                    if err.is_some() || !e.is_present() {
+                        return;
+                    }
+                    let pfn = e.pfn();
+                    if e.is_special() {
+                        if let Some(v) = space.vma(va) {
+                            if self.vm_normal_page_entry(v, va, e, level).is_some() {
+                                err = Some(InvariantError::SpecialHasPage { hva: va, pfn });
+                            }
+                        }
+                    }
+                    if self.frames.pfn_valid(pfn) && self.frames.folio_of(pfn).is_none() {
+                        err = Some(InvariantError::MappedButFreed { hva: va, pfn });
+                        return;
+                    }
+                    if let Some(id) = self.leaf_ref_folio(e) {
+                        *maps.entry(id).or_default() += 1;
+                    }
+                });
+        }
+        if let Some(e) = err {
+            return Err(e);
+        }
+        for id in self.frames.live_ids() {
+            let f = &self.frames.folios[id];
+            let counted = maps.get(&id).copied().unwrap_or(0);
+            if f.mapcount != counted {
+                return Err(InvariantError::MapcountMismatch {
+                    pfn: Pfn(f.pfn),
+                    mapcount: f.mapcount,
+                    counted,
+                });
+            }
+            let idle = if f.zone == Zone::Device && !self.config.kernel.devmap_removed() {
+                1
+            } else {
+                0
+            };
+            let expected = f.mapcount
+                + i32::from(f.has(folio::ff::PAGECACHE))
+                + idle
+                + extra_refs.get(&Pfn(f.pfn)).copied().unwrap_or(0);
+            if f.refcount != expected {
+                return Err(InvariantError::RefcountMismatch {
+                    pfn: Pfn(f.pfn),
+                    refcount: f.refcount,
+                    expected,
+                    mapcount: f.mapcount,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Sends one invalidation: start, the change (`f`), end. Records the range.

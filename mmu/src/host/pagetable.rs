@@ -158,14 +158,6 @@ impl PageTable {
         }
     }
 
-    /// The PTE table containing `va` (if one exists).
-    pub fn pte_table(&self, va: Hva) -> Option<&PteTable> {
-        match self.pmd_slot(va)? {
-            PmdSlot::Table(t) => Some(t),
-            _ => None,
-        }
-    }
-
     /// The PTE for `va`; with `alloc`, creates the tables down to the PTE table. Returns
     /// None when a PUD or PMD leaf covers `va`.
     pub fn pte_mut(&mut self, va: Hva, alloc: bool) -> Option<&mut Entry> {

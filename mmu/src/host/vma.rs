@@ -142,6 +142,8 @@ pub struct Vma {
     pub file: u32,
     /// Memory policy: the node new pages come from (`None`: the faulting task's node).
     pub node: Option<NodeId>,
+    /// `vma->anon_vma` is set (anonymous pages were mapped): fork must copy the tables.
+    pub anon_vma: bool,
 }
 
 impl Vma {
@@ -203,7 +205,8 @@ impl Vma {
         if !self.is_accessible() {
             return Entry::PROTNONE | Entry::YOUNG;
         }
-        let mut p = Entry::PRESENT | Entry::USER;
+        // x86 protection_map entries carry _PAGE_ACCESSED.
+        let mut p = Entry::PRESENT | Entry::USER | Entry::YOUNG;
         if self.flags.contains(VmFlags::SHARED | VmFlags::WRITE) && !self.wants_writenotify() {
             p |= Entry::WRITE;
         }
