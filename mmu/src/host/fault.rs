@@ -1093,3 +1093,7 @@ impl Mm {
         (start.max(vma.start), end.min(vma.end))
     }
 }
+
+#[cfg(test)]
+#[path = "fault_tests.rs"]
+mod tests;

@@ -20,6 +20,8 @@ pub(crate) mod numa;
 pub mod ops;
 pub(crate) mod pagetable;
 pub mod pte;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod vma;
 
 pub use device::{DeviceKind, DeviceSpec};
