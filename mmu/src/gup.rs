@@ -977,6 +977,22 @@ pub fn put_page(mm: &mut Mm, page: PageRef) {
     mm.frames.put(id, 1);
 }
 
+/// Models `get_page_unless_zero(pfn_to_page(pfn))` (KVM 6.12 `kvm_try_get_pfn()` on a
+/// remapped pfn with a struct page): a reference unless the refcount is 0 or the pfn has
+/// no struct page.
+pub fn get_page_unless_zero(mm: &mut Mm, pfn: Pfn) -> Option<PageRef> {
+    let id = mm.frames.folio_of(pfn)?;
+    if !mm.frames.try_get(id, 1) {
+        return None;
+    }
+    Some(PageRef {
+        pfn,
+        kind: RefKind::Get,
+        writable: false,
+        counted: true,
+    })
+}
+
 /// Models `unpin_user_page()`.
 pub fn unpin_user_page(mm: &mut Mm, page: PageRef) {
     put_page(mm, page)
