@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod explore;
 pub mod gup;
 pub mod host;
 pub mod notifier;

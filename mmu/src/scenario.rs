@@ -15,7 +15,7 @@
 //! start = "0x7f0000000000"
 //! size = "1G"
 //! prot = "rw"                      # "none" | "r" | "rw" | "rwx"
-//! kind = "anon"                    # "anon" | "shmem" | "pfnmap" | "mixedmap"
+//! kind = "anon"                    # "anon" | "shmem" | "pfnmap" | "mixedmap" | "devdax"
 //! shared = false
 //! thp = false                      # MADV_HUGEPAGE
 //! node = 0
@@ -433,7 +433,7 @@ pub fn build(sc: &Scenario) -> Result<(Mm, Kvm), ScenarioError> {
         let backing = match v.kind.as_str() {
             "anon" => Backing::Anon,
             "shmem" => Backing::Shmem,
-            "pfnmap" | "mixedmap" => {
+            "pfnmap" | "mixedmap" | "devdax" => {
                 let max_level = match v.huge.as_deref().unwrap_or("pte") {
                     "pte" => Level::Pte4K,
                     "pmd" => Level::Pmd2M,
@@ -446,10 +446,10 @@ pub fn build(sc: &Scenario) -> Result<(Mm, Kvm), ScenarioError> {
                     }
                 };
                 Backing::Device(DeviceSpec {
-                    kind: if v.kind == "pfnmap" {
-                        DeviceKind::Pfnmap
-                    } else {
-                        DeviceKind::Mixedmap
+                    kind: match v.kind.as_str() {
+                        "pfnmap" => DeviceKind::Pfnmap,
+                        "mixedmap" => DeviceKind::Mixedmap,
+                        _ => DeviceKind::DevDax,
                     },
                     base_pfn: v.pfn.map(|p| Pfn(p.0)),
                     max_level,
@@ -463,8 +463,8 @@ pub fn build(sc: &Scenario) -> Result<(Mm, Kvm), ScenarioError> {
                 return Err(ScenarioError::Setup {
                     what,
                     message: format!(
-                        "kind = {o:?}: use \"anon\", \"shmem\", \"pfnmap\" or \"mixedmap\""
-                    ),
+                    "kind = {o:?}: use \"anon\", \"shmem\", \"pfnmap\", \"mixedmap\" or \"devdax\""
+                ),
                 })
             }
         };
@@ -909,6 +909,56 @@ mod tests {
         let s: Scenario =
             toml::from_str("[[memslot]]\nid = 0\ngpa = 0\nsize = \"2M\"\nhva = 4096\n").unwrap();
         assert_eq!(s.memslot[0].size, Num(2 << 20));
+    }
+
+    fn scenario_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/scenarios")
+    }
+
+    /// Every `resources/scenarios/*.toml` replays to exactly its `*.expected.jsonl`
+    /// (every event, range, result and counter). `FAULTLINE_BLESS=1` rewrites the expected
+    /// files; review the diff before committing.
+    #[test]
+    fn shipped_scenarios_match_expected_output() {
+        let bless = std::env::var_os("FAULTLINE_BLESS").is_some();
+        let mut names: Vec<_> = std::fs::read_dir(scenario_dir())
+            .expect("resources/scenarios exists")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        names.sort();
+        assert!(
+            bless || names.len() >= 9,
+            "expected the canonical traces and seed scenarios"
+        );
+        let mut failures = Vec::new();
+        for p in names {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let (got, table) = if text.contains("race = true") {
+                let r = crate::explore::explore_scenario(&text, Default::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                (r.json(), r.render())
+            } else {
+                let run = run_scenario(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                (run.json_lines(), run.render_table())
+            };
+            let exp_path = p.with_extension("expected.jsonl");
+            if bless {
+                std::fs::write(&exp_path, &got).unwrap();
+                println!("{}\n{}", p.display(), table);
+                continue;
+            }
+            let want = std::fs::read_to_string(&exp_path)
+                .unwrap_or_else(|_| panic!("missing {}", exp_path.display()));
+            if got != want {
+                failures.push(format!(
+                    "{}:\n--- expected\n{want}--- got\n{got}{}",
+                    p.display(),
+                    table
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
     #[test]

@@ -1,0 +1,602 @@
+//! Interleaving explorer: every schedule of a few guest faults racing a few invalidations.
+//!
+//! A guest fault is split into the steps KVM executes without holding `mmu_lock` in
+//! between ([`FaultStep`]): the `mmu_invalidate_seq` snapshot (after `fast_page_fault()`),
+//! the lockless pre-check, GUP (with the post-check), taking `mmu_lock` for read, the
+//! `is_page_fault_stale()` check, and the install (`kvm_tdp_mmu_map()`, unlock, release).
+//! An invalidation is split into ([`InvalStep`]): `invalidate_range_start` (begin,
+//! range_add and zap, atomically under `mmu_lock` for write), the host page-table change,
+//! and `invalidate_range_end`. The write-locked steps cannot run while a fault holds the
+//! read lock; every other interleaving is run.
+//!
+//! After every step the explorer checks the secondary-MMU invariant: no SPTE maps a pfn
+//! that the host no longer maps at the corresponding address ([`check_no_stale_spte`]).
+//!
+//! The configuration is a scenario file ([`crate::scenario`]): steps without `race = true`
+//! run first, in order, as setup; the `race = true` steps are the racing threads (guest
+//! accesses become faults, host operations become invalidations). Keep it small: the
+//! number of schedules is the multinomial of the step counts (1 fault + 1 invalidation:
+//! 84; 2 + 1: 420 420).
+//!
+//! # Divergence
+//! Schedules are replayed from scratch (a GUP reference cannot be cloned). The host change
+//! is the whole host operation, run with its own notifier calls absorbed; KVM receives the
+//! step's declared range `[start, start + size)` instead, and the explorer fails if the
+//! operation invalidated anything outside it. An operation that emits nothing in some
+//! schedule (e.g. a migration refused because GUP holds a reference) still notifies KVM,
+//! which is conservative.
+
+use crate::host::Mm;
+use crate::notifier::NotifierLog;
+use crate::scenario::{self, Scenario, ScenarioError, StepSpec};
+use crate::secondary::fault::{Access, PageFault, PfResult};
+use crate::secondary::spte::pages_at;
+use crate::secondary::Kvm;
+use crate::types::{Gfn, Gpa, Hva, Pfn};
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// The steps of a guest fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultStep {
+    /// `fast_page_fault()` and the `mmu_invalidate_seq` snapshot.
+    Snapshot,
+    /// `mmu_invalidate_retry_gfn_unsafe()` before GUP.
+    PreCheck,
+    /// `__kvm_faultin_pfn()` and the post-check.
+    Gup,
+    /// `read_lock(mmu_lock)`.
+    Lock,
+    /// `is_page_fault_stale()`.
+    StaleCheck,
+    /// `kvm_tdp_mmu_map()`, unlock, release the page.
+    Install,
+}
+
+const FAULT_STEPS: [FaultStep; 6] = [
+    FaultStep::Snapshot,
+    FaultStep::PreCheck,
+    FaultStep::Gup,
+    FaultStep::Lock,
+    FaultStep::StaleCheck,
+    FaultStep::Install,
+];
+
+/// The steps of an invalidation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InvalStep {
+    /// `invalidate_range_start`: begin, range_add, zap, flush.
+    Start,
+    /// The host page-table change.
+    HostChange,
+    /// `invalidate_range_end`: seq++, in_progress--.
+    End,
+}
+
+const INVAL_STEPS: [InvalStep; 3] = [InvalStep::Start, InvalStep::HostChange, InvalStep::End];
+
+/// One step of a schedule, for reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ScheduledStep {
+    /// "fault N" or "inval N".
+    pub thread: String,
+    /// Step name.
+    pub step: String,
+}
+
+/// An SPTE that maps a pfn the host does not map at that address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StaleSpte {
+    /// Guest frame.
+    pub gfn: Gfn,
+    /// Host address it corresponds to.
+    pub hva: Hva,
+    /// pfn in the SPTE.
+    pub spte_pfn: Pfn,
+    /// pfn the host maps there now (None: nothing present).
+    pub host_pfn: Option<Pfn>,
+}
+
+/// What one schedule ended with.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Outcome {
+    /// Result of each fault, in thread order.
+    pub faults: Vec<String>,
+    /// True when some step left a stale SPTE.
+    pub stale: bool,
+}
+
+/// What the exploration found.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExploreReport {
+    /// Schedules run to completion.
+    pub schedules: u64,
+    /// Schedules cut short because a write-locked step met a read-locked fault.
+    pub infeasible: u64,
+    /// Distinct outcomes.
+    pub outcomes: BTreeSet<Outcome>,
+    /// The first schedule that produced a stale SPTE, with the stale entry.
+    pub first_stale: Option<(Vec<ScheduledStep>, StaleSpte)>,
+}
+
+impl ExploreReport {
+    /// True when no schedule produced a stale SPTE.
+    pub fn is_clean(&self) -> bool {
+        self.first_stale.is_none()
+    }
+    /// True when some fault returned `result` in some schedule.
+    pub fn reaches(&self, result: PfResult) -> bool {
+        let name = scenario::result_name(result);
+        self.outcomes
+            .iter()
+            .any(|o| o.faults.iter().any(|f| f == name))
+    }
+    /// The report as pretty JSON (newline-terminated).
+    pub fn json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// A human-readable summary.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "schedules: {} (+{} infeasible under mmu_lock)\noutcomes:\n",
+            self.schedules, self.infeasible
+        );
+        for o in &self.outcomes {
+            s.push_str(&format!(
+                "  faults [{}]{}\n",
+                o.faults.join(", "),
+                if o.stale { "  STALE SPTE" } else { "" }
+            ));
+        }
+        match &self.first_stale {
+            None => s.push_str("no stale SPTE in any schedule\n"),
+            Some((sched, st)) => {
+                s.push_str(&format!(
+                    "STALE SPTE: gfn {} (hva {}) maps pfn {} but the host maps {}\nschedule:\n",
+                    st.gfn,
+                    st.hva,
+                    st.spte_pfn,
+                    st.host_pfn.map_or("nothing".to_string(), |p| p.to_string())
+                ));
+                for (i, x) in sched.iter().enumerate() {
+                    s.push_str(&format!("  {i:>2}. {:<8} {}\n", x.thread, x.step));
+                }
+            }
+        }
+        s
+    }
+}
+
+/// Explorer knobs.
+#[derive(Clone, Copy, Debug)]
+pub struct ExploreOptions {
+    /// Run KVM with its stale checks (false models a broken KVM).
+    pub stale_check: bool,
+    /// Stop after this many schedules.
+    pub max_schedules: u64,
+}
+
+impl Default for ExploreOptions {
+    fn default() -> Self {
+        ExploreOptions {
+            stale_check: true,
+            max_schedules: 2_000_000,
+        }
+    }
+}
+
+/// Checks that every SPTE maps what the host maps at the slot's hva (every 4K page of a
+/// huge SPTE). Returns the first violation.
+pub fn check_no_stale_spte(kvm: &Kvm, mm: &Mm) -> Option<StaleSpte> {
+    for (gfn, level, spte) in kvm.tdp.leaves() {
+        let Some(slot) = kvm.slots.find(gfn) else {
+            continue;
+        };
+        for k in 0..pages_at(level) {
+            let g = gfn.add(k);
+            if !slot.contains(g) {
+                continue;
+            }
+            let hva = slot.gfn_to_hva(g);
+            let want = spte.pfn().add(k);
+            let host = mm.lookup(hva).filter(|m| m.present).map(|m| m.pfn);
+            if host != Some(want) {
+                return Some(StaleSpte {
+                    gfn: g,
+                    hva,
+                    spte_pfn: want,
+                    host_pfn: host,
+                });
+            }
+        }
+    }
+    None
+}
+
+enum Thread {
+    Fault {
+        gpa: Gpa,
+        access: Access,
+        pc: usize,
+        state: Option<PageFault>,
+        holds_lock: bool,
+        result: Option<PfResult>,
+    },
+    Inval {
+        step: StepSpec,
+        pc: usize,
+        range: Option<(Hva, Hva)>,
+    },
+}
+
+/// Explores every interleaving of the `race = true` steps of a scenario.
+pub fn explore_scenario(text: &str, opts: ExploreOptions) -> Result<ExploreReport, ScenarioError> {
+    let sc: Scenario = toml::from_str(text)?;
+    explore(&sc, opts)
+}
+
+/// [`explore_scenario`] on a parsed scenario.
+pub fn explore(sc: &Scenario, opts: ExploreOptions) -> Result<ExploreReport, ScenarioError> {
+    let any_race = sc.step.iter().any(|s| s.race);
+    let (setup, racing): (Vec<_>, Vec<_>) = sc
+        .step
+        .iter()
+        .cloned()
+        .enumerate()
+        .partition(|(_, s)| any_race && !s.race);
+    for (i, s) in &racing {
+        if !matches!(s.op.as_str(), "read" | "write" | "exec") {
+            // Must be a host operation that the explorer can split.
+            if !matches!(
+                s.op.as_str(),
+                "munmap"
+                    | "mprotect"
+                    | "madvise"
+                    | "numa-scan"
+                    | "migrate"
+                    | "thp-split"
+                    | "unmap-mapping-range"
+                    | "fork"
+            ) {
+                return Err(ScenarioError::Step {
+                    step: *i,
+                    op: s.op.clone(),
+                    message: "cannot race: use a guest access or an invalidating host op".into(),
+                });
+            }
+        }
+    }
+    // Validate the setup once, and learn each racing thread's length.
+    let lens: Vec<usize> = racing
+        .iter()
+        .map(|(_, s)| {
+            if matches!(s.op.as_str(), "read" | "write" | "exec") {
+                FAULT_STEPS.len()
+            } else {
+                INVAL_STEPS.len()
+            }
+        })
+        .collect();
+    let mut report = ExploreReport {
+        schedules: 0,
+        infeasible: 0,
+        outcomes: BTreeSet::new(),
+        first_stale: None,
+    };
+    let mut remaining = lens.clone();
+    let mut sched = Vec::new();
+    let total: usize = lens.iter().sum();
+    enumerate(
+        &mut remaining,
+        &mut sched,
+        total,
+        &mut |order: &[usize]| {
+            if report.schedules + report.infeasible >= opts.max_schedules {
+                return Ok(());
+            }
+            run_schedule(sc, &setup, &racing, order, opts, &mut report)
+        },
+    )?;
+    Ok(report)
+}
+
+fn enumerate(
+    remaining: &mut [usize],
+    sched: &mut Vec<usize>,
+    total: usize,
+    f: &mut dyn FnMut(&[usize]) -> Result<(), ScenarioError>,
+) -> Result<(), ScenarioError> {
+    if sched.len() == total {
+        return f(sched);
+    }
+    for t in 0..remaining.len() {
+        if remaining[t] > 0 {
+            remaining[t] -= 1;
+            sched.push(t);
+            enumerate(remaining, sched, total, f)?;
+            sched.pop();
+            remaining[t] += 1;
+        }
+    }
+    Ok(())
+}
+
+fn run_schedule(
+    sc: &Scenario,
+    setup: &[(usize, StepSpec)],
+    racing: &[(usize, StepSpec)],
+    order: &[usize],
+    opts: ExploreOptions,
+    report: &mut ExploreReport,
+) -> Result<(), ScenarioError> {
+    let (mut mm, mut kvm) = scenario::build(sc)?;
+    kvm.config.stale_check = opts.stale_check;
+    for (i, s) in setup {
+        scenario::run_step(&mut mm, &mut kvm, *i, s)?;
+    }
+    let mut threads: Vec<Thread> = racing
+        .iter()
+        .map(|(_, s)| match s.op.as_str() {
+            "read" | "write" | "exec" => Thread::Fault {
+                gpa: Gpa(s.gpa.map_or(0, |g| g.0)),
+                access: match s.op.as_str() {
+                    "read" => Access::Read,
+                    "write" => Access::Write,
+                    _ => Access::Exec,
+                },
+                pc: 0,
+                state: None,
+                holds_lock: false,
+                result: None,
+            },
+            _ => Thread::Inval {
+                step: s.clone(),
+                pc: 0,
+                range: None,
+            },
+        })
+        .collect();
+    let mut trail = Vec::with_capacity(order.len());
+    let mut stale: Option<StaleSpte> = None;
+    for &t in order {
+        let lock_held = threads.iter().any(|th| {
+            matches!(
+                th,
+                Thread::Fault {
+                    holds_lock: true,
+                    ..
+                }
+            )
+        });
+        let (idx, racing_idx) = (t, racing[t].0);
+        let th = &mut threads[idx];
+        match th {
+            Thread::Fault {
+                gpa,
+                access,
+                pc,
+                state,
+                holds_lock,
+                result,
+            } => {
+                let step = FAULT_STEPS[*pc];
+                *pc += 1;
+                if result.is_some() {
+                    continue; // finished early: the remaining steps are no-ops
+                }
+                trail.push(ScheduledStep {
+                    thread: format!("fault {idx}"),
+                    step: format!("{step:?}"),
+                });
+                fault_step(
+                    &mut kvm, &mut mm, step, *gpa, *access, state, holds_lock, result,
+                );
+            }
+            Thread::Inval { step, pc, range } => {
+                let s = INVAL_STEPS[*pc];
+                if s != InvalStep::HostChange && lock_held {
+                    report.infeasible += 1;
+                    return Ok(());
+                }
+                *pc += 1;
+                trail.push(ScheduledStep {
+                    thread: format!("inval {idx}"),
+                    step: format!("{s:?}"),
+                });
+                match s {
+                    InvalStep::Start => {
+                        // KVM is told the declared range; the host change must stay in it.
+                        let lo = Hva(step.start.map_or(0, |n| n.0));
+                        let hi = lo.add(step.size.map_or(0, |n| n.0));
+                        *range = Some((lo, hi));
+                        kvm.notifier_invalidate_range_start(lo, hi);
+                    }
+                    InvalStep::HostChange => {
+                        let mut sink = NotifierLog::new();
+                        scenario::host_op(&mut mm, racing_idx, step, &mut sink)?;
+                        let (lo, hi) = range.unwrap_or((Hva(0), Hva(0)));
+                        if let Some(r) = sink.starts().iter().find(|r| r.start < lo || r.end > hi) {
+                            return Err(ScenarioError::Step {
+                                step: racing_idx,
+                                op: step.op.clone(),
+                                message: format!(
+                                    "the host operation invalidated [{}, {}), outside its declared \
+                                     range [{lo}, {hi}): widen start/size to cover it",
+                                    r.start, r.end
+                                ),
+                            });
+                        }
+                    }
+                    InvalStep::End => {
+                        let (lo, hi) = range.take().unwrap_or((Hva(0), Hva(0)));
+                        kvm.notifier_invalidate_range_end(lo, hi);
+                    }
+                }
+            }
+        }
+        if stale.is_none() {
+            stale = check_no_stale_spte(&kvm, &mm);
+        }
+    }
+    if stale.is_none() {
+        stale = check_no_stale_spte(&kvm, &mm);
+    }
+    report.schedules += 1;
+    let faults = threads
+        .iter()
+        .filter_map(|t| match t {
+            Thread::Fault { result, .. } => Some(
+                result
+                    .map(scenario::result_name)
+                    .unwrap_or("unfinished")
+                    .to_string(),
+            ),
+            Thread::Inval { .. } => None,
+        })
+        .collect();
+    report.outcomes.insert(Outcome {
+        faults,
+        stale: stale.is_some(),
+    });
+    if let Some(st) = stale {
+        if report.first_stale.is_none() {
+            report.first_stale = Some((trail, st));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fault_step(
+    kvm: &mut Kvm,
+    mm: &mut Mm,
+    step: FaultStep,
+    gpa: Gpa,
+    access: Access,
+    state: &mut Option<PageFault>,
+    holds_lock: &mut bool,
+    result: &mut Option<PfResult>,
+) {
+    let mut finish = |kvm: &mut Kvm, mm: &mut Mm, st: &mut Option<PageFault>, r: PfResult| {
+        if let Some(mut f) = st.take() {
+            kvm.fault_finish(&mut f, mm, r);
+        }
+        *result = Some(r);
+    };
+    match step {
+        FaultStep::Snapshot => {
+            let present = kvm
+                .tdp
+                .lookup(gpa.gfn())
+                .is_some_and(|(s, _)| s.is_present() && !s.is_access_tracked());
+            match kvm.fault_snapshot(gpa, access, present) {
+                Ok(f) => *state = Some(f),
+                Err(r) => *result = Some(r),
+            }
+        }
+        FaultStep::PreCheck | FaultStep::Gup | FaultStep::StaleCheck => {
+            let Some(f) = state.as_mut() else { return };
+            let r = match step {
+                FaultStep::PreCheck => kvm.fault_precheck(f, mm),
+                FaultStep::Gup => kvm.fault_gup(f, mm),
+                _ => kvm.fault_stale_check(f),
+            };
+            if let Err(r) = r {
+                *holds_lock = false;
+                finish(kvm, mm, state, r);
+            }
+        }
+        FaultStep::Lock => *holds_lock = true,
+        FaultStep::Install => {
+            let Some(f) = state.as_mut() else { return };
+            let r = kvm.fault_install(f, mm);
+            *holds_lock = false;
+            finish(kvm, mm, state, r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One 4K anonymous page, populated and writable on the host; the guest writes it while
+    /// the host zaps it (MADV_DONTNEED) and the guest faults it back.
+    const RACE: &str = r#"
+kernel = "6.12"
+[[memslot]]
+id = 0
+gpa = "0x0"
+size = "2M"
+hva = "0x7f0000000000"
+[[vma]]
+start = "0x7f0000000000"
+size = "2M"
+prot = "rw"
+kind = "anon"
+[[step]]
+op = "write"
+gpa = "0x1000"
+[[step]]
+op = "madvise"
+advice = "dontneed"
+start = "0x7f0000001000"
+size = "4K"
+[[step]]
+op = "write"
+gpa = "0x1000"
+race = true
+[[step]]
+op = "madvise"
+advice = "dontneed"
+start = "0x7f0000001000"
+size = "4K"
+race = true
+"#;
+
+    #[test]
+    fn real_protocol_never_leaves_a_stale_spte_and_can_retry() {
+        let r = explore_scenario(RACE, ExploreOptions::default()).unwrap();
+        assert!(r.is_clean(), "{}", r.render());
+        assert!(r.reaches(PfResult::Retry), "{}", r.render());
+        assert!(r.reaches(PfResult::Fixed), "{}", r.render());
+        assert_eq!(r.schedules + r.infeasible, 84);
+    }
+
+    #[test]
+    fn without_the_stale_check_the_explorer_reports_the_racing_schedule() {
+        let r = explore_scenario(
+            RACE,
+            ExploreOptions {
+                stale_check: false,
+                ..ExploreOptions::default()
+            },
+        )
+        .unwrap();
+        let (sched, st) = r.first_stale.clone().expect("a stale SPTE must be found");
+        // The bad schedule: GUP takes the old page before the host zaps it, and the
+        // install happens after invalidate_range_end.
+        let pos = |th: &str, step: &str| {
+            sched
+                .iter()
+                .position(|s| s.thread.starts_with(th) && s.step == step)
+                .unwrap()
+        };
+        assert!(
+            pos("fault", "Gup") < pos("inval", "HostChange"),
+            "{}",
+            r.render()
+        );
+        assert!(
+            pos("fault", "Install") > pos("inval", "Start"),
+            "{}",
+            r.render()
+        );
+        assert_ne!(Some(st.spte_pfn), st.host_pfn);
+    }
+}
