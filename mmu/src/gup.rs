@@ -1038,3 +1038,382 @@ pub fn vm_normal_page_pmd(mm: &Mm, hva: Hva) -> Option<Pfn> {
 pub fn vm_normal_page_pud(mm: &Mm, hva: Hva) -> Option<Pfn> {
     normal_page_at(mm, hva, Level::Pud1G)
 }
+
+#[cfg(test)]
+mod tests {
+    //! GUP rules, one test per rule: GUP-fast's bail-outs, the slow path's follow/fault
+    //! loop, FOLL_* semantics and reference accounting.
+    use super::*;
+    use crate::host::testutil::*;
+    use crate::host::{DeviceKind, DeviceSpec, MmapRequest};
+    use crate::notifier::{NoNotifier, NotifierEvent, NotifierLog};
+    use crate::types::KernelVersion;
+    use std::collections::BTreeMap;
+
+    fn touch_write(mm: &mut Mm, hva: Hva) {
+        mm.user_access(hva, true, &mut NoNotifier).unwrap();
+    }
+    fn invariants(mm: &Mm) {
+        mm.check_invariants(&BTreeMap::new()).unwrap();
+    }
+
+    /// Models `gup_fast_pte_range()`: a protnone (NUMA hint) PTE fails GUP-fast whatever
+    /// the flags, FOLL_HONOR_NUMA_FAULT included.
+    #[test]
+    fn gup_fast_bails_on_protnone() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        touch_write(&mut m, a);
+        m.numa_scan(a, 1 << 20, &mut NoNotifier).unwrap();
+        for flags in [FollFlags::empty(), FollFlags::HONOR_NUMA_FAULT] {
+            assert!(get_user_page_fast_only(&mut m, a, flags).is_none());
+            assert_eq!(m.last_gup().fast_bail, Some(FastBail::Protnone));
+        }
+        invariants(&m);
+    }
+
+    /// Models `gup_fast_pte_range()`: a special PTE (the zero page) fails GUP-fast.
+    #[test]
+    fn gup_fast_bails_on_special_zero_page() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        m.user_access(a, false, &mut NoNotifier).unwrap();
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::empty()).is_none());
+        assert_eq!(m.last_gup().fast_bail, Some(FastBail::Special));
+        // And FOLL_WRITE on the read-only zero page fails the access check first.
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::WRITE).is_none());
+        assert_eq!(m.last_gup().fast_bail, Some(FastBail::AccessNotPermitted));
+    }
+
+    fn devdax(m: &mut Mm) -> Hva {
+        device(
+            m,
+            BASE,
+            0x10_000,
+            true,
+            DeviceSpec {
+                kind: DeviceKind::DevDax,
+                base_pfn: None,
+                max_level: Level::Pte4K,
+                mkwrite: false,
+                pfn_mkwrite: false,
+                page_mkwrite: false,
+                remap: false,
+            },
+        )
+    }
+
+    /// Models `gup_fast_pte_range()` devmap rules (6.12): `get_dev_pagemap()` must succeed
+    /// (a killed pgmap fails), and FOLL_LONGTERM always fails; with a live pgmap the page is
+    /// grabbed (refcount 1 → 2) and released back to the idle 1.
+    #[test]
+    fn gup_fast_devmap_needs_pgmap_and_refuses_longterm() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = devdax(&mut m);
+        m.user_access(a, false, &mut NoNotifier).unwrap();
+        let pfn = m.lookup(a).unwrap().pfn;
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::LONGTERM).is_none());
+        assert_eq!(m.last_gup().fast_bail, Some(FastBail::DevmapLongterm));
+        let p = get_user_page_fast_only(&mut m, a, FollFlags::empty()).unwrap();
+        assert_eq!(m.folio_info(pfn).unwrap().refcount, 2);
+        put_page(&mut m, p);
+        assert_eq!(
+            m.folio_info(pfn).unwrap().refcount,
+            1,
+            "6.12 idle ZONE_DEVICE refcount"
+        );
+        assert!(m.kill_pgmap(pfn));
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::empty()).is_none());
+        assert_eq!(m.last_gup().fast_bail, Some(FastBail::DevmapNoPgmap));
+        assert_eq!(m.folio_info(pfn).unwrap().refcount, 1);
+        invariants(&m);
+    }
+
+    /// Models 6.18 ZONE_DEVICE (no devmap): GUP-fast takes plain references.
+    #[test]
+    fn gup_fast_zone_device_6_18_is_plain_refcounting() {
+        let mut m = mm(KernelVersion::V6_18);
+        let a = devdax(&mut m);
+        m.user_access(a, false, &mut NoNotifier).unwrap();
+        let pfn = m.lookup(a).unwrap().pfn;
+        let p = get_user_page_fast_only(&mut m, a, FollFlags::LONGTERM).unwrap();
+        assert_eq!(m.folio_info(pfn).unwrap().refcount, 2);
+        put_page(&mut m, p);
+        assert_eq!(m.folio_info(pfn).unwrap().refcount, 1);
+        invariants(&m);
+    }
+
+    /// Models `try_grab_folio_fast()` → `folio_ref_try_add()`: a folio frozen at refcount 0
+    /// (split/migration in progress) cannot be grabbed.
+    #[test]
+    fn gup_fast_bails_on_refcount_zero() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        touch_write(&mut m, a);
+        let pfn = m.lookup(a).unwrap().pfn;
+        let frozen = m.freeze_folio(pfn).unwrap();
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::WRITE).is_none());
+        assert_eq!(m.last_gup().fast_bail, Some(FastBail::RefcountZero));
+        m.unfreeze_folio(pfn, frozen);
+        let p = get_user_page_fast_only(&mut m, a, FollFlags::WRITE).unwrap();
+        put_page(&mut m, p);
+        invariants(&m);
+    }
+
+    /// Models the re-check in `gup_fast_pte_range()`: when the PTE changed after the grab
+    /// (a racing zap), the reference is put back and GUP-fast fails.
+    #[test]
+    fn gup_fast_recheck_drops_reference_when_entry_changed() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        touch_write(&mut m, a);
+        let pfn = m.lookup(a).unwrap().pfn;
+        let p = get_user_page_fast_only(&mut m, a, FollFlags::empty()).unwrap();
+        m.inject_gup_fast_race();
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::empty()).is_none());
+        assert_eq!(m.last_gup().fast_bail, Some(FastBail::Changed));
+        // Only our first reference keeps the (now unmapped) folio alive.
+        let f = m.folio_info(pfn).unwrap();
+        assert_eq!((f.refcount, f.mapcount), (1, 0));
+        put_page(&mut m, p);
+        assert!(m.folio_info(pfn).is_none(), "freed with the last reference");
+        invariants(&m);
+    }
+
+    /// Models `gup_can_follow_protnone()` + `faultin_page()`: with FOLL_HONOR_NUMA_FAULT
+    /// (KVM's `hva_to_pfn_slow()`) a protnone PTE is not followed but faulted (NUMA hinting
+    /// fault), while `follow_page()` without the flag follows it (seed 002).
+    #[test]
+    fn honor_numa_fault_faults_protnone_while_follow_page_follows_it() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        touch_write(&mut m, a);
+        m.numa_scan(a, 1 << 20, &mut NoNotifier).unwrap();
+        assert!(m.lookup(a).unwrap().protnone);
+        let FollowPage::Page { page_ref, .. } = follow_page(&mut m, a, FollFlags::empty()) else {
+            panic!("follow_page must follow a protnone PTE");
+        };
+        assert!(page_ref.is_none());
+        assert!(m.lookup(a).unwrap().protnone, "follow_page does not fault");
+        assert_eq!(
+            follow_page(&mut m, a, FollFlags::HONOR_NUMA_FAULT),
+            FollowPage::NoPage
+        );
+        let mut log = NotifierLog::new();
+        let p = get_user_pages_unlocked(&mut m, a, FollFlags::HONOR_NUMA_FAULT, &mut log).unwrap();
+        assert_eq!(m.last_gup().host_faults, vec![HostFault::Numa]);
+        assert_eq!(m.last_gup().path, GupPath::Slow);
+        assert!(!m.lookup(a).unwrap().protnone);
+        put_page(&mut m, p);
+        invariants(&m);
+    }
+
+    /// Models the slow path of spec trace 1: a read GUP faults in the zero page and
+    /// `follow_page_pte()` returns it (referenced with FOLL_GET); GUP-fast FOLL_WRITE then
+    /// fails, and a write GUP COWs under CLEAR 4K.
+    #[test]
+    fn slow_gup_returns_zero_page_then_write_gup_cows() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        let mut log = NotifierLog::new();
+        let p = get_user_pages_unlocked(&mut m, a, FollFlags::HONOR_NUMA_FAULT, &mut log).unwrap();
+        assert_eq!(p.pfn(), m.zero_pfn());
+        assert_eq!(m.last_gup().host_faults, vec![HostFault::AnonZero]);
+        put_page(&mut m, p);
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::WRITE).is_none());
+        let w = get_user_pages_unlocked(
+            &mut m,
+            a,
+            FollFlags::WRITE | FollFlags::HONOR_NUMA_FAULT,
+            &mut log,
+        )
+        .unwrap();
+        assert_eq!(m.last_gup().host_faults, vec![HostFault::WpCopy]);
+        assert_eq!(
+            log.start_triples(),
+            vec![(NotifierEvent::Clear, a.0, a.0 + 0x1000)]
+        );
+        assert!(w.writable());
+        put_page(&mut m, w);
+        let f = get_user_page_fast_only(&mut m, a, FollFlags::WRITE).unwrap();
+        put_page(&mut m, f);
+        invariants(&m);
+    }
+
+    /// Models `check_vma_flags()`: a write GUP on a read-only mapping is -EFAULT without
+    /// FOLL_FORCE; with FOLL_FORCE on a private mapping the COW is broken and
+    /// `can_follow_write_pte()` accepts the exclusive anon page although the PTE stays
+    /// read-only.
+    #[test]
+    fn foll_force_writes_through_readonly_private_mapping() {
+        let mut m = mm(KernelVersion::V6_12);
+        let mut req = MmapRequest::anon(BASE, 1 << 20);
+        req.prot = crate::host::Prot::R;
+        let a = m.mmap(req).unwrap();
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::WRITE, &mut NoNotifier);
+        assert!(matches!(e, Err(GupError::Efault(_))));
+        let p = get_user_pages_unlocked(
+            &mut m,
+            a,
+            FollFlags::WRITE | FollFlags::FORCE,
+            &mut NoNotifier,
+        )
+        .unwrap();
+        let mm_entry = m.lookup(a).unwrap();
+        assert!(
+            !mm_entry.writable,
+            "FOLL_FORCE never makes the PTE writable"
+        );
+        assert_eq!(p.pfn(), mm_entry.pfn);
+        assert!(m.folio_info(p.pfn()).unwrap().anon_exclusive);
+        put_page(&mut m, p);
+        invariants(&m);
+    }
+
+    /// Models `gup_must_unshare()` + FAULT_FLAG_UNSHARE: a read-only FOLL_PIN of an anon
+    /// page shared with a forked child must unshare first (-EMLINK → `do_wp_page()` copy
+    /// that stays read-only), so the pin is on an exclusive page.
+    #[test]
+    fn readonly_pin_of_shared_anon_page_unshares_first() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        touch_write(&mut m, a);
+        let (_child, _) = m.fork(&mut NoNotifier).unwrap();
+        let old = m.lookup(a).unwrap().pfn;
+        assert_eq!(
+            follow_page(&mut m, a, FollFlags::PIN),
+            FollowPage::MustUnshare
+        );
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::PIN).is_none());
+        assert_eq!(m.last_gup().fast_bail, Some(FastBail::MustUnshare));
+        let mut log = NotifierLog::new();
+        let p = get_user_pages_fast(&mut m, a, FollFlags::PIN, &mut log).unwrap();
+        assert_eq!(m.last_gup().host_faults, vec![HostFault::WpCopy]);
+        assert_ne!(p.pfn(), old);
+        assert!(
+            !m.lookup(a).unwrap().writable,
+            "unshare keeps the PTE read-only"
+        );
+        let f = m.folio_info(p.pfn()).unwrap();
+        assert_eq!((f.pincount, f.refcount), (1, 2));
+        unpin_user_page(&mut m, p);
+        invariants(&m);
+    }
+
+    /// Models `gup_fast_pmd_leaf()`: a THP range is grabbed with one refcount add per leaf
+    /// and every reference is released by `put_page()`.
+    #[test]
+    fn gup_fast_range_over_thp_takes_one_ref_per_page() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 2 * M2, true);
+        touch_write(&mut m, a);
+        let head = m.lookup(a).unwrap().pfn;
+        let mut out = Vec::new();
+        assert_eq!(
+            get_user_pages_fast_only(&mut m, a, 512, FollFlags::WRITE, &mut out),
+            512
+        );
+        assert_eq!(m.folio_info(head).unwrap().refcount, 513);
+        assert_eq!(out[7].pfn(), head.add(7));
+        for p in out {
+            put_page(&mut m, p);
+        }
+        assert_eq!(m.folio_info(head).unwrap().refcount, 1);
+        invariants(&m);
+    }
+
+    /// Models `follow_huge_pmd()`: slow GUP grabs the huge zero folio through `pmd_page()`
+    /// on 6.12 and on 6.18 (where the PMD is special and GUP-fast bails).
+    #[test]
+    fn slow_gup_grabs_huge_zero_folio_on_6_12_and_6_18() {
+        for k in [KernelVersion::V6_12, KernelVersion::V6_18] {
+            let mut m = mm(k);
+            let a = anon(&mut m, 2 * M2, true);
+            m.user_access(a, false, &mut NoNotifier).unwrap();
+            let fast = get_user_page_fast_only(&mut m, a.add(0x3000), FollFlags::empty());
+            if k == KernelVersion::V6_18 {
+                assert!(fast.is_none());
+                assert_eq!(m.last_gup().fast_bail, Some(FastBail::Special));
+            } else {
+                put_page(&mut m, fast.expect("6.12: huge zero PMD is not special"));
+            }
+            let p =
+                get_user_pages_unlocked(&mut m, a.add(0x3000), FollFlags::empty(), &mut NoNotifier)
+                    .unwrap();
+            assert_eq!(p.pfn(), m.huge_zero_pfn().add(3));
+            put_page(&mut m, p);
+        }
+    }
+
+    /// Models `faultin_page()`'s flag translation through a device fault: a write GUP on a
+    /// MIXEDMAP I/O pfn with write-notify faults twice (insert read-only, then
+    /// `pfn_mkwrite`) and ends in -EEXIST (no struct page).
+    #[test]
+    fn slow_gup_on_mixedmap_io_pfn_is_eexist_after_two_faults() {
+        let mut m = mm(KernelVersion::V6_12);
+        let mut spec = DeviceSpec::pfnmap(Pfn(0x2_0000));
+        spec.kind = DeviceKind::Mixedmap;
+        spec.pfn_mkwrite = true;
+        let a = device(&mut m, BASE, 0x10_000, true, spec);
+        let r = get_user_pages_unlocked(&mut m, a, FollFlags::WRITE, &mut NoNotifier);
+        assert_eq!(r, Err(GupError::Eexist(a)));
+        assert_eq!(
+            m.last_gup().host_faults,
+            vec![HostFault::Pfnmap, HostFault::PfnMkwrite]
+        );
+        assert_eq!(m.last_gup().faultin_calls, 2);
+    }
+
+    /// Models `fixup_user_fault()`: it does not re-check writability, so a write fixup on a
+    /// write-notify pfnmap returns after the NOPAGE fault with a read-only PTE (KVM then
+    /// sees a present read-only entry: RO_FAULT → emulation).
+    #[test]
+    fn fixup_user_fault_accepts_readonly_nopage_result() {
+        let mut m = mm(KernelVersion::V6_12);
+        let mut spec = DeviceSpec::pfnmap(Pfn(0x10_0000));
+        spec.pfn_mkwrite = true;
+        let a = device(&mut m, BASE, 1 << 20, true, spec);
+        let f = fixup_user_fault(&mut m, a, FaultFlags::WRITE, &mut NoNotifier).unwrap();
+        assert_eq!(f.len(), 1);
+        let args = follow_pfnmap_start(&m, a).unwrap();
+        assert!(!args.writable && args.special);
+        assert_eq!(args.pfn, Pfn(0x10_0000));
+    }
+
+    /// Models `follow_pfnmap_start()`'s -EINVAL cases.
+    #[test]
+    fn follow_pfnmap_refuses_non_pfnmap_and_absent() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        assert_eq!(
+            follow_pfnmap_start(&m, a),
+            Err(FollowPfnmapError::NotPfnmap(a))
+        );
+        let b = device(
+            &mut m,
+            Hva(BASE.0 + G1),
+            1 << 20,
+            true,
+            DeviceSpec::pfnmap(Pfn(0x100)),
+        );
+        assert_eq!(
+            follow_pfnmap_start(&m, b),
+            Err(FollowPfnmapError::NotPresent(b))
+        );
+    }
+
+    /// Models `get_page_unless_zero()`.
+    #[test]
+    fn get_page_unless_zero_fails_on_free_or_io_pfn() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        touch_write(&mut m, a);
+        let pfn = m.lookup(a).unwrap().pfn;
+        let p = get_page_unless_zero(&mut m, pfn).unwrap();
+        put_page(&mut m, p);
+        assert!(get_page_unless_zero(&mut m, Pfn(0x100)).is_none());
+        let f = m.freeze_folio(pfn).unwrap();
+        assert!(get_page_unless_zero(&mut m, pfn).is_none());
+        m.unfreeze_folio(pfn, f);
+    }
+}
