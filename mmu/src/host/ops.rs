@@ -619,15 +619,13 @@ impl Mm {
         self.split_vma_at(end);
         let vmas = self.vmas_in(start, end);
         let range = NotifierRange::new(NotifierEvent::Unmap, start, end);
-        let mut log = Vec::new();
-        let changed = self.notify(notifier, &mut log, range, |mm| {
-            let mut nested = Vec::new();
-            let mut n = 0;
-            for v in &vmas {
-                n += mm.zap_range(v, v.start, v.end, true, &mut NoNotifier, &mut nested);
-            }
-            n
-        });
+        let mut log = vec![range];
+        notifier.invalidate_range_start(&range);
+        let mut changed = 0;
+        for v in &vmas {
+            changed += self.zap_range(v, v.start, v.end, true, notifier, &mut log);
+        }
+        notifier.invalidate_range_end(&range);
         for v in &vmas {
             self.space.vmas.remove(&v.start.0);
         }
@@ -749,17 +747,14 @@ impl Mm {
                 for v in vmas {
                     let (s, e) = (start.max(v.start), end.min(v.end));
                     let range = NotifierRange::new(NotifierEvent::Clear, s, e);
-                    let mut nested = Vec::new();
-                    let mut log = Vec::new();
-                    let n = self.notify(notifier, &mut log, range, |mm| {
-                        if advice == Advice::Dontneed {
-                            mm.zap_range(&v, s, e, true, &mut NoNotifier, &mut nested)
-                        } else {
-                            mm.lazyfree_range(&v, s, e, &mut nested)
-                        }
-                    });
-                    report.notifiers.extend(log);
-                    report.notifiers.extend(nested);
+                    notifier.invalidate_range_start(&range);
+                    report.notifiers.push(range);
+                    let n = if advice == Advice::Dontneed {
+                        self.zap_range(&v, s, e, true, notifier, &mut report.notifiers)
+                    } else {
+                        self.lazyfree_range(&v, s, e, notifier, &mut report.notifiers)
+                    };
+                    notifier.invalidate_range_end(&range);
                     report.changed += n;
                 }
             }
@@ -798,6 +793,7 @@ impl Mm {
         vma: &Vma,
         start: Hva,
         end: Hva,
+        notifier: &mut dyn MmuNotifier,
         nested: &mut Vec<NotifierRange>,
     ) -> u64 {
         let mut n = 0;
@@ -807,7 +803,7 @@ impl Mm {
             .for_each_leaf(start, end, |va, level, e| leaves.push((va, level, e)));
         for (va, level, e) in leaves {
             if level == Level::Pmd2M && (va < start || va.add(level.size()) > end) {
-                self.split_huge_pmd(vma, va, &mut NoNotifier, nested);
+                self.split_huge_pmd(vma, va, notifier, nested);
                 let mut a = start.max(va);
                 while a < end.min(va.add(level.size())) {
                     if let Some(p) = self.space.pt.pte_mut(a, false) {
@@ -1350,12 +1346,10 @@ impl Mm {
             }
             let (s, e) = (start.max(v.start), end.min(v.end));
             let range = NotifierRange::new(NotifierEvent::Clear, s, e);
-            let mut nested = Vec::new();
-            let mut log = Vec::new();
-            let n = self.notify(notifier, &mut log, range, |mm| {
-                mm.zap_range(&v, s, e, true, &mut NoNotifier, &mut nested)
-            });
-            report.notifiers.extend(log);
+            notifier.invalidate_range_start(&range);
+            report.notifiers.push(range);
+            let n = self.zap_range(&v, s, e, true, notifier, &mut report.notifiers);
+            notifier.invalidate_range_end(&range);
             report.changed += n;
         }
         Ok(report)
@@ -1529,3 +1523,7 @@ pub(crate) fn set_leaf(pt: &mut PageTable, va: Hva, level: Level, e: Entry) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "ops_tests.rs"]
+mod tests;
