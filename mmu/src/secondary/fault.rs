@@ -638,6 +638,7 @@ impl Kvm {
         f.host_faults
             .extend(mm.last_gup().host_faults.iter().copied());
         f.gup.calls.push((GupPath::Slow, used, res.is_ok()));
+        f.gup.flags = used.names();
         let err = match res {
             Ok(mut page) => {
                 // The writable fallback: a read pinned the page read-only; take it writable
@@ -786,5 +787,173 @@ impl PageFault {
         self.slot
             .and_then(|id| kvm.slots.by_id(id))
             .is_some_and(|s| !s.flags.readonly)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fault-path rules, each driven through a small scenario on the real host model.
+    use crate::scenario::{run_scenario, StepRecord};
+
+    const SLOT: &str =
+        "[[memslot]]\nid = 0\ngpa = \"0x0\"\nsize = \"1G\"\nhva = \"0x7f0000000000\"\n";
+
+    fn run(body: &str) -> Vec<StepRecord> {
+        run_scenario(body)
+            .unwrap_or_else(|e| panic!("{e}\n{body}"))
+            .steps
+    }
+
+    fn anon(extra: &str) -> String {
+        format!("{SLOT}[[vma]]\nstart = \"0x7f0000000000\"\nsize = \"1G\"\nprot = \"rw\"\nkind = \"anon\"\n{extra}\n")
+    }
+
+    fn step(op: &str, gpa: u64) -> String {
+        format!("[[step]]\nop = \"{op}\"\ngpa = \"{gpa:#x}\"\n")
+    }
+
+    #[test]
+    fn read_fault_tries_fast_gup_with_foll_write_then_slow_gup_honours_numa() {
+        let r = run(&(anon("") + &step("write", 0x1000) + &step("read", 0x5000)));
+        // A populated writable PTE: the fast path (FOLL_WRITE) maps it writable at once.
+        let g = r[0].gup.as_ref().unwrap();
+        assert_eq!(g.path, "slow");
+        assert!(g.flags.contains(&"HONOR_NUMA_FAULT".to_string()));
+        assert!(g.flags.contains(&"WRITE".to_string()));
+        // An untouched page read: zero page, read-only SPTE, no FOLL_WRITE in the slow call.
+        let g = r[1].gup.as_ref().unwrap();
+        assert!(!g.flags.contains(&"WRITE".to_string()));
+        assert_eq!(r[1].writable, Some(false));
+    }
+
+    #[test]
+    fn readonly_memslot_write_is_emulated_and_never_maps_writable() {
+        let body = format!(
+            "[[memslot]]\nid = 0\ngpa = \"0x0\"\nsize = \"2M\"\nhva = \"0x7f0000000000\"\nflags = [\"readonly\"]\n\
+             [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\nprot = \"rw\"\nkind = \"anon\"\n{}{}{}",
+            step("write", 0x1000),
+            step("read", 0x2000),
+            step("write", 0x2000)
+        );
+        let r = run(&body);
+        assert_eq!(r[0].result, "emulate");
+        assert!(
+            r[0].host_faults.is_empty(),
+            "a write to a RO slot exits to userspace as MMIO"
+        );
+        assert_eq!(r[1].writable, Some(false));
+        assert_eq!(r[2].result, "emulate");
+    }
+
+    #[test]
+    fn gpa_without_memslot_installs_an_mmio_spte_then_hits_it() {
+        let r = run(&(anon("") + &step("read", 0x1_0000_0000) + &step("read", 0x1_0000_0000)));
+        assert_eq!(r[0].result, "mmio");
+        assert_eq!(r[1].result, "mmio");
+        assert!(
+            r[1].gup.is_none(),
+            "the MMIO SPTE short-circuits the fault path"
+        );
+    }
+
+    #[test]
+    fn incongruent_memslot_hva_forces_4k_even_over_a_thp() {
+        let body = "[[memslot]]\nid = 0\ngpa = \"0x1000\"\nsize = \"8M\"\nhva = \"0x7f0000200000\"\n\
+             [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"16M\"\nprot = \"rw\"\nkind = \"anon\"\nthp = true\n"
+            .to_string()
+            + &step("write", 0x20_1000);
+        let r = run(&body);
+        assert_eq!(r[0].result, "fixed");
+        assert_eq!(r[0].level, Some(crate::types::Level::Pte4K));
+    }
+
+    #[test]
+    fn thp_write_maps_2m_and_dirty_logging_forces_4k() {
+        let mut body = anon("thp = true\n");
+        body = body.replace("[[vma]]", "[[memslot]]\nid = 1\ngpa = \"0x40000000\"\nsize = \"1G\"\nhva = \"0x7f0040000000\"\nflags = [\"dirty-log\"]\n[[vma]]");
+        body += "[[vma]]\nstart = \"0x7f0040000000\"\nsize = \"1G\"\nprot = \"rw\"\nkind = \"anon\"\nthp = true\n";
+        body += &step("write", 0x20_0000);
+        body += &step("write", 0x4020_0000);
+        let r = run(&body);
+        assert_eq!(r[0].level, Some(crate::types::Level::Pmd2M));
+        assert_eq!(r[1].level, Some(crate::types::Level::Pte4K));
+    }
+
+    #[test]
+    fn huge_pud_pfnmap_maps_1g_unless_the_tdp_mmu_lacks_1g() {
+        let body = |tdp_1g: bool| {
+            format!(
+                "tdp_1g = {tdp_1g}\n{SLOT}[[vma]]\nstart = \"0x7f0000000000\"\nsize = \"1G\"\nprot = \"rw\"\n\
+                 kind = \"pfnmap\"\nshared = true\npfn = \"0x4000000\"\nhuge = \"pud\"\n{}",
+                step("read", 0x1234_5000)
+            )
+        };
+        let r = run(&body(true));
+        assert_eq!(r[0].gup.as_ref().unwrap().path, "remapped");
+        assert_eq!(r[0].level, Some(crate::types::Level::Pud1G));
+        let r = run(&body(false));
+        assert_eq!(r[0].level, Some(crate::types::Level::Pmd2M));
+    }
+
+    #[test]
+    fn access_tracked_spte_is_restored_by_fast_page_fault_without_ad_bits() {
+        let body = format!(
+            "ad_bits = false\n{}{}[[step]]\nop = \"clear-young\"\nstart = \"0x7f0000001000\"\nsize = \"4K\"\n{}",
+            anon(""),
+            step("write", 0x1000),
+            step("read", 0x1000)
+        );
+        let run = run_scenario(&body).unwrap();
+        assert_eq!(run.steps[1].young, Some(true));
+        assert_eq!(run.steps[2].result, "fixed");
+        assert!(run.steps[2].gup.is_none(), "fixed in place, no GUP");
+        assert_eq!(run.stats.faults.fast, 1);
+    }
+
+    fn mixedmap(async_pf: bool) -> String {
+        format!(
+            "async_pf = {async_pf}\n{SLOT}[[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\nprot = \"rw\"\n\
+             kind = \"mixedmap\"\nshared = true\npfn = \"0x4000000\"\n{}",
+            step("read", 0x1000)
+        )
+    }
+
+    #[test]
+    fn special_mixedmap_pte_livelocks_with_async_pf_and_efaults_without() {
+        // GUP-fast bails on the special PTE, slow GUP returns -EEXIST, and the vma is not
+        // VM_IO|VM_PFNMAP: the NOWAIT pass reports "needs I/O" (spec 1.4).
+        let r = run(&mixedmap(true));
+        assert_eq!(r[0].result, "retry");
+        assert_eq!(r[0].retries, super::MAX_ROUNDS);
+        assert_eq!(r[0].async_pf, Some(super::MAX_ROUNDS));
+        let r = run(&mixedmap(false));
+        assert_eq!(r[0].result, "efault");
+        assert!(!r[0]
+            .gup
+            .as_ref()
+            .unwrap()
+            .flags
+            .contains(&"NOWAIT".to_string()));
+    }
+
+    #[test]
+    fn write_to_a_huge_zero_spte_on_6_12_splits_and_ends_in_4k() {
+        let body = anon("thp = true\n") + &step("read", 0x40_0000) + &step("write", 0x40_0000);
+        let r = run(&body);
+        assert_eq!(r[0].level, Some(crate::types::Level::Pmd2M));
+        assert_eq!(r[1].level, Some(crate::types::Level::Pte4K));
+        assert_eq!(r[1].retries, 1);
+        let ev: Vec<_> = r[1]
+            .notifiers
+            .iter()
+            .map(|n| (n.start.as_str(), n.end.as_str()))
+            .collect();
+        assert_eq!(
+            ev,
+            vec![
+                ("0x7f0000400000", "0x7f0000600000"),
+                ("0x7f0000400000", "0x7f0000401000")
+            ]
+        );
     }
 }
