@@ -19,6 +19,8 @@ pub mod folio;
 pub(crate) mod numa;
 pub mod ops;
 pub(crate) mod pagetable;
+#[cfg(test)]
+mod proptests;
 pub mod pte;
 #[cfg(test)]
 pub(crate) mod testutil;
