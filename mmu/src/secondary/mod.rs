@@ -14,6 +14,7 @@ pub mod age;
 pub mod dirty;
 pub mod fault;
 pub mod invalidate;
+pub mod invariants;
 pub mod level;
 pub mod memslot;
 pub mod spte;
