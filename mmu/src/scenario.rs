@@ -598,7 +598,7 @@ pub fn run_step(
                     crate::gup::GupPath::None => "none",
                 }
                 .into(),
-                flags: g.flags.iter().map(|s| s.to_string()).collect(),
+                flags: g.flags.names().iter().map(|s| s.to_string()).collect(),
             });
             host_faults = r.host_faults;
             if r.async_pf > 0 {

@@ -85,11 +85,10 @@ pub enum PfnError {
 pub struct GupTrace {
     /// Path that produced the pfn ("fast", "slow", "remapped"), or none.
     pub path: GupPath,
-    /// FOLL flags of the call that produced the pfn (slow/fast), as names.
-    pub flags: Vec<&'static str>,
-    /// Every GUP-like call made, in order: (path, flags, success).
-    #[serde(skip)]
-    pub calls: Vec<(GupPath, FollFlags, bool)>,
+    /// FOLL flags of the last GUP call (the one that produced the pfn, if any).
+    pub flags: FollFlags,
+    /// GUP-like calls made (fast, slow and remapped attempts).
+    pub calls: u32,
 }
 
 /// One in-flight fault (`struct kvm_page_fault`).
@@ -227,7 +226,7 @@ impl Kvm {
             let (r, f) = self.page_fault(mm, gpa, access, present);
             if let Some(f) = f {
                 rep.host_faults.extend(f.host_faults.iter().copied());
-                if f.gup.path != GupPath::None || !f.gup.calls.is_empty() {
+                if f.gup.path != GupPath::None || f.gup.calls > 0 {
                     rep.gup = Some(f.gup);
                 }
             }
@@ -604,19 +603,14 @@ impl Kvm {
         // read-only: that could race with CoW").
         if write || want_writable {
             let page = gup::get_user_page_fast_only(mm, hva, FollFlags::WRITE);
-            let ok = page.is_some();
-            f.gup.calls.push((
-                GupPath::Fast,
-                FollFlags::WRITE | FollFlags::GET | FollFlags::FAST_ONLY,
-                ok,
-            ));
+            f.gup.calls += 1;
             if let Some(p) = page {
                 self.stats.gup.fast += 1;
                 f.map_writable = true;
                 f.pfn = Ok(p.pfn());
                 f.page = Some(p);
                 f.gup.path = GupPath::Fast;
-                f.gup.flags = (FollFlags::WRITE | FollFlags::GET | FollFlags::FAST_ONLY).names();
+                f.gup.flags = FollFlags::WRITE | FollFlags::GET | FollFlags::FAST_ONLY;
                 return;
             }
         }
@@ -637,8 +631,8 @@ impl Kvm {
         let used = flags | FollFlags::TOUCH | FollFlags::UNLOCKABLE | FollFlags::GET;
         f.host_faults
             .extend(mm.last_gup().host_faults.iter().copied());
-        f.gup.calls.push((GupPath::Slow, used, res.is_ok()));
-        f.gup.flags = used.names();
+        f.gup.calls += 1;
+        f.gup.flags = used;
         let err = match res {
             Ok(mut page) => {
                 // The writable fallback: a read pinned the page read-only; take it writable
@@ -653,7 +647,7 @@ impl Kvm {
                 f.pfn = Ok(page.pfn());
                 f.page = Some(page);
                 f.gup.path = GupPath::Slow;
-                f.gup.flags = used.names();
+                f.gup.flags = used;
                 return;
             }
             Err(e) => e,
@@ -729,10 +723,12 @@ impl Kvm {
             }
         };
         f.gup.path = GupPath::Remapped;
-        f.gup.flags = if write { vec!["WRITE"] } else { vec![] };
-        f.gup
-            .calls
-            .push((GupPath::Remapped, FollFlags::empty(), true));
+        f.gup.flags = if write {
+            FollFlags::WRITE
+        } else {
+            FollFlags::empty()
+        };
+        f.gup.calls += 1;
         if write && !args.writable {
             f.pfn = Err(PfnError::RoFault);
         } else {
