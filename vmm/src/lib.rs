@@ -1,2 +1,9 @@
-//! faultline's VMM.
+//! faultline's VMM: launches built-in guest programs and Linux kernels on KVM.
 #![deny(missing_docs)]
+
+pub mod config;
+pub mod guests;
+pub mod vstate;
+
+pub use config::{KernelConfig, VmConfig};
+pub use vstate::EntryPoint;
