@@ -1,1 +1,2 @@
 //! Shared helpers for faultline integration tests.
+pub mod fixtures;

@@ -1,6 +1,7 @@
 //! faultline's VMM: launches built-in guest programs and Linux kernels on KVM.
 #![deny(missing_docs)]
 
+pub mod boot;
 pub mod config;
 pub mod guests;
 pub mod vstate;
