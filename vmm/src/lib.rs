@@ -4,6 +4,8 @@
 pub mod boot;
 pub mod config;
 pub mod guests;
+pub mod measure;
+pub mod memory;
 pub mod vstate;
 
 pub use config::{KernelConfig, VmConfig};

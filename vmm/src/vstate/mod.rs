@@ -7,5 +7,6 @@
 //! - [`entry`]: the [`EntryPoint`] contract with the loaders.
 
 pub mod entry;
+pub mod stats;
 
 pub use entry::{ApStartup, EntryPoint};

@@ -1,0 +1,3 @@
+//! Guest memory backings and the userfaultfd demand-paging service.
+
+pub mod uffd;
