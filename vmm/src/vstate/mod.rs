@@ -7,6 +7,9 @@
 //! - [`entry`]: the [`EntryPoint`] contract with the loaders.
 
 pub mod entry;
+pub mod kvm;
 pub mod stats;
+pub mod vcpu;
+pub mod vm;
 
 pub use entry::{ApStartup, EntryPoint};
