@@ -28,6 +28,20 @@ pub enum Command {
         faultline run --list-guests\n  \
         faultline run --kernel bzImage --memory 512M -- uname -a")]
     Run(RunArgs),
+    /// Benchmarks (`faultline bench faults`).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `faultline bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Guest fault latency per backing and uffd mode, with demand_paging_test's knobs.
+    #[command(after_help = "Examples:\n  \
+        faultline bench faults --backing anonymous,anonymous_thp,shmem --uffd none,MISSING\n  \
+        faultline bench faults -b 1G -v 2 -u MISSING -r 2 --json out.json --plot plots/\n  \
+        faultline bench faults -s shmem -u MINOR --uffd-wait poll")]
+    Faults(crate::measure::cli::FaultsArgs),
 }
 
 /// Options of `faultline run`.

@@ -7,6 +7,9 @@ fn main() {
     let cli = Cli::parse();
     let status = match cli.command {
         Command::Run(args) => run(args),
+        Command::Bench(vmm::cli::BenchCommand::Faults(args)) => {
+            vmm::measure::cli::run_faults(&args)
+        }
     };
     std::process::exit(status);
 }

@@ -26,6 +26,9 @@
 //! emulates some accesses; our page tables live elsewhere and the loop touches only data
 //! pages, so what KVM emulates is its own business (pf_emulate in the stats shows it).
 //!
+//! Guest code runs without SSE (resources/guests/.cargo/config.toml): numbers in messages
+//! go through `guest::{Dec, Hex}`.
+//!
 //! Random order walks page indices with a full-period LCG modulo the next power of two
 //! (x = a·x + c, a ≡ 1 mod 4, c odd) and skips indices past the end (cycle walking), so every
 //! page is touched exactly once in a scattered order without any table in memory.
@@ -33,7 +36,7 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use guest::{guest_assert, guest_assert_eq, guest_main, outl, Cpu};
+use guest::{guest_assert, guest_assert_eq, guest_main, outl, Cpu, Dec, Hex};
 
 /// Guest-physical address of [`Params`].
 pub const PARAMS_GPA: u64 = 0x10_0000;
@@ -177,18 +180,18 @@ fn main(cpu: &Cpu) -> u64 {
     guest_assert_eq!(
         prm.magic,
         PARAMS_MAGIC,
-        "touch parameters missing at {:#x}",
-        PARAMS_GPA
+        "touch parameters missing at {}",
+        Hex(PARAMS_GPA)
     );
     guest_assert!(
         cpu.index < 64,
         "vCPU index {} beyond the parameter block",
-        cpu.index
+        Dec(cpu.index)
     );
     guest_assert!(
         prm.stride >= 8 && prm.stride % 8 == 0,
         "stride {} must be a multiple of 8",
-        prm.stride
+        Dec(prm.stride)
     );
     let start = prm.region_gpa + cpu.index * prm.bytes_per_vcpu;
     let end = start + prm.bytes_per_vcpu;
@@ -238,20 +241,20 @@ fn main(cpu: &Cpu) -> u64 {
         let (addr, got) = first_bad(start, end, stride, pmask, pval);
         guest_assert!(
             false,
-            "first read of vCPU {}'s region saw unexpected data (expect mode {}), e.g. {:#x} at {:#x}",
-            cpu.index,
-            prm.expect,
-            got,
-            addr
+            "first read of vCPU {}'s region saw unexpected data (expect mode {}), e.g. {} at {}",
+            Dec(cpu.index),
+            Dec(prm.expect),
+            Hex(got),
+            Hex(addr)
         );
     }
     if prm.access != ACCESS_READ {
         let (addr, got) = first_bad(start, end, stride, u64::MAX, PATTERN_MAGIC);
         guest_assert!(
             addr == 0,
-            "written word at {:#x} reads back {:#x}",
-            addr,
-            got
+            "written word at {} reads back {}",
+            Hex(addr),
+            Hex(got)
         );
     }
     // SAFETY: each vCPU writes only its own slot.
