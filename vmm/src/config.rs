@@ -225,7 +225,7 @@ pub enum ValidationError {
         backing: Backing,
     },
     /// Memory above host RAM.
-    #[error("--memory {}: more than this host's RAM ({}); choose a smaller size", format_size(*.size), format_size(*.host))]
+    #[error("--memory {}: more than this host's RAM ({} MiB); choose a smaller size", format_size(*.size), *.host >> 20)]
     MemoryAboveHost {
         /// Requested bytes.
         size: u64,
