@@ -1,2 +1,15 @@
-//! faultline's VMM.
+//! faultline's VMM: launches built-in guest programs and Linux kernels on KVM.
 #![deny(missing_docs)]
+
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod guests;
+pub mod launch;
+pub mod measure;
+pub mod memory;
+pub mod vstate;
+
+pub use config::{KernelConfig, VmConfig};
+pub use launch::{run, RunOutcome, VmIo, Vmm, VmmError};
+pub use vstate::EntryPoint;

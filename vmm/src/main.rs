@@ -1,1 +1,37 @@
-fn main() {}
+//! `faultline`: parse arguments, build a config, run it, exit with the guest's status.
+
+use clap::Parser;
+use vmm::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let status = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Bench(vmm::cli::BenchCommand::Faults(args)) => {
+            vmm::measure::cli::run_faults(&args)
+        }
+    };
+    std::process::exit(status);
+}
+
+fn run(args: vmm::cli::RunArgs) -> i32 {
+    if args.list_guests {
+        print!("{}", vmm::cli::list_guests());
+        return 0;
+    }
+    let outcome = args
+        .to_config()
+        .map_err(vmm::VmmError::from)
+        .and_then(|config| vmm::run(config, vmm::VmIo::stdio()));
+    match outcome {
+        Ok(o) => {
+            let status = o.exit.status();
+            eprintln!("faultline: {} (exit status {status})", o.exit);
+            status
+        }
+        Err(e) => {
+            eprintln!("faultline: error: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Test fixtures that are built or fetched on first use and cached outside the repository:
+//! faultline's guest kernel (`resources/guest-kernel/build.sh`), a stock Debian cloud kernel
+//! (`resources/debian-kernel/fetch.sh`) and the busybox initramfs
+//! (`resources/initramfs/build.sh`). Each script takes its own lock, prints progress on
+//! stderr and its results on stdout, and is what a developer runs by hand; this module only
+//! calls it (once per test process) and parses the paths it prints.
+//!
+//! Also here: finding the `faultline` binary and running it with a time limit, so a guest
+//! that hangs fails its test instead of the whole run.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root (the workspace directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Runs a resources/ script with stderr passed through (its progress) and returns its stdout.
+fn run_script(script: &str, args: &[&str]) -> Result<String, String> {
+    let path = repo_root().join(script);
+    eprintln!("fixtures: running {} {}", path.display(), args.join(" "));
+    let out = Command::new("bash")
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}); its messages are above",
+            path.display(),
+            out.status
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|e| format!("{script} printed non-UTF-8: {e}"))
+}
+
+/// faultline's guest kernel, in its three forms.
+#[derive(Debug, Clone)]
+pub struct GuestKernel {
+    /// Compressed kernel for the 64-bit boot protocol.
+    pub bzimage: PathBuf,
+    /// Stripped ELF with its PVH note.
+    pub vmlinux: PathBuf,
+    /// Unstripped ELF, to map a guest RIP to a symbol.
+    pub vmlinux_debug: PathBuf,
+}
+
+/// Builds (first time, ~6-8 minutes on 2 cores) or finds faultline's guest kernel.
+pub fn guest_kernel() -> Result<GuestKernel, String> {
+    static KERNEL: OnceLock<Result<GuestKernel, String>> = OnceLock::new();
+    KERNEL
+        .get_or_init(|| {
+            let out = run_script("resources/guest-kernel/build.sh", &[])?;
+            let get = |key: &str| {
+                out.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                    .map(PathBuf::from)
+                    .ok_or_else(|| format!("build.sh printed no {key}= line: {out:?}"))
+            };
+            Ok(GuestKernel {
+                bzimage: get("bzImage")?,
+                vmlinux: get("vmlinux")?,
+                vmlinux_debug: get("vmlinux_debug")?,
+            })
+        })
+        .clone()
+}
+
+/// Fetches (first time) or finds the stock Debian cloud kernel (a bzImage).
+pub fn debian_kernel() -> Result<PathBuf, String> {
+    static KERNEL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    KERNEL
+        .get_or_init(|| {
+            let out = run_script("resources/debian-kernel/fetch.sh", &[])?;
+            Ok(PathBuf::from(out.trim()))
+        })
+        .clone()
+}
+
+/// The base busybox initramfs built by `resources/initramfs/build.sh` (no command baked in).
+pub fn base_initramfs() -> Result<PathBuf, String> {
+    static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let out = run_script("resources/initramfs/build.sh", &[])?;
+        Ok(PathBuf::from(out.trim()))
+    })
+    .clone()
+}
+
+/// True if /dev/kvm can be opened; otherwise prints why the caller skips.
+pub fn kvm_available(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: /dev/kvm is not usable ({e}); this test needs KVM");
+            false
+        }
+    }
+}
+
+/// The `faultline` binary of this build (target/<profile>/faultline), built by `cargo test
+/// --workspace`; built here with `cargo build` when missing (e.g. `cargo test -p
+/// faultline-tests`).
+pub fn faultline_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // current_exe is target/<profile>/deps/<test>-<hash>.
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps");
+        let bin = profile_dir.join("faultline");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "vmm", "--bin", "faultline"])
+                .current_dir(repo_root())
+                .status()
+                .expect("run cargo build");
+            assert!(
+                status.success(),
+                "cargo build -p vmm --bin faultline failed"
+            );
+        }
+        bin
+    })
+    .clone()
+}
+
+/// What a time-limited run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// Exit status; `None` if the time limit killed it.
+    pub status: Option<ExitStatus>,
+    /// Everything it printed on stdout (the guest's serial console).
+    pub stdout: String,
+    /// Everything it printed on stderr (the VMM's messages).
+    pub stderr: String,
+    /// Wall time from spawn to exit (or kill).
+    pub elapsed: Duration,
+}
+
+impl RunOutput {
+    /// The exit code, or a panic naming what happened instead.
+    pub fn code(&self) -> i32 {
+        match self.status {
+            None => panic!(
+                "timed out after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                self.elapsed, self.stdout, self.stderr
+            ),
+            Some(s) => s.code().unwrap_or_else(|| {
+                panic!(
+                    "killed by {s}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.stdout, self.stderr
+                )
+            }),
+        }
+    }
+}
+
+/// Runs `cmd` (stdin closed, stdout/stderr captured) and kills it after `limit`.
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> RunOutput {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let mut out_pipe = child.stdout.take().expect("stdout piped");
+    let mut err_pipe = child.stderr.take().expect("stderr piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        match child.try_wait().expect("wait for child") {
+            Some(s) => break Some(s),
+            None if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let elapsed = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    RunOutput {
+        status,
+        stdout,
+        stderr,
+        elapsed,
+    }
+}

@@ -1,0 +1,200 @@
+//! `faultline run` with each built-in guest, through the real binary and the library API.
+//!
+//! Checks the exit status each guest asks for (done, debug-exit, assertion, triple fault),
+//! the console output, that unknown ports/MMIO are logged once and are not fatal, that a
+//! guest assertion becomes a host failure naming the guest's file:line, and that every RAM
+//! backing runs the default guest. Needs /dev/kvm; each test prints SKIPPED without it.
+//! Limits: one short guest per test; timing is not checked here (see `faultline bench boot`).
+
+use faultline_tests::guest::{
+    faultline, guest_config, kvm_available, run_guest, try_run_guest, try_run_vm, VmExit,
+};
+use vmm::config::Backing;
+
+#[test]
+fn default_guest_prints_touches_memory_and_exits_0() {
+    if !kvm_available("default_guest_prints_touches_memory_and_exits_0") {
+        return;
+    }
+    let out = faultline(&["run"]);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("Hello from faultline's guest: vCPU 0 of 1, 256 MiB of RAM"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("Wrote and verified 8192 pages (32 MiB)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("guest program done with status 0"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn list_guests_names_every_builtin_guest() {
+    let out = faultline(&["run", "--list-guests"]);
+    assert_eq!(out.code(), 0);
+    for g in [
+        "hello",
+        "smp",
+        "assert-fail",
+        "exit-code",
+        "triple-fault",
+        "unknown-port",
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with(g)),
+            "{g} missing from:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn exit_code_guest_exits_with_its_debug_exit_value() {
+    if !kvm_available("exit_code_guest_exits_with_its_debug_exit_value") {
+        return;
+    }
+    let out = faultline(&["run", "--guest", "exit-code"]);
+    assert_eq!(out.code(), 42, "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("guest wrote 42 to the debug-exit port"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn guest_assertion_reports_file_line_and_message_and_fails() {
+    if !kvm_available("guest_assertion_reports_file_line_and_message_and_fails") {
+        return;
+    }
+    let out = faultline(&["run", "--guest", "assert-fail"]);
+    assert_eq!(
+        out.code(),
+        devices::exit::STATUS_GUEST_ASSERT,
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("guest assertion failed on vCPU 0 at src/bin/assert-fail.rs:13: arithmetic works in the guest: 2 (0x2) != 3 (0x3)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+#[should_panic(
+    expected = "guest assertion failed at src/bin/assert-fail.rs:13 (vCPU 0): arithmetic works in the guest"
+)]
+fn guest_assertion_fails_the_host_test_with_the_guest_location() {
+    if !kvm_available("guest_assertion_fails_the_host_test_with_the_guest_location") {
+        panic!("guest assertion failed at src/bin/assert-fail.rs:13 (vCPU 0): arithmetic works in the guest (skipped: no KVM)");
+    }
+    run_guest("assert-fail", 1);
+}
+
+#[test]
+fn triple_fault_is_reported_as_a_crash_with_rip_and_bytes() {
+    if !kvm_available("triple_fault_is_reported_as_a_crash_with_rip_and_bytes") {
+        return;
+    }
+    let out = faultline(&["run", "--guest", "triple-fault"]);
+    assert_eq!(
+        out.code(),
+        devices::exit::STATUS_GUEST_CRASH,
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("KVM_EXIT_SHUTDOWN (triple fault) at RIP 0x2"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("instruction bytes ["), "{}", out.stderr);
+}
+
+#[test]
+fn unknown_ports_and_mmio_are_logged_once_and_not_fatal() {
+    if !kvm_available("unknown_ports_and_mmio_are_logged_once_and_not_fatal") {
+        return;
+    }
+    let out = faultline(&["run", "--guest", "unknown-port"]);
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("unknown port address 0x80 ").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("read of unknown port address 0x2f8"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("write of unknown MMIO address 0xd0000000"),
+        "{}",
+        out.stderr
+    );
+
+    let run = try_run_guest("unknown-port", 1).unwrap();
+    assert_eq!(run.outcome.exit, VmExit::Done(0));
+    assert_eq!(run.outcome.unknown_ports, vec![0x80, 0x2f8]);
+    assert_eq!(run.outcome.unknown_mmio, vec![0xd000_0000]);
+}
+
+#[test]
+fn library_run_reports_ucalls_and_timeline() {
+    if !kvm_available("library_run_reports_ucalls_and_timeline") {
+        return;
+    }
+    let run = run_guest("hello", 1);
+    assert!(run.console.contains("all good"), "{}", run.console);
+    let t = run.outcome.timeline;
+    let first = t.first_exit.expect("the guest made at least one exit");
+    assert!(t.start <= t.vcpus_started && t.vcpus_started <= first && first <= t.end);
+    assert!(
+        run.outcome.vcpu_stats[0].exit_io >= 3,
+        "{:?}",
+        run.outcome.vcpu_stats
+    );
+}
+
+#[test]
+fn every_backing_runs_the_default_guest() {
+    if !kvm_available("every_backing_runs_the_default_guest") {
+        return;
+    }
+    for backing in Backing::ALL {
+        let mut cfg = guest_config("hello", 1);
+        cfg.memory.size = 64 << 20;
+        cfg.memory.backing = backing;
+        match try_run_vm(cfg) {
+            Ok(run) => assert_eq!(
+                run.outcome.exit,
+                VmExit::Done(0),
+                "{backing}: {}",
+                run.console
+            ),
+            Err(e) if backing == Backing::Hugetlb => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("echo") && msg.contains("/proc/sys/vm/nr_hugepages"),
+                    "{msg}"
+                );
+                eprintln!("SKIPPED hugetlb part: {msg}");
+            }
+            Err(e) => panic!("{backing}: {e}"),
+        }
+    }
+}

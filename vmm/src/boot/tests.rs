@@ -1,0 +1,396 @@
+//! Unit tests of the Linux loader over plain guest memory (no KVM): zero page, PVH start
+//! info, e820 map, initrd placement and command-line limits, on small hand-made kernel
+//! images (a minimal bzImage header and minimal ELF files with and without a PVH note).
+//! Booting real kernels is tests/tests/linux.rs.
+
+use super::*;
+use std::io::Write;
+use std::path::Path;
+
+const MIB: u64 = 1 << 20;
+
+fn mem(size: u64) -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
+}
+
+fn tmpfile(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("faultline-boot-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
+    p
+}
+
+fn cfg(kernel: &Path) -> KernelConfig {
+    KernelConfig {
+        kernel: kernel.to_path_buf(),
+        initrd: None,
+        cmdline: "console=ttyS0 reboot=k panic=-1".into(),
+        init_command: vec![],
+    }
+}
+
+/// A minimal bzImage: one setup sector after the boot sector, a 64-bit capable header and
+/// `payload` as the protected-mode kernel.
+fn fake_bzimage(xloadflags: u16, payload: &[u8]) -> Vec<u8> {
+    let mut img = vec![0u8; 1024];
+    img[0x1f1] = 1; // setup_sects
+    img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version
+    img[0x211] = 1; // loadflags: LOADED_HIGH
+    img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    img[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    img[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+    img[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
+    img[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes()); // pref_address
+    img[0x260..0x264].copy_from_slice(&(8 * MIB as u32).to_le_bytes()); // init_size
+    img.extend_from_slice(payload);
+    img
+}
+
+/// A minimal ELF64 x86-64 executable: one PT_LOAD of `code` at 16 MiB (its entry) and,
+/// with `pvh_entry`, a PT_NOTE holding XEN_ELFNOTE_PHYS32_ENTRY.
+fn fake_elf(pvh_entry: Option<u32>, code: &[u8]) -> Vec<u8> {
+    const LOAD_ADDR: u64 = 0x100_0000;
+    let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
+    let note_off = 64 + 56 * u64::from(phnum);
+    // Elf64_Nhdr: namesz, descsz, type 18 (XEN_ELFNOTE_PHYS32_ENTRY), "Xen\0", desc.
+    let mut note = Vec::new();
+    if let Some(e) = pvh_entry {
+        note.extend_from_slice(&4u32.to_le_bytes());
+        note.extend_from_slice(&4u32.to_le_bytes());
+        note.extend_from_slice(&18u32.to_le_bytes());
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&e.to_le_bytes());
+    }
+    let code_off = (note_off + note.len() as u64).next_multiple_of(16);
+
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    f.extend_from_slice(&2u16.to_le_bytes()); // e_type EXEC
+    f.extend_from_slice(&62u16.to_le_bytes()); // e_machine X86_64
+    f.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
+    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    f.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    f.extend_from_slice(&phnum.to_le_bytes());
+    f.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
+    let phdr = |f: &mut Vec<u8>, ty: u32, off: u64, addr: u64, size: u64| {
+        f.extend_from_slice(&ty.to_le_bytes());
+        f.extend_from_slice(&7u32.to_le_bytes()); // p_flags RWX
+        f.extend_from_slice(&off.to_le_bytes());
+        f.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+        f.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+        f.extend_from_slice(&size.to_le_bytes()); // p_filesz
+        f.extend_from_slice(&size.to_le_bytes()); // p_memsz
+        f.extend_from_slice(&16u64.to_le_bytes()); // p_align
+    };
+    phdr(&mut f, 1, code_off, LOAD_ADDR, code.len() as u64); // PT_LOAD
+    if pvh_entry.is_some() {
+        phdr(&mut f, 4, note_off, 0, note.len() as u64); // PT_NOTE
+    }
+    f.extend_from_slice(&note);
+    f.resize(code_off as usize, 0);
+    f.extend_from_slice(code);
+    f
+}
+
+fn read_zero_page(m: &GuestMemoryMmap) -> boot_params {
+    m.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap()
+}
+
+fn read_cstr(m: &GuestMemoryMmap, addr: u64) -> String {
+    let mut buf = vec![0u8; 4096];
+    m.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+    let end = buf.iter().position(|&b| b == 0).unwrap();
+    String::from_utf8(buf[..end].to_vec()).unwrap()
+}
+
+#[test]
+fn e820_map_leaves_out_the_legacy_hole_and_reserves_the_mp_table() {
+    let m = mem(256 * MIB);
+    assert_eq!(
+        e820_map(&m).unwrap(),
+        vec![
+            (0, EBDA_START, E820_RAM),
+            (0xf0000, 0x10000, E820_RESERVED),
+            (HIMEM_START, 256 * MIB - HIMEM_START, E820_RAM),
+        ]
+    );
+}
+
+#[test]
+fn e820_map_follows_a_memory_hole() {
+    let m = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), (64 * MIB) as usize),
+        (GuestAddress(128 * MIB), (32 * MIB) as usize),
+    ])
+    .unwrap();
+    let map = e820_map(&m).unwrap();
+    assert_eq!(map.len(), 4);
+    assert_eq!(map[2], (HIMEM_START, 63 * MIB, E820_RAM));
+    assert_eq!(map[3], (128 * MIB, 32 * MIB, E820_RAM));
+}
+
+#[test]
+fn bzimage_enters_at_64bit_entry_with_zero_page_describing_everything() {
+    let m = mem(256 * MIB);
+    let k = tmpfile("bz", &fake_bzimage(XLF_KERNEL_64, &[0x90; 4096]));
+    let initrd = tmpfile("bz-initrd", &[0xab; 10_000]);
+    let mut c = cfg(&k);
+    c.initrd = Some(initrd);
+    let loaded = load_kernel(&m, &c, 2).unwrap();
+    assert_eq!(loaded.format, KernelFormat::BzImage);
+    assert_eq!(
+        loaded.entry,
+        EntryPoint::Long64 {
+            rip: 0x10_0200,
+            rsi: ZERO_PAGE_START
+        }
+    );
+    // The protected-mode kernel landed at code32_start.
+    let mut first = [0u8; 4];
+    m.read_slice(&mut first, GuestAddress(0x10_0000)).unwrap();
+    assert_eq!(first, [0x90; 4]);
+
+    let zp = read_zero_page(&m);
+    let hdr = zp.hdr;
+    assert_eq!({ hdr.header }, HDRS_MAGIC);
+    assert_eq!({ hdr.type_of_loader }, LOADER_TYPE_UNDEFINED);
+    assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
+    let (addr, size) = loaded.initrd.unwrap();
+    assert_eq!(
+        ({ hdr.ramdisk_image }, { hdr.ramdisk_size }),
+        (addr as u32, 10_000)
+    );
+    // Highest page-aligned spot, and clear of the decompression area (16 MiB + 8 MiB).
+    assert_eq!(addr % 4096, 0);
+    assert!(addr + size <= 256 * MIB && addr + size > 256 * MIB - 8192);
+    assert!(addr >= 24 * MIB);
+    let mut ird = vec![0u8; 10_000];
+    m.read_slice(&mut ird, GuestAddress(addr)).unwrap();
+    assert!(ird.iter().all(|&b| b == 0xab));
+    assert_eq!(zp.e820_entries, 3);
+    let e0 = zp.e820_table[2];
+    assert_eq!(
+        ({ e0.addr }, { e0.size }, { e0.r#type }),
+        (HIMEM_START, 255 * MIB, E820_RAM)
+    );
+
+    let cl = read_cstr(&m, CMDLINE_START);
+    assert_eq!(cl, loaded.cmdline);
+    assert!(cl.starts_with("console=ttyS0 reboot=k panic=-1 "), "{cl}");
+    assert!(
+        cl.contains("pvm_syscall_fixup") && cl.contains("noxsave"),
+        "{cl}"
+    );
+    assert_eq!(cl.matches("console=").count(), 1, "{cl}");
+
+    // The MP table is there for 2 CPUs.
+    let mut sig = [0u8; 4];
+    m.read_slice(&mut sig, GuestAddress(mptable::MPTABLE_START))
+        .unwrap();
+    assert_eq!(&sig, b"_MP_");
+}
+
+#[test]
+fn bzimage_without_64bit_entry_is_refused() {
+    let m = mem(64 * MIB);
+    let k = tmpfile("bz32", &fake_bzimage(0, &[0x90; 512]));
+    let e = load_kernel(&m, &cfg(&k), 1).unwrap_err();
+    assert!(matches!(e, BootError::Not64Bit { .. }), "{e}");
+    assert!(e.to_string().contains("bz32"), "{e}");
+}
+
+#[test]
+fn elf_with_pvh_note_enters_pvh_with_start_info_memmap_and_initrd_module() {
+    let m = mem(128 * MIB);
+    let k = tmpfile("pvh", &fake_elf(Some(0x100_0040), &[0xf4; 256]));
+    let initrd = tmpfile("pvh-initrd", b"0707010000");
+    let mut c = cfg(&k);
+    c.initrd = Some(initrd);
+    let loaded = load_kernel(&m, &c, 1).unwrap();
+    assert_eq!(loaded.format, KernelFormat::ElfPvh);
+    assert_eq!(
+        loaded.entry,
+        EntryPoint::Pvh32 {
+            rip: 0x100_0040,
+            rbx: PVH_INFO_START
+        }
+    );
+    let info: hvm_start_info = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+    assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
+    assert_eq!(info.version, 1);
+    assert_eq!(info.cmdline_paddr, CMDLINE_START);
+    assert_eq!(info.memmap_entries, 3);
+    assert_eq!(info.nr_modules, 1);
+    let map: hvm_memmap_table_entry = m
+        .read_obj(GuestAddress(info.memmap_paddr + 2 * 24))
+        .unwrap();
+    assert_eq!(
+        (map.addr, map.size, map.type_),
+        (HIMEM_START, 127 * MIB, E820_RAM)
+    );
+    let module: hvm_modlist_entry = m.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+    assert_eq!(Some((module.paddr, module.size)), loaded.initrd);
+    assert_eq!(module.size, 10);
+    assert!(module.paddr >= loaded.kernel_end);
+    assert!(read_cstr(&m, CMDLINE_START).contains("pvm_syscall_fixup"));
+}
+
+#[test]
+fn elf_without_pvh_note_enters_long_mode_with_a_synthesised_zero_page() {
+    let m = mem(64 * MIB);
+    let k = tmpfile("elf64", &fake_elf(None, &[0xf4; 256]));
+    let loaded = load_kernel(&m, &cfg(&k), 1).unwrap();
+    assert_eq!(loaded.format, KernelFormat::Elf64);
+    assert_eq!(
+        loaded.entry,
+        EntryPoint::Long64 {
+            rip: 0x100_0000,
+            rsi: ZERO_PAGE_START
+        }
+    );
+    let zp = read_zero_page(&m);
+    let hdr = zp.hdr;
+    assert_eq!(
+        ({ hdr.boot_flag }, { hdr.header }),
+        (BOOT_FLAG_MAGIC, HDRS_MAGIC)
+    );
+    assert_eq!({ hdr.ramdisk_image }, 0);
+    assert_eq!(zp.e820_entries, 3);
+    assert_eq!(loaded.initrd, None);
+}
+
+#[test]
+fn missing_kernel_is_named() {
+    let m = mem(64 * MIB);
+    let e = load_kernel(&m, &cfg(Path::new("/nonexistent/vmlinuz")), 1).unwrap_err();
+    assert!(matches!(e, BootError::KernelUnreadable { .. }));
+    assert!(e.to_string().contains("/nonexistent/vmlinuz"), "{e}");
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_named_as_such() {
+    let m = mem(64 * MIB);
+    let k = tmpfile("notes.txt", &b"just some text, not a kernel\n".repeat(100));
+    let e = load_kernel(&m, &cfg(&k), 1).unwrap_err();
+    assert!(matches!(e, BootError::NotAKernel { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("notes.txt") && msg.contains("neither a bzImage nor an ELF vmlinux"),
+        "{msg}"
+    );
+    // Too short even for a header.
+    let k = tmpfile("tiny", b"MZ");
+    let e = load_kernel(&m, &cfg(&k), 1).unwrap_err();
+    assert!(matches!(e, BootError::NotAKernel { .. }), "{e}");
+}
+
+#[test]
+fn missing_initrd_is_named() {
+    let m = mem(64 * MIB);
+    let k = tmpfile("elf-for-initrd", &fake_elf(Some(0x100_0000), &[0xf4; 16]));
+    let mut c = cfg(&k);
+    c.initrd = Some("/nonexistent/initrd.cpio".into());
+    let e = load_kernel(&m, &c, 1).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/initrd.cpio"), "{e}");
+}
+
+#[test]
+fn initrd_larger_than_memory_names_sizes_and_suggests_memory() {
+    let m = mem(32 * MIB);
+    let k = tmpfile("elf-big-initrd", &fake_elf(Some(0x100_0000), &[0xf4; 16]));
+    let initrd = tmpfile("big-initrd", &vec![0u8; (40 * MIB) as usize]);
+    let mut c = cfg(&k);
+    c.initrd = Some(initrd);
+    let e = load_kernel(&m, &c, 1).unwrap_err();
+    let BootError::InitrdTooLarge {
+        size, free, memory, ..
+    } = e
+    else {
+        panic!("{e}");
+    };
+    assert_eq!((size, memory), (40 * MIB, 32 * MIB));
+    assert!(free < 32 * MIB - 16 * MIB, "free {free}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("big-initrd") && msg.contains("--memory"),
+        "{msg}"
+    );
+    assert!(msg.contains("40960 KiB"), "{msg}");
+}
+
+#[test]
+fn kernel_larger_than_memory_suggests_memory() {
+    let m = mem(16 * MIB);
+    // init_size of 8 MiB above pref_address 16 MiB does not fit in 16 MiB.
+    let k = tmpfile("bz-big", &fake_bzimage(XLF_KERNEL_64, &[0x90; 4096]));
+    let e = load_kernel(&m, &cfg(&k), 1).unwrap_err();
+    assert!(matches!(e, BootError::KernelTooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("--memory"), "{e}");
+}
+
+#[test]
+fn command_line_longer_than_the_kernel_accepts_is_refused() {
+    let m = mem(64 * MIB);
+    let k = tmpfile("bz-cmdline", &fake_bzimage(XLF_KERNEL_64, &[0x90; 512]));
+    let mut c = cfg(&k);
+    c.cmdline = format!("console=ttyS0 {}", "x".repeat(3000));
+    let e = load_kernel(&m, &c, 1).unwrap_err();
+    let BootError::CmdlineTooLong { len, max } = e else {
+        panic!("{e}");
+    };
+    assert_eq!(max, 2047);
+    assert!(len > 3000);
+    assert!(e.to_string().contains("--cmdline"));
+    c.cmdline = "console=ttyS0 caf\u{e9}".into();
+    let e = load_kernel(&m, &c, 1).unwrap_err();
+    assert!(matches!(e, BootError::CmdlineInvalid { .. }), "{e}");
+}
+
+#[test]
+fn platform_options_are_added_once_unless_the_user_set_them() {
+    let full = full_cmdline("console=ttyS1 noxsave");
+    assert!(full.starts_with("console=ttyS1 noxsave "));
+    assert_eq!(full.matches("console=").count(), 1);
+    assert_eq!(full.matches("noxsave").count(), 1);
+    assert!(full.contains("clearcpuid=") && full.contains("pvm_syscall_fixup"));
+    assert!(!full.contains('\n'));
+}
+
+#[test]
+fn place_initrd_goes_high_and_page_aligned_below_the_limit() {
+    let m = mem(64 * MIB);
+    let a = place_initrd(&m, 5000, 2 * MIB, u64::MAX).unwrap();
+    assert_eq!(a, 64 * MIB - 8192);
+    let a = place_initrd(&m, 4096, 2 * MIB, 32 * MIB - 1).unwrap();
+    assert_eq!(a, 32 * MIB - 4096);
+    assert_eq!(place_initrd(&m, 63 * MIB, 2 * MIB, u64::MAX), Err(62 * MIB));
+}
+
+#[test]
+fn command_is_appended_to_a_given_initrd_as_a_second_archive() {
+    let m = mem(64 * MIB);
+    let k = tmpfile("elf-cmd", &fake_elf(Some(0x100_0000), &[0xf4; 16]));
+    let initrd = tmpfile("odd-initrd", b"abcdefg");
+    let mut c = cfg(&k);
+    c.initrd = Some(initrd);
+    c.init_command = vec!["echo".into(), "hi there".into()];
+    let loaded = load_kernel(&m, &c, 1).unwrap();
+    let (addr, size) = loaded.initrd.unwrap();
+    let mut buf = vec![0u8; size as usize];
+    m.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+    assert_eq!(&buf[..7], b"abcdefg");
+    assert_eq!(
+        &buf[8..14],
+        b"070701",
+        "second archive starts 4-byte aligned"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.contains("'echo' 'hi there'"), "{text}");
+}

@@ -1,0 +1,209 @@
+//! The command line (clap). Thin by design: it builds a [`VmConfig`] and hands it to
+//! [`crate::launch`]; everything worth testing takes a `VmConfig`.
+
+use crate::config::{
+    default_kvm_device, parse_size, Backing, KernelConfig, MemoryConfig, Payload, VmConfig,
+    DEFAULT_CMDLINE,
+};
+use crate::guests;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// faultline: a minimal KVM VMM that launches guests and measures their memory faults.
+#[derive(Debug, Parser)]
+#[command(name = "faultline", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest on KVM; exits with the guest's status.
+    #[command(after_help = "Examples:\n  \
+        faultline run                       # the default built-in guest (hello)\n  \
+        faultline run --guest smp --vcpus 4\n  \
+        faultline run --list-guests\n  \
+        faultline run --kernel bzImage --memory 512M -- uname -a")]
+    Run(RunArgs),
+    /// Benchmarks (`faultline bench faults`).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `faultline bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Guest fault latency per backing and uffd mode, with demand_paging_test's knobs.
+    #[command(after_help = "Examples:\n  \
+        faultline bench faults --backing anonymous,anonymous_thp,shmem --uffd none,MISSING\n  \
+        faultline bench faults -b 1G -v 2 -u MISSING -r 2 --json out.json --plot plots/\n  \
+        faultline bench faults -s shmem -u MINOR --uffd-wait poll")]
+    Faults(crate::measure::cli::FaultsArgs),
+}
+
+/// Options of `faultline run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Linux kernel to boot (bzImage or ELF vmlinux). Without it a built-in guest runs.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs for --kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel.
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Guest RAM, e.g. 256M, 2G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+    /// Host backing of guest RAM: anon, thp, shmem or hugetlb.
+    #[arg(long, value_name = "KIND", default_value = "anon")]
+    pub backing: Backing,
+    /// Built-in guest program to run (see --list-guests).
+    #[arg(long, value_name = "NAME", conflicts_with = "kernel")]
+    pub guest: Option<String>,
+    /// List the built-in guest programs and exit.
+    #[arg(long)]
+    pub list_guests: bool,
+    /// KVM device node [env: FAULTLINE_KVM_DEVICE] [default: /dev/kvm].
+    #[arg(long, value_name = "PATH")]
+    pub kvm_device: Option<PathBuf>,
+    /// With --kernel: the command to run in the guest (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The [`VmConfig`] these options describe (not yet validated).
+    pub fn to_config(&self) -> Result<VmConfig, crate::config::ValidationError> {
+        use crate::config::ValidationError::NeedsKernel;
+        let payload = match &self.kernel {
+            Some(kernel) => Payload::Kernel(KernelConfig {
+                kernel: kernel.clone(),
+                initrd: self.initrd.clone(),
+                cmdline: self.cmdline.clone(),
+                init_command: self.command.clone(),
+            }),
+            None => {
+                if self.initrd.is_some() {
+                    return Err(NeedsKernel("--initrd"));
+                }
+                if !self.command.is_empty() {
+                    return Err(NeedsKernel("a command after --"));
+                }
+                Payload::Guest(
+                    self.guest
+                        .clone()
+                        .unwrap_or_else(|| guests::DEFAULT_GUEST.to_string()),
+                )
+            }
+        };
+        Ok(VmConfig {
+            memory: MemoryConfig {
+                size: self.memory,
+                backing: self.backing,
+            },
+            vcpus: self.vcpus,
+            payload,
+            kvm_device: self.kvm_device.clone().unwrap_or_else(default_kvm_device),
+        })
+    }
+}
+
+/// The `--list-guests` text.
+pub fn list_guests() -> String {
+    let width = guests::GUESTS
+        .iter()
+        .map(|g| g.name.len())
+        .max()
+        .unwrap_or(0);
+    let mut s = String::new();
+    for g in guests::GUESTS {
+        let default = if g.name == guests::DEFAULT_GUEST {
+            " (default)"
+        } else {
+            ""
+        };
+        s.push_str(&format!("{:width$}  {}{default}\n", g.name, g.description));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(c: Command) -> Option<RunArgs> {
+        match c {
+            Command::Run(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("faultline").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_defaults_to_the_hello_guest() {
+        let Some(r) = run_args(parse(&["run"]).unwrap().command) else {
+            panic!()
+        };
+        let c = r.to_config().unwrap();
+        assert_eq!(c.payload, Payload::Guest("hello".into()));
+        assert_eq!(c.memory.size, 256 << 20);
+        assert_eq!(c.vcpus, 1);
+    }
+
+    #[test]
+    fn trailing_command_is_captured_for_the_kernel() {
+        let Some(r) = run_args(
+            parse(&["run", "--kernel", "/k", "--", "echo", "-n", "hi"])
+                .unwrap()
+                .command,
+        ) else {
+            panic!()
+        };
+        let Payload::Kernel(k) = r.to_config().unwrap().payload else {
+            panic!()
+        };
+        assert_eq!(k.init_command, vec!["echo", "-n", "hi"]);
+    }
+
+    #[test]
+    fn bad_sizes_and_backings_fail_to_parse_with_the_value() {
+        let e = parse(&["run", "--memory", "lots"]).unwrap_err().to_string();
+        assert!(e.contains("lots") && e.contains("256M"), "{e}");
+        let e = parse(&["run", "--backing", "huge"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("anon, thp, shmem, hugetlb"), "{e}");
+    }
+
+    #[test]
+    fn a_command_without_kernel_is_rejected() {
+        let Some(r) = run_args(parse(&["run", "--", "ls"]).unwrap().command) else {
+            panic!()
+        };
+        assert!(r
+            .to_config()
+            .unwrap_err()
+            .to_string()
+            .contains("needs --kernel"));
+    }
+
+    #[test]
+    fn list_guests_names_every_guest() {
+        let l = list_guests();
+        for g in guests::GUESTS {
+            assert!(l.contains(g.name));
+        }
+        assert!(l.contains("(default)"));
+    }
+}

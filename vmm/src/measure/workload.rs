@@ -1,0 +1,742 @@
+//! The fault-latency workload driver: one fresh VM per (backing, uffd mode), running the
+//! `touch` built-in guest (resources/guests/src/bin/touch.rs) over a measured region that
+//! has its own memslot.
+//!
+//! Guest-physical layout: ordinary anonymous RAM `0..BASE_RAM` holds the guest image,
+//! stacks, page tables and the parameter block; the measured region starts at
+//! [`REGION_GPA`] (1 GiB) inside the identity map and holds `vcpus × bytes_per_vcpu` bytes,
+//! vCPU `i`'s slice at `REGION_GPA + i × bytes_per_vcpu`.
+//!
+//! Timing is host-side: the guest writes stage numbers to [`MARK_PORT`] right before and
+//! right after its touch loop; the [`Marks`] device timestamps those exits (exit-to-exit,
+//! `Instant::now()` in the vCPU thread right after KVM_RUN returned). KVM binary stats are
+//! read at the first vCPU's start mark and the last vCPU's end mark, so their deltas cover
+//! the touch stage only.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::bus::{Bus, BusDevice};
+use devices::console::Console;
+use devices::exit::{ExitSignal, VmExit};
+use devices::ucall::{UcallPort, UCALL_PORT};
+use serde::{Deserialize, Serialize};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+use super::kvm_stats::{StatsReader, StatsSnapshot};
+use super::report::{BenchReport, RunResult, UffdSummary, VcpuResult};
+use crate::config::{Backing, MemoryConfig};
+use crate::memory::uffd::region::{MeasuredRegion, RegionBacking, RegionError};
+use crate::memory::uffd::{
+    MissingResolve, UffdConfig, UffdMode, UffdRegion, UffdService, UffdStartError, UffdStopError,
+};
+use crate::vstate::stats::stats_fd;
+use crate::vstate::ApStartup;
+
+/// Guest-physical start of the measured region.
+pub const REGION_GPA: u64 = 1 << 30;
+/// Most bytes the measured region may span (1 GiB..3 GiB, below the MMIO hole).
+pub const MAX_REGION: u64 = 2 << 30;
+/// Ordinary guest RAM for the image, stacks and page tables.
+pub const BASE_RAM: u64 = 32 << 20;
+/// Where the `touch` guest reads its parameters (its `PARAMS_GPA`).
+pub const PARAMS_GPA: u64 = 0x10_0000;
+/// The port the guest marks its stages on (its `MARK_PORT`).
+pub const MARK_PORT: u16 = 0xe8;
+/// `Params::magic` of the guest.
+const PARAMS_MAGIC: u64 = 0x4d52_5068_6375_6f74;
+const STAGE_START: u32 = 1;
+const STAGE_END: u32 = 2;
+/// Offset of `Params::touched` in the guest's parameter block.
+const TOUCHED_OFFSET: u64 = 9 * 8;
+
+/// What each access does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Access {
+    /// Read and check the data.
+    Read,
+    /// Write (checked in a pass after the timed loop).
+    Write,
+    /// Read and check, then write.
+    ReadWrite,
+}
+
+impl Access {
+    fn code(self) -> u64 {
+        match self {
+            Access::Read => 0,
+            Access::Write => 1,
+            Access::ReadWrite => 2,
+        }
+    }
+
+    /// `read`, `write` or `read-write`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "read-write",
+        }
+    }
+}
+
+/// One `faultline bench faults` invocation.
+#[derive(Debug, Clone)]
+pub struct FaultBench {
+    /// Backings, run in turn.
+    pub backings: Vec<RegionBacking>,
+    /// uffd modes, run in turn for each backing (`None` = no uffd).
+    pub uffd_modes: Vec<Option<UffdMode>>,
+    /// Bytes touched per vCPU.
+    pub bytes_per_vcpu: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Bytes between two accesses.
+    pub stride: u64,
+    /// Access kind.
+    pub access: Access,
+    /// Random order instead of sequential.
+    pub random: bool,
+    /// Seed of the random order.
+    pub seed: u64,
+    /// uffd knobs (mode is set per run; `chunk` 0 = the backing's page size).
+    pub uffd: UffdConfig,
+    /// The KVM device node.
+    pub kvm_device: PathBuf,
+}
+
+impl Default for FaultBench {
+    fn default() -> Self {
+        Self {
+            backings: vec![RegionBacking::Anonymous],
+            uffd_modes: vec![None],
+            bytes_per_vcpu: 1 << 30,
+            vcpus: 1,
+            stride: 4096,
+            access: Access::Write,
+            random: false,
+            seed: 0x5eed,
+            uffd: UffdConfig {
+                chunk: 0,
+                ..UffdConfig::default()
+            },
+            kvm_device: PathBuf::from("/dev/kvm"),
+        }
+    }
+}
+
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// --size {size} per vCPU × {vcpus} vCPUs does not fit the measured area ({max} bytes at 1 GiB); use a smaller --size or fewer --vcpus
+    #[error("--size {size} per vCPU × {vcpus} vCPUs = {total} bytes does not fit the {max}-byte measured area; use a smaller --size or fewer --vcpus")]
+    TooLarge {
+        /// Bytes per vCPU.
+        size: u64,
+        /// vCPUs.
+        vcpus: u32,
+        /// Their product.
+        total: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Bad numeric argument.
+    #[error("{0}")]
+    BadArgument(String),
+    /// MINOR needs a shared backing.
+    #[error("--uffd MINOR needs a shared backing (shmem or shared_hugetlb), not {0}: minor faults only exist for pages already in a page cache")]
+    MinorNeedsShared(&'static str),
+    /// The measured region could not be mapped.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// Base guest RAM could not be created.
+    #[error("Guest RAM: {0}")]
+    GuestRam(String),
+    /// The touch guest is missing from this build.
+    #[error(
+        "The built-in guest `touch` is missing from this build (resources/guests/src/bin/touch.rs)"
+    )]
+    NoGuest,
+    /// Setting up KVM failed.
+    #[error("{0}")]
+    Kvm(String),
+    /// The uffd service did not start.
+    #[error("userfaultfd: {0}")]
+    UffdStart(#[from] UffdStartError),
+    /// The uffd service failed.
+    #[error("userfaultfd: {0}")]
+    UffdStop(#[from] UffdStopError),
+    /// The guest's data check failed.
+    #[error("Guest assertion failed on vCPU {vcpu} at {file}:{line}: {msg}")]
+    GuestAssert {
+        /// vCPU.
+        vcpu: usize,
+        /// Guest file.
+        file: String,
+        /// Guest line.
+        line: u32,
+        /// Message.
+        msg: String,
+    },
+    /// The guest ended some other way.
+    #[error("The touch guest ended unexpectedly: {0}")]
+    GuestEnded(String),
+    /// The guest did not mark its stages.
+    #[error("The touch guest did not mark start and end on every vCPU (marks: {0:?})")]
+    MissingMarks(Vec<(usize, u32)>),
+    /// The guest touched a different number of pages than configured.
+    #[error("vCPU {vcpu} reports {got} accesses, expected {want}")]
+    WrongCount {
+        /// vCPU.
+        vcpu: usize,
+        /// Reported.
+        got: u64,
+        /// Expected.
+        want: u64,
+    },
+    /// The uffd handler did not serve every page exactly once.
+    #[error("The uffd handler installed {installed} pages ({twice} twice, {untouched} never) for {expected} pages")]
+    UffdCount {
+        /// Pages installed.
+        installed: u64,
+        /// Installed twice.
+        twice: u64,
+        /// Never installed.
+        untouched: u64,
+        /// Expected.
+        expected: u64,
+    },
+}
+
+/// Timestamps of the guest's stage marks, and KVM stats read at the first start and last end.
+struct Marks {
+    vcpus: usize,
+    marks: Vec<(usize, u32, Instant)>,
+    started: usize,
+    ended: usize,
+    readers: Vec<StatsReader>,
+    /// VM stats then per-vCPU stats, at the first start mark.
+    before: Option<Vec<StatsSnapshot>>,
+    /// The same at the last end mark.
+    after: Option<Vec<StatsSnapshot>>,
+}
+
+impl Marks {
+    fn snapshot(&self) -> Option<Vec<StatsSnapshot>> {
+        self.readers.iter().map(|r| r.read().ok()).collect()
+    }
+}
+
+impl BusDevice for Marks {
+    fn read(&mut self, _vcpu: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, vcpu: usize, _offset: u64, data: &[u8]) {
+        let now = Instant::now();
+        let mut b = [0u8; 4];
+        let n = data.len().min(4);
+        b[..n].copy_from_slice(&data[..n]);
+        let stage = u32::from_le_bytes(b);
+        self.marks.push((vcpu, stage, now));
+        match stage {
+            STAGE_START => {
+                if self.started == 0 {
+                    self.before = self.snapshot();
+                }
+                self.started += 1;
+            }
+            STAGE_END => {
+                self.ended += 1;
+                if self.ended == self.vcpus {
+                    self.after = self.snapshot();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn label(backing: RegionBacking, uffd: Option<UffdMode>) -> String {
+    match uffd {
+        None => backing.name().to_string(),
+        Some(UffdMode::Missing) => format!("{}/MISSING", backing.name()),
+        Some(UffdMode::Minor) => format!("{}/MINOR", backing.name()),
+    }
+}
+
+/// Name of a uffd mode as the CLI spells it.
+#[must_use]
+pub fn uffd_name(m: Option<UffdMode>) -> &'static str {
+    match m {
+        None => "none",
+        Some(UffdMode::Missing) => "MISSING",
+        Some(UffdMode::Minor) => "MINOR",
+    }
+}
+
+impl FaultBench {
+    /// Checks what can be checked before any VM is created.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        if self.vcpus == 0 || self.vcpus > 64 {
+            return Err(BenchError::BadArgument(format!(
+                "--vcpus {}: use 1 to 64",
+                self.vcpus
+            )));
+        }
+        if self.stride < 8 || self.stride % 8 != 0 || self.stride > self.bytes_per_vcpu {
+            return Err(BenchError::BadArgument(format!(
+                "--stride {}: use a multiple of 8 between 8 and --size (4096 = one access per page)",
+                self.stride
+            )));
+        }
+        if self.bytes_per_vcpu == 0 || self.bytes_per_vcpu % 4096 != 0 {
+            return Err(BenchError::BadArgument(format!(
+                "--size {}: use a non-zero multiple of 4K, e.g. 16M or 1G",
+                self.bytes_per_vcpu
+            )));
+        }
+        let total = self.bytes_per_vcpu * u64::from(self.vcpus);
+        if total > MAX_REGION {
+            return Err(BenchError::TooLarge {
+                size: self.bytes_per_vcpu,
+                vcpus: self.vcpus,
+                total,
+                max: MAX_REGION,
+            });
+        }
+        for &b in &self.backings {
+            if self.bytes_per_vcpu % b.page_size() as u64 != 0 {
+                return Err(BenchError::BadArgument(format!(
+                    "--size {} is not a multiple of the {} page size ({} bytes)",
+                    self.bytes_per_vcpu,
+                    b.name(),
+                    b.page_size()
+                )));
+            }
+            for &u in &self.uffd_modes {
+                if u == Some(UffdMode::Minor) && !b.is_shared() {
+                    return Err(BenchError::MinorNeedsShared(b.name()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every (backing, uffd mode) in turn, a fresh VM each, with a progress bar on a
+    /// terminal unless `quiet`.
+    pub fn run_all(&self, command: String, quiet: bool) -> Result<BenchReport, BenchError> {
+        self.validate()?;
+        let mut report = BenchReport::new(command);
+        let runs: Vec<_> = self
+            .backings
+            .iter()
+            .flat_map(|&b| self.uffd_modes.iter().map(move |&u| (b, u)))
+            .collect();
+        let bar = if quiet || !std::io::stdout().is_terminal() {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let bar = indicatif::ProgressBar::new(runs.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs, now: {msg}")
+                    .expect("valid template"),
+            );
+            bar
+        };
+        for (backing, uffd) in runs {
+            bar.set_message(label(backing, uffd));
+            report.runs.push(self.run_one(backing, uffd)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(report)
+    }
+
+    /// One run: a fresh VM whose measured region has `backing`, served by uffd `mode`.
+    pub fn run_one(
+        &self,
+        backing: RegionBacking,
+        mode: Option<UffdMode>,
+    ) -> Result<RunResult, BenchError> {
+        let vcpus = self.vcpus as usize;
+        let per = usize::try_from(self.bytes_per_vcpu)
+            .map_err(|_| BenchError::BadArgument("--size too large".into()))?;
+        let total = per * vcpus;
+        if mode == Some(UffdMode::Minor) && !backing.is_shared() {
+            return Err(BenchError::MinorNeedsShared(backing.name()));
+        }
+        let region = MeasuredRegion::new(backing, total, mode == Some(UffdMode::Minor))?;
+        if mode == Some(UffdMode::Minor) {
+            region.fill_alias(REGION_GPA);
+        }
+
+        // Guest memory: ordinary RAM plus the measured region as its own memslot.
+        let base = crate::memory::backing::create_guest_memory(&MemoryConfig {
+            size: BASE_RAM,
+            backing: Backing::Anon,
+        })
+        .map_err(|e| BenchError::GuestRam(e.to_string()))?;
+        let flags = if backing.is_shared() {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        // SAFETY: `region` is a live mapping of `total` bytes that outlives `mem` and the VM
+        // (both are dropped at the end of this function, before `region`). The MmapRegion
+        // does not own it (build_raw never unmaps).
+        let mapping = unsafe {
+            MmapRegion::build_raw(
+                region.addr() as *mut u8,
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+            )
+        }
+        .map_err(|e| BenchError::GuestRam(e.to_string()))?;
+        let measured = GuestRegionMmap::new(mapping, GuestAddress(REGION_GPA))
+            .ok_or_else(|| BenchError::GuestRam("measured region overflows".into()))?;
+        let mem: GuestMemoryMmap = base
+            .insert_region(Arc::new(measured))
+            .map_err(|e| BenchError::GuestRam(e.to_string()))?;
+
+        let guest = crate::guests::find("touch").ok_or(BenchError::NoGuest)?;
+        let entry = crate::guests::load(&mem, guest, self.vcpus)
+            .map_err(|e| BenchError::Kvm(e.to_string()))?;
+        let expect = match (mode, self.uffd.resolve) {
+            (Some(UffdMode::Missing), MissingResolve::Copy) | (Some(UffdMode::Minor), _) => 1u64,
+            _ => 0,
+        };
+        let params = [
+            PARAMS_MAGIC,
+            REGION_GPA,
+            self.bytes_per_vcpu,
+            self.stride,
+            self.access.code(),
+            u64::from(self.random),
+            expect,
+            self.seed,
+            0,
+        ];
+        for (i, v) in params.iter().enumerate() {
+            mem.write_obj(*v, GuestAddress(PARAMS_GPA + 8 * i as u64))
+                .map_err(|e| BenchError::GuestRam(e.to_string()))?;
+        }
+
+        let kvm_err = |e: &dyn std::fmt::Display| BenchError::Kvm(e.to_string());
+        let kvm = crate::vstate::kvm::open_kvm(&self.kvm_device).map_err(|e| kvm_err(&e))?;
+        let vm = crate::vstate::vm::Vm::new(&kvm, self.vcpus, &mem).map_err(|e| kvm_err(&e))?;
+        crate::vstate::vcpu::write_entry_tables(&mem).map_err(|e| kvm_err(&e))?;
+        let cpuid = crate::vstate::vcpu::supported_cpuid(&kvm).map_err(|e| kvm_err(&e))?;
+        let mut readers = vec![
+            StatsReader::new(stats_fd(vm.fd()).map_err(|e| kvm_err(&e))?)
+                .map_err(|e| kvm_err(&e))?,
+        ];
+        let mut vcpu_fds = Vec::with_capacity(vcpus);
+        for i in 0..self.vcpus {
+            let fd = crate::vstate::vcpu::create_vcpu(
+                vm.fd(),
+                &cpuid,
+                i,
+                self.vcpus,
+                &entry,
+                ApStartup::SameEntry,
+            )
+            .map_err(|e| kvm_err(&e))?;
+            readers.push(
+                StatsReader::new(stats_fd(&fd).map_err(|e| kvm_err(&e))?)
+                    .map_err(|e| kvm_err(&e))?,
+            );
+            vcpu_fds.push(fd);
+        }
+
+        // The uffd service, registered before anything can touch the region.
+        let service = match mode {
+            None => None,
+            Some(m) => {
+                let page_size = backing.page_size();
+                let cfg = UffdConfig {
+                    mode: m,
+                    page_size,
+                    chunk: if self.uffd.chunk == 0 {
+                        page_size
+                    } else {
+                        self.uffd.chunk
+                    },
+                    ..self.uffd
+                };
+                let regions: Vec<UffdRegion> = (0..vcpus)
+                    .map(|i| UffdRegion {
+                        addr: region.addr() + i * per,
+                        len: per,
+                        pattern_base: REGION_GPA + (i * per) as u64,
+                    })
+                    .collect();
+                // SAFETY: `region` stays mapped until after `stop` below; its contents are
+                // the service's to fill.
+                Some((cfg, unsafe { UffdService::start(cfg, &regions) }?))
+            }
+        };
+
+        let exit = Arc::new(ExitSignal::new().map_err(|e| kvm_err(&e))?);
+        let (console, output) = Console::buffer();
+        let marks = Arc::new(Mutex::new(Marks {
+            vcpus,
+            marks: Vec::new(),
+            started: 0,
+            ended: 0,
+            readers,
+            before: None,
+            after: None,
+        }));
+        let mut pio = Bus::new("port");
+        pio.insert(
+            u64::from(UCALL_PORT),
+            4,
+            Arc::new(Mutex::new(UcallPort::new(
+                mem.clone(),
+                console,
+                exit.clone(),
+            ))),
+        )
+        .map_err(|e| kvm_err(&e))?;
+        pio.insert(u64::from(MARK_PORT), 4, marks.clone())
+            .map_err(|e| kvm_err(&e))?;
+        let pio = Arc::new(pio);
+        let mmio = Arc::new(Bus::new("MMIO"));
+        crate::vstate::vcpu::install_kick_handler().map_err(|e| kvm_err(&e))?;
+
+        let tids: Vec<AtomicU64> = (0..vcpus).map(|_| AtomicU64::new(0)).collect();
+        let finished: Vec<AtomicBool> = (0..vcpus).map(|_| AtomicBool::new(false)).collect();
+        let (pio_ref, mmio_ref, exit_ref, mem_ref) = (&*pio, &*mmio, &*exit, &mem);
+        std::thread::scope(|scope| -> Result<(), BenchError> {
+            for (i, fd) in vcpu_fds.into_iter().enumerate() {
+                let (tid, done) = (&tids[i], &finished[i]);
+                std::thread::Builder::new()
+                    .name(format!("vcpu{i}"))
+                    .spawn_scoped(scope, move || {
+                        tid.store(crate::vstate::vcpu::current_thread_id(), Ordering::Release);
+                        let ctx = crate::vstate::vcpu::ExitContext {
+                            vcpu: i,
+                            pio: pio_ref,
+                            mmio: mmio_ref,
+                            exit: exit_ref,
+                        };
+                        crate::vstate::vcpu::run_vcpu(fd, ctx, mem_ref, done)
+                    })
+                    .map_err(|e| kvm_err(&e))?;
+            }
+            while !exit_ref.fired() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            crate::vstate::vcpu::stop_vcpus(&tids, &finished);
+            Ok(())
+        })?;
+        let uffd_stats = match service {
+            Some((cfg, s)) => Some((cfg, s.stop()?)),
+            None => None,
+        };
+        match exit.reason() {
+            Some(VmExit::Done(0)) => {}
+            Some(VmExit::AssertFailed {
+                vcpu,
+                file,
+                line,
+                msg,
+            }) => {
+                return Err(BenchError::GuestAssert {
+                    vcpu,
+                    file,
+                    line,
+                    msg,
+                })
+            }
+            other => {
+                let out =
+                    String::from_utf8_lossy(&output.lock().unwrap_or_else(|e| e.into_inner()))
+                        .into_owned();
+                return Err(BenchError::GuestEnded(format!(
+                    "{other:?}; guest output: {out:?}"
+                )));
+            }
+        }
+
+        // Per-vCPU timing from the marks.
+        let marks = marks.lock().unwrap_or_else(|e| e.into_inner());
+        let want = self.bytes_per_vcpu / self.stride;
+        let mut per_vcpu = Vec::with_capacity(vcpus);
+        let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+        for i in 0..vcpus {
+            let at = |stage| {
+                marks
+                    .marks
+                    .iter()
+                    .find(|m| m.0 == i && m.1 == stage)
+                    .map(|m| m.2)
+            };
+            let (Some(s), Some(e)) = (at(STAGE_START), at(STAGE_END)) else {
+                return Err(BenchError::MissingMarks(
+                    marks.marks.iter().map(|m| (m.0, m.1)).collect(),
+                ));
+            };
+            first = Some(first.map_or(s, |f| f.min(s)));
+            last = Some(last.map_or(e, |l| l.max(e)));
+            let got: u64 = mem
+                .read_obj(GuestAddress(PARAMS_GPA + TOUCHED_OFFSET + 8 * i as u64))
+                .map_err(|e| BenchError::GuestRam(e.to_string()))?;
+            if got != want {
+                return Err(BenchError::WrongCount { vcpu: i, got, want });
+            }
+            per_vcpu.push(VcpuResult {
+                vcpu: i,
+                pages: got,
+                seconds: (e - s).as_secs_f64(),
+            });
+        }
+        let wall = match (first, last) {
+            (Some(f), Some(l)) => (l - f).as_secs_f64(),
+            _ => 0.0,
+        };
+        let (kvm_vm, kvm_vcpu) = match (&marks.before, &marks.after) {
+            (Some(b), Some(a)) => {
+                let vm = a[0].delta(&b[0]);
+                let mut sum = StatsSnapshot::default();
+                for (bb, aa) in b[1..].iter().zip(&a[1..]) {
+                    let d = StatsSnapshot {
+                        values: aa.delta(bb),
+                        kinds: aa.kinds.clone(),
+                    };
+                    sum.accumulate(&d);
+                }
+                (vm, sum.values)
+            }
+            _ => Default::default(),
+        };
+
+        let uffd_summary = match uffd_stats {
+            None => None,
+            Some((cfg, st)) => {
+                let expected = (total / cfg.page_size) as u64;
+                if !st.every_page_once() || st.pages_installed != expected {
+                    return Err(BenchError::UffdCount {
+                        installed: st.pages_installed,
+                        twice: st.pages_installed_twice,
+                        untouched: st.pages_untouched,
+                        expected,
+                    });
+                }
+                let mut s = UffdSummary {
+                    mode: uffd_name(Some(cfg.mode)).into(),
+                    resolve: match (cfg.mode, cfg.resolve) {
+                        (UffdMode::Minor, _) => "continue".into(),
+                        (_, MissingResolve::Copy) => "copy".into(),
+                        (_, MissingResolve::ZeroPage) => "zeropage".into(),
+                    },
+                    wait: format!("{:?}", cfg.wait),
+                    readers: cfg.readers,
+                    single_uffd: cfg.single_uffd,
+                    delay_us: u64::try_from(cfg.delay.as_micros()).unwrap_or(u64::MAX),
+                    chunk_bytes: cfg.chunk,
+                    faults: st.faults,
+                    already_resolved: st.already_resolved,
+                    pages_installed: st.pages_installed,
+                    faults_per_reader: st.faults_per_reader.clone(),
+                    mean_ns: 0.0,
+                    p50_ns: 0,
+                    p90_ns: 0,
+                    p99_ns: 0,
+                    p999_ns: 0,
+                    max_ns: 0,
+                    cdf: Vec::new(),
+                };
+                s.set_histogram(&st.service_ns);
+                Some(s)
+            }
+        };
+        drop(marks);
+        drop(pio);
+        drop(mmio);
+        drop(vm);
+        drop(mem);
+        drop(region);
+        Ok(RunResult {
+            backing: backing.name().into(),
+            uffd: uffd_name(mode).into(),
+            vcpus,
+            bytes_per_vcpu: self.bytes_per_vcpu,
+            stride: self.stride,
+            access: self.access.name().into(),
+            order: if self.random { "random" } else { "sequential" }.into(),
+            per_vcpu,
+            wall_seconds: wall,
+            uffd_summary,
+            kvm_vm,
+            kvm_vcpu,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_sizes_and_combinations_are_rejected_before_any_vm() {
+        let b = FaultBench {
+            bytes_per_vcpu: 5000,
+            ..FaultBench::default()
+        };
+        assert!(b
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multiple of 4K"));
+        let b = FaultBench {
+            bytes_per_vcpu: 2 << 30,
+            vcpus: 2,
+            ..FaultBench::default()
+        };
+        assert!(matches!(b.validate(), Err(BenchError::TooLarge { .. })));
+        let b = FaultBench {
+            uffd_modes: vec![Some(UffdMode::Minor)],
+            ..FaultBench::default()
+        };
+        assert!(b
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("shared backing"));
+        let b = FaultBench {
+            backings: vec![RegionBacking::SharedHugetlb],
+            bytes_per_vcpu: (2 << 20) + 4096,
+            ..FaultBench::default()
+        };
+        assert!(b.validate().unwrap_err().to_string().contains("page size"));
+        let b = FaultBench {
+            vcpus: 0,
+            ..FaultBench::default()
+        };
+        assert!(b.validate().unwrap_err().to_string().contains("--vcpus 0"));
+    }
+
+    #[test]
+    fn small_anonymous_run_touches_every_page() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipped: /dev/kvm is not available");
+            return;
+        }
+        let b = FaultBench {
+            bytes_per_vcpu: 4 << 20,
+            ..FaultBench::default()
+        };
+        let r = b
+            .run_one(RegionBacking::Anonymous, Some(UffdMode::Missing))
+            .unwrap();
+        assert_eq!(r.total_pages(), 1024);
+        assert_eq!(r.uffd_summary.as_ref().unwrap().pages_installed, 1024);
+        eprintln!("{r:?}");
+    }
+}

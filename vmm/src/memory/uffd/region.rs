@@ -1,0 +1,473 @@
+//! The measured region of `faultline bench faults`: one host mapping with the backing under
+//! test (demand_paging_test's `-s` names), plus, for shared backings, an alias mapping of the
+//! same file through which MINOR-mode pages are filled.
+//!
+//! The rest of guest RAM (code, stacks, page tables) stays ordinary anonymous memory from
+//! [`crate::memory::backing`]; only this region changes between runs.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use serde::{Deserialize, Serialize};
+
+use super::fill_pattern;
+
+const PAGE_4K: usize = 4096;
+const PAGE_2M: usize = 2 << 20;
+const PAGE_1G: usize = 1 << 30;
+
+/// Backing of the measured region (`-s/--backing`; the names are the KVM selftests'
+/// `vm_mem_backing_src_alias` names, plus `anonymous_prefault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionBacking {
+    /// `anonymous`: private anonymous memory, 4K pages (THP off for the range).
+    Anonymous,
+    /// `anonymous_thp`: private anonymous memory with `MADV_HUGEPAGE`.
+    AnonymousThp,
+    /// `anonymous_hugetlb` (= `anonymous_hugetlb_2mb`): `MAP_PRIVATE | MAP_HUGETLB`, 2M.
+    AnonymousHugetlb,
+    /// `anonymous_hugetlb_1gb`: `MAP_HUGETLB | MAP_HUGE_1GB`.
+    AnonymousHugetlb1G,
+    /// `shmem`: a memfd mapped `MAP_SHARED` (4K pages; shmem THP follows the host setting).
+    Shmem,
+    /// `shared_hugetlb`: a 2M hugetlb memfd mapped `MAP_SHARED`.
+    SharedHugetlb,
+    /// `anonymous_prefault`: `anonymous`, populated with `MADV_POPULATE_WRITE` before the run
+    /// (host page tables filled; KVM's still empty).
+    AnonymousPrefault,
+}
+
+/// Every backing, in the order `--backing all` runs them.
+pub const ALL_BACKINGS: [RegionBacking; 7] = [
+    RegionBacking::Anonymous,
+    RegionBacking::AnonymousThp,
+    RegionBacking::AnonymousHugetlb,
+    RegionBacking::AnonymousHugetlb1G,
+    RegionBacking::Shmem,
+    RegionBacking::SharedHugetlb,
+    RegionBacking::AnonymousPrefault,
+];
+
+/// Errors of [`RegionBacking::from_name`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BackingNameError {
+    /// Unknown backing {0:?}; use one of anonymous, anonymous_thp, anonymous_hugetlb, anonymous_hugetlb_2mb, anonymous_hugetlb_1gb, shmem, shared_hugetlb, anonymous_prefault (or a comma list)
+    #[error("Unknown backing {0:?}; use one of anonymous, anonymous_thp, anonymous_hugetlb, anonymous_hugetlb_2mb, anonymous_hugetlb_1gb, shmem, shared_hugetlb, anonymous_prefault (or a comma list)")]
+    Unknown(String),
+}
+
+impl RegionBacking {
+    /// Parses a selftest backing name.
+    pub fn from_name(name: &str) -> Result<Self, BackingNameError> {
+        Ok(match name.trim() {
+            "anonymous" | "anon" => Self::Anonymous,
+            "anonymous_thp" | "thp" => Self::AnonymousThp,
+            "anonymous_hugetlb" | "anonymous_hugetlb_2mb" => Self::AnonymousHugetlb,
+            "anonymous_hugetlb_1gb" => Self::AnonymousHugetlb1G,
+            "shmem" => Self::Shmem,
+            "shared_hugetlb" | "hugetlb" => Self::SharedHugetlb,
+            "anonymous_prefault" | "prefault" => Self::AnonymousPrefault,
+            other => return Err(BackingNameError::Unknown(other.to_string())),
+        })
+    }
+
+    /// The selftest name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Anonymous => "anonymous",
+            Self::AnonymousThp => "anonymous_thp",
+            Self::AnonymousHugetlb => "anonymous_hugetlb",
+            Self::AnonymousHugetlb1G => "anonymous_hugetlb_1gb",
+            Self::Shmem => "shmem",
+            Self::SharedHugetlb => "shared_hugetlb",
+            Self::AnonymousPrefault => "anonymous_prefault",
+        }
+    }
+
+    /// The host page size of the backing (what uffd must install per fault at least).
+    #[must_use]
+    pub fn page_size(self) -> usize {
+        match self {
+            Self::AnonymousHugetlb | Self::SharedHugetlb => PAGE_2M,
+            Self::AnonymousHugetlb1G => PAGE_1G,
+            _ => PAGE_4K,
+        }
+    }
+
+    /// Whether the backing is a shared file (MINOR faults need one).
+    #[must_use]
+    pub fn is_shared(self) -> bool {
+        matches!(self, Self::Shmem | Self::SharedHugetlb)
+    }
+
+    fn is_hugetlb(self) -> bool {
+        matches!(
+            self,
+            Self::AnonymousHugetlb | Self::SharedHugetlb | Self::AnonymousHugetlb1G
+        )
+    }
+}
+
+/// Errors of [`MeasuredRegion::new`].
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// Region size {size} is not a non-zero multiple of the {backing} page size {page_size}; pick a size like {page_size}, 16M or 1G
+    #[error("Region size {size} is not a non-zero multiple of the {backing} page size {page_size}; pick a size such as 16M or 1G that is a multiple of it")]
+    BadSize {
+        /// Requested size.
+        size: usize,
+        /// Backing name.
+        backing: &'static str,
+        /// Its page size.
+        page_size: usize,
+    },
+    /// Not enough huge pages: {0}
+    #[error("{0}")]
+    HugePages(String),
+    /// mmap of the {backing} region failed
+    #[error("Mapping {size} bytes of {backing} memory failed: {source}{hint}")]
+    Mmap {
+        /// Backing name.
+        backing: &'static str,
+        /// Size.
+        size: usize,
+        /// A hint for the user.
+        hint: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// memfd_create/ftruncate failed
+    #[error("Creating the {backing} memfd of {size} bytes failed: {source}")]
+    Memfd {
+        /// Backing name.
+        backing: &'static str,
+        /// Size.
+        size: usize,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// madvise failed
+    #[error("madvise({advice}) on the {backing} region failed: {source}")]
+    Madvise {
+        /// Which advice.
+        advice: &'static str,
+        /// Backing name.
+        backing: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The host mapping of the measured region; unmapped on drop.
+#[derive(Debug)]
+pub struct MeasuredRegion {
+    backing: RegionBacking,
+    addr: usize,
+    len: usize,
+    /// Alias mapping of the same file (shared backings only).
+    alias: Option<usize>,
+    _file: Option<File>,
+}
+
+fn huge_pages_free(page_size: usize) -> Option<(u64, u64)> {
+    let dir = format!("/sys/kernel/mm/hugepages/hugepages-{}kB", page_size / 1024);
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("{dir}/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((
+        read("free_hugepages")?.saturating_sub(read("resv_hugepages").unwrap_or(0)),
+        read("nr_hugepages")?,
+    ))
+}
+
+fn mmap(len: usize, flags: i32, fd: i32) -> std::io::Result<usize> {
+    // SAFETY: a new mapping at a kernel-chosen address; nothing else is affected. The result
+    // is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(p as usize)
+    }
+}
+
+impl MeasuredRegion {
+    /// Maps `len` bytes with `backing`; with `alias`, a shared backing is mapped a second
+    /// time (for MINOR mode). `prefault` backings are populated here.
+    pub fn new(backing: RegionBacking, len: usize, alias: bool) -> Result<Self, RegionError> {
+        let page_size = backing.page_size();
+        if len == 0 || len % page_size != 0 {
+            return Err(RegionError::BadSize {
+                size: len,
+                backing: backing.name(),
+                page_size,
+            });
+        }
+        if backing.is_hugetlb() {
+            let needed = (len / page_size) as u64;
+            let (free, total) = huge_pages_free(page_size).unwrap_or((0, 0));
+            if free < needed {
+                let knob = if page_size == PAGE_2M {
+                    "/proc/sys/vm/nr_hugepages".to_string()
+                } else {
+                    format!(
+                        "/sys/kernel/mm/hugepages/hugepages-{}kB/nr_hugepages",
+                        page_size / 1024
+                    )
+                };
+                return Err(RegionError::HugePages(format!(
+                    "Backing {} needs {needed} free {} MiB huge pages but {free} are free ({total} reserved); reserve them as root with: echo {} > {knob}",
+                    backing.name(),
+                    page_size >> 20,
+                    total + needed - free,
+                )));
+            }
+        }
+        let name = backing.name();
+        let mmap_err = |source, hint| RegionError::Mmap {
+            backing: name,
+            size: len,
+            hint,
+            source,
+        };
+        let (addr, file) = match backing {
+            RegionBacking::Anonymous
+            | RegionBacking::AnonymousThp
+            | RegionBacking::AnonymousPrefault => (
+                mmap(
+                    len,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                )
+                .map_err(|e| mmap_err(e, ""))?,
+                None,
+            ),
+            RegionBacking::AnonymousHugetlb | RegionBacking::AnonymousHugetlb1G => {
+                let size_flag = if page_size == PAGE_1G {
+                    libc::MAP_HUGE_1GB
+                } else {
+                    libc::MAP_HUGE_2MB
+                };
+                (
+                    mmap(
+                        len,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | size_flag,
+                        -1,
+                    )
+                    .map_err(|e| {
+                        mmap_err(
+                            e,
+                            "; are enough huge pages reserved (/proc/sys/vm/nr_hugepages)?",
+                        )
+                    })?,
+                    None,
+                )
+            }
+            RegionBacking::Shmem | RegionBacking::SharedHugetlb => {
+                let mut flags = libc::MFD_CLOEXEC;
+                if backing == RegionBacking::SharedHugetlb {
+                    flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+                }
+                // SAFETY: the name is a NUL-terminated literal; the result is checked.
+                let fd = unsafe { libc::memfd_create(c"faultline-measured".as_ptr(), flags) };
+                if fd < 0 {
+                    return Err(RegionError::Memfd {
+                        backing: name,
+                        size: len,
+                        source: std::io::Error::last_os_error(),
+                    });
+                }
+                // SAFETY: `fd` was just created and is owned by nobody else.
+                let file = unsafe { File::from_raw_fd(fd) };
+                file.set_len(len as u64)
+                    .map_err(|source| RegionError::Memfd {
+                        backing: name,
+                        size: len,
+                        source,
+                    })?;
+                let addr =
+                    mmap(len, libc::MAP_SHARED, file.as_raw_fd()).map_err(|e| mmap_err(e, ""))?;
+                (addr, Some(file))
+            }
+        };
+        let mut region = Self {
+            backing,
+            addr,
+            len,
+            alias: None,
+            _file: None,
+        };
+        if let Some(f) = &file {
+            if alias {
+                region.alias =
+                    Some(mmap(len, libc::MAP_SHARED, f.as_raw_fd()).map_err(|e| mmap_err(e, ""))?);
+            }
+        }
+        region._file = file;
+        let advise = |advice: i32, what: &'static str| {
+            // SAFETY: the range is exactly this region's own mapping; the advice changes how
+            // it is backed (or populates it), never what it holds.
+            if unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } != 0 {
+                return Err(RegionError::Madvise {
+                    advice: what,
+                    backing: name,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            Ok(())
+        };
+        match backing {
+            RegionBacking::Anonymous => advise(libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?,
+            RegionBacking::AnonymousThp => advise(libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?,
+            RegionBacking::AnonymousPrefault => {
+                advise(libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?;
+                advise(libc::MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE")?;
+            }
+            _ => {}
+        }
+        Ok(region)
+    }
+
+    /// The backing.
+    #[must_use]
+    pub fn backing(&self) -> RegionBacking {
+        self.backing
+    }
+
+    /// Host address of the mapping.
+    #[must_use]
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// Length in bytes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false (regions are never empty); for clippy.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Host address of the alias mapping, if any.
+    #[must_use]
+    pub fn alias(&self) -> Option<usize> {
+        self.alias
+    }
+
+    /// Writes the uffd pattern for tags starting at `tag` through the alias mapping (fills
+    /// the page cache for MINOR mode without mapping anything in the main mapping).
+    /// Returns false when there is no alias.
+    pub fn fill_alias(&self, tag: u64) -> bool {
+        let Some(alias) = self.alias else {
+            return false;
+        };
+        // SAFETY: `alias` is this region's own shared mapping of `len` bytes; nothing else
+        // holds a reference into it while we fill it.
+        let buf = unsafe { std::slice::from_raw_parts_mut(alias as *mut u8, self.len) };
+        fill_pattern(buf, tag);
+        true
+    }
+}
+
+impl Drop for MeasuredRegion {
+    fn drop(&mut self) {
+        // SAFETY: both mappings were created by `new` and are owned by this struct; the VM
+        // using them is dropped before the region (the runner's drop order).
+        unsafe {
+            libc::munmap(self.addr as *mut libc::c_void, self.len);
+            if let Some(a) = self.alias {
+                libc::munmap(a as *mut libc::c_void, self.len);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selftest_names_parse_and_unknown_names_say_what_exists() {
+        assert_eq!(
+            RegionBacking::from_name("anonymous_thp").unwrap(),
+            RegionBacking::AnonymousThp
+        );
+        assert_eq!(
+            RegionBacking::from_name("shared_hugetlb").unwrap(),
+            RegionBacking::SharedHugetlb
+        );
+        for b in ALL_BACKINGS {
+            assert_eq!(RegionBacking::from_name(b.name()).unwrap(), b);
+        }
+        let e = RegionBacking::from_name("anonymous_huge")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("anonymous_thp") && e.contains("\"anonymous_huge\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sizes_must_be_page_multiples() {
+        let e = MeasuredRegion::new(RegionBacking::Anonymous, 5000, false).unwrap_err();
+        assert!(e.to_string().contains("multiple of"), "{e}");
+        let e = MeasuredRegion::new(RegionBacking::SharedHugetlb, 4096, false).unwrap_err();
+        assert!(e.to_string().contains("2097152"), "{e}");
+    }
+
+    #[test]
+    fn shmem_alias_shows_the_same_pages() {
+        let r = MeasuredRegion::new(RegionBacking::Shmem, 64 * 4096, true).unwrap();
+        assert!(r.fill_alias(0x1000));
+        // SAFETY: reading this region's own mapping.
+        let w = unsafe { ((r.addr() + 4096) as *const u64).read_volatile() };
+        assert_eq!(w, super::super::pattern_word(0x1000 + 4096));
+    }
+
+    #[test]
+    fn hugetlb_without_reserved_pages_says_how_to_reserve() {
+        match MeasuredRegion::new(RegionBacking::AnonymousHugetlb1G, 1 << 30, false) {
+            Ok(_) => eprintln!("this host has a free 1G huge page"),
+            Err(e) => {
+                let m = e.to_string();
+                assert!(m.contains("reserve them as root with: echo"), "{m}");
+            }
+        }
+    }
+
+    #[test]
+    fn prefault_populates_the_host_page_tables() {
+        let r = MeasuredRegion::new(RegionBacking::AnonymousPrefault, 256 * 4096, false).unwrap();
+        let mut vec = vec![0u8; 256];
+        // SAFETY: mincore on this region's own mapping, with a vector of one byte per page.
+        let ret =
+            unsafe { libc::mincore(r.addr() as *mut libc::c_void, r.len(), vec.as_mut_ptr()) };
+        assert_eq!(ret, 0);
+        assert!(
+            vec.iter().all(|&b| b & 1 == 1),
+            "every page resident after MADV_POPULATE_WRITE"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! Everything that touches KVM: the only module that imports `kvm-ioctls`.
+//!
+//! - [`kvm`]: opening the KVM device node with a clear error.
+//! - [`vm`]: the VM (irqchip, PIT, memslots).
+//! - [`vcpu`]: vCPU register setup, threads, and exit dispatch ([`vcpu::dispatch_exit`],
+//!   a free function testable with made-up exits).
+//! - [`entry`]: the [`EntryPoint`] contract with the loaders.
+
+pub mod entry;
+pub mod kvm;
+pub mod stats;
+pub mod vcpu;
+pub mod vm;
+
+pub use entry::{ApStartup, EntryPoint};
