@@ -363,6 +363,22 @@ pub struct ScenarioRun {
     pub mm: Mm,
 }
 
+/// What `faultline sim FILE [--json] [--explore]` prints, given the file's text: the step
+/// table (or JSON lines with `json`), or with `explore` the interleaving explorer's report
+/// over the file's `race = true` steps (pretty JSON with `json`).
+pub fn sim(text: &str, json: bool, explore: bool) -> Result<String, ScenarioError> {
+    if explore {
+        let r = crate::explore::explore_scenario(text, crate::explore::ExploreOptions::default())?;
+        return Ok(if json { r.json() } else { r.render() });
+    }
+    let run = run_scenario(text)?;
+    Ok(if json {
+        run.json_lines()
+    } else {
+        run.render_table()
+    })
+}
+
 /// Parses and runs a scenario.
 pub fn run_scenario(text: &str) -> Result<ScenarioRun, ScenarioError> {
     let sc: Scenario = toml::from_str(text)?;
@@ -959,6 +975,35 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn sim_prints_a_table_json_lines_or_the_explorer_report() {
+        let text =
+            std::fs::read_to_string(scenario_dir().join("trace1-anon-4k-read-then-write.toml"))
+                .unwrap();
+        let table = sim(&text, false, false).unwrap();
+        assert!(table.contains("wp-copy"), "{table}");
+        let json = sim(&text, true, false).unwrap();
+        let last = json.lines().last().unwrap();
+        let v: serde_json::Value = serde_json::from_str(last).unwrap();
+        assert_eq!(v["stats"]["faults"]["retry"], 1);
+        assert_eq!(json.lines().count(), 4);
+        let text =
+            std::fs::read_to_string(scenario_dir().join("trace4-concurrent-invalidate.toml"))
+                .unwrap();
+        assert!(sim(&text, false, true).unwrap().contains("no stale SPTE"));
+    }
+
+    #[test]
+    fn step_errors_name_the_step_and_the_missing_key() {
+        let e = run_scenario("[[step]]\nop = \"munmap\"\nstart = 0\n").unwrap_err();
+        assert!(
+            e.to_string().contains("Step 0 (munmap)") && e.to_string().contains("size"),
+            "{e}"
+        );
+        let e = run_scenario("[[step]]\nop = \"frobnicate\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown op"), "{e}");
     }
 
     #[test]
