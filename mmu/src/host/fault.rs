@@ -111,6 +111,11 @@ pub enum HostFault {
     FileCow,
     /// `handle_pte_fault()` / `huge_pmd_set_accessed()` with nothing to do but set A/D.
     Access,
+    /// `handle_userfault()`: a missing or write-protect fault in a userfaultfd-registered
+    /// range waits for userspace (VM_FAULT_RETRY).
+    Userfault,
+    /// A hwpoison entry: VM_FAULT_HWPOISON.
+    Hwpoison,
 }
 
 impl HostFault {
@@ -133,6 +138,8 @@ impl HostFault {
             HostFault::File => "file",
             HostFault::FileCow => "file-cow",
             HostFault::Access => "access",
+            HostFault::Userfault => "userfault",
+            HostFault::Hwpoison => "hwpoison",
         }
     }
 }
@@ -445,6 +452,11 @@ impl Mm {
     /// else split and fall back.
     fn do_huge_pmd_wp_page(&mut self, vma: &Vma, vmf: &mut Vmf<'_>, orig: Entry) -> Ret {
         let haddr = vmf.hva.align_down(Level::Pmd2M);
+        if orig.is_uffd_wp() && vma.flags.contains(VmFlags::UFFD_WP) {
+            // userfaultfd_huge_pmd_wp()
+            vmf.handlers.push(HostFault::Userfault);
+            return Ret::Out(FaultOutcome::Retry);
+        }
         if self.frames.is_huge_zero_pfn(orig.pfn()) {
             if self.config.kernel.huge_zero_wp_allocates_thp() {
                 if let Some(id) = self.frames.alloc(9, self.alloc_node(vma)) {
@@ -569,7 +581,7 @@ impl Mm {
     /// The folio a leaf holds a reference (and mapcount) on: not special, not devmap, not
     /// the zero pages, and with a struct page.
     pub(crate) fn leaf_ref_folio(&self, e: Entry) -> Option<usize> {
-        if e.is_none() || e.is_special() || e.is_devmap() {
+        if !e.is_present() || e.is_special() || e.is_devmap() {
             return None;
         }
         let pfn = e.pfn();
@@ -600,6 +612,10 @@ impl Mm {
             return self.do_pte_missing(vma, vmf);
         }
         if !e.is_present() {
+            if e.is_hwpoison() {
+                vmf.handlers.push(HostFault::Hwpoison);
+                return FaultOutcome::Hwpoison;
+            }
             // Divergence: swap and migration entries are not modelled.
             return FaultOutcome::Sigbus;
         }
@@ -629,7 +645,8 @@ impl Mm {
     /// (special, read-only); a write allocates a zeroed, exclusive, writable page.
     fn do_anonymous_page(&mut self, vma: &Vma, vmf: &mut Vmf<'_>) -> FaultOutcome {
         if vma.flags.contains(VmFlags::UFFD_MISSING) {
-            // handle_userfault(): the fault waits for userspace.
+            // handle_userfault(): the fault waits for userspace (UFFDIO_COPY/ZEROPAGE).
+            vmf.handlers.push(HostFault::Userfault);
             return FaultOutcome::Retry;
         }
         if !vmf.write() {
@@ -844,6 +861,11 @@ impl Mm {
     /// read-only PTE.
     fn do_wp_page(&mut self, vma: &Vma, vmf: &mut Vmf<'_>, orig: Entry) -> FaultOutcome {
         let unshare = vmf.flags.contains(FaultFlags::UNSHARE) && !vmf.write();
+        if !unshare && orig.is_uffd_wp() && vma.flags.contains(VmFlags::UFFD_WP) {
+            // userfaultfd_pte_wp(): handle_userfault(VM_UFFD_WP).
+            vmf.handlers.push(HostFault::Userfault);
+            return FaultOutcome::Retry;
+        }
         let page = self.vm_normal_page_entry(vma, vmf.hva, orig, Level::Pte4K);
         let shared = vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE);
         if page.is_none() && shared && !unshare {

@@ -42,6 +42,7 @@ pub(crate) mod ff {
     pub const PAGECACHE: u16 = 1 << 7;
     pub const SECRETMEM: u16 = 1 << 8;
     pub const KSM: u16 = 1 << 9;
+    pub const HWPOISON: u16 = 1 << 10;
 }
 
 /// One folio (`struct folio`), 40 bytes.

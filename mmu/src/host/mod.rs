@@ -24,6 +24,7 @@ mod proptests;
 pub mod pte;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod uffd;
 pub mod vma;
 
 pub use device::{DeviceKind, DeviceSpec};
@@ -34,6 +35,7 @@ pub use ops::{
     MprotectError, MremapError, MunmapError, OpReport, RangeError, RemapPfnError,
 };
 pub use pte::Entry;
+pub use uffd::{MemoryFailureError, UffdError, UffdMode};
 pub use vma::{Backing, Prot, VmFlags, Vma};
 
 use crate::gup::GupReport;
@@ -484,6 +486,7 @@ impl Mm {
             };
             let expected = f.mapcount
                 + i32::from(f.has(folio::ff::PAGECACHE))
+                + i32::from(f.has(folio::ff::HWPOISON))
                 + idle
                 + extra_refs.get(&Pfn(f.pfn)).copied().unwrap_or(0);
             if f.refcount != expected {

@@ -22,6 +22,8 @@ pub(crate) enum ChangeKind {
     Mprotect { try_writable: bool },
     /// MM_CP_PROT_NUMA: PAGE_NONE with the NUMA skip rules.
     ProtNuma,
+    /// MM_CP_UFFD_WP (`wp`) / MM_CP_UFFD_WP_RESOLVE: UFFDIO_WRITEPROTECT.
+    UffdWp { wp: bool },
 }
 
 /// Counts of a protection change.
@@ -98,6 +100,20 @@ impl Mm {
     fn new_prot_entry(&self, vma: &Vma, e: Entry, kind: ChangeKind) -> Entry {
         match kind {
             ChangeKind::ProtNuma => e.modify(Entry::PROTNONE),
+            ChangeKind::UffdWp { wp: true } => e
+                .modify(vma.page_prot())
+                .clear(Entry::WRITE)
+                .set(Entry::UFFD_WP),
+            ChangeKind::UffdWp { wp: false } => {
+                let mut n = e.modify(vma.page_prot()).clear(Entry::UFFD_WP);
+                if vma.wants_manual_write_upgrade()
+                    && !n.is_write()
+                    && self.can_change_pte_writable(vma, n)
+                {
+                    n = n.set(Entry::WRITE);
+                }
+                n
+            }
             ChangeKind::Mprotect { try_writable } => {
                 let mut n = e.modify(vma.page_prot());
                 if try_writable && !n.is_write() && self.can_change_pte_writable(vma, n) {
