@@ -32,7 +32,8 @@
 //! "hugepage" | "nohugepage" | "collapse"), `numa-scan`, `migrate` (`node`), `thp-split`,
 //! `unmap-mapping-range`, `clear-young`, `clear-flush-young`, `test-young`, each over
 //! `start` + `size`; `fork`; `dirty-log-enable`, `dirty-log-get`, `dirty-log-clear`,
-//! `memslot-delete` with `memslot = id`; `release` (exit_mmap's notifier).
+//! `memslot-delete` with `memslot = id`; `release` (the `release` notifier alone) and
+//! `exit` (`exit_mmap()`: release, then every VMA unmapped).
 //!
 //! Optional top-level keys (defaults in brackets): `async_pf` [true], `ad_bits` [true],
 //! `tdp_1g` [true], `eager_page_split` [true], `thp` ["madvise"], `nodes` [2],
@@ -637,12 +638,11 @@ pub fn run_step(
         | "fork" => {
             rec.young = host_op(mm, i, st, kvm)?;
         }
-        "clear-flush-young" => {
-            let (s, z) = range()?;
-            rec.young = Some(kvm.clear_flush_young(s, s.add(z)));
-        }
         "release" => {
             kvm.release();
+        }
+        "exit" => {
+            mm.exit(kvm);
         }
         "dirty-log-enable" => {
             kvm.dirty_log_enable(slot_id()?)
@@ -668,7 +668,7 @@ pub fn run_step(
                 other,
                 "unknown op: use read|write|exec, munmap, mprotect, madvise, numa-scan, migrate, \
                  thp-split, fork, unmap-mapping-range, clear-young, clear-flush-young, \
-                 test-young, release, dirty-log-enable|get|clear, memslot-delete",
+                 test-young, release, exit, dirty-log-enable|get|clear, memslot-delete",
             ))
         }
     }
@@ -779,6 +779,13 @@ pub fn host_op(
         "test-young" => {
             let (s, z) = range()?;
             let r = mm.test_young(s, z, kvm).map_err(|x| e(x.to_string()))?;
+            young = r.young;
+        }
+        "clear-flush-young" => {
+            let (s, z) = range()?;
+            let r = mm
+                .clear_flush_young(s, z, kvm)
+                .map_err(|x| e(x.to_string()))?;
             young = r.young;
         }
         other => return Err(step_err(i, other, "not a host operation")),

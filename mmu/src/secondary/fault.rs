@@ -739,10 +739,11 @@ impl Kvm {
                 if let Some(info) = mm.folio_info(args.pfn) {
                     let refcounted =
                         !info.reserved || info.zero || info.zone == crate::host::Zone::Device;
-                    // get_page_unless_zero(): a zero refcount fails the fault. (The
-                    // reference itself is not taken until gup exposes it; see API.md.)
-                    if refcounted && info.refcount <= 0 {
-                        f.pfn = Err(PfnError::Fault);
+                    if refcounted {
+                        match gup::get_page_unless_zero(mm, args.pfn) {
+                            Some(p) => f.page = Some(p),
+                            None => f.pfn = Err(PfnError::Fault),
+                        }
                     }
                 }
             }
