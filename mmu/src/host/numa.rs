@@ -150,9 +150,11 @@ impl Mm {
                         self.change_pte_range(vma, addr, next, kind, count);
                     } else if kind == ChangeKind::ProtNuma {
                         // change_huge_pmd(prot_numa): skip the huge zero page and protnone.
-                        if self.frames.is_huge_zero_pfn(e.pfn()) || e.is_protnone() {
-                            count.skipped += 1;
-                        } else if !self.config.numa_balancing {
+                        // (Top tier is skipped while balancing is off.)
+                        if self.frames.is_huge_zero_pfn(e.pfn())
+                            || e.is_protnone()
+                            || !self.config.numa_balancing
+                        {
                             count.skipped += 1;
                         } else {
                             self.set_pmd(addr, e.modify(Entry::PROTNONE));
@@ -191,12 +193,10 @@ impl Mm {
         while addr < end {
             let e = self.space.pt.pte(addr).unwrap_or(Entry::NONE);
             if e.is_present() {
-                if kind == ChangeKind::ProtNuma {
-                    if self.numa_skip_pte(vma, addr, e, target_node) {
-                        count.skipped += 1;
-                        addr = addr.add(4096);
-                        continue;
-                    }
+                if kind == ChangeKind::ProtNuma && self.numa_skip_pte(vma, addr, e, target_node) {
+                    count.skipped += 1;
+                    addr = addr.add(4096);
+                    continue;
                 }
                 let n = self.new_prot_entry(vma, e, kind);
                 self.set_pte(addr, n);
