@@ -933,6 +933,29 @@ mod tests {
             .contains(&"NOWAIT".to_string()));
     }
 
+    /// 6.13+ `kvm_release_faultin_page()` marks the folio dirty at fault time whenever the
+    /// pfn is mapped writable; 6.12's `kvm_release_pfn_clean()` only marks it accessed.
+    #[test]
+    fn writable_mapping_dirties_the_folio_at_fault_time_only_from_6_13() {
+        for (kernel, dirty) in [("6.12", false), ("6.13", true)] {
+            let body = format!(
+                "kernel = \"{kernel}\"\n{SLOT}[[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\n\
+                 prot = \"rw\"\nkind = \"shmem\"\nshared = true\n{}",
+                step("read", 0x1000)
+            );
+            let run = run_scenario(&body).unwrap();
+            assert_eq!(run.steps[0].writable, Some(true), "{kernel}");
+            let pfn = run
+                .mm
+                .lookup(crate::types::Hva(0x7f00_0000_1000))
+                .unwrap()
+                .pfn;
+            let info = run.mm.folio_info(pfn).unwrap();
+            assert_eq!(info.dirty, dirty, "{kernel}");
+            assert!(info.referenced, "{kernel}: mark_page_accessed");
+        }
+    }
+
     #[test]
     fn write_to_a_huge_zero_spte_on_6_12_splits_and_ends_in_4k() {
         let body = anon("thp = true\n") + &step("read", 0x40_0000) + &step("write", 0x40_0000);
