@@ -419,7 +419,7 @@ impl Mm {
 
     /// The entry for a freshly written anonymous page: young, dirty, writable if VM_WRITE.
     pub(crate) fn anon_entry(&self, vma: &Vma, pfn: Pfn, level: Level) -> Entry {
-        let mut bits = vma.page_prot() | Entry::YOUNG | Entry::DIRTY;
+        let mut bits = vma.page_prot() | Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY;
         if level != Level::Pte4K {
             bits |= Entry::HUGE;
         }
@@ -484,7 +484,8 @@ impl Mm {
                 && (f.has(ff::ANON_EXCLUSIVE) || (f.refcount == 1 && f.mapcount == 1));
             if reuse && !vmf.flags.contains(FaultFlags::UNSHARE) {
                 self.frames.folios[id].flags |= ff::ANON_EXCLUSIVE;
-                let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY));
+                let e =
+                    vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
                 self.set_pmd(haddr, e);
                 vmf.handlers.push(HostFault::WpReuse);
                 return Ret::Out(FaultOutcome::Done);
@@ -819,7 +820,7 @@ impl Mm {
             if !mkwrite || current.pfn() != pfn {
                 return FaultOutcome::Nopage;
             }
-            vma.maybe_mkwrite(current.set(Entry::YOUNG | Entry::DIRTY))
+            vma.maybe_mkwrite(current.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY))
         } else {
             let mut bits = vma.page_prot();
             if level != Level::Pte4K {
@@ -839,7 +840,7 @@ impl Mm {
             }
             let mut e = Entry::new(pfn, bits);
             if mkwrite {
-                e = vma.maybe_mkwrite(e.set(Entry::YOUNG | Entry::DIRTY));
+                e = vma.maybe_mkwrite(e.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
             }
             if refcounted {
                 if let Some(id) = self.frames.folio_of(pfn) {
@@ -873,12 +874,13 @@ impl Mm {
             if vma.device().is_some_and(|d| d.pfn_mkwrite) {
                 self.driver_calls.pfn_mkwrite += 1;
                 // finish_mkwrite_fault() -> wp_page_reuse()
-                let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY));
+                let e =
+                    vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
                 self.set_pte(vmf.hva, e);
                 vmf.handlers.push(HostFault::PfnMkwrite);
                 return FaultOutcome::Done;
             }
-            let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY));
+            let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
             self.set_pte(vmf.hva, e);
             vmf.handlers.push(HostFault::WpReuse);
             return FaultOutcome::Done;
@@ -891,7 +893,8 @@ impl Mm {
                     self.driver_calls.page_mkwrite += 1;
                 }
                 self.frames.folios[id].flags |= ff::DIRTY;
-                let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY));
+                let e =
+                    vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
                 self.set_pte(vmf.hva, e);
                 vmf.handlers.push(HostFault::WpReuse);
                 return FaultOutcome::Done;
@@ -907,7 +910,8 @@ impl Mm {
                     return FaultOutcome::Done;
                 }
                 // wp_page_reuse(): no notifier.
-                let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY));
+                let e =
+                    vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
                 self.set_pte(vmf.hva, e);
                 vmf.handlers.push(HostFault::WpReuse);
                 return FaultOutcome::Done;

@@ -43,6 +43,7 @@ pub(crate) mod ff {
     pub const SECRETMEM: u16 = 1 << 8;
     pub const KSM: u16 = 1 << 9;
     pub const HWPOISON: u16 = 1 << 10;
+    pub const LAZYFREE: u16 = 1 << 11;
 }
 
 /// One folio (`struct folio`), 40 bytes.

@@ -824,6 +824,7 @@ impl Mm {
                 continue;
             }
             self.frames.folios[id].flags &= !ff::DIRTY;
+            self.frames.folios[id].flags |= ff::LAZYFREE;
             let ne = e.clear(Entry::DIRTY | Entry::YOUNG);
             match level {
                 Level::Pte4K => self.set_pte(va, ne),
@@ -1492,6 +1493,99 @@ impl Mm {
             hva,
             tries: faults.len(),
         })
+    }
+}
+
+impl Mm {
+    /// Models reclaim of the range's folios (`shrink_folio_list()` → `folio_referenced()`
+    /// → `try_to_unmap_one()`) for what can go without swap: MADV_FREE'd (lazyfree) clean
+    /// order-0 anon folios. A young one (PTE young or the subscriber's `clear_flush_young`
+    /// on [addr, +4K)) is kept and aged; a re-dirtied or extra-referenced one is kept;
+    /// others are discarded under CLEAR [addr, +4K) (the folio span) and freed, so the next
+    /// read maps the zero page.
+    pub fn reclaim(
+        &mut self,
+        start: Hva,
+        len: u64,
+        notifier: &mut dyn MmuNotifier,
+    ) -> Result<OpReport, RangeError> {
+        let end = check_range(start, len)?;
+        let mut report = OpReport::new("reclaim", start, end);
+        let mut leaves = Vec::new();
+        self.space.pt.for_each_leaf(start, end, |va, level, e| {
+            if level == Level::Pte4K && e.is_present() && !e.is_protnone() {
+                leaves.push((va, e));
+            }
+        });
+        for (va, e) in leaves {
+            let Some(id) = self.leaf_ref_folio(e) else {
+                continue;
+            };
+            let f = &self.frames.folios[id];
+            if !f.has(ff::ANON) || !f.has(ff::LAZYFREE) || f.order != 0 {
+                continue;
+            }
+            let young = notifier.clear_flush_young(va, va.add(PAGE_SIZE)) | e.is_young();
+            if young {
+                self.set_pte(va, e.clear(Entry::YOUNG));
+                report.skipped += 1;
+                continue;
+            }
+            let f = &mut self.frames.folios[id];
+            if e.is_dirty() || f.has(ff::DIRTY) || f.refcount != f.mapcount || f.mapcount != 1 {
+                // Re-dirtied (or pinned/shared): back to swap-backed, kept.
+                f.flags &= !ff::LAZYFREE;
+                report.skipped += 1;
+                continue;
+            }
+            let range = NotifierRange::new(NotifierEvent::Clear, va, va.add(PAGE_SIZE));
+            self.notify(notifier, &mut report.notifiers, range, |mm| {
+                set_leaf(&mut mm.space.pt, va, Level::Pte4K, Entry::NONE);
+                mm.drop_leaf_ref(e);
+            });
+            report.changed += 1;
+        }
+        Ok(report)
+    }
+
+    /// Models `clear_refs_write()` with CLEAR_REFS_SOFT_DIRTY (fs/proc/task_mmu.c): one
+    /// SOFT_DIRTY range [0, -1), VM_SOFTDIRTY cleared on every VMA (shared writable
+    /// mappings become write-notify), every present entry write-protected with its
+    /// soft-dirty bit cleared, except pinned exclusive anon pages in COW mappings.
+    pub fn clear_refs_soft_dirty(&mut self, notifier: &mut dyn MmuNotifier) -> OpReport {
+        let mut report = OpReport::new("clear-refs-soft-dirty", Hva(0), Hva(u64::MAX));
+        let range = NotifierRange::new(NotifierEvent::SoftDirty, Hva(0), Hva(u64::MAX));
+        let vmas: Vec<Vma> = self.space.vmas.values().cloned().collect();
+        self.notify(notifier, &mut report.notifiers, range, |mm| {
+            for mut v in vmas {
+                v.flags = v.flags.without(VmFlags::SOFTDIRTY);
+                mm.space.vmas.insert(v.start.0, v.clone());
+                let mut leaves = Vec::new();
+                mm.space.pt.for_each_leaf(v.start, v.end, |va, level, e| {
+                    if e.is_present() {
+                        leaves.push((va, level, e));
+                    }
+                });
+                for (va, level, e) in leaves {
+                    let pinned = v.is_cow_mapping()
+                        && mm.leaf_ref_folio(e).is_some_and(|id| {
+                            let f = &mm.frames.folios[id];
+                            f.has(ff::ANON) && f.pincount > 0
+                        });
+                    if pinned {
+                        continue;
+                    }
+                    set_leaf(
+                        &mut mm.space.pt,
+                        va,
+                        level,
+                        e.clear(Entry::WRITE | Entry::SOFT_DIRTY),
+                    );
+                    report.changed += 1;
+                }
+            }
+        });
+        report
     }
 }
 

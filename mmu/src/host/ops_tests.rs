@@ -414,3 +414,47 @@ fn bad_ranges_are_reported_not_panics() {
     req.backing = Backing::Device(DeviceSpec::pfnmap(Pfn(0x100)));
     assert_eq!(mm.mmap(req), Err(MmapError::PrivatePfnmap));
 }
+
+/// Models reclaim of MADV_FREE'd pages (`try_to_unmap_one()` discarding a clean lazyfree
+/// anon folio): CLEAR [addr, +4K), the page is freed and the next read maps the zero page;
+/// a young page is only aged, a re-dirtied page is kept.
+#[test]
+fn reclaim_discards_clean_lazyfree_pages_under_clear() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, M2, false);
+    for i in 0..3 {
+        w(&mut mm, a.add(i * 0x1000));
+    }
+    mm.madvise(a, 0x3000, Advice::Free, &mut NoNotifier)
+        .unwrap();
+    w(&mut mm, a.add(0x2000)); // re-dirtied after MADV_FREE
+    mm.user_access(a.add(0x1000), false, &mut NoNotifier)
+        .unwrap(); // young again
+    let mut log = NotifierLog::new();
+    let r = mm.reclaim(a, 0x3000, &mut log).unwrap();
+    assert_eq!(triples(&r.notifiers), vec![(Clear, a.0, a.0 + 0x1000)]);
+    assert_eq!((r.changed, r.skipped), (1, 2));
+    assert!(mm.lookup(a).is_none());
+    let rd = mm.user_access(a, false, &mut NoNotifier).unwrap();
+    assert_eq!(rd.host_faults, vec![HostFault::AnonZero]);
+    ok(&mm);
+}
+
+/// Models `clear_refs_write(CLEAR_REFS_SOFT_DIRTY)`: SOFT_DIRTY [0, -1); entries are
+/// write-protected; the next write reuses the page (no notifier) and sets soft-dirty.
+#[test]
+fn clear_refs_soft_dirty_write_protects_under_soft_dirty_range() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, M2, false);
+    w(&mut mm, a);
+    assert!(mm.lookup(a).unwrap().entry.is_soft_dirty());
+    let r = mm.clear_refs_soft_dirty(&mut NoNotifier);
+    assert_eq!(triples(&r.notifiers), vec![(SoftDirty, 0, u64::MAX)]);
+    let e = mm.lookup(a).unwrap();
+    assert!(!e.writable && !e.entry.is_soft_dirty());
+    let mut log = NotifierLog::new();
+    let f = mm.user_access(a, true, &mut log).unwrap();
+    assert_eq!(f.host_faults, vec![HostFault::WpReuse]);
+    assert!(log.calls.is_empty());
+    assert!(mm.lookup(a).unwrap().entry.is_soft_dirty());
+}

@@ -83,6 +83,8 @@ enum Op {
         vma: usize,
         page: u64,
     },
+    Reclaim,
+    ClearRefs,
 }
 
 /// (start, pages) of the fixed layout: anon THP 8M, anon 4M, shmem shared 2M, huge pfnmap
@@ -148,6 +150,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => v.clone().prop_map(|vma| Op::Age { vma }),
         1 => (v.clone(), p.clone(), 1u64..100).prop_map(|(vma, page, pages)| Op::Munmap { vma, page, pages }),
         1 => (v, p).prop_map(|(vma, page)| Op::Poison { vma, page }),
+        1 => Just(Op::Reclaim),
+        1 => Just(Op::ClearRefs),
     ]
 }
 
@@ -269,6 +273,12 @@ fn run(kernel: KernelVersion, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Munmap { vma, page, pages } => {
                 let _ = mm.munmap(addr(vma, page), pages << 12, &mut log);
+            }
+            Op::Reclaim => {
+                let _ = mm.reclaim(Hva(LAYOUT[1].0), LAYOUT[1].1 << 12, &mut log);
+            }
+            Op::ClearRefs => {
+                mm.clear_refs_soft_dirty(&mut log);
             }
             Op::Poison { vma, page } => {
                 if let Some(m) = mm.lookup(addr(vma, page)) {
