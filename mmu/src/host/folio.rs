@@ -44,6 +44,8 @@ pub(crate) mod ff {
     pub const KSM: u16 = 1 << 9;
     pub const HWPOISON: u16 = 1 << 10;
     pub const LAZYFREE: u16 = 1 << 11;
+    /// A driver holds one reference (pages it remaps into a VM_PFNMAP).
+    pub const DRIVER: u16 = 1 << 12;
 }
 
 /// One folio (`struct folio`), 40 bytes.
@@ -292,6 +294,26 @@ impl Frames {
             refs: 0,
         });
         (start, pg)
+    }
+
+    /// Allocates `pages` contiguous order-0 RAM pages owned by a driver (refcount 1 each,
+    /// flag DRIVER): what a driver remaps into a VM_PFNMAP with `remap_pfn_range()`.
+    pub fn alloc_driver_pages(&mut self, pages: u64, node: NodeId) -> Option<Pfn> {
+        let start = self.next;
+        if start + pages > RAM_MAX_PAGES {
+            return None;
+        }
+        // Force fresh, contiguous pfns: temporarily hide the free lists.
+        let saved = std::mem::take(&mut self.free[0]);
+        let mut first = None;
+        for _ in 0..pages {
+            let id = self.raw_alloc(0, node, Zone::Normal)?;
+            self.folios[id].flags |= ff::DRIVER;
+            first.get_or_insert(Pfn(self.folios[id].pfn));
+        }
+        let mut spill = std::mem::replace(&mut self.free[0], saved);
+        self.free[0].append(&mut spill);
+        first
     }
 
     /// The folio id of the folio containing `pfn` (`page_folio(pfn_to_page(pfn))`).

@@ -487,6 +487,7 @@ impl Mm {
             let expected = f.mapcount
                 + i32::from(f.has(folio::ff::PAGECACHE))
                 + i32::from(f.has(folio::ff::HWPOISON))
+                + i32::from(f.has(folio::ff::DRIVER))
                 + idle
                 + extra_refs.get(&Pfn(f.pfn)).copied().unwrap_or(0);
             if f.refcount != expected {

@@ -124,8 +124,8 @@ pub enum MmapError {
         /// Pages.
         pages: u64,
     },
-    /// A pfnmap needs base_pfn: set it to the device's first pfn
-    #[error("A pfnmap needs base_pfn: set it to the device's first pfn")]
+    /// Out of model RAM for the driver's pages
+    #[error("Out of model RAM for the driver's pages: map less")]
     MissingPfn,
     /// Device-dax mappings must be MAP_SHARED
     #[error("Device-dax mappings must be MAP_SHARED")]
@@ -390,7 +390,14 @@ impl Mm {
                                 return Err(MmapError::DevicePfnInRam { start: base, pages });
                             }
                         } else if d.kind == DeviceKind::Pfnmap {
-                            return Err(MmapError::MissingPfn);
+                            // The driver remaps RAM pages it owns (refcounted struct pages
+                            // behind special entries).
+                            let node = self.alloc_node_for(req.node);
+                            let base = self
+                                .frames
+                                .alloc_driver_pages(pages, node)
+                                .ok_or(MmapError::MissingPfn)?;
+                            d.base_pfn = Some(base);
                         }
                         if d.kind == DeviceKind::Pfnmap {
                             flags |= VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND;
@@ -445,6 +452,10 @@ impl Mm {
         pgoff = 0;
         let _ = pgoff;
         Ok(start)
+    }
+
+    fn alloc_node_for(&self, node: Option<NodeId>) -> NodeId {
+        node.unwrap_or(self.config.task_node)
     }
 
     fn new_file(&mut self) -> u32 {
