@@ -249,6 +249,25 @@ pub enum FollowPage {
     Efault,
 }
 
+/// Where GUP-fast puts the references it takes (a Vec for ranges, an Option for one page,
+/// so the single-page path does not allocate).
+trait RefSink {
+    fn push_ref(&mut self, r: PageRef);
+}
+
+impl RefSink for Vec<PageRef> {
+    fn push_ref(&mut self, r: PageRef) {
+        self.push(r);
+    }
+}
+
+impl RefSink for Option<PageRef> {
+    fn push_ref(&mut self, r: PageRef) {
+        debug_assert!(self.is_none(), "one page only");
+        *self = Some(r);
+    }
+}
+
 /// The result of the lockless walk for one address.
 enum FastLeaf {
     None,
@@ -337,14 +356,14 @@ fn make_ref(pfn: Pfn, flags: FollFlags, writable: bool, counted: bool) -> PageRe
 
 /// Models the per-leaf checks of `gup_fast_pte_range()` / `gup_fast_pmd_leaf()` /
 /// `gup_fast_pud_leaf()` (mm/gup.c) for `nr` pages starting at `hva` within one leaf.
-fn gup_fast_leaf(
+fn gup_fast_leaf<S: RefSink>(
     mm: &mut Mm,
     hva: Hva,
     level: Level,
     e: Entry,
     nr: usize,
     flags: FollFlags,
-    out: &mut Vec<PageRef>,
+    out: &mut S,
 ) -> Result<(), FastBail> {
     let write = flags.contains(FollFlags::WRITE);
     if e.is_none() || !e.is_present() {
@@ -408,17 +427,17 @@ fn gup_fast_leaf(
     }
     mm.frames.folios[id].flags |= ff::REFERENCED;
     for i in 0..nr {
-        out.push(make_ref(pfn.add(i as u64), flags, e.is_write(), counted));
+        out.push_ref(make_ref(pfn.add(i as u64), flags, e.is_write(), counted));
     }
     Ok(())
 }
 
-fn gup_fast_range(
+fn gup_fast_range<S: RefSink>(
     mm: &mut Mm,
     start: Hva,
     nr: usize,
     flags: FollFlags,
-    out: &mut Vec<PageRef>,
+    out: &mut S,
 ) -> (usize, Option<FastBail>) {
     if flags.contains(FollFlags::PIN) && mm.space.write_protect_seq % 2 == 1 {
         return (0, Some(FastBail::ForkInProgress));
@@ -447,7 +466,7 @@ fn gup_fast_range(
 /// or a PIN needing unshare.
 pub fn get_user_page_fast_only(mm: &mut Mm, hva: Hva, flags: FollFlags) -> Option<PageRef> {
     let flags = flags | FollFlags::GET | FollFlags::FAST_ONLY;
-    let mut out = Vec::with_capacity(1);
+    let mut out: Option<PageRef> = None;
     let (n, bail) = gup_fast_range(mm, hva.align_down(Level::Pte4K), 1, flags, &mut out);
     mm.last_gup = GupReport {
         hva,
@@ -456,7 +475,7 @@ pub fn get_user_page_fast_only(mm: &mut Mm, hva: Hva, flags: FollFlags) -> Optio
         fast_bail: bail,
         ..Default::default()
     };
-    out.pop()
+    out
 }
 
 /// Models `get_user_pages_fast_only()` over `nr` pages: stops at the first page GUP-fast
@@ -817,16 +836,16 @@ pub fn get_user_pages_fast(
     } else {
         flags | FollFlags::GET
     };
-    let mut out = Vec::with_capacity(1);
-    let (n, bail) = gup_fast_range(mm, hva.align_down(Level::Pte4K), 1, flags, &mut out);
-    if n == 1 {
+    let mut out: Option<PageRef> = None;
+    let (_, bail) = gup_fast_range(mm, hva.align_down(Level::Pte4K), 1, flags, &mut out);
+    if let Some(p) = out {
         mm.last_gup = GupReport {
             hva,
             flags,
             path: GupPath::Fast,
             ..Default::default()
         };
-        return Ok(out.pop().expect("one page"));
+        return Ok(p);
     }
     let flags = flags | FollFlags::TOUCH | FollFlags::UNLOCKABLE;
     let mut report = GupReport {

@@ -201,6 +201,9 @@ pub enum MremapError {
         /// Length.
         len: u64,
     },
+    /// Growing a VM_DONTEXPAND (driver) mapping (EFAULT)
+    #[error("Growing a VM_DONTEXPAND (driver) mapping is refused (EFAULT): mmap a new one")]
+    DontExpand,
     /// The new range [{start}, {end}) overlaps another mapping
     #[error("The new range [{start}, {end}) overlaps another mapping")]
     Overlap {
@@ -950,6 +953,10 @@ impl Mm {
                 start: old,
                 len: old_len,
             });
+        }
+        if new_len > old_len && vma.flags.contains(VmFlags::DONTEXPAND) {
+            // vma_to_resize(): VM_DONTEXPAND | VM_PFNMAP cannot grow.
+            return Err(MremapError::DontExpand);
         }
         let mut report = OpReport::new("mremap", old, old_end);
         if new_addr.is_none() && new_len <= old_len {
