@@ -577,15 +577,6 @@ pub fn run_step(
         dirty: None,
         async_pf: None,
     };
-    let range = || -> Result<(Hva, u64), ScenarioError> {
-        let s = st
-            .start
-            .ok_or_else(|| step_err(i, op, "needs start = \"0x...\" (a host virtual address)"))?;
-        let z = st
-            .size
-            .ok_or_else(|| step_err(i, op, "needs size = \"4K\" (bytes, or 4K/2M/1G)"))?;
-        Ok((Hva(s.0), z.0))
-    };
     let slot_id = || {
         st.memslot
             .ok_or_else(|| step_err(i, op, "needs memslot = <id>"))
