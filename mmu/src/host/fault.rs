@@ -386,6 +386,11 @@ impl Mm {
     /// THP (`vma_alloc_anon_folio_pmd()`), falling back to PTEs when that fails.
     fn do_huge_pmd_anonymous_page(&mut self, vma: &Vma, vmf: &mut Vmf<'_>) -> Ret {
         let haddr = vmf.hva.align_down(Level::Pmd2M);
+        // vmf_anon_prepare() runs before the zero-page check: even a read sets anon_vma,
+        // so fork copies (and notifies) THP-eligible VMAs that only saw reads.
+        if let Some(v) = self.space.vmas.get_mut(&vma.start.0) {
+            v.anon_vma = true;
+        }
         if !vmf.write() && self.config.use_huge_zero_page {
             let mut bits = vma.page_prot() | Entry::HUGE;
             if self.config.kernel.huge_zero_pmd_special() {

@@ -458,3 +458,20 @@ fn clear_refs_soft_dirty_write_protects_under_soft_dirty_range() {
     assert!(log.calls.is_empty());
     assert!(mm.lookup(a).unwrap().entry.is_soft_dirty());
 }
+
+/// Models `vma_needs_copy()` after a THP read fault: `do_huge_pmd_anonymous_page()` set
+/// anon_vma before mapping the huge zero PMD, so fork copies and notifies that VMA
+/// (PROTECTION_PAGE) although it holds no anon page; the huge zero PMD is shared as is.
+#[test]
+fn fork_notifies_thp_vma_that_only_mapped_huge_zero() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, 2 * M2, true);
+    mm.user_access(a, false, &mut NoNotifier).unwrap();
+    let (_c, r) = mm.fork(&mut NoNotifier).unwrap();
+    assert_eq!(
+        triples(&r.notifiers),
+        vec![(ProtectionPage, a.0, a.0 + 2 * M2)]
+    );
+    assert_eq!(mm.lookup(a).unwrap().pfn, mm.huge_zero_pfn());
+    ok(&mm);
+}
