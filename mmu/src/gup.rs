@@ -609,33 +609,22 @@ fn follow_page_mask(mm: &mut Mm, vma: &Vma, hva: Hva, flags: FollFlags) -> Follo
         mm.split_pmd_locked(vma, hva.align_down(Level::Pmd2M), e);
         return follow_page_mask(mm, vma, hva, flags.without(FollFlags::SPLIT_PMD));
     }
-    // Devmap leaves (6.12): follow_huge_pud() / follow_devmap_pmd() / pgmap PTE page.
-    if e.is_devmap() {
+    // Devmap PMD/PUD leaves (6.12): follow_devmap_pmd() / follow_huge_pud()'s devmap branch
+    // (a reference is required, and the pgmap must be alive). A devmap PTE is not special,
+    // so vm_normal_page() returns its page and it takes the normal path below.
+    if e.is_devmap() && level != Level::Pte4K {
         if write && !e.is_write() {
-            return Follow::NoPage;
-        }
-        if level == Level::Pte4K && e.is_protnone() && !gup_can_follow_protnone(vma, flags) {
             return Follow::NoPage;
         }
         if flags.contains(FollFlags::TOUCH) {
             touch(mm, hva, level, e, write);
         }
         if !get {
-            return if level == Level::Pte4K {
-                Follow::NoPage
-            } else {
-                Follow::NoStructPage
-            };
+            return Follow::NoStructPage;
         }
         match mm.frames.get_dev_pagemap(pfn) {
             Some(pg) => mm.frames.put_dev_pagemap(pg),
-            None => {
-                return if level == Level::Pte4K {
-                    Follow::NoPage
-                } else {
-                    Follow::Efault
-                }
-            }
+            None => return Follow::Efault,
         }
         return grab_followed(mm, pfn, flags, e.is_write());
     }
@@ -1145,6 +1134,44 @@ mod tests {
         assert!(get_user_page_fast_only(&mut m, a, FollFlags::empty()).is_none());
         assert_eq!(m.last_gup().fast_bail, Some(FastBail::DevmapNoPgmap));
         assert_eq!(m.folio_info(pfn).unwrap().refcount, 1);
+        invariants(&m);
+    }
+
+    /// Models `follow_devmap_pmd()` (6.12): a devmap PMD needs FOLL_GET/PIN (-EEXIST
+    /// otherwise) and a live pgmap (-EFAULT otherwise); a devmap PTE is a normal page to
+    /// the slow path (`vm_normal_page()` returns it), pgmap or not.
+    #[test]
+    fn slow_gup_devmap_pmd_needs_get_and_pgmap() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = device(
+            &mut m,
+            BASE,
+            2 * M2,
+            true,
+            DeviceSpec {
+                kind: DeviceKind::DevDax,
+                base_pfn: None,
+                max_level: Level::Pmd2M,
+                mkwrite: false,
+                pfn_mkwrite: false,
+                page_mkwrite: false,
+                remap: false,
+            },
+        );
+        m.user_access(a, false, &mut NoNotifier).unwrap();
+        assert_eq!(m.leaf_level(a), Some(Level::Pmd2M));
+        assert!(m.lookup(a).unwrap().devmap);
+        assert_eq!(
+            follow_page(&mut m, a, FollFlags::empty()),
+            FollowPage::NoStructPage
+        );
+        let p = get_user_pages_unlocked(&mut m, a.add(0x2000), FollFlags::empty(), &mut NoNotifier)
+            .unwrap();
+        put_page(&mut m, p);
+        let pfn = m.lookup(a).unwrap().pfn;
+        m.kill_pgmap(pfn);
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::empty(), &mut NoNotifier);
+        assert_eq!(e, Err(GupError::Efault(a)));
         invariants(&m);
     }
 
