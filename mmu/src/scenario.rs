@@ -43,6 +43,35 @@
 //! Output, one record per step ([`StepRecord`]), then the final [`KvmStats`]:
 //! [`ScenarioRun::json_lines`] prints one JSON object per line, then `{"stats": {...}}`;
 //! [`ScenarioRun::render_table`] prints a table. Addresses are hex strings.
+//! [`sim`] is what `faultline sim FILE [--json] [--explore]` prints.
+//!
+//! # Example
+//! ```
+//! let text = r#"
+//! kernel = "6.12"
+//! [[memslot]]
+//! id = 0
+//! gpa = 0
+//! size = "2M"
+//! hva = "0x7f0000000000"
+//! [[vma]]
+//! start = "0x7f0000000000"
+//! size = "2M"
+//! [[step]]
+//! op = "read"
+//! gpa = "0x1000"
+//! [[step]]
+//! op = "write"
+//! gpa = "0x1000"
+//! "#;
+//! let run = mmu::scenario::run_scenario(text).unwrap();
+//! // Read: the zero page, mapped read-only. Write: COW (CLEAR 4K) zaps it, the fault is
+//! // stale and retried once, then a writable SPTE.
+//! assert_eq!(run.steps[0].writable, Some(false));
+//! assert_eq!((run.steps[1].result.as_str(), run.steps[1].retries), ("fixed", 1));
+//! assert_eq!(run.steps[1].notifiers[0].start, "0x7f0000001000");
+//! print!("{}", run.render_table());
+//! ```
 
 use crate::host::{
     Advice, Backing, DeviceKind, DeviceSpec, Mm, MmConfig, MmapRequest, Prot, ThpMode,
