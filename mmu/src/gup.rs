@@ -1448,6 +1448,75 @@ mod tests {
         );
     }
 
+    /// Models `mprotect(PROT_NONE)` + `gup_can_follow_protnone()`: entries of an inaccessible
+    /// VMA are protnone; GUP-fast bails, a plain read GUP is -EFAULT (`check_vma_flags()`),
+    /// FOLL_FORCE follows the entry even with FOLL_HONOR_NUMA_FAULT (not a NUMA hint: the
+    /// VMA is inaccessible) without faulting.
+    #[test]
+    fn prot_none_vma_is_followed_only_with_force() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        touch_write(&mut m, a);
+        m.mprotect(a, 1 << 20, crate::host::Prot::NONE, &mut NoNotifier)
+            .unwrap();
+        assert!(m.lookup(a).unwrap().protnone);
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::empty()).is_none());
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::empty(), &mut NoNotifier);
+        assert_eq!(e, Err(GupError::Efault(a)));
+        let p = get_user_pages_unlocked(
+            &mut m,
+            a,
+            FollFlags::FORCE | FollFlags::HONOR_NUMA_FAULT,
+            &mut NoNotifier,
+        )
+        .unwrap();
+        assert_eq!(m.last_gup().faultin_calls, 0);
+        assert!(m.lookup(a).unwrap().protnone);
+        put_page(&mut m, p);
+        invariants(&m);
+    }
+
+    /// Models `do_huge_pmd_numa_page()` restore via slow GUP with FOLL_HONOR_NUMA_FAULT on a
+    /// protnone THP: no notifier, the PMD comes back (writable: exclusive anon).
+    #[test]
+    fn honor_numa_fault_on_protnone_thp_restores_pmd_without_notifier() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 2 * M2, true);
+        touch_write(&mut m, a);
+        m.numa_scan(a, 2 * M2, &mut NoNotifier).unwrap();
+        assert!(m.lookup(a).unwrap().protnone);
+        let mut log = NotifierLog::new();
+        let p = get_user_pages_unlocked(
+            &mut m,
+            a.add(0x7000),
+            FollFlags::WRITE | FollFlags::HONOR_NUMA_FAULT,
+            &mut log,
+        )
+        .unwrap();
+        assert_eq!(m.last_gup().host_faults, vec![HostFault::Numa]);
+        assert!(log.calls.is_empty());
+        let e = m.lookup(a).unwrap();
+        assert!(e.level == Level::Pmd2M && e.writable && !e.protnone);
+        put_page(&mut m, p);
+        invariants(&m);
+    }
+
+    /// Models FOLL_TOUCH in `follow_huge_pmd()` (`touch_pmd()`): an old PMD becomes young,
+    /// and dirty for a write GUP; the folio is marked dirty/referenced.
+    #[test]
+    fn foll_touch_marks_pmd_young_and_dirty() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 2 * M2, true);
+        touch_write(&mut m, a);
+        m.clear_young(a, 2 * M2, &mut NoNotifier).unwrap();
+        assert!(!m.lookup(a).unwrap().young);
+        let p = get_user_pages_unlocked(&mut m, a, FollFlags::WRITE, &mut NoNotifier).unwrap();
+        let e = m.lookup(a).unwrap();
+        assert!(e.young && e.dirty);
+        assert!(m.folio_info(p.pfn()).unwrap().referenced);
+        put_page(&mut m, p);
+    }
+
     /// Models `get_page_unless_zero()`.
     #[test]
     fn get_page_unless_zero_fails_on_free_or_io_pfn() {
