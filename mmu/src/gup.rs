@@ -7,7 +7,7 @@
 use crate::host::folio::ff;
 use crate::host::pagetable::{PmdSlot, PudSlot};
 use crate::host::{
-    Entry, FaultFlags, FaultOutcome, FaultReport, HostFault, Mm, VmFlags, Vma, Zone,
+    Entry, FaultFlags, FaultOutcome, FaultReport, HostFault, Mm, PendingSignal, VmFlags, Vma, Zone,
 };
 use crate::notifier::{MmuNotifier, NotifierRange};
 use crate::types::{flag_set, Hva, Level, Pfn};
@@ -747,9 +747,24 @@ fn faultin_page(
     report.notifiers.extend(f.notifiers.iter().copied());
     match f.outcome {
         FaultOutcome::Done | FaultOutcome::Nopage => Ok(()),
-        // COMPLETED / RETRY: the lock is gone (or, with NOWAIT, the fault would block);
-        // userfaultfd waits are not modelled, so both return "0 pages".
-        FaultOutcome::Completed | FaultOutcome::Retry => Err(GupError::NoPage(hva)),
+        // COMPLETED / RETRY: the lock is gone (or, with NOWAIT, the fault would block).
+        // __get_user_pages_locked() then checks gup_signal_pending() (SIGKILL, or any
+        // signal with FOLL_INTERRUPTIBLE) → -EINTR; a retry with FOLL_TRIED would wait
+        // for userspace (userfaultfd), which the model reports as "0 pages".
+        FaultOutcome::Completed | FaultOutcome::Retry => {
+            let interrupted = match mm.signal {
+                PendingSignal::Fatal => !flags.contains(FollFlags::NOWAIT),
+                PendingSignal::NonFatal => {
+                    flags.contains(FollFlags::INTERRUPTIBLE) && !flags.contains(FollFlags::NOWAIT)
+                }
+                PendingSignal::None => false,
+            };
+            if interrupted {
+                Err(GupError::Eintr(hva))
+            } else {
+                Err(GupError::NoPage(hva))
+            }
+        }
         FaultOutcome::Oom => Err(GupError::Enomem(hva)),
         FaultOutcome::Hwpoison if flags.contains(FollFlags::HWPOISON) => {
             Err(GupError::Ehwpoison(hva))
@@ -776,6 +791,10 @@ fn get_user_pages_slow(
     check_vma_flags(&vma, flags, hva)?;
     report.path = GupPath::Slow;
     for _ in 0..8 {
+        // retry: fatal_signal_pending() → -EINTR.
+        if mm.signal == PendingSignal::Fatal {
+            return Err(GupError::Eintr(hva));
+        }
         // A fault may have changed the VMA (e.g. anon_vma); re-read it.
         let vma = mm.space.vma(hva).cloned().ok_or(GupError::Efault(hva))?;
         match follow_page_mask(mm, &vma, hva, flags) {
@@ -1515,6 +1534,32 @@ mod tests {
         assert!(e.young && e.dirty);
         assert!(m.folio_info(p.pfn()).unwrap().referenced);
         put_page(&mut m, p);
+    }
+
+    /// Models `__get_user_pages()`'s `fatal_signal_pending()` check and
+    /// `gup_signal_pending()` after a dropped lock: SIGKILL gives -EINTR; a non-fatal signal
+    /// only interrupts a FOLL_INTERRUPTIBLE wait (here a userfaultfd wait).
+    #[test]
+    fn pending_signals_interrupt_gup() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        m.set_pending_signal(crate::host::PendingSignal::Fatal);
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::empty(), &mut NoNotifier);
+        assert_eq!(e, Err(GupError::Eintr(a)));
+        m.set_pending_signal(crate::host::PendingSignal::NonFatal);
+        m.uffd_register(
+            a,
+            1 << 20,
+            crate::host::UffdMode {
+                missing: true,
+                wp: false,
+            },
+        )
+        .unwrap();
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::empty(), &mut NoNotifier);
+        assert_eq!(e, Err(GupError::NoPage(a)));
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::INTERRUPTIBLE, &mut NoNotifier);
+        assert_eq!(e, Err(GupError::Eintr(a)));
     }
 
     /// Models `get_page_unless_zero()`.

@@ -121,6 +121,19 @@ impl AddrSpace {
     }
 }
 
+/// A signal pending on the task doing GUP (for `-EINTR`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PendingSignal {
+    /// No signal.
+    #[default]
+    None,
+    /// A non-fatal signal: interrupts only FOLL_INTERRUPTIBLE retries.
+    NonFatal,
+    /// SIGKILL: `fatal_signal_pending()`.
+    Fatal,
+}
+
 /// A forked child address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChildId(pub usize);
@@ -224,6 +237,8 @@ pub struct Mm {
     pub(crate) driver_calls: DriverCalls,
     /// Test hook: the next GUP-fast grab races with a zap of its entry.
     pub(crate) gup_fast_race: bool,
+    /// Signal pending on the GUP caller.
+    pub(crate) signal: PendingSignal,
 }
 
 /// How often driver callbacks ran (for tests of the double fault).
@@ -268,6 +283,7 @@ impl Mm {
             last_gup: GupReport::default(),
             driver_calls: DriverCalls::default(),
             gup_fast_race: false,
+            signal: PendingSignal::None,
         }
     }
 
@@ -399,6 +415,12 @@ impl Mm {
     /// faults migrate towards it).
     pub fn set_task_node(&mut self, node: NodeId) {
         self.config.task_node = node;
+    }
+
+    /// Sets the signal pending on the task that calls GUP (`fatal_signal_pending()`,
+    /// `signal_pending()`).
+    pub fn set_pending_signal(&mut self, signal: PendingSignal) {
+        self.signal = signal;
     }
 
     /// How often driver callbacks ran.
