@@ -78,7 +78,9 @@ pub struct MmConfig {
     /// `CONFIG_ARCH_HAS_PTE_SPECIAL` (x86: true). False selects the `vm_normal_page()` rules
     /// of architectures without a special bit (the VM_PFNMAP linear/COW rule via vm_pgoff).
     pub arch_has_pte_special: bool,
-    /// NUMA balancing enabled (`task_numa_work()` runs).
+    /// `NUMA_BALANCING_NORMAL` in `kernel.numa_balancing`. False models the
+    /// memory-tiering-only mode, where `change_prot_numa()` still runs (and still sends
+    /// PROTECTION_VMA) but skips every top-tier folio (all nodes are top tier here).
     pub numa_balancing: bool,
 }
 
