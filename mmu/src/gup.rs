@@ -577,7 +577,14 @@ enum Follow {
 /// Models `follow_page_mask()` → `follow_pud_mask()` / `follow_pmd_mask()` /
 /// `follow_page_pte()` (mm/gup.c), including `follow_huge_pud()`, `follow_huge_pmd()`,
 /// `follow_devmap_pmd()` and the FOLL_TOUCH side effects.
-fn follow_page_mask(mm: &mut Mm, vma: &Vma, hva: Hva, flags: FollFlags) -> Follow {
+fn follow_page_mask(
+    mm: &mut Mm,
+    vma: &Vma,
+    hva: Hva,
+    flags: FollFlags,
+    notifier: &mut dyn MmuNotifier,
+    log: &mut Vec<NotifierRange>,
+) -> Follow {
     let write = flags.contains(FollFlags::WRITE);
     let no_page_table = if flags.contains(FollFlags::DUMP) {
         Follow::Efault
@@ -601,13 +608,17 @@ fn follow_page_mask(mm: &mut Mm, vma: &Vma, hva: Hva, flags: FollFlags) -> Follo
     }
     let pfn = e.pfn().add(hva.page_index_in(level));
     let get = flags.intersects(FollFlags::GET | FollFlags::PIN);
-    if level != Level::Pte4K
-        && flags.contains(FollFlags::SPLIT_PMD)
-        && level == Level::Pmd2M
-        && !e.is_devmap()
-    {
-        mm.split_pmd_locked(vma, hva.align_down(Level::Pmd2M), e);
-        return follow_page_mask(mm, vma, hva, flags.without(FollFlags::SPLIT_PMD));
+    if level == Level::Pmd2M && flags.contains(FollFlags::SPLIT_PMD) && !e.is_devmap() {
+        // split_huge_pmd() (CLEAR 2M), then the PTE path.
+        mm.split_huge_pmd(vma, hva, notifier, log);
+        return follow_page_mask(
+            mm,
+            vma,
+            hva,
+            flags.without(FollFlags::SPLIT_PMD),
+            notifier,
+            log,
+        );
     }
     // Devmap PMD/PUD leaves (6.12): follow_devmap_pmd() / follow_huge_pud()'s devmap branch
     // (a reference is required, and the pgmap must be alive). A devmap PTE is not special,
@@ -797,7 +808,7 @@ fn get_user_pages_slow(
         }
         // A fault may have changed the VMA (e.g. anon_vma); re-read it.
         let vma = mm.space.vma(hva).cloned().ok_or(GupError::Efault(hva))?;
-        match follow_page_mask(mm, &vma, hva, flags) {
+        match follow_page_mask(mm, &vma, hva, flags, notifier, &mut report.notifiers) {
             Follow::Page(p) => return Ok(p),
             Follow::NoPage => faultin_page(mm, hva, flags, false, notifier, report)?,
             Follow::Unshare => faultin_page(mm, hva, flags, true, notifier, report)?,
@@ -869,12 +880,22 @@ pub fn get_user_pages_fast(
 
 /// Models `follow_page()` (mm/gup.c): `follow_page_mask()` without faulting;
 /// FOLL_HONOR_NUMA_FAULT is not set unless passed (so protnone entries are followed, the
-/// smaps / KSM behaviour restored in 6.6).
+/// smaps / KSM behaviour restored in 6.6). FOLL_SPLIT_PMD is not allowed here (it would
+/// need a notifier); use the slow GUP path for it.
 pub fn follow_page(mm: &mut Mm, hva: Hva, flags: FollFlags) -> FollowPage {
     let Some(vma) = mm.space.vma(hva).cloned() else {
         return FollowPage::NoPage;
     };
-    match follow_page_mask(mm, &vma, hva, flags) {
+    let flags = flags.without(FollFlags::SPLIT_PMD);
+    let mut nothing = Vec::new();
+    match follow_page_mask(
+        mm,
+        &vma,
+        hva,
+        flags,
+        &mut crate::notifier::NoNotifier,
+        &mut nothing,
+    ) {
         Follow::Page(p) => {
             let pfn = p.pfn;
             if p.counted {
@@ -1560,6 +1581,26 @@ mod tests {
         assert_eq!(e, Err(GupError::NoPage(a)));
         let e = get_user_pages_unlocked(&mut m, a, FollFlags::INTERRUPTIBLE, &mut NoNotifier);
         assert_eq!(e, Err(GupError::Eintr(a)));
+    }
+
+    /// Models FOLL_SPLIT_PMD in `follow_pmd_mask()`: the THP is split (CLEAR 2M) and the
+    /// page is taken from the PTE level.
+    #[test]
+    fn foll_split_pmd_splits_under_clear_2m() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 2 * M2, true);
+        touch_write(&mut m, a);
+        let mut log = NotifierLog::new();
+        let p =
+            get_user_pages_unlocked(&mut m, a.add(0x4000), FollFlags::SPLIT_PMD, &mut log).unwrap();
+        assert_eq!(
+            log.start_triples(),
+            vec![(NotifierEvent::Clear, a.0, a.0 + M2)]
+        );
+        assert_eq!(m.last_gup().notifiers.len(), 1);
+        assert_eq!(m.leaf_level(a), Some(Level::Pte4K));
+        put_page(&mut m, p);
+        invariants(&m);
     }
 
     /// Models `get_page_unless_zero()`.
