@@ -33,7 +33,13 @@
 //! `unmap-mapping-range`, `clear-young`, `clear-flush-young`, `test-young`, each over
 //! `start` + `size`; `fork`; `dirty-log-enable`, `dirty-log-get`, `dirty-log-clear`,
 //! `memslot-delete` with `memslot = id`; `release` (the `release` notifier alone) and
-//! `exit` (`exit_mmap()`: release, then every VMA unmapped).
+//! `exit` (`exit_mmap()`: release, then every VMA unmapped); `signal` with `signal =
+//! "none" | "pending" | "fatal"` (a signal pending on the vCPU thread).
+//!
+//! Guest results: "hit", "fixed", "spurious", "retry" (gave up after
+//! [`MAX_ROUNDS`](crate::secondary::fault::MAX_ROUNDS) rounds), "emulate", "efault",
+//! "mmio", "write-protected", "intr" (signal pending: KVM_RUN returns -EINTR) and
+//! "hwpoison" (SIGBUS queued).
 //!
 //! Optional top-level keys (defaults in brackets): `async_pf` [true], `ad_bits` [true],
 //! `tdp_1g` [true], `eager_page_split` [true], `thp` ["madvise"], `nodes` [2],
@@ -301,6 +307,9 @@ pub struct StepSpec {
     /// Memslot id.
     #[serde(default)]
     pub memslot: Option<u16>,
+    /// `signal` step: "none" | "pending" | "fatal" (the VMM thread's pending signal).
+    #[serde(default)]
+    pub signal: Option<String>,
     /// Explorer: this step races with the other `race = true` steps (see
     /// [`crate::explore`]); ignored by plain replay.
     #[serde(default)]
@@ -664,6 +673,20 @@ pub fn run_step(
         "exit" => {
             mm.exit(kvm);
         }
+        "signal" => {
+            use crate::host::PendingSignal;
+            let sig = match st.signal.as_deref() {
+                Some("none") => PendingSignal::None,
+                Some("pending") => PendingSignal::NonFatal,
+                Some("fatal") => PendingSignal::Fatal,
+                o => {
+                    return Err(e(format!(
+                        "signal = {o:?}: use \"none\", \"pending\" or \"fatal\""
+                    )))
+                }
+            };
+            mm.set_pending_signal(sig);
+        }
         "dirty-log-enable" => {
             kvm.dirty_log_enable(slot_id()?)
                 .map_err(|x| e(x.to_string()))?;
@@ -688,7 +711,7 @@ pub fn run_step(
                 other,
                 "unknown op: use read|write|exec, munmap, mprotect, madvise, numa-scan, migrate, \
                  thp-split, fork, unmap-mapping-range, clear-young, clear-flush-young, \
-                 test-young, release, exit, dirty-log-enable|get|clear, memslot-delete",
+                 test-young, release, exit, signal, dirty-log-enable|get|clear, memslot-delete",
             ))
         }
     }
@@ -824,6 +847,8 @@ pub fn result_name(r: PfResult) -> &'static str {
         PfResult::Efault => "efault",
         PfResult::Mmio => "mmio",
         PfResult::WriteProtected => "write-protected",
+        PfResult::Intr => "intr",
+        PfResult::Hwpoison => "hwpoison",
     }
 }
 

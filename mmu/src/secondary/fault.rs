@@ -60,6 +60,12 @@ pub enum PfResult {
     Mmio,
     /// `RET_PF_WRITE_PROTECTED`.
     WriteProtected,
+    /// `kvm_handle_signal_exit()`: a signal is pending (`KVM_PFN_ERR_SIGPENDING`); KVM_RUN
+    /// returns -EINTR (`KVM_EXIT_INTR`).
+    Intr,
+    /// `KVM_PFN_ERR_HWPOISON`: `kvm_send_hwpoison_signal()` queues SIGBUS (BUS_MCEERR_AR)
+    /// and the fault returns `RET_PF_RETRY`; the vCPU exits to deliver it.
+    Hwpoison,
 }
 
 /// `kvm_pfn_t` error values (`KVM_PFN_ERR_*`, `KVM_PFN_NOSLOT`).
@@ -241,7 +247,12 @@ impl Kvm {
                     self.emulate_access(mm, gpa, write, &mut rep);
                     return rep;
                 }
-                PfResult::Efault | PfResult::Mmio | PfResult::WriteProtected | PfResult::Hit => {
+                PfResult::Efault
+                | PfResult::Mmio
+                | PfResult::WriteProtected
+                | PfResult::Hit
+                | PfResult::Intr
+                | PfResult::Hwpoison => {
                     return rep;
                 }
             }
@@ -309,6 +320,8 @@ impl Kvm {
             PfResult::Efault => c.efault += 1,
             PfResult::Mmio => c.mmio += 1,
             PfResult::WriteProtected => c.write_protected += 1,
+            PfResult::Intr => c.intr += 1,
+            PfResult::Hwpoison => c.hwpoison += 1,
         }
         r
     }
@@ -370,10 +383,9 @@ impl Kvm {
             Ok(_) => {}
             Err(PfnError::NoSlot) => {}
             Err(PfnError::RoFault) => return Err(PfResult::Emulate),
-            Err(PfnError::Hwpoison) => return Err(PfResult::Retry),
-            Err(PfnError::SigPending) | Err(PfnError::Fault) | Err(PfnError::NeedsIo) => {
-                return Err(PfResult::Efault)
-            }
+            Err(PfnError::Hwpoison) => return Err(PfResult::Hwpoison),
+            Err(PfnError::SigPending) => return Err(PfResult::Intr),
+            Err(PfnError::Fault) | Err(PfnError::NeedsIo) => return Err(PfResult::Efault),
         }
         if self.config.stale_check && self.inval.retry_gfn_unsafe(f.mmu_seq, f.gfn) {
             return Err(PfResult::Retry);
