@@ -267,15 +267,22 @@ impl Frames {
 
     /// Creates `pages` ZONE_DEVICE pages (folios of `order`) behind a new pgmap.
     /// `idle_refcount` is 1 on 6.12 (the extra ZONE_DEVICE reference), 0 from 6.17.
-    pub fn add_device_memory(&mut self, pages: u64, order: u8, idle_refcount: i32) -> (Pfn, u16) {
-        let pg = u16::try_from(self.pgmaps.len() + 1).expect("fewer than 65535 pgmaps");
+    pub fn add_device_memory(
+        &mut self,
+        pages: u64,
+        order: u8,
+        idle_refcount: i32,
+    ) -> Option<(Pfn, u16)> {
+        let align = (1u64 << order) - 1;
+        if ((self.next + align) & !align) + pages + align > RAM_MAX_PAGES {
+            return None;
+        }
+        let pg = u16::try_from(self.pgmaps.len() + 1).ok()?;
         let mut first = None;
         let step = 1u64 << order;
         let mut done = 0;
         while done < pages {
-            let id = self
-                .raw_alloc(order, NodeId(0), Zone::Device)
-                .expect("device memory fits the memmap");
+            let id = self.raw_alloc(order, NodeId(0), Zone::Device)?;
             let f = &mut self.folios[id];
             f.pgmap = pg;
             f.refcount = idle_refcount;
@@ -293,7 +300,7 @@ impl Frames {
             alive: true,
             refs: 0,
         });
-        (start, pg)
+        Some((start, pg))
     }
 
     /// Allocates `pages` contiguous order-0 RAM pages owned by a driver (refcount 1 each,

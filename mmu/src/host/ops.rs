@@ -430,7 +430,10 @@ impl Mm {
                         } else {
                             0
                         };
-                        let (first, _) = self.frames.add_device_memory(pages, order, idle);
+                        let (first, _) = self
+                            .frames
+                            .add_device_memory(pages, order, idle)
+                            .ok_or(MmapError::MissingPfn)?;
                         d.base_pfn = Some(first);
                         flags |= VmFlags::HUGEPAGE;
                     }
