@@ -3,6 +3,17 @@
 //!
 //! References are real: a [`PageRef`] holds a folio reference (`FOLL_GET`) or a pin
 //! (`FOLL_PIN`) and must be given back with [`put_page`] / [`unpin_user_page`].
+//!
+//! # Divergence
+//! - A pin adds 1 to the refcount and 1 to `pincount` (Linux adds `GUP_PIN_COUNTING_BIAS`
+//!   to small folios' refcount instead).
+//! - Folios are never split (only PMDs are), so `try_grab_folio_fast()`'s "folio changed
+//!   under us" retry cannot happen; the entry re-check is modelled (see
+//!   `Mm::inject_gup_fast_race`).
+//! - No secretmem, fsdax (FOLL_LONGTERM -EOPNOTSUPP), P2PDMA, movable-zone migration of
+//!   long-term pins, or hugetlb.
+//! - The slow path handles one page per call (KVM's usage); GUP-fast also has a range
+//!   form.
 
 use crate::host::folio::ff;
 use crate::host::pagetable::{PmdSlot, PudSlot};

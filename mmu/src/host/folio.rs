@@ -2,7 +2,7 @@
 //! (normal or ZONE_DEVICE with a pgmap), the shared zero page and the huge zero folio,
 //! and the frame allocator.
 //!
-//! Storage: a slab of [`Folio`] records and a dense `pfn -> folio` index (4 bytes per
+//! Storage: a slab of `Folio` records and a dense `pfn -> folio` index (4 bytes per
 //! frame). RAM pfns start at [`RAM_BASE_PFN`]; every pfn outside the memmap has no struct
 //! page (`pfn_valid()` is false): that is where device I/O pfns live.
 //!
