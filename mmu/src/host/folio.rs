@@ -323,6 +323,38 @@ impl Frames {
         first
     }
 
+    /// Splits the large folio `id` into order-0 folios (`__split_huge_page()`): every
+    /// subpage gets its own record with the head's flags, node and zone; the caller sets
+    /// their counts. Returns the ids, subpage 0 first (it keeps `id`).
+    pub fn split_folio(&mut self, id: usize) -> Vec<usize> {
+        let head = self.folios[id].clone();
+        let n = head.nr_pages();
+        let mut ids = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        self.folios[id].order = 0;
+        ids.push(id);
+        for i in 1..n {
+            let mut f = head.clone();
+            f.pfn = head.pfn + i;
+            f.order = 0;
+            f.index = head
+                .index
+                .saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+            let nid = if let Some(free) = self.free_ids.pop() {
+                self.folios[free as usize] = f;
+                free as usize
+            } else {
+                self.folios.push(f);
+                self.folios.len() - 1
+            };
+            let rel = usize::try_from(head.pfn + i - RAM_BASE_PFN).unwrap_or(usize::MAX);
+            if let Some(slot) = self.map.get_mut(rel) {
+                *slot = u32::try_from(nid + 1).unwrap_or(0);
+            }
+            ids.push(nid);
+        }
+        ids
+    }
+
     /// The folio id of the folio containing `pfn` (`page_folio(pfn_to_page(pfn))`).
     #[inline]
     pub fn folio_of(&self, pfn: Pfn) -> Option<usize> {

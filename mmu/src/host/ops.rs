@@ -1610,6 +1610,105 @@ impl Mm {
     }
 }
 
+impl Mm {
+    /// Models `split_huge_page()` / `split_folio()` (mm/huge_memory.c, e.g. the deferred
+    /// split queue or debugfs `split_huge_pages`) of every large anonymous folio mapped in
+    /// the range: `unmap_folio()` → `try_to_migrate(TTU_SPLIT_HUGE_PMD)` splits a PMD
+    /// mapping first (CLEAR [haddr, +2M), frozen) and then sends CLEAR over the folio span;
+    /// the folio becomes order-0 folios and `remap_page()` restores the entries without a
+    /// notifier. Subpages no longer mapped anywhere are freed. A folio with extra
+    /// references or pins cannot be split (`can_split_folio()` → -EAGAIN) and is skipped.
+    pub fn split_huge_page(
+        &mut self,
+        start: Hva,
+        len: u64,
+        notifier: &mut dyn MmuNotifier,
+    ) -> Result<OpReport, RangeError> {
+        let end = check_range(start, len)?;
+        let mut report = OpReport::new("split-huge-page", start, end);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = Vec::new();
+        self.space
+            .pt
+            .for_each_leaf(start, end, |va, _, e| todo.push((va, e)));
+        for (va, e) in todo {
+            let Some(id) = self.leaf_ref_folio(e) else {
+                continue;
+            };
+            let f = &self.frames.folios[id];
+            if f.order == 0 || !f.has(ff::ANON) || !seen.insert(f.pfn) {
+                continue;
+            }
+            if f.refcount != f.mapcount || f.pincount > 0 {
+                report.skipped += 1;
+                continue;
+            }
+            let Some(vma) = self.space.vma(va).cloned() else {
+                continue;
+            };
+            let head = Pfn(f.pfn);
+            let pages = f.nr_pages();
+            let span = self.folio_span(&vma, va, id);
+            if matches!(
+                self.space.pt.walk(va),
+                super::pagetable::Walk::Leaf(Level::Pmd2M, _)
+            ) {
+                self.split_huge_pmd(&vma, va, notifier, &mut report.notifiers);
+            }
+            let range = NotifierRange::new(NotifierEvent::Clear, span.0, span.1);
+            self.notify(notifier, &mut report.notifiers, range, |mm| {
+                // Children's PMD mappings are split too (their mm has no subscriber here).
+                for c in 0..mm.children.len() {
+                    mm.with_child(ChildId(c), |cm| {
+                        let mut pmds = Vec::new();
+                        cm.space
+                            .pt
+                            .for_each_leaf(Hva(0), Hva(TASK_SIZE), |cva, level, ce| {
+                                if level == Level::Pmd2M && ce.pfn() == head {
+                                    pmds.push(cva);
+                                }
+                            });
+                        for cva in pmds {
+                            if let Some(cv) = cm.space.vma(cva).cloned() {
+                                cm.split_huge_pmd(&cv, cva, &mut NoNotifier, &mut Vec::new());
+                            }
+                        }
+                    });
+                }
+                // Count the mappings of each subpage in every address space.
+                let mut counts = vec![0i32; usize::try_from(pages).unwrap_or(0)];
+                let spaces = std::iter::once(&mm.space).chain(mm.children.iter().flatten());
+                for sp in spaces {
+                    sp.pt.for_each_leaf(Hva(0), Hva(TASK_SIZE), |_, level, le| {
+                        let p = le.pfn().0;
+                        if level == Level::Pte4K
+                            && le.is_present()
+                            && !le.is_special()
+                            && p >= head.0
+                            && p < head.0 + pages
+                        {
+                            counts[usize::try_from(p - head.0).unwrap_or(0)] += 1;
+                        }
+                    });
+                }
+                let ids = mm.frames.split_folio(id);
+                for (sub, c) in ids.into_iter().zip(counts) {
+                    let f = &mut mm.frames.folios[sub];
+                    f.mapcount = c;
+                    f.refcount = c;
+                    if c == 0 {
+                        // Unmapped tail pages go back to the allocator.
+                        f.refcount = 1;
+                        mm.frames.put(sub, 1);
+                    }
+                }
+            });
+            report.changed += 1;
+        }
+        Ok(report)
+    }
+}
+
 /// Writes a leaf at `level` (the slot must already exist for huge leaves).
 pub(crate) fn set_leaf(pt: &mut PageTable, va: Hva, level: Level, e: Entry) {
     match level {

@@ -475,3 +475,48 @@ fn fork_notifies_thp_vma_that_only_mapped_huge_zero() {
     assert_eq!(mm.lookup(a).unwrap().pfn, mm.huge_zero_pfn());
     ok(&mm);
 }
+
+/// Models `split_huge_page()` of a PMD-mapped THP: CLEAR 2M for the frozen PMD split, then
+/// CLEAR over the folio span from `try_to_migrate_one()`; 512 order-0 folios remain, each
+/// mapped once. A GUP reference makes the split fail.
+#[test]
+fn split_huge_page_splits_folio_under_two_clears() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, 2 * M2, true);
+    w(&mut mm, a);
+    let p = gup::get_user_page_fast_only(&mut mm, a, gup::FollFlags::empty()).unwrap();
+    let r = mm.split_huge_page(a, 2 * M2, &mut NoNotifier).unwrap();
+    assert_eq!((r.changed, r.skipped), (0, 1));
+    gup::put_page(&mut mm, p);
+    let r = mm.split_huge_page(a, 2 * M2, &mut NoNotifier).unwrap();
+    assert_eq!(
+        triples(&r.notifiers),
+        vec![(Clear, a.0, a.0 + M2), (Clear, a.0, a.0 + M2)]
+    );
+    let m = mm.lookup(a.add(0x5000)).unwrap();
+    assert_eq!(m.level, Level::Pte4K);
+    let f = mm.folio_info(m.pfn).unwrap();
+    assert_eq!((f.order, f.refcount, f.mapcount), (0, 1, 1));
+    ok(&mm);
+}
+
+/// Models the deferred split of a partly unmapped THP: after munmap of half of a
+/// PTE-mapped THP, splitting frees the unmapped subpages.
+#[test]
+fn split_huge_page_frees_unmapped_subpages() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, 2 * M2, true);
+    w(&mut mm, a);
+    let before = mm.memory_use().allocated_pages;
+    mm.munmap(a.add(M2 / 2), M2 / 2, &mut NoNotifier).unwrap();
+    ok(&mm);
+    assert_eq!(
+        mm.memory_use().allocated_pages,
+        before,
+        "still one 2M folio"
+    );
+    let r = mm.split_huge_page(a, M2 / 2, &mut NoNotifier).unwrap();
+    assert_eq!(triples(&r.notifiers), vec![(Clear, a.0, a.0 + M2 / 2)]);
+    assert_eq!(mm.memory_use().allocated_pages, before - 256);
+    ok(&mm);
+}

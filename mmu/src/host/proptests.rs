@@ -85,6 +85,9 @@ enum Op {
     },
     Reclaim,
     ClearRefs,
+    SplitFolio {
+        vma: usize,
+    },
 }
 
 /// (start, pages) of the fixed layout: anon THP 8M, anon 4M, shmem shared 2M, huge pfnmap
@@ -151,6 +154,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (v.clone(), p.clone(), 1u64..100).prop_map(|(vma, page, pages)| Op::Munmap { vma, page, pages }),
         1 => (v, p).prop_map(|(vma, page)| Op::Poison { vma, page }),
         1 => Just(Op::Reclaim),
+        1 => (0usize..5).prop_map(|vma| Op::SplitFolio { vma }),
         1 => Just(Op::ClearRefs),
     ]
 }
@@ -273,6 +277,10 @@ fn run(kernel: KernelVersion, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Munmap { vma, page, pages } => {
                 let _ = mm.munmap(addr(vma, page), pages << 12, &mut log);
+            }
+            Op::SplitFolio { vma } => {
+                let (s, n) = LAYOUT[vma];
+                let _ = mm.split_huge_page(Hva(s), n << 12, &mut log);
             }
             Op::Reclaim => {
                 let _ = mm.reclaim(Hva(LAYOUT[1].0), LAYOUT[1].1 << 12, &mut log);
