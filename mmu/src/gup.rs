@@ -7,8 +7,8 @@
 //! # Divergence
 //! - A pin adds 1 to the refcount and 1 to `pincount` (Linux adds `GUP_PIN_COUNTING_BIAS`
 //!   to small folios' refcount instead).
-//! - Folios are never split (only PMDs are), so `try_grab_folio_fast()`'s "folio changed
-//!   under us" retry cannot happen; the entry re-check is modelled (see
+//! - Folio splits (`Mm::split_huge_page`) are atomic steps, so `try_grab_folio_fast()`'s
+//!   "folio changed under us" retry cannot happen; the entry re-check is modelled (see
 //!   `Mm::inject_gup_fast_race`).
 //! - No secretmem, fsdax (FOLL_LONGTERM -EOPNOTSUPP), P2PDMA, movable-zone migration of
 //!   long-term pins, or hugetlb.
