@@ -423,6 +423,15 @@ impl Kvm {
         };
         let old = self.tdp.lookup(f.gfn);
         let new = self.make_spte(f, pfn, goal, old);
+        // make_spte(): mark_page_dirty_in_slot() for a writable SPTE under dirty logging
+        // (before the spurious check, as in KVM).
+        if new.is_writable() {
+            if let Some(s) = self.slots.by_id_mut(slot_id) {
+                if s.dirty_logging() {
+                    s.mark_dirty(f.gfn);
+                }
+            }
+        }
         let trace = &mut self.trace;
         let mut removed = 0u64;
         let out = self.tdp.map(f.gfn, goal, new, &mut |c| {
@@ -441,13 +450,6 @@ impl Kvm {
                     // kvm_flush_remote_tlbs_gfn()
                     self.stats.zaps += removed;
                     self.flush_remote_tlbs();
-                }
-                if new.is_writable() {
-                    if let Some(s) = self.slots.by_id_mut(slot_id) {
-                        if s.dirty_logging() {
-                            s.mark_dirty(f.gfn);
-                        }
-                    }
                 }
                 PfResult::Fixed
             }
@@ -556,11 +558,11 @@ impl Kvm {
             return None;
         }
         if new.is_writable() && !spte.is_writable() {
-            // fast_pf_fix_direct_spte(): mark_page_dirty_in_slot()
+            // fast_pf_fix_direct_spte(): mark_page_dirty_in_slot(). The CPU sets D itself
+            // when the access is retried.
             if let Some(s) = self.slots.find_mut(f.gfn) {
                 s.mark_dirty(f.gfn);
             }
-            new = new.with(bits::DIRTY);
         }
         self.tdp
             .update_leaf(f.gfn.align_down(super::spte::level_of(level)), level, new);

@@ -186,10 +186,6 @@ impl Node {
     fn set_bit(&mut self, i: usize) {
         self.present[i / 64] |= 1 << (i % 64);
     }
-    #[inline]
-    fn clear_bit(&mut self, i: usize) {
-        self.present[i / 64] &= !(1 << (i % 64));
-    }
     fn is_empty(&self) -> bool {
         self.present.iter().all(|w| *w == 0)
     }
