@@ -312,7 +312,8 @@ fn gup_fast_folio_allowed(mm: &Mm, id: usize, flags: FollFlags) -> bool {
     }
     let has_mapping = f.has(ff::PAGECACHE) || f.zone == Zone::Device;
     if !has_mapping {
-        return false; // truncated / no mapping
+        // No mapping: truncated, or a driver page inserted with vm_insert_page().
+        return false;
     }
     if f.has(ff::SECRETMEM) {
         return false;
@@ -1610,6 +1611,30 @@ mod tests {
         );
         assert_eq!(m.last_gup().notifiers.len(), 1);
         assert_eq!(m.leaf_level(a), Some(Level::Pte4K));
+        put_page(&mut m, p);
+        invariants(&m);
+    }
+
+    /// Models `gup_fast_folio_allowed()`: an order-0 folio must be checked for secretmem,
+    /// which needs `folio->mapping`; a driver page inserted with `vm_insert_page()` has
+    /// none, so GUP-fast refuses it and the slow path (which has the VMA) takes it.
+    #[test]
+    fn gup_fast_refuses_order0_folio_without_mapping() {
+        let mut m = mm(KernelVersion::V6_12);
+        let mut spec = DeviceSpec::pfnmap(Pfn(0));
+        spec.kind = DeviceKind::Mixedmap;
+        spec.base_pfn = None;
+        let a = device(&mut m, BASE, 0x10_000, true, spec);
+        m.user_access(a, true, &mut NoNotifier).unwrap();
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::WRITE).is_none());
+        assert_eq!(m.last_gup().fast_bail, Some(FastBail::FolioNotAllowed));
+        let p = get_user_pages_fast(&mut m, a, FollFlags::WRITE, &mut NoNotifier).unwrap();
+        assert_eq!(m.last_gup().path, GupPath::Slow);
+        assert_eq!(
+            m.folio_info(p.pfn()).unwrap().refcount,
+            3,
+            "driver + mapping + GUP"
+        );
         put_page(&mut m, p);
         invariants(&m);
     }

@@ -672,19 +672,23 @@ impl Mm {
     }
 
     /// The page-cache folio for (file, index), allocated on first use
-    /// (`filemap_fault()` / `shmem_fault()`): the cache holds one reference.
+    /// (`filemap_fault()` / `shmem_fault()`): the cache holds one reference. For a
+    /// VM_MIXEDMAP driver the "cache" is the driver's own page array: its pages hold the
+    /// driver's reference (DRIVER) and have no `mapping`, like `vm_insert_page()`d kernel
+    /// pages.
     pub(crate) fn page_cache_folio(
         &mut self,
         file: u32,
         index: u64,
         node: NodeId,
+        driver: bool,
     ) -> Option<usize> {
         if let Some(id) = self.page_cache.get(&(file, index)) {
             return Some(*id);
         }
         let id = self.frames.alloc(0, node)?;
         let f = &mut self.frames.folios[id];
-        f.flags |= ff::PAGECACHE;
+        f.flags |= if driver { ff::DRIVER } else { ff::PAGECACHE };
         f.file = file;
         f.index = u32::try_from(index).unwrap_or(u32::MAX);
         self.page_cache.insert((file, index), id);
@@ -696,7 +700,8 @@ impl Mm {
     fn do_file_fault(&mut self, vma: &Vma, vmf: &mut Vmf<'_>) -> FaultOutcome {
         let index = vma.linear_page_index(vmf.hva);
         let node = self.alloc_node(vma);
-        let Some(pc) = self.page_cache_folio(vma.file, index, node) else {
+        let driver = vma.flags.contains(VmFlags::MIXEDMAP);
+        let Some(pc) = self.page_cache_folio(vma.file, index, node, driver) else {
             return FaultOutcome::Oom;
         };
         let shared = vma.flags.contains(VmFlags::SHARED);

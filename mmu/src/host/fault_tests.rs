@@ -470,7 +470,11 @@ fn mixedmap_maps_io_pfn_special_and_ram_page_refcounted() {
     assert!(!m.special);
     assert_eq!(gup::vm_normal_page(&mm, b), Some(m.pfn));
     let f = mm.folio_info(m.pfn).unwrap();
-    assert_eq!((f.refcount, f.mapcount), (2, 1), "page cache + mapping");
+    assert_eq!(
+        (f.refcount, f.mapcount),
+        (2, 1),
+        "driver reference + mapping"
+    );
     ok(&mm);
 }
 

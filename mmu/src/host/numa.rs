@@ -265,7 +265,7 @@ impl Mm {
         if f.zone == Zone::Device || f.has(ff::ZERO) || f.has(ff::HUGE_ZERO) {
             return false;
         }
-        let cache_ref = i32::from(f.has(ff::PAGECACHE));
+        let cache_ref = i32::from(f.has(ff::PAGECACHE) || f.has(ff::DRIVER));
         if f.refcount != f.mapcount + cache_ref || f.pincount > 0 {
             return false;
         }
@@ -294,7 +294,7 @@ impl Mm {
                 n.mapcount = f.mapcount;
                 n.refcount = f.refcount;
             }
-            if f.has(ff::PAGECACHE) {
+            if f.has(ff::PAGECACHE) || (f.has(ff::DRIVER) && f.file != 0) {
                 mm.page_cache.insert((f.file, u64::from(f.index)), new);
             }
             for (va, level, e) in leaves {

@@ -671,7 +671,7 @@ impl Mm {
             .collect();
         for k in dead {
             if let Some(id) = self.page_cache.remove(&k) {
-                self.frames.folios[id].flags &= !ff::PAGECACHE;
+                self.frames.folios[id].flags &= !(ff::PAGECACHE | ff::DRIVER);
                 self.frames.put(id, 1);
             }
         }
