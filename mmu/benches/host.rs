@@ -59,6 +59,27 @@ fn gup_fast(c: &mut Criterion) {
             })
         });
     }
+    // One page per call, as KVM's hva_to_pfn_fast() does.
+    let mut mm = populated(false, RANGE);
+    g.bench_function(BenchmarkId::new("single_page_calls", "4K"), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let mut got = Vec::with_capacity(pages);
+                for i in 0..RANGE >> 12 {
+                    let p =
+                        gup::get_user_page_fast_only(&mut mm, BASE.add(i << 12), FollFlags::WRITE);
+                    got.push(p.expect("populated"));
+                }
+                total += t.elapsed();
+                for p in got {
+                    gup::put_page(&mut mm, p);
+                }
+            }
+            total
+        })
+    });
     g.finish();
 }
 
@@ -133,6 +154,26 @@ fn memory_report() {
             a.saturating_sub(b),
             pages,
             a.saturating_sub(b) as f64 / pages as f64
+        );
+    }
+    black_box(&mm);
+    drop(mm);
+    let before = rss_bytes();
+    let mut mm = Mm::new(MmConfig::default());
+    let mut req = MmapRequest::anon(BASE, 256 << 20);
+    req.shared = true;
+    mm.mmap(req).expect("mmap");
+    for i in 0..(256u64 << 20) >> 12 {
+        mm.user_access(BASE.add(i << 12), true, &mut NoNotifier)
+            .expect("fault");
+    }
+    let after = rss_bytes();
+    let u = mm.memory_use();
+    if let (Some(b), Some(a)) = (before, after) {
+        println!(
+            "model memory, shared anon (shmem page cache) (RSS growth): {:.1} bytes/page over {} pages",
+            a.saturating_sub(b) as f64 / u.mapped_pages as f64,
+            u.mapped_pages
         );
     }
     black_box(&mm);

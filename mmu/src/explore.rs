@@ -7,7 +7,8 @@
 //! An invalidation is split into ([`InvalStep`]): `invalidate_range_start` (begin,
 //! range_add and zap, atomically under `mmu_lock` for write), the host page-table change,
 //! and `invalidate_range_end`. The write-locked steps cannot run while a fault holds the
-//! read lock; every other interleaving is run.
+//! read lock — including a GUP step whose host fault sends a notifier (e.g. a COW break):
+//! such schedules are counted as infeasible; every other interleaving is run.
 //!
 //! After every step the explorer checks the secondary-MMU invariant: no SPTE maps a pfn
 //! that the host no longer maps at the corresponding address ([`check_no_stale_spte`]).
@@ -393,9 +394,17 @@ fn run_schedule(
                     thread: format!("fault {idx}"),
                     step: format!("{step:?}"),
                 });
+                let before = kvm.stats().invalidations;
                 fault_step(
                     &mut kvm, &mut mm, step, *gpa, *access, state, holds_lock, result,
                 );
+                // A host fault inside GUP that sent a notifier took mmu_lock for write: not
+                // possible while another fault holds it for read (that fault installs first,
+                // which another schedule covers).
+                if kvm.stats().invalidations != before && lock_held {
+                    report.infeasible += 1;
+                    return Ok(());
+                }
             }
             Thread::Inval { step, pc, range } => {
                 let s = INVAL_STEPS[*pc];
@@ -566,6 +575,45 @@ race = true
         assert!(r.reaches(PfResult::Retry), "{}", r.render());
         assert!(r.reaches(PfResult::Fixed), "{}", r.render());
         assert_eq!(r.schedules + r.infeasible, 84);
+    }
+
+    fn trace4_plus(extra: &str) -> String {
+        let base = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../resources/scenarios/trace4-concurrent-invalidate.toml"),
+        )
+        .unwrap();
+        base + extra
+    }
+
+    /// Two faults (a write and a read of the same page) racing a migration: 420 420
+    /// schedules. The write's GUP can break COW and send a notifier while the read holds
+    /// mmu_lock; the explorer must treat that as blocked (it once reported a false stale
+    /// SPTE here).
+    #[test]
+    fn two_faults_racing_a_migration_never_leave_a_stale_spte() {
+        let r = explore_scenario(
+            &trace4_plus("[[step]]\nop = \"read\"\ngpa = \"0x1000\"\nrace = true\n"),
+            ExploreOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(r.schedules + r.infeasible, 420_420);
+        assert!(r.is_clean(), "{}", r.render());
+        assert!(r.reaches(PfResult::Retry));
+    }
+
+    #[test]
+    fn a_fault_racing_two_invalidations_never_leaves_a_stale_spte() {
+        let r = explore_scenario(
+            &trace4_plus(
+                "[[step]]\nop = \"madvise\"\nadvice = \"dontneed\"\nstart = \"0x7f0000001000\"\n\
+                 size = \"4K\"\nrace = true\n",
+            ),
+            ExploreOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(r.schedules + r.infeasible, 18_480);
+        assert!(r.is_clean(), "{}", r.render());
     }
 
     #[test]

@@ -3,11 +3,22 @@
 //!
 //! References are real: a [`PageRef`] holds a folio reference (`FOLL_GET`) or a pin
 //! (`FOLL_PIN`) and must be given back with [`put_page`] / [`unpin_user_page`].
+//!
+//! # Divergence
+//! - A pin adds 1 to the refcount and 1 to `pincount` (Linux adds `GUP_PIN_COUNTING_BIAS`
+//!   to small folios' refcount instead).
+//! - Folio splits (`Mm::split_huge_page`) are atomic steps, so `try_grab_folio_fast()`'s
+//!   "folio changed under us" retry cannot happen; the entry re-check is modelled (see
+//!   `Mm::inject_gup_fast_race`).
+//! - No secretmem, fsdax (FOLL_LONGTERM -EOPNOTSUPP), P2PDMA, movable-zone migration of
+//!   long-term pins, or hugetlb.
+//! - The slow path handles one page per call (KVM's usage); GUP-fast also has a range
+//!   form.
 
 use crate::host::folio::ff;
 use crate::host::pagetable::{PmdSlot, PudSlot};
 use crate::host::{
-    Entry, FaultFlags, FaultOutcome, FaultReport, HostFault, Mm, VmFlags, Vma, Zone,
+    Entry, FaultFlags, FaultOutcome, FaultReport, HostFault, Mm, PendingSignal, VmFlags, Vma, Zone,
 };
 use crate::notifier::{MmuNotifier, NotifierRange};
 use crate::types::{flag_set, Hva, Level, Pfn};
@@ -249,6 +260,25 @@ pub enum FollowPage {
     Efault,
 }
 
+/// Where GUP-fast puts the references it takes (a Vec for ranges, an Option for one page,
+/// so the single-page path does not allocate).
+trait RefSink {
+    fn push_ref(&mut self, r: PageRef);
+}
+
+impl RefSink for Vec<PageRef> {
+    fn push_ref(&mut self, r: PageRef) {
+        self.push(r);
+    }
+}
+
+impl RefSink for Option<PageRef> {
+    fn push_ref(&mut self, r: PageRef) {
+        debug_assert!(self.is_none(), "one page only");
+        *self = Some(r);
+    }
+}
+
 /// The result of the lockless walk for one address.
 enum FastLeaf {
     None,
@@ -282,7 +312,8 @@ fn gup_fast_folio_allowed(mm: &Mm, id: usize, flags: FollFlags) -> bool {
     }
     let has_mapping = f.has(ff::PAGECACHE) || f.zone == Zone::Device;
     if !has_mapping {
-        return false; // truncated / no mapping
+        // No mapping: truncated, or a driver page inserted with vm_insert_page().
+        return false;
     }
     if f.has(ff::SECRETMEM) {
         return false;
@@ -337,14 +368,14 @@ fn make_ref(pfn: Pfn, flags: FollFlags, writable: bool, counted: bool) -> PageRe
 
 /// Models the per-leaf checks of `gup_fast_pte_range()` / `gup_fast_pmd_leaf()` /
 /// `gup_fast_pud_leaf()` (mm/gup.c) for `nr` pages starting at `hva` within one leaf.
-fn gup_fast_leaf(
+fn gup_fast_leaf<S: RefSink>(
     mm: &mut Mm,
     hva: Hva,
     level: Level,
     e: Entry,
     nr: usize,
     flags: FollFlags,
-    out: &mut Vec<PageRef>,
+    out: &mut S,
 ) -> Result<(), FastBail> {
     let write = flags.contains(FollFlags::WRITE);
     if e.is_none() || !e.is_present() {
@@ -408,17 +439,17 @@ fn gup_fast_leaf(
     }
     mm.frames.folios[id].flags |= ff::REFERENCED;
     for i in 0..nr {
-        out.push(make_ref(pfn.add(i as u64), flags, e.is_write(), counted));
+        out.push_ref(make_ref(pfn.add(i as u64), flags, e.is_write(), counted));
     }
     Ok(())
 }
 
-fn gup_fast_range(
+fn gup_fast_range<S: RefSink>(
     mm: &mut Mm,
     start: Hva,
     nr: usize,
     flags: FollFlags,
-    out: &mut Vec<PageRef>,
+    out: &mut S,
 ) -> (usize, Option<FastBail>) {
     if flags.contains(FollFlags::PIN) && mm.space.write_protect_seq % 2 == 1 {
         return (0, Some(FastBail::ForkInProgress));
@@ -447,7 +478,7 @@ fn gup_fast_range(
 /// or a PIN needing unshare.
 pub fn get_user_page_fast_only(mm: &mut Mm, hva: Hva, flags: FollFlags) -> Option<PageRef> {
     let flags = flags | FollFlags::GET | FollFlags::FAST_ONLY;
-    let mut out = Vec::with_capacity(1);
+    let mut out: Option<PageRef> = None;
     let (n, bail) = gup_fast_range(mm, hva.align_down(Level::Pte4K), 1, flags, &mut out);
     mm.last_gup = GupReport {
         hva,
@@ -456,7 +487,7 @@ pub fn get_user_page_fast_only(mm: &mut Mm, hva: Hva, flags: FollFlags) -> Optio
         fast_bail: bail,
         ..Default::default()
     };
-    out.pop()
+    out
 }
 
 /// Models `get_user_pages_fast_only()` over `nr` pages: stops at the first page GUP-fast
@@ -558,7 +589,14 @@ enum Follow {
 /// Models `follow_page_mask()` → `follow_pud_mask()` / `follow_pmd_mask()` /
 /// `follow_page_pte()` (mm/gup.c), including `follow_huge_pud()`, `follow_huge_pmd()`,
 /// `follow_devmap_pmd()` and the FOLL_TOUCH side effects.
-fn follow_page_mask(mm: &mut Mm, vma: &Vma, hva: Hva, flags: FollFlags) -> Follow {
+fn follow_page_mask(
+    mm: &mut Mm,
+    vma: &Vma,
+    hva: Hva,
+    flags: FollFlags,
+    notifier: &mut dyn MmuNotifier,
+    log: &mut Vec<NotifierRange>,
+) -> Follow {
     let write = flags.contains(FollFlags::WRITE);
     let no_page_table = if flags.contains(FollFlags::DUMP) {
         Follow::Efault
@@ -582,41 +620,34 @@ fn follow_page_mask(mm: &mut Mm, vma: &Vma, hva: Hva, flags: FollFlags) -> Follo
     }
     let pfn = e.pfn().add(hva.page_index_in(level));
     let get = flags.intersects(FollFlags::GET | FollFlags::PIN);
-    if level != Level::Pte4K
-        && flags.contains(FollFlags::SPLIT_PMD)
-        && level == Level::Pmd2M
-        && !e.is_devmap()
-    {
-        mm.split_pmd_locked(vma, hva.align_down(Level::Pmd2M), e);
-        return follow_page_mask(mm, vma, hva, flags.without(FollFlags::SPLIT_PMD));
+    if level == Level::Pmd2M && flags.contains(FollFlags::SPLIT_PMD) && !e.is_devmap() {
+        // split_huge_pmd() (CLEAR 2M), then the PTE path.
+        mm.split_huge_pmd(vma, hva, notifier, log);
+        return follow_page_mask(
+            mm,
+            vma,
+            hva,
+            flags.without(FollFlags::SPLIT_PMD),
+            notifier,
+            log,
+        );
     }
-    // Devmap leaves (6.12): follow_huge_pud() / follow_devmap_pmd() / pgmap PTE page.
-    if e.is_devmap() {
+    // Devmap PMD/PUD leaves (6.12): follow_devmap_pmd() / follow_huge_pud()'s devmap branch
+    // (a reference is required, and the pgmap must be alive). A devmap PTE is not special,
+    // so vm_normal_page() returns its page and it takes the normal path below.
+    if e.is_devmap() && level != Level::Pte4K {
         if write && !e.is_write() {
-            return Follow::NoPage;
-        }
-        if level == Level::Pte4K && e.is_protnone() && !gup_can_follow_protnone(vma, flags) {
             return Follow::NoPage;
         }
         if flags.contains(FollFlags::TOUCH) {
             touch(mm, hva, level, e, write);
         }
         if !get {
-            return if level == Level::Pte4K {
-                Follow::NoPage
-            } else {
-                Follow::NoStructPage
-            };
+            return Follow::NoStructPage;
         }
         match mm.frames.get_dev_pagemap(pfn) {
             Some(pg) => mm.frames.put_dev_pagemap(pg),
-            None => {
-                return if level == Level::Pte4K {
-                    Follow::NoPage
-                } else {
-                    Follow::Efault
-                }
-            }
+            None => return Follow::Efault,
         }
         return grab_followed(mm, pfn, flags, e.is_write());
     }
@@ -739,9 +770,24 @@ fn faultin_page(
     report.notifiers.extend(f.notifiers.iter().copied());
     match f.outcome {
         FaultOutcome::Done | FaultOutcome::Nopage => Ok(()),
-        // COMPLETED / RETRY: the lock is gone (or, with NOWAIT, the fault would block);
-        // userfaultfd waits are not modelled, so both return "0 pages".
-        FaultOutcome::Completed | FaultOutcome::Retry => Err(GupError::NoPage(hva)),
+        // COMPLETED / RETRY: the lock is gone (or, with NOWAIT, the fault would block).
+        // __get_user_pages_locked() then checks gup_signal_pending() (SIGKILL, or any
+        // signal with FOLL_INTERRUPTIBLE) → -EINTR; a retry with FOLL_TRIED would wait
+        // for userspace (userfaultfd), which the model reports as "0 pages".
+        FaultOutcome::Completed | FaultOutcome::Retry => {
+            let interrupted = match mm.signal {
+                PendingSignal::Fatal => !flags.contains(FollFlags::NOWAIT),
+                PendingSignal::NonFatal => {
+                    flags.contains(FollFlags::INTERRUPTIBLE) && !flags.contains(FollFlags::NOWAIT)
+                }
+                PendingSignal::None => false,
+            };
+            if interrupted {
+                Err(GupError::Eintr(hva))
+            } else {
+                Err(GupError::NoPage(hva))
+            }
+        }
         FaultOutcome::Oom => Err(GupError::Enomem(hva)),
         FaultOutcome::Hwpoison if flags.contains(FollFlags::HWPOISON) => {
             Err(GupError::Ehwpoison(hva))
@@ -768,9 +814,13 @@ fn get_user_pages_slow(
     check_vma_flags(&vma, flags, hva)?;
     report.path = GupPath::Slow;
     for _ in 0..8 {
+        // retry: fatal_signal_pending() → -EINTR.
+        if mm.signal == PendingSignal::Fatal {
+            return Err(GupError::Eintr(hva));
+        }
         // A fault may have changed the VMA (e.g. anon_vma); re-read it.
         let vma = mm.space.vma(hva).cloned().ok_or(GupError::Efault(hva))?;
-        match follow_page_mask(mm, &vma, hva, flags) {
+        match follow_page_mask(mm, &vma, hva, flags, notifier, &mut report.notifiers) {
             Follow::Page(p) => return Ok(p),
             Follow::NoPage => faultin_page(mm, hva, flags, false, notifier, report)?,
             Follow::Unshare => faultin_page(mm, hva, flags, true, notifier, report)?,
@@ -817,16 +867,16 @@ pub fn get_user_pages_fast(
     } else {
         flags | FollFlags::GET
     };
-    let mut out = Vec::with_capacity(1);
-    let (n, bail) = gup_fast_range(mm, hva.align_down(Level::Pte4K), 1, flags, &mut out);
-    if n == 1 {
+    let mut out: Option<PageRef> = None;
+    let (_, bail) = gup_fast_range(mm, hva.align_down(Level::Pte4K), 1, flags, &mut out);
+    if let Some(p) = out {
         mm.last_gup = GupReport {
             hva,
             flags,
             path: GupPath::Fast,
             ..Default::default()
         };
-        return Ok(out.pop().expect("one page"));
+        return Ok(p);
     }
     let flags = flags | FollFlags::TOUCH | FollFlags::UNLOCKABLE;
     let mut report = GupReport {
@@ -842,12 +892,22 @@ pub fn get_user_pages_fast(
 
 /// Models `follow_page()` (mm/gup.c): `follow_page_mask()` without faulting;
 /// FOLL_HONOR_NUMA_FAULT is not set unless passed (so protnone entries are followed, the
-/// smaps / KSM behaviour restored in 6.6).
+/// smaps / KSM behaviour restored in 6.6). FOLL_SPLIT_PMD is not allowed here (it would
+/// need a notifier); use the slow GUP path for it.
 pub fn follow_page(mm: &mut Mm, hva: Hva, flags: FollFlags) -> FollowPage {
     let Some(vma) = mm.space.vma(hva).cloned() else {
         return FollowPage::NoPage;
     };
-    match follow_page_mask(mm, &vma, hva, flags) {
+    let flags = flags.without(FollFlags::SPLIT_PMD);
+    let mut nothing = Vec::new();
+    match follow_page_mask(
+        mm,
+        &vma,
+        hva,
+        flags,
+        &mut crate::notifier::NoNotifier,
+        &mut nothing,
+    ) {
         Follow::Page(p) => {
             let pfn = p.pfn;
             if p.counted {
@@ -1129,6 +1189,44 @@ mod tests {
         invariants(&m);
     }
 
+    /// Models `follow_devmap_pmd()` (6.12): a devmap PMD needs FOLL_GET/PIN (-EEXIST
+    /// otherwise) and a live pgmap (-EFAULT otherwise); a devmap PTE is a normal page to
+    /// the slow path (`vm_normal_page()` returns it), pgmap or not.
+    #[test]
+    fn slow_gup_devmap_pmd_needs_get_and_pgmap() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = device(
+            &mut m,
+            BASE,
+            2 * M2,
+            true,
+            DeviceSpec {
+                kind: DeviceKind::DevDax,
+                base_pfn: None,
+                max_level: Level::Pmd2M,
+                mkwrite: false,
+                pfn_mkwrite: false,
+                page_mkwrite: false,
+                remap: false,
+            },
+        );
+        m.user_access(a, false, &mut NoNotifier).unwrap();
+        assert_eq!(m.leaf_level(a), Some(Level::Pmd2M));
+        assert!(m.lookup(a).unwrap().devmap);
+        assert_eq!(
+            follow_page(&mut m, a, FollFlags::empty()),
+            FollowPage::NoStructPage
+        );
+        let p = get_user_pages_unlocked(&mut m, a.add(0x2000), FollFlags::empty(), &mut NoNotifier)
+            .unwrap();
+        put_page(&mut m, p);
+        let pfn = m.lookup(a).unwrap().pfn;
+        m.kill_pgmap(pfn);
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::empty(), &mut NoNotifier);
+        assert_eq!(e, Err(GupError::Efault(a)));
+        invariants(&m);
+    }
+
     /// Models 6.18 ZONE_DEVICE (no devmap): GUP-fast takes plain references.
     #[test]
     fn gup_fast_zone_device_6_18_is_plain_refcounting() {
@@ -1400,6 +1498,145 @@ mod tests {
             follow_pfnmap_start(&m, b),
             Err(FollowPfnmapError::NotPresent(b))
         );
+    }
+
+    /// Models `mprotect(PROT_NONE)` + `gup_can_follow_protnone()`: entries of an inaccessible
+    /// VMA are protnone; GUP-fast bails, a plain read GUP is -EFAULT (`check_vma_flags()`),
+    /// FOLL_FORCE follows the entry even with FOLL_HONOR_NUMA_FAULT (not a NUMA hint: the
+    /// VMA is inaccessible) without faulting.
+    #[test]
+    fn prot_none_vma_is_followed_only_with_force() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        touch_write(&mut m, a);
+        m.mprotect(a, 1 << 20, crate::host::Prot::NONE, &mut NoNotifier)
+            .unwrap();
+        assert!(m.lookup(a).unwrap().protnone);
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::empty()).is_none());
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::empty(), &mut NoNotifier);
+        assert_eq!(e, Err(GupError::Efault(a)));
+        let p = get_user_pages_unlocked(
+            &mut m,
+            a,
+            FollFlags::FORCE | FollFlags::HONOR_NUMA_FAULT,
+            &mut NoNotifier,
+        )
+        .unwrap();
+        assert_eq!(m.last_gup().faultin_calls, 0);
+        assert!(m.lookup(a).unwrap().protnone);
+        put_page(&mut m, p);
+        invariants(&m);
+    }
+
+    /// Models `do_huge_pmd_numa_page()` restore via slow GUP with FOLL_HONOR_NUMA_FAULT on a
+    /// protnone THP: no notifier, the PMD comes back (writable: exclusive anon).
+    #[test]
+    fn honor_numa_fault_on_protnone_thp_restores_pmd_without_notifier() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 2 * M2, true);
+        touch_write(&mut m, a);
+        m.numa_scan(a, 2 * M2, &mut NoNotifier).unwrap();
+        assert!(m.lookup(a).unwrap().protnone);
+        let mut log = NotifierLog::new();
+        let p = get_user_pages_unlocked(
+            &mut m,
+            a.add(0x7000),
+            FollFlags::WRITE | FollFlags::HONOR_NUMA_FAULT,
+            &mut log,
+        )
+        .unwrap();
+        assert_eq!(m.last_gup().host_faults, vec![HostFault::Numa]);
+        assert!(log.calls.is_empty());
+        let e = m.lookup(a).unwrap();
+        assert!(e.level == Level::Pmd2M && e.writable && !e.protnone);
+        put_page(&mut m, p);
+        invariants(&m);
+    }
+
+    /// Models FOLL_TOUCH in `follow_huge_pmd()` (`touch_pmd()`): an old PMD becomes young,
+    /// and dirty for a write GUP; the folio is marked dirty/referenced.
+    #[test]
+    fn foll_touch_marks_pmd_young_and_dirty() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 2 * M2, true);
+        touch_write(&mut m, a);
+        m.clear_young(a, 2 * M2, &mut NoNotifier).unwrap();
+        assert!(!m.lookup(a).unwrap().young);
+        let p = get_user_pages_unlocked(&mut m, a, FollFlags::WRITE, &mut NoNotifier).unwrap();
+        let e = m.lookup(a).unwrap();
+        assert!(e.young && e.dirty);
+        assert!(m.folio_info(p.pfn()).unwrap().referenced);
+        put_page(&mut m, p);
+    }
+
+    /// Models `__get_user_pages()`'s `fatal_signal_pending()` check and
+    /// `gup_signal_pending()` after a dropped lock: SIGKILL gives -EINTR; a non-fatal signal
+    /// only interrupts a FOLL_INTERRUPTIBLE wait (here a userfaultfd wait).
+    #[test]
+    fn pending_signals_interrupt_gup() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 1 << 20, false);
+        m.set_pending_signal(crate::host::PendingSignal::Fatal);
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::empty(), &mut NoNotifier);
+        assert_eq!(e, Err(GupError::Eintr(a)));
+        m.set_pending_signal(crate::host::PendingSignal::NonFatal);
+        m.uffd_register(
+            a,
+            1 << 20,
+            crate::host::UffdMode {
+                missing: true,
+                wp: false,
+            },
+        )
+        .unwrap();
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::empty(), &mut NoNotifier);
+        assert_eq!(e, Err(GupError::NoPage(a)));
+        let e = get_user_pages_unlocked(&mut m, a, FollFlags::INTERRUPTIBLE, &mut NoNotifier);
+        assert_eq!(e, Err(GupError::Eintr(a)));
+    }
+
+    /// Models FOLL_SPLIT_PMD in `follow_pmd_mask()`: the THP is split (CLEAR 2M) and the
+    /// page is taken from the PTE level.
+    #[test]
+    fn foll_split_pmd_splits_under_clear_2m() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, 2 * M2, true);
+        touch_write(&mut m, a);
+        let mut log = NotifierLog::new();
+        let p =
+            get_user_pages_unlocked(&mut m, a.add(0x4000), FollFlags::SPLIT_PMD, &mut log).unwrap();
+        assert_eq!(
+            log.start_triples(),
+            vec![(NotifierEvent::Clear, a.0, a.0 + M2)]
+        );
+        assert_eq!(m.last_gup().notifiers.len(), 1);
+        assert_eq!(m.leaf_level(a), Some(Level::Pte4K));
+        put_page(&mut m, p);
+        invariants(&m);
+    }
+
+    /// Models `gup_fast_folio_allowed()`: an order-0 folio must be checked for secretmem,
+    /// which needs `folio->mapping`; a driver page inserted with `vm_insert_page()` has
+    /// none, so GUP-fast refuses it and the slow path (which has the VMA) takes it.
+    #[test]
+    fn gup_fast_refuses_order0_folio_without_mapping() {
+        let mut m = mm(KernelVersion::V6_12);
+        let mut spec = DeviceSpec::pfnmap(Pfn(0));
+        spec.kind = DeviceKind::Mixedmap;
+        spec.base_pfn = None;
+        let a = device(&mut m, BASE, 0x10_000, true, spec);
+        m.user_access(a, true, &mut NoNotifier).unwrap();
+        assert!(get_user_page_fast_only(&mut m, a, FollFlags::WRITE).is_none());
+        assert_eq!(m.last_gup().fast_bail, Some(FastBail::FolioNotAllowed));
+        let p = get_user_pages_fast(&mut m, a, FollFlags::WRITE, &mut NoNotifier).unwrap();
+        assert_eq!(m.last_gup().path, GupPath::Slow);
+        assert_eq!(
+            m.folio_info(p.pfn()).unwrap().refcount,
+            3,
+            "driver + mapping + GUP"
+        );
+        put_page(&mut m, p);
+        invariants(&m);
     }
 
     /// Models `get_page_unless_zero()`.

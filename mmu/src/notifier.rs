@@ -191,11 +191,7 @@ impl NotifierLog {
         for c in &self.calls {
             match c {
                 NotifierCall::Start(r) => open.push(*r),
-                NotifierCall::End(r) => {
-                    if open.pop() != Some(*r) {
-                        return false;
-                    }
-                }
+                NotifierCall::End(r) if open.pop() != Some(*r) => return false,
                 _ => {}
             }
         }

@@ -32,7 +32,14 @@
 //! "hugepage" | "nohugepage" | "collapse"), `numa-scan`, `migrate` (`node`), `thp-split`,
 //! `unmap-mapping-range`, `clear-young`, `clear-flush-young`, `test-young`, each over
 //! `start` + `size`; `fork`; `dirty-log-enable`, `dirty-log-get`, `dirty-log-clear`,
-//! `memslot-delete` with `memslot = id`; `release` (exit_mmap's notifier).
+//! `memslot-delete` with `memslot = id`; `release` (the `release` notifier alone) and
+//! `exit` (`exit_mmap()`: release, then every VMA unmapped); `signal` with `signal =
+//! "none" | "pending" | "fatal"` (a signal pending on the vCPU thread).
+//!
+//! Guest results: "hit", "fixed", "spurious", "retry" (gave up after
+//! [`MAX_ROUNDS`](crate::secondary::fault::MAX_ROUNDS) rounds), "emulate", "efault",
+//! "mmio", "write-protected", "intr" (signal pending: KVM_RUN returns -EINTR) and
+//! "hwpoison" (SIGBUS queued).
 //!
 //! Optional top-level keys (defaults in brackets): `async_pf` [true], `ad_bits` [true],
 //! `tdp_1g` [true], `eager_page_split` [true], `thp` ["madvise"], `nodes` [2],
@@ -42,6 +49,35 @@
 //! Output, one record per step ([`StepRecord`]), then the final [`KvmStats`]:
 //! [`ScenarioRun::json_lines`] prints one JSON object per line, then `{"stats": {...}}`;
 //! [`ScenarioRun::render_table`] prints a table. Addresses are hex strings.
+//! [`sim`] is what `faultline sim FILE [--json] [--explore]` prints.
+//!
+//! # Example
+//! ```
+//! let text = r#"
+//! kernel = "6.12"
+//! [[memslot]]
+//! id = 0
+//! gpa = 0
+//! size = "2M"
+//! hva = "0x7f0000000000"
+//! [[vma]]
+//! start = "0x7f0000000000"
+//! size = "2M"
+//! [[step]]
+//! op = "read"
+//! gpa = "0x1000"
+//! [[step]]
+//! op = "write"
+//! gpa = "0x1000"
+//! "#;
+//! let run = mmu::scenario::run_scenario(text).unwrap();
+//! // Read: the zero page, mapped read-only. Write: COW (CLEAR 4K) zaps it, the fault is
+//! // stale and retried once, then a writable SPTE.
+//! assert_eq!(run.steps[0].writable, Some(false));
+//! assert_eq!((run.steps[1].result.as_str(), run.steps[1].retries), ("fixed", 1));
+//! assert_eq!(run.steps[1].notifiers[0].start, "0x7f0000001000");
+//! print!("{}", run.render_table());
+//! ```
 
 use crate::host::{
     Advice, Backing, DeviceKind, DeviceSpec, Mm, MmConfig, MmapRequest, Prot, ThpMode,
@@ -271,6 +307,9 @@ pub struct StepSpec {
     /// Memslot id.
     #[serde(default)]
     pub memslot: Option<u16>,
+    /// `signal` step: "none" | "pending" | "fatal" (the VMM thread's pending signal).
+    #[serde(default)]
+    pub signal: Option<String>,
     /// Explorer: this step races with the other `race = true` steps (see
     /// [`crate::explore`]); ignored by plain replay.
     #[serde(default)]
@@ -361,6 +400,22 @@ pub struct ScenarioRun {
     pub kvm: Kvm,
     /// The final host.
     pub mm: Mm,
+}
+
+/// What `faultline sim FILE [--json] [--explore]` prints, given the file's text: the step
+/// table (or JSON lines with `json`), or with `explore` the interleaving explorer's report
+/// over the file's `race = true` steps (pretty JSON with `json`).
+pub fn sim(text: &str, json: bool, explore: bool) -> Result<String, ScenarioError> {
+    if explore {
+        let r = crate::explore::explore_scenario(text, crate::explore::ExploreOptions::default())?;
+        return Ok(if json { r.json() } else { r.render() });
+    }
+    let run = run_scenario(text)?;
+    Ok(if json {
+        run.json_lines()
+    } else {
+        run.render_table()
+    })
 }
 
 /// Parses and runs a scenario.
@@ -560,15 +615,6 @@ pub fn run_step(
         dirty: None,
         async_pf: None,
     };
-    let range = || -> Result<(Hva, u64), ScenarioError> {
-        let s = st
-            .start
-            .ok_or_else(|| step_err(i, op, "needs start = \"0x...\" (a host virtual address)"))?;
-        let z = st
-            .size
-            .ok_or_else(|| step_err(i, op, "needs size = \"4K\" (bytes, or 4K/2M/1G)"))?;
-        Ok((Hva(s.0), z.0))
-    };
     let slot_id = || {
         st.memslot
             .ok_or_else(|| step_err(i, op, "needs memslot = <id>"))
@@ -621,12 +667,25 @@ pub fn run_step(
         | "fork" => {
             rec.young = host_op(mm, i, st, kvm)?;
         }
-        "clear-flush-young" => {
-            let (s, z) = range()?;
-            rec.young = Some(kvm.clear_flush_young(s, s.add(z)));
-        }
         "release" => {
             kvm.release();
+        }
+        "exit" => {
+            mm.exit(kvm);
+        }
+        "signal" => {
+            use crate::host::PendingSignal;
+            let sig = match st.signal.as_deref() {
+                Some("none") => PendingSignal::None,
+                Some("pending") => PendingSignal::NonFatal,
+                Some("fatal") => PendingSignal::Fatal,
+                o => {
+                    return Err(e(format!(
+                        "signal = {o:?}: use \"none\", \"pending\" or \"fatal\""
+                    )))
+                }
+            };
+            mm.set_pending_signal(sig);
         }
         "dirty-log-enable" => {
             kvm.dirty_log_enable(slot_id()?)
@@ -652,7 +711,7 @@ pub fn run_step(
                 other,
                 "unknown op: use read|write|exec, munmap, mprotect, madvise, numa-scan, migrate, \
                  thp-split, fork, unmap-mapping-range, clear-young, clear-flush-young, \
-                 test-young, release, dirty-log-enable|get|clear, memslot-delete",
+                 test-young, release, exit, signal, dirty-log-enable|get|clear, memslot-delete",
             ))
         }
     }
@@ -765,6 +824,13 @@ pub fn host_op(
             let r = mm.test_young(s, z, kvm).map_err(|x| e(x.to_string()))?;
             young = r.young;
         }
+        "clear-flush-young" => {
+            let (s, z) = range()?;
+            let r = mm
+                .clear_flush_young(s, z, kvm)
+                .map_err(|x| e(x.to_string()))?;
+            young = r.young;
+        }
         other => return Err(step_err(i, other, "not a host operation")),
     }
     Ok(young)
@@ -781,6 +847,8 @@ pub fn result_name(r: PfResult) -> &'static str {
         PfResult::Efault => "efault",
         PfResult::Mmio => "mmio",
         PfResult::WriteProtected => "write-protected",
+        PfResult::Intr => "intr",
+        PfResult::Hwpoison => "hwpoison",
     }
 }
 
@@ -959,6 +1027,35 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn sim_prints_a_table_json_lines_or_the_explorer_report() {
+        let text =
+            std::fs::read_to_string(scenario_dir().join("trace1-anon-4k-read-then-write.toml"))
+                .unwrap();
+        let table = sim(&text, false, false).unwrap();
+        assert!(table.contains("wp-copy"), "{table}");
+        let json = sim(&text, true, false).unwrap();
+        let last = json.lines().last().unwrap();
+        let v: serde_json::Value = serde_json::from_str(last).unwrap();
+        assert_eq!(v["stats"]["faults"]["retry"], 1);
+        assert_eq!(json.lines().count(), 4);
+        let text =
+            std::fs::read_to_string(scenario_dir().join("trace4-concurrent-invalidate.toml"))
+                .unwrap();
+        assert!(sim(&text, false, true).unwrap().contains("no stale SPTE"));
+    }
+
+    #[test]
+    fn step_errors_name_the_step_and_the_missing_key() {
+        let e = run_scenario("[[step]]\nop = \"munmap\"\nstart = 0\n").unwrap_err();
+        assert!(
+            e.to_string().contains("Step 0 (munmap)") && e.to_string().contains("size"),
+            "{e}"
+        );
+        let e = run_scenario("[[step]]\nop = \"frobnicate\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown op"), "{e}");
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub struct DeviceSpec {
     pub kind: DeviceKind,
     /// pfn mapped at file offset 0 (`vm_pgoff` 0). For `DevDax`, filled in at mmap with the
     /// first ZONE_DEVICE pfn; for `Mixedmap`, `None` means "the driver allocates RAM pages"
-    /// (`vm_insert_page()` style).
+    /// (`vm_insert_page()` style); for `Pfnmap`, `None` means the driver allocates
+    /// contiguous RAM pages it keeps a reference on and maps them as special pfnmap
+    /// entries (struct pages behind a VM_PFNMAP; filled in at mmap).
     pub base_pfn: Option<Pfn>,
     /// Largest leaf the driver's `huge_fault` inserts (`Pte4K`: no `huge_fault`).
     pub max_level: Level,

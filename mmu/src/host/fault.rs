@@ -111,6 +111,11 @@ pub enum HostFault {
     FileCow,
     /// `handle_pte_fault()` / `huge_pmd_set_accessed()` with nothing to do but set A/D.
     Access,
+    /// `handle_userfault()`: a missing or write-protect fault in a userfaultfd-registered
+    /// range waits for userspace (VM_FAULT_RETRY).
+    Userfault,
+    /// A hwpoison entry: VM_FAULT_HWPOISON.
+    Hwpoison,
 }
 
 impl HostFault {
@@ -133,6 +138,8 @@ impl HostFault {
             HostFault::File => "file",
             HostFault::FileCow => "file-cow",
             HostFault::Access => "access",
+            HostFault::Userfault => "userfault",
+            HostFault::Hwpoison => "hwpoison",
         }
     }
 }
@@ -379,6 +386,11 @@ impl Mm {
     /// THP (`vma_alloc_anon_folio_pmd()`), falling back to PTEs when that fails.
     fn do_huge_pmd_anonymous_page(&mut self, vma: &Vma, vmf: &mut Vmf<'_>) -> Ret {
         let haddr = vmf.hva.align_down(Level::Pmd2M);
+        // vmf_anon_prepare() runs before the zero-page check: even a read sets anon_vma,
+        // so fork copies (and notifies) THP-eligible VMAs that only saw reads.
+        if let Some(v) = self.space.vmas.get_mut(&vma.start.0) {
+            v.anon_vma = true;
+        }
         if !vmf.write() && self.config.use_huge_zero_page {
             let mut bits = vma.page_prot() | Entry::HUGE;
             if self.config.kernel.huge_zero_pmd_special() {
@@ -412,7 +424,7 @@ impl Mm {
 
     /// The entry for a freshly written anonymous page: young, dirty, writable if VM_WRITE.
     pub(crate) fn anon_entry(&self, vma: &Vma, pfn: Pfn, level: Level) -> Entry {
-        let mut bits = vma.page_prot() | Entry::YOUNG | Entry::DIRTY;
+        let mut bits = vma.page_prot() | Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY;
         if level != Level::Pte4K {
             bits |= Entry::HUGE;
         }
@@ -445,6 +457,11 @@ impl Mm {
     /// else split and fall back.
     fn do_huge_pmd_wp_page(&mut self, vma: &Vma, vmf: &mut Vmf<'_>, orig: Entry) -> Ret {
         let haddr = vmf.hva.align_down(Level::Pmd2M);
+        if orig.is_uffd_wp() && vma.flags.contains(VmFlags::UFFD_WP) {
+            // userfaultfd_huge_pmd_wp()
+            vmf.handlers.push(HostFault::Userfault);
+            return Ret::Out(FaultOutcome::Retry);
+        }
         if self.frames.is_huge_zero_pfn(orig.pfn()) {
             if self.config.kernel.huge_zero_wp_allocates_thp() {
                 if let Some(id) = self.frames.alloc(9, self.alloc_node(vma)) {
@@ -472,7 +489,8 @@ impl Mm {
                 && (f.has(ff::ANON_EXCLUSIVE) || (f.refcount == 1 && f.mapcount == 1));
             if reuse && !vmf.flags.contains(FaultFlags::UNSHARE) {
                 self.frames.folios[id].flags |= ff::ANON_EXCLUSIVE;
-                let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY));
+                let e =
+                    vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
                 self.set_pmd(haddr, e);
                 vmf.handlers.push(HostFault::WpReuse);
                 return Ret::Out(FaultOutcome::Done);
@@ -569,7 +587,7 @@ impl Mm {
     /// The folio a leaf holds a reference (and mapcount) on: not special, not devmap, not
     /// the zero pages, and with a struct page.
     pub(crate) fn leaf_ref_folio(&self, e: Entry) -> Option<usize> {
-        if e.is_none() || e.is_special() || e.is_devmap() {
+        if !e.is_present() || e.is_special() || e.is_devmap() {
             return None;
         }
         let pfn = e.pfn();
@@ -600,6 +618,10 @@ impl Mm {
             return self.do_pte_missing(vma, vmf);
         }
         if !e.is_present() {
+            if e.is_hwpoison() {
+                vmf.handlers.push(HostFault::Hwpoison);
+                return FaultOutcome::Hwpoison;
+            }
             // Divergence: swap and migration entries are not modelled.
             return FaultOutcome::Sigbus;
         }
@@ -629,7 +651,8 @@ impl Mm {
     /// (special, read-only); a write allocates a zeroed, exclusive, writable page.
     fn do_anonymous_page(&mut self, vma: &Vma, vmf: &mut Vmf<'_>) -> FaultOutcome {
         if vma.flags.contains(VmFlags::UFFD_MISSING) {
-            // handle_userfault(): the fault waits for userspace.
+            // handle_userfault(): the fault waits for userspace (UFFDIO_COPY/ZEROPAGE).
+            vmf.handlers.push(HostFault::Userfault);
             return FaultOutcome::Retry;
         }
         if !vmf.write() {
@@ -649,19 +672,23 @@ impl Mm {
     }
 
     /// The page-cache folio for (file, index), allocated on first use
-    /// (`filemap_fault()` / `shmem_fault()`): the cache holds one reference.
+    /// (`filemap_fault()` / `shmem_fault()`): the cache holds one reference. For a
+    /// VM_MIXEDMAP driver the "cache" is the driver's own page array: its pages hold the
+    /// driver's reference (DRIVER) and have no `mapping`, like `vm_insert_page()`d kernel
+    /// pages.
     pub(crate) fn page_cache_folio(
         &mut self,
         file: u32,
         index: u64,
         node: NodeId,
+        driver: bool,
     ) -> Option<usize> {
         if let Some(id) = self.page_cache.get(&(file, index)) {
             return Some(*id);
         }
         let id = self.frames.alloc(0, node)?;
         let f = &mut self.frames.folios[id];
-        f.flags |= ff::PAGECACHE;
+        f.flags |= if driver { ff::DRIVER } else { ff::PAGECACHE };
         f.file = file;
         f.index = u32::try_from(index).unwrap_or(u32::MAX);
         self.page_cache.insert((file, index), id);
@@ -673,7 +700,8 @@ impl Mm {
     fn do_file_fault(&mut self, vma: &Vma, vmf: &mut Vmf<'_>) -> FaultOutcome {
         let index = vma.linear_page_index(vmf.hva);
         let node = self.alloc_node(vma);
-        let Some(pc) = self.page_cache_folio(vma.file, index, node) else {
+        let driver = vma.flags.contains(VmFlags::MIXEDMAP);
+        let Some(pc) = self.page_cache_folio(vma.file, index, node, driver) else {
             return FaultOutcome::Oom;
         };
         let shared = vma.flags.contains(VmFlags::SHARED);
@@ -802,7 +830,7 @@ impl Mm {
             if !mkwrite || current.pfn() != pfn {
                 return FaultOutcome::Nopage;
             }
-            vma.maybe_mkwrite(current.set(Entry::YOUNG | Entry::DIRTY))
+            vma.maybe_mkwrite(current.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY))
         } else {
             let mut bits = vma.page_prot();
             if level != Level::Pte4K {
@@ -822,7 +850,7 @@ impl Mm {
             }
             let mut e = Entry::new(pfn, bits);
             if mkwrite {
-                e = vma.maybe_mkwrite(e.set(Entry::YOUNG | Entry::DIRTY));
+                e = vma.maybe_mkwrite(e.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
             }
             if refcounted {
                 if let Some(id) = self.frames.folio_of(pfn) {
@@ -844,6 +872,11 @@ impl Mm {
     /// read-only PTE.
     fn do_wp_page(&mut self, vma: &Vma, vmf: &mut Vmf<'_>, orig: Entry) -> FaultOutcome {
         let unshare = vmf.flags.contains(FaultFlags::UNSHARE) && !vmf.write();
+        if !unshare && orig.is_uffd_wp() && vma.flags.contains(VmFlags::UFFD_WP) {
+            // userfaultfd_pte_wp(): handle_userfault(VM_UFFD_WP).
+            vmf.handlers.push(HostFault::Userfault);
+            return FaultOutcome::Retry;
+        }
         let page = self.vm_normal_page_entry(vma, vmf.hva, orig, Level::Pte4K);
         let shared = vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE);
         if page.is_none() && shared && !unshare {
@@ -851,12 +884,13 @@ impl Mm {
             if vma.device().is_some_and(|d| d.pfn_mkwrite) {
                 self.driver_calls.pfn_mkwrite += 1;
                 // finish_mkwrite_fault() -> wp_page_reuse()
-                let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY));
+                let e =
+                    vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
                 self.set_pte(vmf.hva, e);
                 vmf.handlers.push(HostFault::PfnMkwrite);
                 return FaultOutcome::Done;
             }
-            let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY));
+            let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
             self.set_pte(vmf.hva, e);
             vmf.handlers.push(HostFault::WpReuse);
             return FaultOutcome::Done;
@@ -869,7 +903,8 @@ impl Mm {
                     self.driver_calls.page_mkwrite += 1;
                 }
                 self.frames.folios[id].flags |= ff::DIRTY;
-                let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY));
+                let e =
+                    vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
                 self.set_pte(vmf.hva, e);
                 vmf.handlers.push(HostFault::WpReuse);
                 return FaultOutcome::Done;
@@ -885,7 +920,8 @@ impl Mm {
                     return FaultOutcome::Done;
                 }
                 // wp_page_reuse(): no notifier.
-                let e = vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY));
+                let e =
+                    vma.maybe_mkwrite(orig.set(Entry::YOUNG | Entry::DIRTY | Entry::SOFT_DIRTY));
                 self.set_pte(vmf.hva, e);
                 vmf.handlers.push(HostFault::WpReuse);
                 return FaultOutcome::Done;

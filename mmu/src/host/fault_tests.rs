@@ -470,7 +470,11 @@ fn mixedmap_maps_io_pfn_special_and_ram_page_refcounted() {
     assert!(!m.special);
     assert_eq!(gup::vm_normal_page(&mm, b), Some(m.pfn));
     let f = mm.folio_info(m.pfn).unwrap();
-    assert_eq!((f.refcount, f.mapcount), (2, 1), "page cache + mapping");
+    assert_eq!(
+        (f.refcount, f.mapcount),
+        (2, 1),
+        "driver reference + mapping"
+    );
     ok(&mm);
 }
 
@@ -528,4 +532,26 @@ fn zone_device_6_18_pages_are_refcounted_normally() {
     ok(&mm);
     mm.munmap(a, 0x10_000, &mut NoNotifier).unwrap();
     assert_eq!(mm.folio_info(m.pfn).unwrap().refcount, 0);
+}
+
+/// Models a driver remapping its own RAM pages into a VM_PFNMAP: the entries are special
+/// (no reference per mapping) but the pfns have refcounted struct pages (the driver's
+/// reference), which KVM 6.12's `kvm_try_get_pfn()` can grab.
+#[test]
+fn pfnmap_over_driver_ram_pages_is_special_but_refcounted() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let mut spec = DeviceSpec::pfnmap(Pfn(0));
+    spec.base_pfn = None;
+    let a = device(&mut mm, BASE, 0x4000, true, spec);
+    read(&mut mm, a.add(0x1000));
+    let m = mm.lookup(a.add(0x1000)).unwrap();
+    assert!(m.special);
+    assert!(mm.pfn_valid(m.pfn));
+    let f = mm.folio_info(m.pfn).unwrap();
+    assert_eq!((f.refcount, f.mapcount, f.reserved), (1, 0, false));
+    let base = mm.find_vma(a).unwrap().device().unwrap().base_pfn.unwrap();
+    assert_eq!(m.pfn, base.add(1));
+    let p = gup::get_page_unless_zero(&mut mm, m.pfn).unwrap();
+    gup::put_page(&mut mm, p);
+    ok(&mm);
 }

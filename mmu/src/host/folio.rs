@@ -2,7 +2,7 @@
 //! (normal or ZONE_DEVICE with a pgmap), the shared zero page and the huge zero folio,
 //! and the frame allocator.
 //!
-//! Storage: a slab of [`Folio`] records and a dense `pfn -> folio` index (4 bytes per
+//! Storage: a slab of `Folio` records and a dense `pfn -> folio` index (4 bytes per
 //! frame). RAM pfns start at [`RAM_BASE_PFN`]; every pfn outside the memmap has no struct
 //! page (`pfn_valid()` is false): that is where device I/O pfns live.
 //!
@@ -42,6 +42,10 @@ pub(crate) mod ff {
     pub const PAGECACHE: u16 = 1 << 7;
     pub const SECRETMEM: u16 = 1 << 8;
     pub const KSM: u16 = 1 << 9;
+    pub const HWPOISON: u16 = 1 << 10;
+    pub const LAZYFREE: u16 = 1 << 11;
+    /// A driver holds one reference (pages it remaps into a VM_PFNMAP).
+    pub const DRIVER: u16 = 1 << 12;
 }
 
 /// One folio (`struct folio`), 40 bytes.
@@ -263,15 +267,22 @@ impl Frames {
 
     /// Creates `pages` ZONE_DEVICE pages (folios of `order`) behind a new pgmap.
     /// `idle_refcount` is 1 on 6.12 (the extra ZONE_DEVICE reference), 0 from 6.17.
-    pub fn add_device_memory(&mut self, pages: u64, order: u8, idle_refcount: i32) -> (Pfn, u16) {
-        let pg = u16::try_from(self.pgmaps.len() + 1).expect("fewer than 65535 pgmaps");
+    pub fn add_device_memory(
+        &mut self,
+        pages: u64,
+        order: u8,
+        idle_refcount: i32,
+    ) -> Option<(Pfn, u16)> {
+        let align = (1u64 << order) - 1;
+        if ((self.next + align) & !align) + pages + align > RAM_MAX_PAGES {
+            return None;
+        }
+        let pg = u16::try_from(self.pgmaps.len() + 1).ok()?;
         let mut first = None;
         let step = 1u64 << order;
         let mut done = 0;
         while done < pages {
-            let id = self
-                .raw_alloc(order, NodeId(0), Zone::Device)
-                .expect("device memory fits the memmap");
+            let id = self.raw_alloc(order, NodeId(0), Zone::Device)?;
             let f = &mut self.folios[id];
             f.pgmap = pg;
             f.refcount = idle_refcount;
@@ -289,7 +300,59 @@ impl Frames {
             alive: true,
             refs: 0,
         });
-        (start, pg)
+        Some((start, pg))
+    }
+
+    /// Allocates `pages` contiguous order-0 RAM pages owned by a driver (refcount 1 each,
+    /// flag DRIVER): what a driver remaps into a VM_PFNMAP with `remap_pfn_range()`.
+    pub fn alloc_driver_pages(&mut self, pages: u64, node: NodeId) -> Option<Pfn> {
+        let start = self.next;
+        if start + pages > RAM_MAX_PAGES {
+            return None;
+        }
+        // Force fresh, contiguous pfns: temporarily hide the free lists.
+        let saved = std::mem::take(&mut self.free[0]);
+        let mut first = None;
+        for _ in 0..pages {
+            let id = self.raw_alloc(0, node, Zone::Normal)?;
+            self.folios[id].flags |= ff::DRIVER;
+            first.get_or_insert(Pfn(self.folios[id].pfn));
+        }
+        let mut spill = std::mem::replace(&mut self.free[0], saved);
+        self.free[0].append(&mut spill);
+        first
+    }
+
+    /// Splits the large folio `id` into order-0 folios (`__split_huge_page()`): every
+    /// subpage gets its own record with the head's flags, node and zone; the caller sets
+    /// their counts. Returns the ids, subpage 0 first (it keeps `id`).
+    pub fn split_folio(&mut self, id: usize) -> Vec<usize> {
+        let head = self.folios[id].clone();
+        let n = head.nr_pages();
+        let mut ids = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        self.folios[id].order = 0;
+        ids.push(id);
+        for i in 1..n {
+            let mut f = head.clone();
+            f.pfn = head.pfn + i;
+            f.order = 0;
+            f.index = head
+                .index
+                .saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+            let nid = if let Some(free) = self.free_ids.pop() {
+                self.folios[free as usize] = f;
+                free as usize
+            } else {
+                self.folios.push(f);
+                self.folios.len() - 1
+            };
+            let rel = usize::try_from(head.pfn + i - RAM_BASE_PFN).unwrap_or(usize::MAX);
+            if let Some(slot) = self.map.get_mut(rel) {
+                *slot = u32::try_from(nid + 1).unwrap_or(0);
+            }
+            ids.push(nid);
+        }
+        ids
     }
 
     /// The folio id of the folio containing `pfn` (`page_folio(pfn_to_page(pfn))`).

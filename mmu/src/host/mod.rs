@@ -24,6 +24,7 @@ mod proptests;
 pub mod pte;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod uffd;
 pub mod vma;
 
 pub use device::{DeviceKind, DeviceSpec};
@@ -34,6 +35,7 @@ pub use ops::{
     MprotectError, MremapError, MunmapError, OpReport, RangeError, RemapPfnError,
 };
 pub use pte::Entry;
+pub use uffd::{MemoryFailureError, UffdError, UffdMode};
 pub use vma::{Backing, Prot, VmFlags, Vma};
 
 use crate::gup::GupReport;
@@ -76,7 +78,9 @@ pub struct MmConfig {
     /// `CONFIG_ARCH_HAS_PTE_SPECIAL` (x86: true). False selects the `vm_normal_page()` rules
     /// of architectures without a special bit (the VM_PFNMAP linear/COW rule via vm_pgoff).
     pub arch_has_pte_special: bool,
-    /// NUMA balancing enabled (`task_numa_work()` runs).
+    /// `NUMA_BALANCING_NORMAL` in `kernel.numa_balancing`. False models the
+    /// memory-tiering-only mode, where `change_prot_numa()` still runs (and still sends
+    /// PROTECTION_VMA) but skips every top-tier folio (all nodes are top tier here).
     pub numa_balancing: bool,
 }
 
@@ -117,6 +121,19 @@ impl AddrSpace {
         let (_, v) = self.vmas.range(..=hva.0).next_back()?;
         v.contains(hva).then_some(v)
     }
+}
+
+/// A signal pending on the task doing GUP (for `-EINTR`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PendingSignal {
+    /// No signal.
+    #[default]
+    None,
+    /// A non-fatal signal: interrupts only FOLL_INTERRUPTIBLE retries.
+    NonFatal,
+    /// SIGKILL: `fatal_signal_pending()`.
+    Fatal,
 }
 
 /// A forked child address space.
@@ -222,6 +239,8 @@ pub struct Mm {
     pub(crate) driver_calls: DriverCalls,
     /// Test hook: the next GUP-fast grab races with a zap of its entry.
     pub(crate) gup_fast_race: bool,
+    /// Signal pending on the GUP caller.
+    pub(crate) signal: PendingSignal,
 }
 
 /// How often driver callbacks ran (for tests of the double fault).
@@ -266,6 +285,7 @@ impl Mm {
             last_gup: GupReport::default(),
             driver_calls: DriverCalls::default(),
             gup_fast_race: false,
+            signal: PendingSignal::None,
         }
     }
 
@@ -399,6 +419,12 @@ impl Mm {
         self.config.task_node = node;
     }
 
+    /// Sets the signal pending on the task that calls GUP (`fatal_signal_pending()`,
+    /// `signal_pending()`).
+    pub fn set_pending_signal(&mut self, signal: PendingSignal) {
+        self.signal = signal;
+    }
+
     /// How often driver callbacks ran.
     pub fn driver_calls(&self) -> DriverCalls {
         self.driver_calls
@@ -484,6 +510,8 @@ impl Mm {
             };
             let expected = f.mapcount
                 + i32::from(f.has(folio::ff::PAGECACHE))
+                + i32::from(f.has(folio::ff::HWPOISON))
+                + i32::from(f.has(folio::ff::DRIVER))
                 + idle
                 + extra_refs.get(&Pfn(f.pfn)).copied().unwrap_or(0);
             if f.refcount != expected {

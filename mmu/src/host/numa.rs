@@ -22,6 +22,8 @@ pub(crate) enum ChangeKind {
     Mprotect { try_writable: bool },
     /// MM_CP_PROT_NUMA: PAGE_NONE with the NUMA skip rules.
     ProtNuma,
+    /// MM_CP_UFFD_WP (`wp`) / MM_CP_UFFD_WP_RESOLVE: UFFDIO_WRITEPROTECT.
+    UffdWp { wp: bool },
 }
 
 /// Counts of a protection change.
@@ -98,6 +100,20 @@ impl Mm {
     fn new_prot_entry(&self, vma: &Vma, e: Entry, kind: ChangeKind) -> Entry {
         match kind {
             ChangeKind::ProtNuma => e.modify(Entry::PROTNONE),
+            ChangeKind::UffdWp { wp: true } => e
+                .modify(vma.page_prot())
+                .clear(Entry::WRITE)
+                .set(Entry::UFFD_WP),
+            ChangeKind::UffdWp { wp: false } => {
+                let mut n = e.modify(vma.page_prot()).clear(Entry::UFFD_WP);
+                if vma.wants_manual_write_upgrade()
+                    && !n.is_write()
+                    && self.can_change_pte_writable(vma, n)
+                {
+                    n = n.set(Entry::WRITE);
+                }
+                n
+            }
             ChangeKind::Mprotect { try_writable } => {
                 let mut n = e.modify(vma.page_prot());
                 if try_writable && !n.is_write() && self.can_change_pte_writable(vma, n) {
@@ -134,9 +150,11 @@ impl Mm {
                         self.change_pte_range(vma, addr, next, kind, count);
                     } else if kind == ChangeKind::ProtNuma {
                         // change_huge_pmd(prot_numa): skip the huge zero page and protnone.
-                        if self.frames.is_huge_zero_pfn(e.pfn()) || e.is_protnone() {
-                            count.skipped += 1;
-                        } else if !self.config.numa_balancing {
+                        // (Top tier is skipped while balancing is off.)
+                        if self.frames.is_huge_zero_pfn(e.pfn())
+                            || e.is_protnone()
+                            || !self.config.numa_balancing
+                        {
                             count.skipped += 1;
                         } else {
                             self.set_pmd(addr, e.modify(Entry::PROTNONE));
@@ -175,12 +193,10 @@ impl Mm {
         while addr < end {
             let e = self.space.pt.pte(addr).unwrap_or(Entry::NONE);
             if e.is_present() {
-                if kind == ChangeKind::ProtNuma {
-                    if self.numa_skip_pte(vma, addr, e, target_node) {
-                        count.skipped += 1;
-                        addr = addr.add(4096);
-                        continue;
-                    }
+                if kind == ChangeKind::ProtNuma && self.numa_skip_pte(vma, addr, e, target_node) {
+                    count.skipped += 1;
+                    addr = addr.add(4096);
+                    continue;
                 }
                 let n = self.new_prot_entry(vma, e, kind);
                 self.set_pte(addr, n);
@@ -249,7 +265,7 @@ impl Mm {
         if f.zone == Zone::Device || f.has(ff::ZERO) || f.has(ff::HUGE_ZERO) {
             return false;
         }
-        let cache_ref = i32::from(f.has(ff::PAGECACHE));
+        let cache_ref = i32::from(f.has(ff::PAGECACHE) || f.has(ff::DRIVER));
         if f.refcount != f.mapcount + cache_ref || f.pincount > 0 {
             return false;
         }
@@ -278,7 +294,7 @@ impl Mm {
                 n.mapcount = f.mapcount;
                 n.refcount = f.refcount;
             }
-            if f.has(ff::PAGECACHE) {
+            if f.has(ff::PAGECACHE) || (f.has(ff::DRIVER) && f.file != 0) {
                 mm.page_cache.insert((f.file, u64::from(f.index)), new);
             }
             for (va, level, e) in leaves {

@@ -124,8 +124,8 @@ pub enum MmapError {
         /// Pages.
         pages: u64,
     },
-    /// A pfnmap needs base_pfn: set it to the device's first pfn
-    #[error("A pfnmap needs base_pfn: set it to the device's first pfn")]
+    /// Out of model RAM for the driver's pages
+    #[error("Out of model RAM for the driver's pages: map less")]
     MissingPfn,
     /// Device-dax mappings must be MAP_SHARED
     #[error("Device-dax mappings must be MAP_SHARED")]
@@ -201,6 +201,9 @@ pub enum MremapError {
         /// Length.
         len: u64,
     },
+    /// Growing a VM_DONTEXPAND (driver) mapping (EFAULT)
+    #[error("Growing a VM_DONTEXPAND (driver) mapping is refused (EFAULT): mmap a new one")]
+    DontExpand,
     /// The new range [{start}, {end}) overlaps another mapping
     #[error("The new range [{start}, {end}) overlaps another mapping")]
     Overlap {
@@ -390,7 +393,14 @@ impl Mm {
                                 return Err(MmapError::DevicePfnInRam { start: base, pages });
                             }
                         } else if d.kind == DeviceKind::Pfnmap {
-                            return Err(MmapError::MissingPfn);
+                            // The driver remaps RAM pages it owns (refcounted struct pages
+                            // behind special entries).
+                            let node = self.alloc_node_for(req.node);
+                            let base = self
+                                .frames
+                                .alloc_driver_pages(pages, node)
+                                .ok_or(MmapError::MissingPfn)?;
+                            d.base_pfn = Some(base);
                         }
                         if d.kind == DeviceKind::Pfnmap {
                             flags |= VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND;
@@ -420,7 +430,10 @@ impl Mm {
                         } else {
                             0
                         };
-                        let (first, _) = self.frames.add_device_memory(pages, order, idle);
+                        let (first, _) = self
+                            .frames
+                            .add_device_memory(pages, order, idle)
+                            .ok_or(MmapError::MissingPfn)?;
                         d.base_pfn = Some(first);
                         flags |= VmFlags::HUGEPAGE;
                     }
@@ -445,6 +458,10 @@ impl Mm {
         pgoff = 0;
         let _ = pgoff;
         Ok(start)
+    }
+
+    fn alloc_node_for(&self, node: Option<NodeId>) -> NodeId {
+        node.unwrap_or(self.config.task_node)
     }
 
     fn new_file(&mut self) -> u32 {
@@ -654,7 +671,7 @@ impl Mm {
             .collect();
         for k in dead {
             if let Some(id) = self.page_cache.remove(&k) {
-                self.frames.folios[id].flags &= !ff::PAGECACHE;
+                self.frames.folios[id].flags &= !(ff::PAGECACHE | ff::DRIVER);
                 self.frames.put(id, 1);
             }
         }
@@ -824,6 +841,7 @@ impl Mm {
                 continue;
             }
             self.frames.folios[id].flags &= !ff::DIRTY;
+            self.frames.folios[id].flags |= ff::LAZYFREE;
             let ne = e.clear(Entry::DIRTY | Entry::YOUNG);
             match level {
                 Level::Pte4K => self.set_pte(va, ne),
@@ -938,6 +956,10 @@ impl Mm {
                 start: old,
                 len: old_len,
             });
+        }
+        if new_len > old_len && vma.flags.contains(VmFlags::DONTEXPAND) {
+            // vma_to_resize(): VM_DONTEXPAND | VM_PFNMAP cannot grow.
+            return Err(MremapError::DontExpand);
         }
         let mut report = OpReport::new("mremap", old, old_end);
         if new_addr.is_none() && new_len <= old_len {
@@ -1492,6 +1514,198 @@ impl Mm {
             hva,
             tries: faults.len(),
         })
+    }
+}
+
+impl Mm {
+    /// Models reclaim of the range's folios (`shrink_folio_list()` → `folio_referenced()`
+    /// → `try_to_unmap_one()`) for what can go without swap: MADV_FREE'd (lazyfree) clean
+    /// order-0 anon folios. A young one (PTE young or the subscriber's `clear_flush_young`
+    /// on [addr, +4K)) is kept and aged; a re-dirtied or extra-referenced one is kept;
+    /// others are discarded under CLEAR [addr, +4K) (the folio span) and freed, so the next
+    /// read maps the zero page.
+    pub fn reclaim(
+        &mut self,
+        start: Hva,
+        len: u64,
+        notifier: &mut dyn MmuNotifier,
+    ) -> Result<OpReport, RangeError> {
+        let end = check_range(start, len)?;
+        let mut report = OpReport::new("reclaim", start, end);
+        let mut leaves = Vec::new();
+        self.space.pt.for_each_leaf(start, end, |va, level, e| {
+            if level == Level::Pte4K && e.is_present() && !e.is_protnone() {
+                leaves.push((va, e));
+            }
+        });
+        for (va, e) in leaves {
+            let Some(id) = self.leaf_ref_folio(e) else {
+                continue;
+            };
+            let f = &self.frames.folios[id];
+            if !f.has(ff::ANON) || !f.has(ff::LAZYFREE) || f.order != 0 {
+                continue;
+            }
+            let young = notifier.clear_flush_young(va, va.add(PAGE_SIZE)) | e.is_young();
+            if young {
+                self.set_pte(va, e.clear(Entry::YOUNG));
+                report.skipped += 1;
+                continue;
+            }
+            let f = &mut self.frames.folios[id];
+            if e.is_dirty() || f.has(ff::DIRTY) || f.refcount != f.mapcount || f.mapcount != 1 {
+                // Re-dirtied (or pinned/shared): back to swap-backed, kept.
+                f.flags &= !ff::LAZYFREE;
+                report.skipped += 1;
+                continue;
+            }
+            let range = NotifierRange::new(NotifierEvent::Clear, va, va.add(PAGE_SIZE));
+            self.notify(notifier, &mut report.notifiers, range, |mm| {
+                set_leaf(&mut mm.space.pt, va, Level::Pte4K, Entry::NONE);
+                mm.drop_leaf_ref(e);
+            });
+            report.changed += 1;
+        }
+        Ok(report)
+    }
+
+    /// Models `clear_refs_write()` with CLEAR_REFS_SOFT_DIRTY (fs/proc/task_mmu.c): one
+    /// SOFT_DIRTY range [0, -1), VM_SOFTDIRTY cleared on every VMA (shared writable
+    /// mappings become write-notify), every present entry write-protected with its
+    /// soft-dirty bit cleared, except pinned exclusive anon pages in COW mappings.
+    pub fn clear_refs_soft_dirty(&mut self, notifier: &mut dyn MmuNotifier) -> OpReport {
+        let mut report = OpReport::new("clear-refs-soft-dirty", Hva(0), Hva(u64::MAX));
+        let range = NotifierRange::new(NotifierEvent::SoftDirty, Hva(0), Hva(u64::MAX));
+        let vmas: Vec<Vma> = self.space.vmas.values().cloned().collect();
+        self.notify(notifier, &mut report.notifiers, range, |mm| {
+            for mut v in vmas {
+                v.flags = v.flags.without(VmFlags::SOFTDIRTY);
+                mm.space.vmas.insert(v.start.0, v.clone());
+                let mut leaves = Vec::new();
+                mm.space.pt.for_each_leaf(v.start, v.end, |va, level, e| {
+                    if e.is_present() {
+                        leaves.push((va, level, e));
+                    }
+                });
+                for (va, level, e) in leaves {
+                    let pinned = v.is_cow_mapping()
+                        && mm.leaf_ref_folio(e).is_some_and(|id| {
+                            let f = &mm.frames.folios[id];
+                            f.has(ff::ANON) && f.pincount > 0
+                        });
+                    if pinned {
+                        continue;
+                    }
+                    set_leaf(
+                        &mut mm.space.pt,
+                        va,
+                        level,
+                        e.clear(Entry::WRITE | Entry::SOFT_DIRTY),
+                    );
+                    report.changed += 1;
+                }
+            }
+        });
+        report
+    }
+}
+
+impl Mm {
+    /// Models `split_huge_page()` / `split_folio()` (mm/huge_memory.c, e.g. the deferred
+    /// split queue or debugfs `split_huge_pages`) of every large anonymous folio mapped in
+    /// the range: `unmap_folio()` → `try_to_migrate(TTU_SPLIT_HUGE_PMD)` splits a PMD
+    /// mapping first (CLEAR [haddr, +2M), frozen) and then sends CLEAR over the folio span;
+    /// the folio becomes order-0 folios and `remap_page()` restores the entries without a
+    /// notifier. Subpages no longer mapped anywhere are freed. A folio with extra
+    /// references or pins cannot be split (`can_split_folio()` → -EAGAIN) and is skipped.
+    pub fn split_huge_page(
+        &mut self,
+        start: Hva,
+        len: u64,
+        notifier: &mut dyn MmuNotifier,
+    ) -> Result<OpReport, RangeError> {
+        let end = check_range(start, len)?;
+        let mut report = OpReport::new("split-huge-page", start, end);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = Vec::new();
+        self.space
+            .pt
+            .for_each_leaf(start, end, |va, _, e| todo.push((va, e)));
+        for (va, e) in todo {
+            let Some(id) = self.leaf_ref_folio(e) else {
+                continue;
+            };
+            let f = &self.frames.folios[id];
+            if f.order == 0 || !f.has(ff::ANON) || !seen.insert(f.pfn) {
+                continue;
+            }
+            if f.refcount != f.mapcount || f.pincount > 0 {
+                report.skipped += 1;
+                continue;
+            }
+            let Some(vma) = self.space.vma(va).cloned() else {
+                continue;
+            };
+            let head = Pfn(f.pfn);
+            let pages = f.nr_pages();
+            let span = self.folio_span(&vma, va, id);
+            if matches!(
+                self.space.pt.walk(va),
+                super::pagetable::Walk::Leaf(Level::Pmd2M, _)
+            ) {
+                self.split_huge_pmd(&vma, va, notifier, &mut report.notifiers);
+            }
+            let range = NotifierRange::new(NotifierEvent::Clear, span.0, span.1);
+            self.notify(notifier, &mut report.notifiers, range, |mm| {
+                // Children's PMD mappings are split too (their mm has no subscriber here).
+                for c in 0..mm.children.len() {
+                    mm.with_child(ChildId(c), |cm| {
+                        let mut pmds = Vec::new();
+                        cm.space
+                            .pt
+                            .for_each_leaf(Hva(0), Hva(TASK_SIZE), |cva, level, ce| {
+                                if level == Level::Pmd2M && ce.pfn() == head {
+                                    pmds.push(cva);
+                                }
+                            });
+                        for cva in pmds {
+                            if let Some(cv) = cm.space.vma(cva).cloned() {
+                                cm.split_huge_pmd(&cv, cva, &mut NoNotifier, &mut Vec::new());
+                            }
+                        }
+                    });
+                }
+                // Count the mappings of each subpage in every address space.
+                let mut counts = vec![0i32; usize::try_from(pages).unwrap_or(0)];
+                let spaces = std::iter::once(&mm.space).chain(mm.children.iter().flatten());
+                for sp in spaces {
+                    sp.pt.for_each_leaf(Hva(0), Hva(TASK_SIZE), |_, level, le| {
+                        let p = le.pfn().0;
+                        if level == Level::Pte4K
+                            && le.is_present()
+                            && !le.is_special()
+                            && p >= head.0
+                            && p < head.0 + pages
+                        {
+                            counts[usize::try_from(p - head.0).unwrap_or(0)] += 1;
+                        }
+                    });
+                }
+                let ids = mm.frames.split_folio(id);
+                for (sub, c) in ids.into_iter().zip(counts) {
+                    let f = &mut mm.frames.folios[sub];
+                    f.mapcount = c;
+                    f.refcount = c;
+                    if c == 0 {
+                        // Unmapped tail pages go back to the allocator.
+                        f.refcount = 1;
+                        mm.frames.put(sub, 1);
+                    }
+                }
+            });
+            report.changed += 1;
+        }
+        Ok(report)
     }
 }
 

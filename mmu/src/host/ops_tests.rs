@@ -414,3 +414,109 @@ fn bad_ranges_are_reported_not_panics() {
     req.backing = Backing::Device(DeviceSpec::pfnmap(Pfn(0x100)));
     assert_eq!(mm.mmap(req), Err(MmapError::PrivatePfnmap));
 }
+
+/// Models reclaim of MADV_FREE'd pages (`try_to_unmap_one()` discarding a clean lazyfree
+/// anon folio): CLEAR [addr, +4K), the page is freed and the next read maps the zero page;
+/// a young page is only aged, a re-dirtied page is kept.
+#[test]
+fn reclaim_discards_clean_lazyfree_pages_under_clear() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, M2, false);
+    for i in 0..3 {
+        w(&mut mm, a.add(i * 0x1000));
+    }
+    mm.madvise(a, 0x3000, Advice::Free, &mut NoNotifier)
+        .unwrap();
+    w(&mut mm, a.add(0x2000)); // re-dirtied after MADV_FREE
+    mm.user_access(a.add(0x1000), false, &mut NoNotifier)
+        .unwrap(); // young again
+    let mut log = NotifierLog::new();
+    let r = mm.reclaim(a, 0x3000, &mut log).unwrap();
+    assert_eq!(triples(&r.notifiers), vec![(Clear, a.0, a.0 + 0x1000)]);
+    assert_eq!((r.changed, r.skipped), (1, 2));
+    assert!(mm.lookup(a).is_none());
+    let rd = mm.user_access(a, false, &mut NoNotifier).unwrap();
+    assert_eq!(rd.host_faults, vec![HostFault::AnonZero]);
+    ok(&mm);
+}
+
+/// Models `clear_refs_write(CLEAR_REFS_SOFT_DIRTY)`: SOFT_DIRTY [0, -1); entries are
+/// write-protected; the next write reuses the page (no notifier) and sets soft-dirty.
+#[test]
+fn clear_refs_soft_dirty_write_protects_under_soft_dirty_range() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, M2, false);
+    w(&mut mm, a);
+    assert!(mm.lookup(a).unwrap().entry.is_soft_dirty());
+    let r = mm.clear_refs_soft_dirty(&mut NoNotifier);
+    assert_eq!(triples(&r.notifiers), vec![(SoftDirty, 0, u64::MAX)]);
+    let e = mm.lookup(a).unwrap();
+    assert!(!e.writable && !e.entry.is_soft_dirty());
+    let mut log = NotifierLog::new();
+    let f = mm.user_access(a, true, &mut log).unwrap();
+    assert_eq!(f.host_faults, vec![HostFault::WpReuse]);
+    assert!(log.calls.is_empty());
+    assert!(mm.lookup(a).unwrap().entry.is_soft_dirty());
+}
+
+/// Models `vma_needs_copy()` after a THP read fault: `do_huge_pmd_anonymous_page()` set
+/// anon_vma before mapping the huge zero PMD, so fork copies and notifies that VMA
+/// (PROTECTION_PAGE) although it holds no anon page; the huge zero PMD is shared as is.
+#[test]
+fn fork_notifies_thp_vma_that_only_mapped_huge_zero() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, 2 * M2, true);
+    mm.user_access(a, false, &mut NoNotifier).unwrap();
+    let (_c, r) = mm.fork(&mut NoNotifier).unwrap();
+    assert_eq!(
+        triples(&r.notifiers),
+        vec![(ProtectionPage, a.0, a.0 + 2 * M2)]
+    );
+    assert_eq!(mm.lookup(a).unwrap().pfn, mm.huge_zero_pfn());
+    ok(&mm);
+}
+
+/// Models `split_huge_page()` of a PMD-mapped THP: CLEAR 2M for the frozen PMD split, then
+/// CLEAR over the folio span from `try_to_migrate_one()`; 512 order-0 folios remain, each
+/// mapped once. A GUP reference makes the split fail.
+#[test]
+fn split_huge_page_splits_folio_under_two_clears() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, 2 * M2, true);
+    w(&mut mm, a);
+    let p = gup::get_user_page_fast_only(&mut mm, a, gup::FollFlags::empty()).unwrap();
+    let r = mm.split_huge_page(a, 2 * M2, &mut NoNotifier).unwrap();
+    assert_eq!((r.changed, r.skipped), (0, 1));
+    gup::put_page(&mut mm, p);
+    let r = mm.split_huge_page(a, 2 * M2, &mut NoNotifier).unwrap();
+    assert_eq!(
+        triples(&r.notifiers),
+        vec![(Clear, a.0, a.0 + M2), (Clear, a.0, a.0 + M2)]
+    );
+    let m = mm.lookup(a.add(0x5000)).unwrap();
+    assert_eq!(m.level, Level::Pte4K);
+    let f = mm.folio_info(m.pfn).unwrap();
+    assert_eq!((f.order, f.refcount, f.mapcount), (0, 1, 1));
+    ok(&mm);
+}
+
+/// Models the deferred split of a partly unmapped THP: after munmap of half of a
+/// PTE-mapped THP, splitting frees the unmapped subpages.
+#[test]
+fn split_huge_page_frees_unmapped_subpages() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, 2 * M2, true);
+    w(&mut mm, a);
+    let before = mm.memory_use().allocated_pages;
+    mm.munmap(a.add(M2 / 2), M2 / 2, &mut NoNotifier).unwrap();
+    ok(&mm);
+    assert_eq!(
+        mm.memory_use().allocated_pages,
+        before,
+        "still one 2M folio"
+    );
+    let r = mm.split_huge_page(a, M2 / 2, &mut NoNotifier).unwrap();
+    assert_eq!(triples(&r.notifiers), vec![(Clear, a.0, a.0 + M2 / 2)]);
+    assert_eq!(mm.memory_use().allocated_pages, before - 256);
+    ok(&mm);
+}

@@ -79,6 +79,15 @@ enum Op {
         page: u64,
         pages: u64,
     },
+    Poison {
+        vma: usize,
+        page: u64,
+    },
+    Reclaim,
+    ClearRefs,
+    SplitFolio {
+        vma: usize,
+    },
 }
 
 /// (start, pages) of the fixed layout: anon THP 8M, anon 4M, shmem shared 2M, huge pfnmap
@@ -142,7 +151,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ChildExit),
         1 => v.clone().prop_map(|vma| Op::Revoke { vma }),
         1 => v.clone().prop_map(|vma| Op::Age { vma }),
-        1 => (v, p, 1u64..100).prop_map(|(vma, page, pages)| Op::Munmap { vma, page, pages }),
+        1 => (v.clone(), p.clone(), 1u64..100).prop_map(|(vma, page, pages)| Op::Munmap { vma, page, pages }),
+        1 => (v, p).prop_map(|(vma, page)| Op::Poison { vma, page }),
+        1 => Just(Op::Reclaim),
+        1 => (0usize..5).prop_map(|vma| Op::SplitFolio { vma }),
+        1 => Just(Op::ClearRefs),
     ]
 }
 
@@ -264,6 +277,23 @@ fn run(kernel: KernelVersion, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Munmap { vma, page, pages } => {
                 let _ = mm.munmap(addr(vma, page), pages << 12, &mut log);
+            }
+            Op::SplitFolio { vma } => {
+                let (s, n) = LAYOUT[vma];
+                let _ = mm.split_huge_page(Hva(s), n << 12, &mut log);
+            }
+            Op::Reclaim => {
+                let _ = mm.reclaim(Hva(LAYOUT[1].0), LAYOUT[1].1 << 12, &mut log);
+            }
+            Op::ClearRefs => {
+                mm.clear_refs_soft_dirty(&mut log);
+            }
+            Op::Poison { vma, page } => {
+                if let Some(m) = mm.lookup(addr(vma, page)) {
+                    if m.present && !m.special {
+                        let _ = mm.memory_failure(m.pfn, &mut log);
+                    }
+                }
             }
         }
         prop_assert!(log.balanced(), "unbalanced notifier after {:?}", op);

@@ -36,6 +36,9 @@ impl Entry {
     pub const SOFT_DIRTY: u64 = 1 << 11;
     /// `_PAGE_DEVMAP` (removed in 6.17).
     pub const DEVMAP: u64 = 1 << 58;
+    /// Marks a non-present hwpoison swap entry (`make_hwpoison_entry()`); the model's
+    /// only non-present, non-none entry.
+    pub const HWPOISON_ENTRY: u64 = 1 << 61;
     const PFN_MASK: u64 = ((1 << 40) - 1) << 12;
 
     /// The empty entry (`p?d_none`).
@@ -76,6 +79,10 @@ impl Entry {
     /// `pte_devmap`.
     pub const fn is_devmap(self) -> bool {
         self.0 & Self::DEVMAP != 0
+    }
+    /// `is_hwpoison_entry()`: a non-present entry left by `memory_failure()`.
+    pub const fn is_hwpoison(self) -> bool {
+        self.0 & Self::HWPOISON_ENTRY != 0 && !self.is_present()
     }
     /// `pte_uffd_wp`.
     pub const fn is_uffd_wp(self) -> bool {

@@ -196,7 +196,8 @@ impl Vma {
                 return true;
             }
         }
-        self.flags.contains(VmFlags::UFFD_WP)
+        // vma_soft_dirty_enabled(): clear_refs cleared VM_SOFTDIRTY.
+        self.flags.contains(VmFlags::UFFD_WP) || !self.flags.contains(VmFlags::SOFTDIRTY)
     }
     /// `vm_get_page_prot()` + writenotify: the entry bits a fresh mapping gets.
     /// Private mappings are never writable here (COW happens on write); PROT_NONE maps
@@ -237,7 +238,7 @@ pub fn is_cow_mapping(flags: VmFlags) -> bool {
 
 /// `calc_vm_prot_bits()` + `calc_vm_flag_bits()` for an mmap.
 pub fn vm_flags_for(prot: Prot, shared: bool) -> VmFlags {
-    let mut f = VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
+    let mut f = VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC | VmFlags::SOFTDIRTY;
     if prot.read {
         f |= VmFlags::READ;
     }

@@ -60,6 +60,12 @@ pub enum PfResult {
     Mmio,
     /// `RET_PF_WRITE_PROTECTED`.
     WriteProtected,
+    /// `kvm_handle_signal_exit()`: a signal is pending (`KVM_PFN_ERR_SIGPENDING`); KVM_RUN
+    /// returns -EINTR (`KVM_EXIT_INTR`).
+    Intr,
+    /// `KVM_PFN_ERR_HWPOISON`: `kvm_send_hwpoison_signal()` queues SIGBUS (BUS_MCEERR_AR)
+    /// and the fault returns `RET_PF_RETRY`; the vCPU exits to deliver it.
+    Hwpoison,
 }
 
 /// `kvm_pfn_t` error values (`KVM_PFN_ERR_*`, `KVM_PFN_NOSLOT`).
@@ -241,7 +247,12 @@ impl Kvm {
                     self.emulate_access(mm, gpa, write, &mut rep);
                     return rep;
                 }
-                PfResult::Efault | PfResult::Mmio | PfResult::WriteProtected | PfResult::Hit => {
+                PfResult::Efault
+                | PfResult::Mmio
+                | PfResult::WriteProtected
+                | PfResult::Hit
+                | PfResult::Intr
+                | PfResult::Hwpoison => {
                     return rep;
                 }
             }
@@ -309,6 +320,8 @@ impl Kvm {
             PfResult::Efault => c.efault += 1,
             PfResult::Mmio => c.mmio += 1,
             PfResult::WriteProtected => c.write_protected += 1,
+            PfResult::Intr => c.intr += 1,
+            PfResult::Hwpoison => c.hwpoison += 1,
         }
         r
     }
@@ -370,10 +383,9 @@ impl Kvm {
             Ok(_) => {}
             Err(PfnError::NoSlot) => {}
             Err(PfnError::RoFault) => return Err(PfResult::Emulate),
-            Err(PfnError::Hwpoison) => return Err(PfResult::Retry),
-            Err(PfnError::SigPending) | Err(PfnError::Fault) | Err(PfnError::NeedsIo) => {
-                return Err(PfResult::Efault)
-            }
+            Err(PfnError::Hwpoison) => return Err(PfResult::Hwpoison),
+            Err(PfnError::SigPending) => return Err(PfResult::Intr),
+            Err(PfnError::Fault) | Err(PfnError::NeedsIo) => return Err(PfResult::Efault),
         }
         if self.config.stale_check && self.inval.retry_gfn_unsafe(f.mmu_seq, f.gfn) {
             return Err(PfResult::Retry);
@@ -411,6 +423,15 @@ impl Kvm {
         };
         let old = self.tdp.lookup(f.gfn);
         let new = self.make_spte(f, pfn, goal, old);
+        // make_spte(): mark_page_dirty_in_slot() for a writable SPTE under dirty logging
+        // (before the spurious check, as in KVM).
+        if new.is_writable() {
+            if let Some(s) = self.slots.by_id_mut(slot_id) {
+                if s.dirty_logging() {
+                    s.mark_dirty(f.gfn);
+                }
+            }
+        }
         let trace = &mut self.trace;
         let mut removed = 0u64;
         let out = self.tdp.map(f.gfn, goal, new, &mut |c| {
@@ -429,13 +450,6 @@ impl Kvm {
                     // kvm_flush_remote_tlbs_gfn()
                     self.stats.zaps += removed;
                     self.flush_remote_tlbs();
-                }
-                if new.is_writable() {
-                    if let Some(s) = self.slots.by_id_mut(slot_id) {
-                        if s.dirty_logging() {
-                            s.mark_dirty(f.gfn);
-                        }
-                    }
                 }
                 PfResult::Fixed
             }
@@ -544,11 +558,11 @@ impl Kvm {
             return None;
         }
         if new.is_writable() && !spte.is_writable() {
-            // fast_pf_fix_direct_spte(): mark_page_dirty_in_slot()
+            // fast_pf_fix_direct_spte(): mark_page_dirty_in_slot(). The CPU sets D itself
+            // when the access is retried.
             if let Some(s) = self.slots.find_mut(f.gfn) {
                 s.mark_dirty(f.gfn);
             }
-            new = new.with(bits::DIRTY);
         }
         self.tdp
             .update_leaf(f.gfn.align_down(super::spte::level_of(level)), level, new);
@@ -739,10 +753,11 @@ impl Kvm {
                 if let Some(info) = mm.folio_info(args.pfn) {
                     let refcounted =
                         !info.reserved || info.zero || info.zone == crate::host::Zone::Device;
-                    // get_page_unless_zero(): a zero refcount fails the fault. (The
-                    // reference itself is not taken until gup exposes it; see API.md.)
-                    if refcounted && info.refcount <= 0 {
-                        f.pfn = Err(PfnError::Fault);
+                    if refcounted {
+                        match gup::get_page_unless_zero(mm, args.pfn) {
+                            Some(p) => f.page = Some(p),
+                            None => f.pfn = Err(PfnError::Fault),
+                        }
                     }
                 }
             }
@@ -930,6 +945,29 @@ mod tests {
             .unwrap()
             .flags
             .contains(&"NOWAIT".to_string()));
+    }
+
+    /// 6.13+ `kvm_release_faultin_page()` marks the folio dirty at fault time whenever the
+    /// pfn is mapped writable; 6.12's `kvm_release_pfn_clean()` only marks it accessed.
+    #[test]
+    fn writable_mapping_dirties_the_folio_at_fault_time_only_from_6_13() {
+        for (kernel, dirty) in [("6.12", false), ("6.13", true)] {
+            let body = format!(
+                "kernel = \"{kernel}\"\n{SLOT}[[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\n\
+                 prot = \"rw\"\nkind = \"shmem\"\nshared = true\n{}",
+                step("read", 0x1000)
+            );
+            let run = run_scenario(&body).unwrap();
+            assert_eq!(run.steps[0].writable, Some(true), "{kernel}");
+            let pfn = run
+                .mm
+                .lookup(crate::types::Hva(0x7f00_0000_1000))
+                .unwrap()
+                .pfn;
+            let info = run.mm.folio_info(pfn).unwrap();
+            assert_eq!(info.dirty, dirty, "{kernel}");
+            assert!(info.referenced, "{kernel}: mark_page_accessed");
+        }
     }
 
     #[test]

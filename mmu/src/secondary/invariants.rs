@@ -148,6 +148,7 @@ mod tests {
             advice: None,
             node: None,
             memslot: None,
+            signal: None,
             race: false,
         }
     }

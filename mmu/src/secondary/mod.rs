@@ -306,3 +306,53 @@ impl Kvm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Pfn;
+    use spte::{bits, Spte};
+
+    #[test]
+    fn deleting_a_memslot_zaps_its_sptes_and_mmio_sptes_and_flushes() {
+        let mut k = Kvm::new(KvmConfig::default());
+        k.create_memslot(
+            0,
+            Gpa(0),
+            1 << 21,
+            Hva(0x1000_0000),
+            MemslotFlags::default(),
+        )
+        .unwrap();
+        k.tdp
+            .map(Gfn(3), 1, Spte::leaf(Pfn(7), bits::ACCESSED), &mut |_| {});
+        k.tdp
+            .map(Gfn(0x9000), 1, Spte::mmio(Gfn(0x9000)), &mut |_| {});
+        let s = k.delete_memslot(0).unwrap();
+        assert_eq!(s.id, 0);
+        assert!(k.tdp.lookup(Gfn(3)).is_none());
+        assert!(k.tdp.lookup(Gfn(0x9000)).is_none());
+        assert_eq!(k.stats().tlb_flushes, 1);
+        assert!(k.delete_memslot(0).is_err());
+    }
+
+    #[test]
+    fn moving_a_memslot_drops_old_sptes_and_keeps_the_hva() {
+        let mut k = Kvm::new(KvmConfig::default());
+        k.create_memslot(
+            0,
+            Gpa(0),
+            1 << 21,
+            Hva(0x1000_0000),
+            MemslotFlags::default(),
+        )
+        .unwrap();
+        k.tdp
+            .map(Gfn(3), 1, Spte::leaf(Pfn(7), bits::ACCESSED), &mut |_| {});
+        k.move_memslot(0, Gpa(1 << 30)).unwrap();
+        assert!(k.tdp.lookup(Gfn(3)).is_none());
+        let s = k.slots.find(Gpa(1 << 30).gfn()).unwrap();
+        assert_eq!(s.userspace_addr, Hva(0x1000_0000));
+        assert!(k.slots.find(Gfn(3)).is_none());
+    }
+}

@@ -186,10 +186,6 @@ impl Node {
     fn set_bit(&mut self, i: usize) {
         self.present[i / 64] |= 1 << (i % 64);
     }
-    #[inline]
-    fn clear_bit(&mut self, i: usize) {
-        self.present[i / 64] &= !(1 << (i % 64));
-    }
     fn is_empty(&self) -> bool {
         self.present.iter().all(|w| *w == 0)
     }
@@ -608,7 +604,7 @@ fn zap_node(
     let (lo, hi) = entry_range(level, base, start, end);
     let span = pages_at(level);
     let mut total = 0;
-    let mut clear = Vec::new();
+    let mut cleared = [0u64; 8];
     let entries = &mut n.entries;
     let present = n.present;
     for_each_bit(present, lo, hi, |i| {
@@ -621,20 +617,18 @@ fn zap_node(
                     old: *s,
                 });
                 counts.adj(level, false);
-                clear.push(i);
+                entries[i] = Entry::Empty;
+                cleared[i / 64] |= 1 << (i % 64);
                 total += 1;
             }
-            Entry::Table(c) => {
-                if !c.is_empty() {
-                    total += zap_node(c, level - 1, g, start, end, counts, zapped);
-                }
+            Entry::Table(c) if !c.is_empty() => {
+                total += zap_node(c, level - 1, g, start, end, counts, zapped);
             }
             _ => {}
         }
     });
-    for i in clear {
-        n.entries[i] = Entry::Empty;
-        n.clear_bit(i);
+    for (w, c) in n.present.iter_mut().zip(cleared) {
+        *w &= !c;
     }
     total
 }
@@ -695,10 +689,8 @@ fn update_node(
                     total += 1;
                 }
             }
-            Entry::Table(c) => {
-                if !c.is_empty() {
-                    total += update_node(c, level - 1, g, start, end, f);
-                }
+            Entry::Table(c) if !c.is_empty() => {
+                total += update_node(c, level - 1, g, start, end, f);
             }
             _ => {}
         }

@@ -21,6 +21,10 @@ pub struct FaultCounts {
     pub efault: u64,
     /// `RET_PF_WRITE_PROTECTED`.
     pub write_protected: u64,
+    /// Exits to userspace for a pending signal (-EINTR).
+    pub intr: u64,
+    /// Poisoned pages (SIGBUS queued).
+    pub hwpoison: u64,
     /// Fixed by `fast_page_fault()` (`pf_fast`).
     pub fast: u64,
 }

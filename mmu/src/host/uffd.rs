@@ -1,0 +1,351 @@
+//! userfaultfd (mm/userfaultfd.c, fs/userfaultfd.c) and memory failure (mm/memory-failure.c):
+//! the two ways a fault waits for, or is refused by, something outside the page tables.
+
+use super::folio::ff;
+use super::numa::ChangeKind;
+use super::ops::{set_leaf, OpReport, RangeError};
+use super::pte::Entry;
+use super::vma::VmFlags;
+use super::Mm;
+use crate::notifier::{MmuNotifier, NotifierEvent, NotifierRange};
+use crate::types::{Hva, Level, Pfn, PAGE_SIZE, TASK_SIZE};
+use serde::{Deserialize, Serialize};
+
+/// UFFDIO_REGISTER modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UffdMode {
+    /// UFFDIO_REGISTER_MODE_MISSING: faults on empty anonymous entries wait for userspace.
+    pub missing: bool,
+    /// UFFDIO_REGISTER_MODE_WP: writes to uffd-wp entries wait for userspace.
+    pub wp: bool,
+}
+
+/// A userfaultfd ioctl failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UffdError {
+    /// Bad range.
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    /// {0} is not in a userfaultfd-registered anonymous VMA (EINVAL)
+    #[error("{0} is not in a userfaultfd-registered anonymous VMA (EINVAL): register it first")]
+    NotRegistered(Hva),
+    /// {0} is already populated (EEXIST)
+    #[error("{0} is already populated (EEXIST)")]
+    Exists(Hva),
+    /// Out of memory (ENOMEM)
+    #[error("Out of memory (ENOMEM)")]
+    Oom,
+}
+
+/// `memory_failure()` failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemoryFailureError {
+    /// pfn {0} has no struct page or no live folio
+    #[error("pfn {0} has no struct page or no live folio")]
+    NoFolio(Pfn),
+    /// pfn {0} is in a large folio: splitting a poisoned THP is not modelled
+    #[error("pfn {0} is in a large folio: splitting a poisoned THP is not modelled")]
+    LargeFolio(Pfn),
+}
+
+fn range(start: Hva, len: u64) -> Result<Hva, RangeError> {
+    let err = |problem| RangeError {
+        start,
+        len,
+        problem,
+    };
+    if len == 0 || len % PAGE_SIZE != 0 || !start.is_aligned(Level::Pte4K) {
+        return Err(err("start and length must be 4K-aligned and non-zero"));
+    }
+    match start.0.checked_add(len) {
+        Some(e) if e <= TASK_SIZE => Ok(Hva(e)),
+        _ => Err(err("range ends beyond the 47-bit user address space")),
+    }
+}
+
+impl Mm {
+    /// Models UFFDIO_REGISTER: sets VM_UFFD_MISSING / VM_UFFD_WP on the anonymous VMAs of
+    /// the range (split at the edges). No notifier.
+    pub fn uffd_register(
+        &mut self,
+        start: Hva,
+        len: u64,
+        mode: UffdMode,
+    ) -> Result<OpReport, UffdError> {
+        let end = range(start, len)?;
+        let vmas = self.vmas_in(start, end);
+        if vmas.is_empty() || vmas.iter().any(|v| !v.is_anonymous()) {
+            return Err(UffdError::NotRegistered(start));
+        }
+        self.split_vma_at(start);
+        self.split_vma_at(end);
+        let mut report = OpReport {
+            op: "uffd-register".into(),
+            start,
+            end,
+            ..Default::default()
+        };
+        for mut v in self.vmas_in(start, end) {
+            if mode.missing {
+                v.flags |= VmFlags::UFFD_MISSING;
+            }
+            if mode.wp {
+                v.flags |= VmFlags::UFFD_WP;
+            }
+            self.space.vmas.insert(v.start.0, v);
+            report.changed += 1;
+        }
+        Ok(report)
+    }
+
+    fn uffd_target(&self, hva: Hva) -> Result<super::Vma, UffdError> {
+        let v = self
+            .space
+            .vma(hva)
+            .filter(|v| {
+                v.is_anonymous() && v.flags.intersects(VmFlags::UFFD_MISSING | VmFlags::UFFD_WP)
+            })
+            .cloned()
+            .ok_or(UffdError::NotRegistered(hva))?;
+        if self.lookup(hva).is_some() {
+            return Err(UffdError::Exists(hva));
+        }
+        Ok(v)
+    }
+
+    /// Models UFFDIO_COPY of one page (`mfill_atomic_pte_copy()`): a new anon page, writable
+    /// if VM_WRITE (and not `wp`), installed without a notifier (none → present).
+    pub fn uffdio_copy(&mut self, hva: Hva, wp: bool) -> Result<OpReport, UffdError> {
+        let hva = hva.align_down(Level::Pte4K);
+        let vma = self.uffd_target(hva)?;
+        let id = self
+            .frames
+            .alloc(0, self.alloc_node(&vma))
+            .ok_or(UffdError::Oom)?;
+        self.new_anon_folio(id, &vma);
+        let mut e = self.anon_entry(&vma, Pfn(self.frames.folios[id].pfn), Level::Pte4K);
+        if wp {
+            e = e.clear(Entry::WRITE).set(Entry::UFFD_WP);
+        }
+        self.set_pte(hva, e);
+        Ok(OpReport {
+            op: "uffdio-copy".into(),
+            start: hva,
+            end: hva.add(PAGE_SIZE),
+            changed: 1,
+            ..Default::default()
+        })
+    }
+
+    /// Models UFFDIO_ZEROPAGE of one page: the shared zero page, special, read-only.
+    pub fn uffdio_zeropage(&mut self, hva: Hva) -> Result<OpReport, UffdError> {
+        let hva = hva.align_down(Level::Pte4K);
+        let vma = self.uffd_target(hva)?;
+        self.set_pte(
+            hva,
+            Entry::new(self.frames.zero_pfn, vma.page_prot() | Entry::SPECIAL),
+        );
+        Ok(OpReport {
+            op: "uffdio-zeropage".into(),
+            start: hva,
+            end: hva.add(PAGE_SIZE),
+            changed: 1,
+            ..Default::default()
+        })
+    }
+
+    /// Models UFFDIO_WRITEPROTECT (`mwriteprotect_range()` → `change_protection()` with
+    /// MM_CP_UFFD_WP or MM_CP_UFFD_WP_RESOLVE): PROTECTION_VMA like mprotect; `wp` marks
+    /// entries uffd-wp and read-only, `!wp` clears the mark (writable again where allowed).
+    pub fn uffdio_writeprotect(
+        &mut self,
+        start: Hva,
+        len: u64,
+        wp: bool,
+        notifier: &mut dyn MmuNotifier,
+    ) -> Result<OpReport, UffdError> {
+        let end = range(start, len)?;
+        let vmas = self.vmas_in(start, end);
+        if vmas.is_empty() || vmas.iter().any(|v| !v.flags.contains(VmFlags::UFFD_WP)) {
+            return Err(UffdError::NotRegistered(start));
+        }
+        let mut report = OpReport {
+            op: "uffdio-writeprotect".into(),
+            start,
+            end,
+            ..Default::default()
+        };
+        for v in vmas {
+            let c = self.change_protection(
+                &v,
+                start.max(v.start),
+                end.min(v.end),
+                ChangeKind::UffdWp { wp },
+                notifier,
+                &mut report.notifiers,
+            );
+            report.changed += c.changed;
+        }
+        Ok(report)
+    }
+
+    /// Models `memory_failure()` on an order-0 folio: `try_to_unmap_one()` sends CLEAR over
+    /// each mapping's span and replaces the entry with a hwpoison entry; the folio keeps
+    /// one reference (poisoned pages are never freed). Later faults return
+    /// VM_FAULT_HWPOISON (GUP: -EHWPOISON with FOLL_HWPOISON, else -EFAULT).
+    pub fn memory_failure(
+        &mut self,
+        pfn: Pfn,
+        notifier: &mut dyn MmuNotifier,
+    ) -> Result<OpReport, MemoryFailureError> {
+        let id = self
+            .frames
+            .folio_of(pfn)
+            .ok_or(MemoryFailureError::NoFolio(pfn))?;
+        if self.frames.folios[id].order > 0 {
+            return Err(MemoryFailureError::LargeFolio(pfn));
+        }
+        let mut report = OpReport {
+            op: "memory-failure".into(),
+            start: Hva(0),
+            end: Hva(0),
+            ..Default::default()
+        };
+        let mut leaves = Vec::new();
+        self.space
+            .pt
+            .for_each_leaf(Hva(0), Hva(TASK_SIZE), |va, level, e| {
+                if e.is_present() && !e.is_special() && e.pfn() == pfn && level == Level::Pte4K {
+                    leaves.push((va, e));
+                }
+            });
+        self.frames.folios[id].flags |= ff::HWPOISON;
+        self.frames.get(id, 1);
+        for (va, e) in leaves {
+            let r = NotifierRange::new(NotifierEvent::Clear, va, va.add(PAGE_SIZE));
+            self.notify(notifier, &mut report.notifiers, r, |mm| {
+                set_leaf(
+                    &mut mm.space.pt,
+                    va,
+                    Level::Pte4K,
+                    Entry::new(pfn, Entry::HWPOISON_ENTRY),
+                );
+                mm.drop_leaf_ref(e);
+            });
+            report.changed += 1;
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gup::{self, FollFlags, GupError};
+    use crate::host::testutil::*;
+    use crate::host::FaultOutcome;
+    use crate::notifier::{NoNotifier, NotifierEvent::*};
+    use crate::types::KernelVersion;
+    use std::collections::BTreeMap;
+
+    /// Models `handle_userfault()`: a missing fault in a registered range returns
+    /// VM_FAULT_RETRY; GUP (NOWAIT or not) returns 0 pages; UFFDIO_COPY installs the page
+    /// with no notifier and GUP then succeeds.
+    #[test]
+    fn uffd_missing_fault_waits_until_uffdio_copy() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, M2, false);
+        m.uffd_register(
+            a,
+            M2,
+            UffdMode {
+                missing: true,
+                wp: false,
+            },
+        )
+        .unwrap();
+        let r = gup::get_user_pages_unlocked(
+            &mut m,
+            a,
+            FollFlags::WRITE | FollFlags::NOWAIT,
+            &mut NoNotifier,
+        );
+        assert_eq!(r, Err(GupError::NoPage(a)));
+        assert_eq!(
+            m.last_gup().host_faults,
+            vec![crate::host::HostFault::Userfault]
+        );
+        let c = m.uffdio_copy(a, false).unwrap();
+        assert!(c.notifiers.is_empty());
+        assert!(matches!(m.uffdio_copy(a, false), Err(UffdError::Exists(_))));
+        let p = gup::get_user_pages_unlocked(&mut m, a, FollFlags::WRITE, &mut NoNotifier).unwrap();
+        gup::put_page(&mut m, p);
+        m.uffdio_zeropage(a.add(0x1000)).unwrap();
+        assert!(m.lookup(a.add(0x1000)).unwrap().special);
+        m.check_invariants(&BTreeMap::new()).unwrap();
+    }
+
+    /// Models UFFDIO_WRITEPROTECT + `userfaultfd_pte_wp()`: write-protecting sends
+    /// PROTECTION_VMA; a write to a uffd-wp entry waits for userspace; resolving makes it
+    /// writable again.
+    #[test]
+    fn uffd_wp_protects_with_protection_vma_and_write_faults_wait() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, M2, false);
+        m.user_access(a, true, &mut NoNotifier).unwrap();
+        m.uffd_register(
+            a,
+            M2,
+            UffdMode {
+                missing: false,
+                wp: true,
+            },
+        )
+        .unwrap();
+        let r = m.uffdio_writeprotect(a, M2, true, &mut NoNotifier).unwrap();
+        assert_eq!(triples(&r.notifiers), vec![(ProtectionVma, a.0, a.0 + M2)]);
+        let e = m.lookup(a).unwrap();
+        assert!(e.entry.is_uffd_wp() && !e.writable);
+        let f = m.handle_mm_fault(a, crate::host::FaultFlags::WRITE, &mut NoNotifier);
+        assert_eq!(f.outcome, FaultOutcome::Retry);
+        m.uffdio_writeprotect(a, M2, false, &mut NoNotifier)
+            .unwrap();
+        assert!(m.lookup(a).unwrap().writable);
+    }
+
+    /// Models `memory_failure()` + `faultin_page()`'s HWPOISON translation: CLEAR 4K over
+    /// the mapping, then GUP gives -EHWPOISON with FOLL_HWPOISON and -EFAULT without.
+    #[test]
+    fn memory_failure_unmaps_and_gup_reports_hwpoison() {
+        let mut m = mm(KernelVersion::V6_12);
+        let a = anon(&mut m, M2, false);
+        m.user_access(a.add(0x3000), true, &mut NoNotifier).unwrap();
+        let pfn = m.lookup(a.add(0x3000)).unwrap().pfn;
+        let r = m.memory_failure(pfn, &mut NoNotifier).unwrap();
+        assert_eq!(
+            triples(&r.notifiers),
+            vec![(Clear, a.0 + 0x3000, a.0 + 0x4000)]
+        );
+        assert!(m.lookup(a.add(0x3000)).is_some_and(|e| !e.present));
+        let e = gup::get_user_pages_unlocked(
+            &mut m,
+            a.add(0x3000),
+            FollFlags::HWPOISON,
+            &mut NoNotifier,
+        );
+        assert_eq!(e, Err(GupError::Ehwpoison(a.add(0x3000))));
+        let e = gup::get_user_pages_unlocked(
+            &mut m,
+            a.add(0x3000),
+            FollFlags::empty(),
+            &mut NoNotifier,
+        );
+        assert_eq!(e, Err(GupError::Efault(a.add(0x3000))));
+        m.check_invariants(&BTreeMap::new()).unwrap();
+        m.munmap(a, M2, &mut NoNotifier).unwrap();
+        assert!(
+            m.folio_info(pfn).is_some(),
+            "a poisoned page is never freed"
+        );
+    }
+}
