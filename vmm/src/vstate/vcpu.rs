@@ -219,7 +219,8 @@ pub fn entry_regs(entry: &EntryPoint, index: u32, count: u32) -> kvm_regs {
 }
 
 /// CPUID for vCPU `index`: KVM's supported set with this vCPU's APIC id (leaf 1 EBX[31:24],
-/// leaf 0xb EDX), the hypervisor bit, and the logical processor count.
+/// leaves 0xb/0x1f EDX, AMD leaf 0x8000001e EAX), the hypervisor bit, and the logical
+/// processor count.
 pub fn vcpu_cpuid(supported: &CpuId, index: u32, count: u32) -> CpuId {
     let mut cpuid = supported.clone();
     for e in cpuid.as_mut_slice() {
@@ -229,7 +230,10 @@ pub fn vcpu_cpuid(supported: &CpuId, index: u32, count: u32) -> CpuId {
                 e.ecx |= 1 << 31; // hypervisor present
                 e.edx |= 1 << 28; // HTT: the count in EBX[23:16] is valid
             }
+            // x2APIC id in the extended topology leaves (Intel) ...
             0xb | 0x1f => e.edx = index,
+            // ... and the extended APIC id (AMD), which Linux checks against the APIC.
+            0x8000_001e => e.eax = index,
             _ => {}
         }
     }
