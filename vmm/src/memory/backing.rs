@@ -200,7 +200,7 @@ pub fn resident_bytes(mem: &GuestMemoryMmap) -> u64 {
         let mut vec = vec![0u8; pages];
         // SAFETY: the range is exactly the region's live mapping and `vec` has one byte per
         // page of it, as mincore requires.
-        let ret = unsafe { libc::mincore(r.as_ptr().cast(), len as usize, vec.as_mut_ptr()) };
+        let ret = unsafe { libc::mincore(r.as_ptr().cast(), r.size(), vec.as_mut_ptr()) };
         if ret == 0 {
             total += vec.iter().filter(|b| **b & 1 != 0).count() as u64 * page;
         }

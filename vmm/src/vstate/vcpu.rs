@@ -137,10 +137,10 @@ pub fn write_entry_tables(mem: &GuestMemoryMmap) -> Result<(), VcpuSetupError> {
         mem.write_obj(pd_i | 0x3, GuestAddress(pdpt + i * 8))
             .map_err(err(pdpt))?;
         let mut table = [0u8; 4096];
-        for j in 0..512u64 {
+        for (j, slot) in (0u64..).zip(table.chunks_exact_mut(8)) {
             // 2 MiB page: present, writable, PS.
             let e = ((i << 30) | (j << 21)) | 0x83;
-            table[(j as usize) * 8..(j as usize) * 8 + 8].copy_from_slice(&e.to_le_bytes());
+            slot.copy_from_slice(&e.to_le_bytes());
         }
         mem.write_slice(&table, GuestAddress(pd_i))
             .map_err(err(pd_i))?;
@@ -574,7 +574,6 @@ pub fn install_kick_handler() -> std::io::Result<()> {
             vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
                 .map_err(|e| e.errno())
         })
-        .clone()
         .map_err(std::io::Error::from_raw_os_error)
 }
 
