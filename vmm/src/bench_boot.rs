@@ -7,6 +7,9 @@
 //! vCPU exit and of the VM's end, and its RSS split into guest RAM and the rest. The
 //! parent takes CLOCK_MONOTONIC right before spawning, so:
 //!
+//! - **Vmm::new called**: spawn -> the library starts (exec, dynamic loading, CLI parsing).
+//! - **VM set up**: spawn -> KVM opened, guest RAM mapped, VM/irqchip/PIT/memslots, devices,
+//!   payload loaded, vCPUs configured; the vCPU threads start next.
 //! - **first guest exit**: spawn -> the first exit of any vCPU to userspace. The guest has
 //!   run its first instructions before it; for `hello` that exit is its first ucall, a few
 //!   hundred instructions in, so this bounds "time to first guest instruction" from above.
@@ -15,7 +18,7 @@
 //! - **RSS overhead**: VmRSS minus guest RAM resident (mincore), when the vCPUs had stopped.
 //!
 //! Report: a table (min / median / max over the runs) and JSON (`--json`), format:
-//! `{"guest", "memory", "runs", "first_exit_us": {min, median, max}, "done_us": {..},
+//! `{"guest", "memory", "runs", "vmm_start_us", "vcpus_started_us", "first_exit_us": {min, median, max}, "done_us": {..},
 //! "process_exit_us": {..}, "rss_overhead_kib": {..}, "samples": [..]}`.
 
 use crate::cli::BenchBootArgs;
@@ -49,6 +52,11 @@ pub fn instant_to_monotonic_ns(t: Instant) -> u64 {
 /// What the child reports.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ChildTimeline {
+    /// CLOCK_MONOTONIC when `Vmm::new` started (after exec, dynamic loading and CLI), ns.
+    pub vmm_start_ns: u64,
+    /// CLOCK_MONOTONIC when the vCPU threads were about to start (KVM, RAM, devices,
+    /// payload and vCPUs all set up), ns.
+    pub vcpus_started_ns: u64,
     /// CLOCK_MONOTONIC of the first vCPU exit, ns.
     pub first_exit_ns: u64,
     /// CLOCK_MONOTONIC of the VM's end, ns.
@@ -62,6 +70,8 @@ pub struct ChildTimeline {
 /// The line `faultline run` prints when [`TIMELINE_ENV`] is set.
 pub fn timeline_line(o: &crate::RunOutcome) -> String {
     let t = ChildTimeline {
+        vmm_start_ns: instant_to_monotonic_ns(o.timeline.start),
+        vcpus_started_ns: instant_to_monotonic_ns(o.timeline.vcpus_started),
         first_exit_ns: o
             .timeline
             .first_exit
@@ -80,6 +90,10 @@ pub fn timeline_line(o: &crate::RunOutcome) -> String {
 /// One measured boot.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Sample {
+    /// Spawn -> `Vmm::new` (exec, dynamic loading, CLI parsing), µs.
+    pub vmm_start_us: f64,
+    /// Spawn -> vCPU threads starting (KVM, guest RAM, devices, payload, vCPUs set up), µs.
+    pub vcpus_started_us: f64,
     /// Spawn -> first guest exit, µs.
     pub first_exit_us: f64,
     /// Spawn -> VM ended, µs.
@@ -128,6 +142,10 @@ pub struct Report {
     pub memory: u64,
     /// Number of runs.
     pub runs: usize,
+    /// Spawn -> `Vmm::new`.
+    pub vmm_start_us: Summary,
+    /// Spawn -> vCPU threads starting.
+    pub vcpus_started_us: Summary,
     /// Spawn -> first guest exit.
     pub first_exit_us: Summary,
     /// Spawn -> VM ended.
@@ -148,6 +166,8 @@ impl Report {
             guest: guest.to_string(),
             memory,
             runs: samples.len(),
+            vmm_start_us: col(|s| s.vmm_start_us),
+            vcpus_started_us: col(|s| s.vcpus_started_us),
             first_exit_us: col(|s| s.first_exit_us),
             done_us: col(|s| s.done_us),
             process_exit_us: col(|s| s.process_exit_us),
@@ -177,6 +197,13 @@ impl Report {
                 v.max
             )
         };
+        s.push_str(&row("Vmm::new called", "ms", &ms(&self.vmm_start_us), ""));
+        s.push_str(&row(
+            "VM set up, vCPUs start",
+            "ms",
+            &ms(&self.vcpus_started_us),
+            "",
+        ));
         s.push_str(&row(
             "first guest exit",
             "ms",
@@ -287,6 +314,8 @@ pub fn measure_once(args: &BenchBootArgs) -> Result<Sample, BenchBootError> {
         serde_json::from_str(line).map_err(|_| BenchBootError::NoTimeline(stderr.clone()))?;
     let us = |ns: u64| ns.saturating_sub(t0) as f64 / 1000.0;
     Ok(Sample {
+        vmm_start_us: us(t.vmm_start_ns),
+        vcpus_started_us: us(t.vcpus_started_ns),
         first_exit_us: us(t.first_exit_ns),
         done_us: us(t.end_ns),
         process_exit_us: us(t_exit),
@@ -354,6 +383,8 @@ mod tests {
     #[test]
     fn table_names_targets() {
         let s = Sample {
+            vmm_start_us: 1000.0,
+            vcpus_started_us: 2000.0,
             first_exit_us: 3000.0,
             done_us: 9000.0,
             process_exit_us: 10000.0,
