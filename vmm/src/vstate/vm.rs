@@ -147,7 +147,9 @@ mod tests {
         let Some(kvm) = kvm() else { return };
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let max = kvm.get_max_vcpus();
-        let e = Vm::new(&kvm, max as u32 + 1, &mem).unwrap_err().to_string();
+        let e = Vm::new(&kvm, u32::try_from(max).unwrap() + 1, &mem)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("KVM_CAP_MAX_VCPUS") && e.contains(&max.to_string()),
             "{e}"
