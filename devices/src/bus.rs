@@ -146,7 +146,7 @@ mod tests {
     struct Recorder(Vec<(usize, u64, Vec<u8>)>);
     impl BusDevice for Recorder {
         fn read(&mut self, _vcpu: usize, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill(u8::try_from(offset).unwrap_or(0));
         }
         fn write(&mut self, vcpu: usize, offset: u64, data: &[u8]) {
             self.0.push((vcpu, offset, data.to_vec()));

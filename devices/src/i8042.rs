@@ -39,13 +39,14 @@ impl I8042 {
 
 impl BusDevice for I8042 {
     fn read(&mut self, _vcpu: usize, offset: u64, data: &mut [u8]) {
-        let v = self.0.read(offset as u8);
+        // The bus only hands out offsets inside the device's small range.
+        let v = u8::try_from(offset).map_or(0xff, |o| self.0.read(o));
         data.fill(v);
     }
 
     fn write(&mut self, _vcpu: usize, offset: u64, data: &[u8]) {
-        if let Some(&b) = data.first() {
-            let _ = self.0.write(offset as u8, b);
+        if let (Some(&b), Ok(o)) = (data.first(), u8::try_from(offset)) {
+            let _ = self.0.write(o, b);
         }
     }
 }

@@ -61,14 +61,15 @@ impl SerialPort {
 
 impl BusDevice for SerialPort {
     fn read(&mut self, _vcpu: usize, offset: u64, data: &mut [u8]) {
-        let v = self.0.read(offset as u8);
+        // The bus only hands out offsets inside the device's small range.
+        let v = u8::try_from(offset).map_or(0xff, |o| self.0.read(o));
         data.fill(v);
     }
 
     fn write(&mut self, _vcpu: usize, offset: u64, data: &[u8]) {
-        if let Some(&b) = data.first() {
+        if let (Some(&b), Ok(o)) = (data.first(), u8::try_from(offset)) {
             // An interrupt that cannot be raised is not the guest's fault; output continues.
-            let _ = self.0.write(offset as u8, b);
+            let _ = self.0.write(o, b);
         }
     }
 }

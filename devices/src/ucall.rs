@@ -133,7 +133,8 @@ fn read_string<M: GuestMemory>(mem: &M, gpa: u64, len: u64) -> Result<String, Uc
     if len > MAX_STR {
         return Err(UcallError::BadString { gpa, len });
     }
-    let mut buf = vec![0u8; len as usize];
+    let n = usize::try_from(len).map_err(|_| UcallError::BadString { gpa, len })?;
+    let mut buf = vec![0u8; n];
     mem.read_slice(&mut buf, GuestAddress(gpa))
         .map_err(|_| UcallError::BadString { gpa, len })?;
     Ok(String::from_utf8_lossy(&buf).into_owned())

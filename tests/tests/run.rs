@@ -198,3 +198,45 @@ fn every_backing_runs_the_default_guest() {
         }
     }
 }
+
+#[test]
+fn host_stdin_reaches_the_guest_serial_port_and_uart_output_reaches_stdout() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    if !kvm_available("host_stdin_reaches_the_guest_serial_port_and_uart_output_reaches_stdout") {
+        return;
+    }
+    let mut child = Command::new(faultline_tests::fixtures::faultline_bin())
+        .args(["run", "--guest", "serial-echo"])
+        .env_remove("FAULTLINE_KVM_DEVICE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from the host\n")
+        .unwrap();
+    // The guest polls the UART; a hang would fail the whole test run, so bound it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serial-echo did not finish within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("serial: ready for a line"), "{stdout}");
+    assert!(stdout.contains("echo: hello from the host"), "{stdout}");
+}

@@ -42,6 +42,30 @@ pub enum BenchCommand {
         faultline bench faults -b 1G -v 2 -u MISSING -r 2 --json out.json --plot plots/\n  \
         faultline bench faults -s shmem -u MINOR --uffd-wait poll")]
     Faults(crate::measure::cli::FaultsArgs),
+    /// Time process start -> first guest exit -> guest done for a built-in guest, and the
+    /// VMM's RSS beyond guest memory (JSON + table).
+    #[command(after_help = "Example:\n  faultline bench boot --runs 20 --json boot.json")]
+    Boot(BenchBootArgs),
+}
+
+/// Options of `faultline bench boot`.
+#[derive(Debug, Args)]
+pub struct BenchBootArgs {
+    /// Number of boots to time.
+    #[arg(long, default_value_t = 10)]
+    pub runs: u32,
+    /// Built-in guest to boot.
+    #[arg(long, default_value = guests::DEFAULT_GUEST)]
+    pub guest: String,
+    /// Guest RAM.
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    pub memory: u64,
+    /// Write the JSON report here as well as printing it.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// KVM device node [env: FAULTLINE_KVM_DEVICE] [default: /dev/kvm].
+    #[arg(long, value_name = "PATH")]
+    pub kvm_device: Option<PathBuf>,
 }
 
 /// Options of `faultline run`.

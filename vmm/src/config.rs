@@ -116,7 +116,7 @@ pub fn parse_size(s: &str) -> Result<u64, SizeParseError> {
 /// Formats a byte count with the largest binary unit that divides it (`256M`, `2G`).
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -290,7 +290,7 @@ impl VmConfig {
         if size < MIN_MEMORY {
             return Err(ValidationError::MemoryTooSmall { size });
         }
-        if size % self.memory.backing.alignment() != 0 {
+        if !size.is_multiple_of(self.memory.backing.alignment()) {
             return Err(ValidationError::MemoryUnaligned {
                 size,
                 backing: self.memory.backing,

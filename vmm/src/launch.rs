@@ -107,6 +107,38 @@ pub struct Timeline {
     pub end: Instant,
 }
 
+/// This process's resident memory and how much of it is guest RAM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemorySample {
+    /// VmRSS from /proc/self/status, bytes.
+    pub rss: u64,
+    /// Guest RAM resident (mincore), bytes.
+    pub guest_resident: u64,
+}
+
+impl MemorySample {
+    /// Resident memory that is not guest RAM: the VMM's own overhead.
+    pub fn overhead(&self) -> u64 {
+        self.rss.saturating_sub(self.guest_resident)
+    }
+
+    fn take(mem: &GuestMemoryMmap) -> Self {
+        let rss = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        MemorySample {
+            rss,
+            guest_resident: crate::memory::backing::resident_bytes(mem),
+        }
+    }
+}
+
 /// What a finished VM reports.
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
@@ -120,6 +152,8 @@ pub struct RunOutcome {
     pub unknown_mmio: Vec<u64>,
     /// Per-vCPU counters.
     pub vcpu_stats: Vec<VcpuStats>,
+    /// Process memory when the vCPUs had stopped, before guest RAM was unmapped.
+    pub memory: MemorySample,
     /// Timestamps.
     pub timeline: Timeline,
 }
@@ -266,6 +300,7 @@ impl Vmm {
         });
         loop_result?;
         let end = Instant::now();
+        let memory = MemorySample::take(&self.mem);
         let exit = self.exit.reason().unwrap_or(VmExit::Reset);
         let ucalls = self
             .ucalls
@@ -284,6 +319,7 @@ impl Vmm {
                 end,
             },
             vcpu_stats: stats,
+            memory,
         })
     }
 

@@ -10,6 +10,7 @@ fn main() {
         Command::Bench(vmm::cli::BenchCommand::Faults(args)) => {
             vmm::measure::cli::run_faults(&args)
         }
+        Command::Bench(vmm::cli::BenchCommand::Boot(args)) => vmm::bench_boot::main(&args),
     };
     std::process::exit(status);
 }
@@ -26,6 +27,9 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
     match outcome {
         Ok(o) => {
             let status = o.exit.status();
+            if std::env::var_os(vmm::bench_boot::TIMELINE_ENV).is_some() {
+                eprintln!("{}", vmm::bench_boot::timeline_line(&o));
+            }
             eprintln!("faultline: {} (exit status {status})", o.exit);
             status
         }

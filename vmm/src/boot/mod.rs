@@ -26,7 +26,8 @@
 //! needs ([`PLATFORM_CMDLINE`], from `resources/guest-kernel/cmdline.txt`) that it does not
 //! already set. With a command to run (`init_command`) and no initrd, the busybox initramfs
 //! of [`initramfs`] carries it; with an initrd, the command is appended to it as a second
-//! cpio archive (the initrd's `/init` must be ours to run it).
+//! cpio archive (the initrd's `/init` must be ours to run it). With a command, the command
+//! line also gets `faultline.exit_port=` ([`DEBUG_EXIT_PORT`]) for that `/init`.
 
 pub mod initramfs;
 pub mod mptable;
@@ -50,6 +51,7 @@ use vm_memory::{
 
 use crate::config::KernelConfig;
 use crate::vstate::EntryPoint;
+use devices::debug_exit::DEBUG_EXIT_PORT;
 
 /// The options this platform's KVM needs on every Linux command line (see
 /// `shared/reference/platform.md`): clear the CPU features KVM's emulator cannot handle at
@@ -376,8 +378,11 @@ pub fn load_kernel(
         None => None,
     };
 
-    // Command line.
-    let cmdline = full_cmdline(&cfg.cmdline);
+    // Command line; our /init learns the debug-exit port from it.
+    let mut cmdline = full_cmdline(&cfg.cmdline);
+    if !cfg.init_command.is_empty() && !cmdline.contains("faultline.exit_port=") {
+        cmdline.push_str(&format!(" faultline.exit_port={DEBUG_EXIT_PORT:#x}"));
+    }
     let max = hdr
         .map(|h| h.cmdline_size as usize)
         .filter(|&m| m != 0)

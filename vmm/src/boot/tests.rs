@@ -393,4 +393,9 @@ fn command_is_appended_to_a_given_initrd_as_a_second_archive() {
     );
     let text = String::from_utf8_lossy(&buf);
     assert!(text.contains("'echo' 'hi there'"), "{text}");
+    assert!(
+        loaded.cmdline.ends_with(" faultline.exit_port=0xf4"),
+        "{}",
+        loaded.cmdline
+    );
 }

@@ -283,8 +283,22 @@ impl BenchReport {
     #[must_use]
     pub fn table(&self) -> String {
         let header = [
-            "backing", "uffd", "vcpus", "MiB/vcpu", "pages/s", "us/page", "uffd p50", "uffd p99",
-            "faults", "pf_taken", "pf_fixed", "pf_emul", "pages_4k", "pages_2m",
+            "backing",
+            "uffd",
+            "vcpus",
+            "MiB/vcpu",
+            "pages/s",
+            "us/page",
+            "uffd p50",
+            "uffd p99",
+            "faults",
+            "exits",
+            "pf_fixed",
+            "pf_emul",
+            "insn_emul",
+            "pte_write",
+            "pages_4k",
+            "pages_2m",
         ];
         let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| (*s).to_string()).collect()];
         for r in &self.runs {
@@ -299,9 +313,11 @@ impl BenchReport {
                 u.map_or_else(|| "-".into(), |u| fmt_ns(u.p50_ns)),
                 u.map_or_else(|| "-".into(), |u| fmt_ns(u.p99_ns)),
                 u.map_or_else(|| "-".into(), |u| u.faults.to_string()),
-                opt(r.stat("pf_taken")),
+                opt(r.stat("exits")),
                 opt(r.stat("pf_fixed")),
                 opt(r.stat("pf_emulate")),
+                opt(r.stat("insn_emulation")),
+                opt(r.stat("mmu_pte_write")),
                 opt(r.stat("pages_4k")),
                 opt(r.stat("pages_2m")),
             ]);

@@ -187,10 +187,45 @@ pub fn create_guest_memory(cfg: &MemoryConfig) -> Result<GuestMemoryMmap, GuestR
     GuestMemoryMmap::from_regions(regions).map_err(|e| GuestRamError::Layout(e.to_string()))
 }
 
+/// Bytes of guest RAM resident in this process's page tables or page cache right now
+/// (`mincore()` over every region), for RSS accounting.
+pub fn resident_bytes(mem: &GuestMemoryMmap) -> u64 {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let mut total = 0;
+    for r in mem.iter() {
+        let len = r.len();
+        let pages = usize::try_from(len.div_ceil(page)).unwrap_or(0);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the range is exactly the region's live mapping and `vec` has one byte per
+        // page of it, as mincore requires.
+        let ret = unsafe { libc::mincore(r.as_ptr().cast(), r.size(), vec.as_mut_ptr()) };
+        if ret == 0 {
+            total += vec.iter().filter(|b| **b & 1 != 0).count() as u64 * page;
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+
+    #[test]
+    fn resident_bytes_counts_touched_pages() {
+        let mem = create_guest_memory(&MemoryConfig {
+            size: 16 << 20,
+            backing: Backing::Anon,
+        })
+        .unwrap();
+        assert_eq!(resident_bytes(&mem), 0);
+        for i in 0..10u64 {
+            mem.write_obj(1u8, GuestAddress(i * 4096)).unwrap();
+        }
+        assert_eq!(resident_bytes(&mem), 10 * 4096);
+    }
 
     #[test]
     fn ram_above_3g_moves_past_the_mmio_hole() {

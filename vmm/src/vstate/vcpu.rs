@@ -137,10 +137,10 @@ pub fn write_entry_tables(mem: &GuestMemoryMmap) -> Result<(), VcpuSetupError> {
         mem.write_obj(pd_i | 0x3, GuestAddress(pdpt + i * 8))
             .map_err(err(pdpt))?;
         let mut table = [0u8; 4096];
-        for j in 0..512u64 {
+        for (j, slot) in (0u64..).zip(table.chunks_exact_mut(8)) {
             // 2 MiB page: present, writable, PS.
             let e = ((i << 30) | (j << 21)) | 0x83;
-            table[(j as usize) * 8..(j as usize) * 8 + 8].copy_from_slice(&e.to_le_bytes());
+            slot.copy_from_slice(&e.to_le_bytes());
         }
         mem.write_slice(&table, GuestAddress(pd_i))
             .map_err(err(pd_i))?;
@@ -219,7 +219,8 @@ pub fn entry_regs(entry: &EntryPoint, index: u32, count: u32) -> kvm_regs {
 }
 
 /// CPUID for vCPU `index`: KVM's supported set with this vCPU's APIC id (leaf 1 EBX[31:24],
-/// leaf 0xb EDX), the hypervisor bit, and the logical processor count.
+/// leaves 0xb/0x1f EDX, AMD leaf 0x8000001e EAX), the hypervisor bit, and the logical
+/// processor count.
 pub fn vcpu_cpuid(supported: &CpuId, index: u32, count: u32) -> CpuId {
     let mut cpuid = supported.clone();
     for e in cpuid.as_mut_slice() {
@@ -229,7 +230,10 @@ pub fn vcpu_cpuid(supported: &CpuId, index: u32, count: u32) -> CpuId {
                 e.ecx |= 1 << 31; // hypervisor present
                 e.edx |= 1 << 28; // HTT: the count in EBX[23:16] is valid
             }
+            // x2APIC id in the extended topology leaves (Intel) ...
             0xb | 0x1f => e.edx = index,
+            // ... and the extended APIC id (AMD), which Linux checks against the APIC.
+            0x8000_001e => e.eax = index,
             _ => {}
         }
     }
@@ -570,7 +574,6 @@ pub fn install_kick_handler() -> std::io::Result<()> {
             vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
                 .map_err(|e| e.errno())
         })
-        .clone()
         .map_err(std::io::Error::from_raw_os_error)
 }
 

@@ -78,7 +78,7 @@ impl Vm {
             });
         }
         let fd = kvm.create_vm().map_err(VmError::Create)?;
-        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+        fd.set_tss_address(usize::try_from(KVM_TSS_ADDRESS).unwrap_or(usize::MAX))
             .map_err(VmError::TssAddress)?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(VmError::IdentityMap)?;
@@ -124,5 +124,47 @@ impl Vm {
     /// The VM fd (for vCPU creation and stats).
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    fn kvm() -> Option<Kvm> {
+        match Kvm::new() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("SKIPPED: /dev/kvm is not usable ({e})");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn more_vcpus_than_kvm_allows_names_the_limit() {
+        let Some(kvm) = kvm() else { return };
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let max = kvm.get_max_vcpus();
+        let e = Vm::new(&kvm, u32::try_from(max).unwrap() + 1, &mem)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("KVM_CAP_MAX_VCPUS") && e.contains(&max.to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vm_with_ram_above_the_hole_registers_two_memslots() {
+        let Some(kvm) = kvm() else { return };
+        let mem = crate::memory::create_guest_memory(&crate::config::MemoryConfig {
+            size: (3 << 30) + (16 << 20),
+            backing: crate::config::Backing::Anon,
+        })
+        .unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        Vm::new(&kvm, 1, &mem).unwrap();
     }
 }
