@@ -28,6 +28,13 @@ pub enum Command {
         faultline run --list-guests\n  \
         faultline run --kernel bzImage --memory 512M -- uname -a")]
     Run(RunArgs),
+    /// Replay a secondary-MMU scenario through the emulation (no KVM needed).
+    #[command(after_help = "Examples:\n  \
+        faultline sim resources/scenarios/trace1-anon-4k-read-then-write.toml\n  \
+        faultline sim --json resources/scenarios/seed004-huge-zero-wp-thp.toml\n  \
+        faultline sim --explore resources/scenarios/trace4-concurrent-invalidate.toml\n  \
+        faultline sim --explore --no-stale-check resources/scenarios/trace4-concurrent-invalidate.toml")]
+    Sim(crate::sim::SimArgs),
     /// Benchmarks (`faultline bench faults`).
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -9,6 +9,7 @@ pub mod guests;
 pub mod launch;
 pub mod measure;
 pub mod memory;
+pub mod sim;
 pub mod vstate;
 
 pub use config::{KernelConfig, VmConfig};

@@ -7,6 +7,7 @@ fn main() {
     let cli = Cli::parse();
     let status = match cli.command {
         Command::Run(args) => run(args),
+        Command::Sim(args) => sim(&args),
         Command::Bench(vmm::cli::BenchCommand::Faults(args)) => {
             vmm::measure::cli::run_faults(&args)
         }
@@ -32,6 +33,23 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
             }
             eprintln!("faultline: {} (exit status {status})", o.exit);
             status
+        }
+        Err(e) => {
+            eprintln!("faultline: error: {e}");
+            1
+        }
+    }
+}
+
+fn sim(args: &vmm::sim::SimArgs) -> i32 {
+    match vmm::sim::run(args) {
+        Ok((out, clean)) => {
+            print!("{out}");
+            if clean {
+                0
+            } else {
+                1
+            }
         }
         Err(e) => {
             eprintln!("faultline: error: {e}");
