@@ -520,3 +520,29 @@ fn split_huge_page_frees_unmapped_subpages() {
     assert_eq!(mm.memory_use().allocated_pages, before - 256);
     ok(&mm);
 }
+
+/// Models `mremap()` growing in place (`vma_expand()`): no notifier; a VM_DONTEXPAND
+/// driver mapping cannot grow (`vma_to_resize()` → EFAULT).
+#[test]
+fn mremap_grows_in_place_without_notifier_but_not_driver_mappings() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, M2, false);
+    w(&mut mm, a);
+    let mut log = NotifierLog::new();
+    let (to, r) = mm.mremap(a, M2, 2 * M2, None, &mut log).unwrap();
+    assert_eq!(to, a);
+    assert!(r.notifiers.is_empty() && log.calls.is_empty());
+    assert_eq!(mm.find_vma(a.add(M2)).unwrap().end, a.add(2 * M2));
+    let b = device(
+        &mut mm,
+        Hva(BASE.0 + G1),
+        M2,
+        true,
+        DeviceSpec::pfnmap(Pfn(0x100)),
+    );
+    assert_eq!(
+        mm.mremap(b, M2, 2 * M2, None, &mut log),
+        Err(MremapError::DontExpand)
+    );
+    ok(&mm);
+}
