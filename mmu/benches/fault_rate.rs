@@ -28,7 +28,8 @@ fn vm(size: u64, thp: bool, step: u64) -> (Mm, Kvm) {
         .expect("memslot");
     let mut off = 0;
     while off < size {
-        mm.user_access(Hva(HVA + off), true, &mut kvm).expect("populate");
+        mm.user_access(Hva(HVA + off), true, &mut kvm)
+            .expect("populate");
         off += step;
     }
     (mm, kvm)
