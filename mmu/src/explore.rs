@@ -134,9 +134,9 @@ impl ExploreReport {
             .iter()
             .any(|o| o.faults.iter().any(|f| f == name))
     }
-    /// The report as pretty JSON (newline-terminated).
+    /// The report as one line of JSON (newline-terminated).
     pub fn json(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        let mut s = serde_json::to_string(self).unwrap_or_default();
         s.push('\n');
         s
     }

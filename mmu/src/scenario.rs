@@ -404,7 +404,7 @@ pub struct ScenarioRun {
 
 /// What `faultline sim FILE [--json] [--explore]` prints, given the file's text: the step
 /// table (or JSON lines with `json`), or with `explore` the interleaving explorer's report
-/// over the file's `race = true` steps (pretty JSON with `json`).
+/// over the file's `race = true` steps (one JSON object with `json`).
 pub fn sim(text: &str, json: bool, explore: bool) -> Result<String, ScenarioError> {
     if explore {
         let r = crate::explore::explore_scenario(text, crate::explore::ExploreOptions::default())?;
