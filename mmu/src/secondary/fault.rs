@@ -970,6 +970,46 @@ mod tests {
         }
     }
 
+    /// An invalidation in progress over the gfn makes the lockless pre-check retry before
+    /// any GUP; one elsewhere does not, but the seq bump at its end makes a fault that
+    /// snapshotted before it stale.
+    #[test]
+    fn precheck_and_stale_check_follow_in_progress_range_and_seq() {
+        use crate::host::{MmConfig, MmapRequest};
+        use crate::secondary::memslot::MemslotFlags;
+        use crate::secondary::{Kvm, KvmConfig};
+        use crate::types::{Gpa, Hva};
+        let mut mm = crate::host::Mm::new(MmConfig::default());
+        mm.mmap(MmapRequest::anon(Hva(0x7f00_0000_0000), 1 << 21))
+            .unwrap();
+        let mut kvm = Kvm::new(KvmConfig::default());
+        kvm.create_memslot(
+            0,
+            Gpa(0),
+            1 << 21,
+            Hva(0x7f00_0000_0000),
+            MemslotFlags::default(),
+        )
+        .unwrap();
+        let (s, e) = (Hva(0x7f00_0000_1000), Hva(0x7f00_0000_2000));
+        kvm.notifier_invalidate_range_start(s, e);
+        let (r, f) = kvm.page_fault(&mut mm, Gpa(0x1000), super::Access::Read, false);
+        assert_eq!(r, super::PfResult::Retry);
+        assert_eq!(f.unwrap().gup.calls, 0, "the pre-check runs before GUP");
+        let (r, _) = kvm.page_fault(&mut mm, Gpa(0x5000), super::Access::Read, false);
+        assert_eq!(r, super::PfResult::Fixed, "outside the range");
+        // A fault that snapshots now and installs after the end is stale (seq changed).
+        let mut f = kvm
+            .fault_snapshot(Gpa(0x9000), super::Access::Read, false)
+            .unwrap();
+        kvm.fault_precheck(&mut f, &mut mm).unwrap();
+        kvm.fault_gup(&mut f, &mut mm).unwrap();
+        kvm.notifier_invalidate_range_end(s, e);
+        assert_eq!(kvm.fault_stale_check(&f), Err(super::PfResult::Retry));
+        kvm.fault_finish(&mut f, &mut mm, super::PfResult::Retry);
+        assert_eq!(kvm.inval.in_progress, 0);
+    }
+
     #[test]
     fn write_to_a_huge_zero_spte_on_6_12_splits_and_ends_in_4k() {
         let body = anon("thp = true\n") + &step("read", 0x40_0000) + &step("write", 0x40_0000);
