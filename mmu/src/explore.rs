@@ -120,6 +120,9 @@ pub struct ExploreReport {
     pub outcomes: BTreeSet<Outcome>,
     /// The first schedule that produced a stale SPTE, with the stale entry.
     pub first_stale: Option<(Vec<ScheduledStep>, StaleSpte)>,
+    /// True when [`ExploreOptions::max_schedules`] stopped the exploration early.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 impl ExploreReport {
@@ -144,8 +147,14 @@ impl ExploreReport {
     /// A human-readable summary.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "schedules: {} (+{} infeasible under mmu_lock)\noutcomes:\n",
-            self.schedules, self.infeasible
+            "schedules: {} (+{} infeasible under mmu_lock){}\noutcomes:\n",
+            self.schedules,
+            self.infeasible,
+            if self.truncated {
+                " - TRUNCATED at max_schedules: shrink the racing steps"
+            } else {
+                ""
+            }
         );
         for o in &self.outcomes {
             s.push_str(&format!(
@@ -288,6 +297,7 @@ pub fn explore(sc: &Scenario, opts: ExploreOptions) -> Result<ExploreReport, Sce
         infeasible: 0,
         outcomes: BTreeSet::new(),
         first_stale: None,
+        truncated: false,
     };
     let mut remaining = lens.clone();
     let mut sched = Vec::new();
