@@ -431,7 +431,13 @@ fn run_schedule(
                     InvalStep::Start => {
                         // KVM is told the declared range; the host change must stay in it.
                         let lo = Hva(step.start.map_or(0, |n| n.0));
-                        let hi = lo.add(step.size.map_or(0, |n| n.0));
+                        let hi = Hva(lo.0.checked_add(step.size.map_or(0, |n| n.0)).ok_or_else(
+                            || ScenarioError::Step {
+                                step: racing_idx,
+                                op: step.op.clone(),
+                                message: "start + size overflows".into(),
+                            },
+                        )?);
                         *range = Some((lo, hi));
                         kvm.notifier_invalidate_range_start(lo, hi);
                     }

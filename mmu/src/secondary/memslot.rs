@@ -70,6 +70,18 @@ pub enum MemslotError {
         /// The slot it overlaps.
         other: u16,
     },
+    /// Memslot {id}: [{start:#x}, +{size:#x}) {problem}
+    #[error("Memslot {id}: [{start:#x}, +{size:#x}) {problem}")]
+    OutOfRange {
+        /// Slot id.
+        id: u16,
+        /// Start (gpa or hva).
+        start: u64,
+        /// Size in bytes.
+        size: u64,
+        /// What is wrong.
+        problem: &'static str,
+    },
     /// Memslot {0} already exists: delete it first or use another id.
     #[error("Memslot {0} already exists: delete it first or use another id")]
     Exists(u16),
@@ -104,6 +116,28 @@ impl Memslot {
                 gpa: gpa.0,
                 size,
                 hva: hva.0,
+            });
+        }
+        // kvm_set_memory_region(): access_ok(userspace_addr, size) and no gpa wrap; the
+        // model caps guest physical addresses at 52 bits (MAXPHYADDR).
+        if hva
+            .0
+            .checked_add(size)
+            .is_none_or_above(crate::types::TASK_SIZE)
+        {
+            return Err(MemslotError::OutOfRange {
+                id,
+                start: hva.0,
+                size,
+                problem: "hva range leaves the 47-bit user address space",
+            });
+        }
+        if gpa.0.checked_add(size).is_none_or_above(1 << 52) {
+            return Err(MemslotError::OutOfRange {
+                id,
+                start: gpa.0,
+                size,
+                problem: "gpa range goes beyond 52-bit guest physical addresses",
             });
         }
         let base_gfn = gpa.gfn();
@@ -224,6 +258,16 @@ impl Memslot {
             }
         }
         out
+    }
+}
+
+trait AboveLimit {
+    fn is_none_or_above(self, limit: u64) -> bool;
+}
+
+impl AboveLimit for Option<u64> {
+    fn is_none_or_above(self, limit: u64) -> bool {
+        self.map_or(true, |v| v > limit)
     }
 }
 
@@ -386,6 +430,16 @@ mod tests {
             Err(MemslotError::Overlap { other: 0, .. })
         ));
         assert!(Memslot::new(2, Gpa(0x123), 0x1000, Hva(0), MemslotFlags::default()).is_err());
+        let e = Memslot::new(
+            3,
+            Gpa(0),
+            1 << 21,
+            Hva(u64::MAX & !0xfff),
+            MemslotFlags::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("user address space"), "{e}");
+        assert!(Memslot::new(4, Gpa(1 << 52), 0x1000, Hva(0), MemslotFlags::default()).is_err());
     }
 
     #[test]
