@@ -50,9 +50,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo test --benches asks for the list of benchmarks
     }
+    // `cargo bench` passes --bench; under `cargo test --benches` run each case briefly.
+    let full = std::env::args().any(|a| a == "--bench");
+    let rounds = |n: usize| if full { n } else { 2 };
     const N4K: u64 = 16_384;
     let (mut mm, mut kvm) = vm(N4K * 4096, false, 4096);
-    rate("4K", 200, N4K, || {
+    rate("4K", rounds(200), N4K, || {
         kvm.release();
         let t = Instant::now();
         for p in 0..N4K {
@@ -63,7 +66,7 @@ fn main() {
     });
     const N2M: u64 = 512;
     let (mut mm2, mut kvm2) = vm(N2M << 21, true, 1 << 21);
-    rate("2M", 200, N2M, || {
+    rate("2M", rounds(200), N2M, || {
         kvm2.release();
         let t = Instant::now();
         for p in 0..N2M {
@@ -74,7 +77,7 @@ fn main() {
         assert_eq!(kvm2.stats().sptes.pages_2m, N2M);
         e
     });
-    rate("4K+inval", 100, N4K, || {
+    rate("4K+inval", rounds(100), N4K, || {
         kvm.release();
         let t = Instant::now();
         for p in 0..N4K {
