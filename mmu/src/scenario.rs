@@ -41,10 +41,10 @@
 //! "mmio", "write-protected", "intr" (signal pending: KVM_RUN returns -EINTR) and
 //! "hwpoison" (SIGBUS queued).
 //!
-//! Optional top-level keys (defaults in brackets): `async_pf` [true], `ad_bits` [true],
-//! `tdp_1g` [true], `eager_page_split` [true], `thp` ["madvise"], `nodes` [2],
-//! `task_node` [0], `multi_threaded` [true], `numa_balancing` [true],
-//! `huge_zero_page` [true].
+//! Optional top-level keys (defaults after the `=`): `async_pf = true`, `ad_bits = true`,
+//! `tdp_1g = true`, `eager_page_split = true`, `thp = "madvise"`, `nodes = 2`,
+//! `task_node = 0`, `multi_threaded = true`, `numa_balancing = true`,
+//! `huge_zero_page = true`.
 //!
 //! Output, one record per step ([`StepRecord`]), then the final [`KvmStats`]:
 //! [`ScenarioRun::json_lines`] prints one JSON object per line, then `{"stats": {...}}`;
