@@ -16,8 +16,10 @@
 //! No private memory, no APIC-access page, no write tracking (so no unsync and no
 //! `RET_PF_WRITE_PROTECTED` from `make_spte()`), no NX huge pages. Async page faults
 //! complete at once: the work's `get_user_pages_remote(FOLL_WRITE)` runs when the fault is
-//! queued and the vCPU then faults again. Dirty/accessed state is moved to the folio when
-//! the reference is released, not when the SPTE is zapped.
+//! queued and the vCPU then faults again (no `KVM_REQ_APF_HALT`). Dirty/accessed state is
+//! moved to the folio when the reference is released, not when the SPTE is zapped
+//! (`handle_changed_spte()`'s `kvm_set_pfn_dirty()` is not modelled). A guest access stops
+//! after [`MAX_ROUNDS`] rounds and reports its last result.
 
 use super::level;
 use super::spte::{bits, level_num, MapOutcome, Spte};
@@ -784,7 +786,8 @@ impl Kvm {
         std::mem::take(&mut self.async_pf_pending)
     }
 
-    /// Runs `f` as a notifier range on this VM (test helper for host-less invalidations).
+    /// Delivers `range` as a complete `invalidate_range_start` + `_end` pair with no host
+    /// change in between (what a host operation whose entries were already gone sends).
     pub fn invalidate(&mut self, range: &NotifierRange) {
         use crate::notifier::MmuNotifier;
         self.invalidate_range_start(range);
