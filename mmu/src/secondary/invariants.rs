@@ -199,8 +199,8 @@ mod tests {
                         s.gpa = Some(Num(page * 4096));
                         let rec = scenario::run_step(&mut mm, &mut kvm, i, &s).unwrap();
                         for n in &rec.notifiers {
-                            let lo = (u64::from_str_radix(&n.start[2..], 16).unwrap().max(BASE) - BASE) / 4096;
-                            let hi = (u64::from_str_radix(&n.end[2..], 16).unwrap().min(BASE + SIZE).max(BASE) - BASE).div_ceil(4096);
+                            let lo = (u64::from_str_radix(&n.start[2..], 16).unwrap().clamp(BASE, BASE + SIZE) - BASE) / 4096;
+                            let hi = (u64::from_str_radix(&n.end[2..], 16).unwrap().clamp(BASE, BASE + SIZE) - BASE).div_ceil(4096);
                             model.retain(|g, _| g.0 < lo || g.0 >= hi);
                         }
                         if matches!(rec.result.as_str(), "fixed" | "hit" | "spurious") {
@@ -227,8 +227,8 @@ mod tests {
                         // Host ops may refuse a range (e.g. nothing mapped): that is fine.
                         if let Ok(rec) = scenario::run_step(&mut mm, &mut kvm, i, &s) {
                             for n in &rec.notifiers {
-                                let lo = (u64::from_str_radix(&n.start[2..], 16).unwrap().max(BASE) - BASE) / 4096;
-                                let hi = (u64::from_str_radix(&n.end[2..], 16).unwrap().min(BASE + SIZE).max(BASE) - BASE).div_ceil(4096);
+                                let lo = (u64::from_str_radix(&n.start[2..], 16).unwrap().clamp(BASE, BASE + SIZE) - BASE) / 4096;
+                                let hi = (u64::from_str_radix(&n.end[2..], 16).unwrap().clamp(BASE, BASE + SIZE) - BASE).div_ceil(4096);
                                 model.retain(|g, _| g.0 < lo || g.0 >= hi);
                             }
                         }

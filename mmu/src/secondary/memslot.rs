@@ -120,11 +120,7 @@ impl Memslot {
         }
         // kvm_set_memory_region(): access_ok(userspace_addr, size) and no gpa wrap; the
         // model caps guest physical addresses at 52 bits (MAXPHYADDR).
-        if hva
-            .0
-            .checked_add(size)
-            .is_none_or_above(crate::types::TASK_SIZE)
-        {
+        if end_beyond(hva.0.checked_add(size), crate::types::TASK_SIZE) {
             return Err(MemslotError::OutOfRange {
                 id,
                 start: hva.0,
@@ -132,7 +128,7 @@ impl Memslot {
                 problem: "hva range leaves the 47-bit user address space",
             });
         }
-        if gpa.0.checked_add(size).is_none_or_above(1 << 52) {
+        if end_beyond(gpa.0.checked_add(size), 1 << 52) {
             return Err(MemslotError::OutOfRange {
                 id,
                 start: gpa.0,
@@ -261,14 +257,9 @@ impl Memslot {
     }
 }
 
-trait AboveLimit {
-    fn is_none_or_above(self, limit: u64) -> bool;
-}
-
-impl AboveLimit for Option<u64> {
-    fn is_none_or_above(self, limit: u64) -> bool {
-        self.map_or(true, |v| v > limit)
-    }
+/// True when an end address overflowed or lies beyond `limit`.
+fn end_beyond(end: Option<u64>, limit: u64) -> bool {
+    end.map_or(true, |v| v > limit)
 }
 
 fn bitmap_words(npages: u64) -> usize {
@@ -430,14 +421,7 @@ mod tests {
             Err(MemslotError::Overlap { other: 0, .. })
         ));
         assert!(Memslot::new(2, Gpa(0x123), 0x1000, Hva(0), MemslotFlags::default()).is_err());
-        let e = Memslot::new(
-            3,
-            Gpa(0),
-            1 << 21,
-            Hva(u64::MAX & !0xfff),
-            MemslotFlags::default(),
-        )
-        .unwrap_err();
+        let e = Memslot::new(3, Gpa(0), 1 << 21, Hva(!0xfff), MemslotFlags::default()).unwrap_err();
         assert!(e.to_string().contains("user address space"), "{e}");
         assert!(Memslot::new(4, Gpa(1 << 52), 0x1000, Hva(0), MemslotFlags::default()).is_err());
     }

@@ -642,8 +642,8 @@ fn remove_subtree(
 ) {
     let span = pages_at(level);
     let present = n.present;
-    for w in 0..8 {
-        let mut word = present[w];
+    for (w, &bits) in present.iter().enumerate() {
+        let mut word = bits;
         while word != 0 {
             let i = w * 64 + word.trailing_zeros() as usize;
             word &= word - 1;
