@@ -34,7 +34,8 @@
 //! `start` + `size`; `fork`; `dirty-log-enable`, `dirty-log-get`, `dirty-log-clear`,
 //! `memslot-delete` with `memslot = id`; `release` (the `release` notifier alone) and
 //! `exit` (`exit_mmap()`: release, then every VMA unmapped); `signal` with `signal =
-//! "none" | "pending" | "fatal"` (a signal pending on the vCPU thread).
+//! "none" | "pending" | "fatal"` (a signal pending on the vCPU thread); `memory-failure`
+//! with `start` (poison the page mapped there: `memory_failure()`).
 //!
 //! Guest results: "hit", "fixed", "spurious", "retry" (gave up after
 //! [`MAX_ROUNDS`](crate::secondary::fault::MAX_ROUNDS) rounds), "emulate", "efault",
@@ -673,6 +674,18 @@ pub fn run_step(
         "exit" => {
             mm.exit(kvm);
         }
+        "memory-failure" => {
+            let hva = Hva(st
+                .start
+                .ok_or_else(|| step_err(i, op, "needs start = \"0x...\" (the hva of the page)"))?
+                .0);
+            let m = mm
+                .lookup(hva)
+                .filter(|m| m.present)
+                .ok_or_else(|| e(format!("nothing is mapped at {hva} to poison")))?;
+            mm.memory_failure(m.pfn, kvm)
+                .map_err(|x| e(x.to_string()))?;
+        }
         "signal" => {
             use crate::host::PendingSignal;
             let sig = match st.signal.as_deref() {
@@ -711,7 +724,8 @@ pub fn run_step(
                 other,
                 "unknown op: use read|write|exec, munmap, mprotect, madvise, numa-scan, migrate, \
                  thp-split, fork, unmap-mapping-range, clear-young, clear-flush-young, \
-                 test-young, release, exit, signal, dirty-log-enable|get|clear, memslot-delete",
+                 test-young, release, exit, signal, memory-failure, dirty-log-enable|get|clear, \
+                 memslot-delete",
             ))
         }
     }
