@@ -35,7 +35,9 @@
 //! `memslot-delete` with `memslot = id`; `release` (the `release` notifier alone) and
 //! `exit` (`exit_mmap()`: release, then every VMA unmapped); `signal` with `signal =
 //! "none" | "pending" | "fatal"` (a signal pending on the vCPU thread); `memory-failure`
-//! with `start` (poison the page mapped there: `memory_failure()`).
+//! with `start` (poison the page mapped there: `memory_failure()`); `uffd-register`
+//! (`start`, `size`, `mode = ["missing", "wp"]`), `uffdio-copy` and `uffdio-zeropage`
+//! (`start`): userfaultfd, as the VMM's demand-paging service uses it.
 //!
 //! Guest results: "hit", "fixed", "spurious", "retry" (gave up after
 //! [`MAX_ROUNDS`](crate::secondary::fault::MAX_ROUNDS) rounds), "emulate", "efault",
@@ -308,6 +310,9 @@ pub struct StepSpec {
     /// Memslot id.
     #[serde(default)]
     pub memslot: Option<u16>,
+    /// `uffd-register` modes: "missing", "wp".
+    #[serde(default)]
+    pub mode: Option<Vec<String>>,
     /// `signal` step: "none" | "pending" | "fatal" (the VMM thread's pending signal).
     #[serde(default)]
     pub signal: Option<String>,
@@ -674,6 +679,35 @@ pub fn run_step(
         "exit" => {
             mm.exit(kvm);
         }
+        "uffd-register" => {
+            let s = st
+                .start
+                .ok_or_else(|| step_err(i, op, "needs start = \"0x...\""))?;
+            let z = st
+                .size
+                .ok_or_else(|| step_err(i, op, "needs size = \"2M\""))?;
+            let mut mode = crate::host::UffdMode::default();
+            for m in st.mode.as_deref().unwrap_or(&["missing".to_string()]) {
+                match m.as_str() {
+                    "missing" => mode.missing = true,
+                    "wp" => mode.wp = true,
+                    o => return Err(e(format!("mode {o:?}: use \"missing\" and/or \"wp\""))),
+                }
+            }
+            mm.uffd_register(Hva(s.0), z.0, mode)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        "uffdio-copy" | "uffdio-zeropage" => {
+            let s = st
+                .start
+                .ok_or_else(|| step_err(i, op, "needs start = \"0x...\""))?;
+            if op == "uffdio-copy" {
+                mm.uffdio_copy(Hva(s.0), false)
+            } else {
+                mm.uffdio_zeropage(Hva(s.0))
+            }
+            .map_err(|x| e(x.to_string()))?;
+        }
         "memory-failure" => {
             let hva = Hva(st
                 .start
@@ -724,8 +758,8 @@ pub fn run_step(
                 other,
                 "unknown op: use read|write|exec, munmap, mprotect, madvise, numa-scan, migrate, \
                  thp-split, fork, unmap-mapping-range, clear-young, clear-flush-young, \
-                 test-young, release, exit, signal, memory-failure, dirty-log-enable|get|clear, \
-                 memslot-delete",
+                 test-young, release, exit, signal, memory-failure, uffd-register, uffdio-copy, \
+                 uffdio-zeropage, dirty-log-enable|get|clear, memslot-delete",
             ))
         }
     }

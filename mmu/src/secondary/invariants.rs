@@ -165,6 +165,7 @@ mod tests {
             node: None,
             memslot: None,
             signal: None,
+            mode: None,
             race: false,
         }
     }
