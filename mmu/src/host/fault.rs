@@ -225,11 +225,7 @@ impl Mm {
         range: NotifierRange,
         f: impl FnOnce(&mut Mm) -> R,
     ) -> R {
-        vmf.notifier.invalidate_range_start(&range);
-        vmf.notifiers.push(range);
-        let r = f(self);
-        vmf.notifier.invalidate_range_end(&range);
-        r
+        self.notify(&mut *vmf.notifier, &mut vmf.notifiers, range, f)
     }
 
     /// `thp_vma_allowable_order()` + `thp_vma_suitable_order()` (include/linux/huge_mm.h):

@@ -636,19 +636,18 @@ impl Mm {
         self.split_vma_at(end);
         let vmas = self.vmas_in(start, end);
         let range = NotifierRange::new(NotifierEvent::Unmap, start, end);
-        let mut log = vec![range];
-        notifier.invalidate_range_start(&range);
-        let mut changed = 0;
-        for v in &vmas {
-            changed += self.zap_range(v, v.start, v.end, true, notifier, &mut log);
-        }
-        notifier.invalidate_range_end(&range);
+        let changed = self.notify_nested(notifier, &mut report.notifiers, range, |mm, n, log| {
+            let mut changed = 0;
+            for v in &vmas {
+                changed += mm.zap_range(v, v.start, v.end, true, n, log);
+            }
+            changed
+        });
         for v in &vmas {
             self.space.vmas.remove(&v.start.0);
         }
         self.space.pt.free_empty_tables(start, end);
         self.drop_unused_files();
-        report.notifiers.extend(log);
         report.changed += changed;
     }
 
@@ -764,15 +763,14 @@ impl Mm {
                 for v in vmas {
                     let (s, e) = (start.max(v.start), end.min(v.end));
                     let range = NotifierRange::new(NotifierEvent::Clear, s, e);
-                    notifier.invalidate_range_start(&range);
-                    report.notifiers.push(range);
-                    let n = if advice == Advice::Dontneed {
-                        self.zap_range(&v, s, e, true, notifier, &mut report.notifiers)
-                    } else {
-                        self.lazyfree_range(&v, s, e, notifier, &mut report.notifiers)
-                    };
-                    notifier.invalidate_range_end(&range);
-                    report.changed += n;
+                    let log = &mut report.notifiers;
+                    report.changed += self.notify_nested(notifier, log, range, |mm, n, log| {
+                        if advice == Advice::Dontneed {
+                            mm.zap_range(&v, s, e, true, n, log)
+                        } else {
+                            mm.lazyfree_range(&v, s, e, n, log)
+                        }
+                    });
                 }
             }
             Advice::Hugepage | Advice::Nohugepage => {
@@ -1368,11 +1366,10 @@ impl Mm {
             }
             let (s, e) = (start.max(v.start), end.min(v.end));
             let range = NotifierRange::new(NotifierEvent::Clear, s, e);
-            notifier.invalidate_range_start(&range);
-            report.notifiers.push(range);
-            let n = self.zap_range(&v, s, e, true, notifier, &mut report.notifiers);
-            notifier.invalidate_range_end(&range);
-            report.changed += n;
+            report.changed +=
+                self.notify_nested(notifier, &mut report.notifiers, range, |mm, n, log| {
+                    mm.zap_range(&v, s, e, true, n, log)
+                });
         }
         Ok(report)
     }
