@@ -323,6 +323,7 @@ fn gup_fast_folio_allowed(mm: &Mm, id: usize, flags: FollFlags) -> bool {
 }
 
 /// `gup_must_unshare()` (mm/internal.h); `vma` is None for GUP-fast.
+#[allow(clippy::unnecessary_map_or)] // Option::is_none_or needs Rust 1.82; rust-version is 1.80.
 fn gup_must_unshare(mm: &Mm, vma: Option<&Vma>, flags: FollFlags, id: usize) -> bool {
     if !flags.contains(FollFlags::PIN) || flags.contains(FollFlags::WRITE) {
         return false;

@@ -278,6 +278,7 @@ pub enum AccessError {
 /// Where the model places mappings when no address is given.
 const MMAP_BASE: u64 = 0x7f00_0000_0000;
 
+#[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
 fn check_range(start: Hva, len: u64) -> Result<Hva, RangeError> {
     let err = |problem| RangeError {
         start,
@@ -353,6 +354,7 @@ impl Mm {
     /// Models `mmap()` (mm/mmap.c `do_mmap()` + the driver's `->mmap`): creates the VMA;
     /// device mappings get VM_IO|VM_PFNMAP / VM_MIXEDMAP, device-dax gets ZONE_DEVICE
     /// pages; `remap` drivers populate everything with `remap_pfn_range()`.
+    #[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
     pub fn mmap(&mut self, req: MmapRequest) -> Result<Hva, MmapError> {
         let start = match req.addr {
             Some(a) => a,

@@ -48,6 +48,7 @@ pub enum MemoryFailureError {
     LargeFolio(Pfn),
 }
 
+#[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
 fn range(start: Hva, len: u64) -> Result<Hva, RangeError> {
     let err = |problem| RangeError {
         start,

@@ -103,6 +103,7 @@ pub enum MemslotError {
 
 impl Memslot {
     /// Builds a slot and its metadata (`kvm_alloc_memslot_metadata()`).
+    #[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
     pub fn new(
         id: u16,
         gpa: Gpa,
@@ -188,6 +189,7 @@ impl Memslot {
     }
 
     /// `lpage_info_slot(gfn, slot, level)->disallow_lpage != 0`.
+    #[allow(clippy::unnecessary_map_or)] // Option::is_none_or needs Rust 1.82; rust-version is 1.80.
     pub fn lpage_disallowed(&self, gfn: Gfn, level: Level) -> bool {
         let k = match level {
             Level::Pte4K => return false,
@@ -258,6 +260,7 @@ impl Memslot {
 }
 
 /// True when an end address overflowed or lies beyond `limit`.
+#[allow(clippy::unnecessary_map_or)] // Option::is_none_or needs Rust 1.82; rust-version is 1.80.
 fn end_beyond(end: Option<u64>, limit: u64) -> bool {
     end.map_or(true, |v| v > limit)
 }
@@ -268,6 +271,7 @@ fn bitmap_words(npages: u64) -> usize {
 
 /// `kvm_alloc_memslot_metadata()`'s lpage_info for one level: disallow an unaligned head and
 /// tail, and every entry when gfn and hva are not congruent modulo the level size.
+#[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
 fn build_lpage_info(base_gfn: Gfn, npages: u64, hva: Hva, level: Level) -> Vec<u32> {
     let shift = level.shift() - 12;
     let n = level.pages();
