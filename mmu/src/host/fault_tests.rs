@@ -1,5 +1,9 @@
 //! Fault-handler rules, one test per rule. Each builds a small address space, faults, and
 //! checks the resulting entry, the folio counts and the exact notifier ranges.
+//!
+//! Limits: one process, one fault at a time (a fault is an atomic step here; races between
+//! a fault and an invalidation are the explorer's job, `crate::explore`), the model's own
+//! drivers (`host::device`) stand in for real ones, and nothing is swapped or hugetlb-backed.
 
 use super::super::testutil::*;
 use super::super::*;

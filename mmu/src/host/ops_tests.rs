@@ -1,6 +1,10 @@
 //! Operation rules: each operation's exact notifier events and ranges (spec table 2.6) and
 //! its effect on entries and folios.
 //!
+//! Limits: each operation runs as one atomic step on a single-threaded model (no concurrent
+//! fault inside it), over a few MiB laid out as below; a forked child's own mappings have
+//! no subscriber, so only the parent's notifier events are checked.
+//!
 //! ```text
 //!   BASE            +2M             +4M             +6M             +8M
 //!   |  anon 8M (THP allowed where the test asks)                       |
