@@ -491,7 +491,7 @@ pub fn get_user_page_fast_only(mm: &mut Mm, hva: Hva, flags: FollFlags) -> Optio
     out
 }
 
-/// Models `get_user_pages_fast_only()` over `nr` pages: stops at the first page GUP-fast
+/// Models `get_user_pages_fast_only()` (mm/gup.c) over `nr` pages: stops at the first page GUP-fast
 /// cannot take. Returns how many were taken (appended to `out`). Huge leaves are grabbed
 /// with one refcount add per leaf, as `gup_fast_pmd_leaf()` does.
 pub fn get_user_pages_fast_only(
@@ -854,7 +854,7 @@ pub fn get_user_pages_unlocked(
     r
 }
 
-/// Models `get_user_pages_fast()` / `pin_user_pages_fast()` for one page
+/// Models `get_user_pages_fast()` (mm/gup.c) / `pin_user_pages_fast()` for one page
 /// (`gup_fast_fallback()`): GUP-fast, then the slow path with TOUCH|UNLOCKABLE.
 /// Pass `FollFlags::PIN` to pin; otherwise FOLL_GET is added.
 pub fn get_user_pages_fast(
@@ -1018,13 +1018,14 @@ pub fn follow_pfnmap_start(mm: &Mm, hva: Hva) -> Result<PfnmapArgs, FollowPfnmap
     }
 }
 
-/// Models `follow_pfnmap_end()`: drops the page-table lock (nothing to do in the model).
+/// Models `follow_pfnmap_end()` (mm/memory.c): drops the page-table lock (nothing to do in the
+/// model).
 pub fn follow_pfnmap_end(mm: &Mm, args: PfnmapArgs) {
     let _ = (mm, args);
 }
 
-/// Models `put_page()` / `unpin_user_page()` for a GUP reference: drops the reference
-/// (and the pin); frees the folio at refcount 0.
+/// Models `put_page()` (include/linux/mm.h) / `unpin_user_page()` for a GUP reference: drops the
+/// reference (and the pin); frees the folio at refcount 0.
 pub fn put_page(mm: &mut Mm, page: PageRef) {
     if !page.counted {
         return;
@@ -1038,9 +1039,9 @@ pub fn put_page(mm: &mut Mm, page: PageRef) {
     mm.frames.put(id, 1);
 }
 
-/// Models `get_page_unless_zero(pfn_to_page(pfn))` (KVM 6.12 `kvm_try_get_pfn()` on a
-/// remapped pfn with a struct page): a reference unless the refcount is 0 or the pfn has
-/// no struct page.
+/// Models `get_page_unless_zero(pfn_to_page(pfn))` (include/linux/mm.h) (KVM 6.12
+/// `kvm_try_get_pfn()` on a remapped pfn with a struct page): a reference unless the refcount is 0
+/// or the pfn has no struct page.
 pub fn get_page_unless_zero(mm: &mut Mm, pfn: Pfn) -> Option<PageRef> {
     let id = mm.frames.folio_of(pfn)?;
     if !mm.frames.try_get(id, 1) {
@@ -1054,19 +1055,20 @@ pub fn get_page_unless_zero(mm: &mut Mm, pfn: Pfn) -> Option<PageRef> {
     })
 }
 
-/// Models `unpin_user_page()`.
+/// Models `unpin_user_page()` (mm/gup.c).
 pub fn unpin_user_page(mm: &mut Mm, page: PageRef) {
     put_page(mm, page)
 }
 
-/// Models `set_page_dirty_lock()` / `kvm_set_page_dirty()` on a referenced page.
+/// Models `set_page_dirty_lock()` (mm/page-writeback.c) / `kvm_set_page_dirty()` on a referenced
+/// page.
 pub fn set_page_dirty(mm: &mut Mm, page: &PageRef) {
     if let Some(id) = mm.frames.folio_of(page.pfn) {
         mm.frames.folios[id].flags |= ff::DIRTY;
     }
 }
 
-/// Models `mark_page_accessed()` on a referenced page.
+/// Models `mark_page_accessed()` (mm/folio-compat.c) on a referenced page.
 pub fn mark_page_accessed(mm: &mut Mm, page: &PageRef) {
     if let Some(id) = mm.frames.folio_of(page.pfn) {
         mm.frames.folios[id].flags |= ff::REFERENCED;

@@ -68,7 +68,7 @@ impl DeviceSpec {
         self.max_level = level;
         self
     }
-    /// `self` populated with `remap_pfn_range()` at mmap.
+    /// `self` populated with `remap_pfn_range()` (mm/memory.c) at mmap.
     pub fn remapped(mut self) -> Self {
         self.remap = true;
         self

@@ -323,8 +323,8 @@ impl Frames {
         first
     }
 
-    /// Splits the large folio `id` into order-0 folios (`__split_huge_page()`): every
-    /// subpage gets its own record with the head's flags, node and zone; the caller sets
+    /// Splits the large folio `id` into order-0 folios (`__split_huge_page()` (mm/huge_memory.c)):
+    /// every subpage gets its own record with the head's flags, node and zone; the caller sets
     /// their counts. Returns the ids, subpage 0 first (it keeps `id`).
     pub fn split_folio(&mut self, id: usize) -> Vec<usize> {
         let head = self.folios[id].clone();
@@ -355,7 +355,8 @@ impl Frames {
         ids
     }
 
-    /// The folio id of the folio containing `pfn` (`page_folio(pfn_to_page(pfn))`).
+    /// The folio id of the folio containing `pfn` (`page_folio(pfn_to_page(pfn))`
+    /// (include/linux/page-flags.h)).
     #[inline]
     pub fn folio_of(&self, pfn: Pfn) -> Option<usize> {
         let rel = pfn.0.checked_sub(RAM_BASE_PFN)?;
@@ -367,15 +368,19 @@ impl Frames {
         }
     }
 
-    /// `pfn_valid()`: the pfn has a struct page (RAM or ZONE_DEVICE within the memmap).
+    /// `pfn_valid()` (include/linux/mmzone.h): the pfn has a struct page (RAM or ZONE_DEVICE within
+    /// the memmap).
     pub fn pfn_valid(&self, pfn: Pfn) -> bool {
         pfn.0 >= RAM_BASE_PFN && pfn.0 < RAM_BASE_PFN + RAM_MAX_PAGES
     }
 
+    /// `is_zero_pfn()` (include/linux/pgtable.h): the shared zero page.
     pub fn is_zero_pfn(&self, pfn: Pfn) -> bool {
         pfn == self.zero_pfn
     }
 
+    /// Inside the huge zero folio (`is_huge_zero_pmd()` / `is_huge_zero_folio()`,
+    /// include/linux/huge_mm.h, by pfn).
     pub fn is_huge_zero_pfn(&self, pfn: Pfn) -> bool {
         pfn.align_down(Level::Pmd2M) == self.huge_zero_pfn
     }
@@ -400,12 +405,12 @@ impl Frames {
         self.freed_folios += 1;
     }
 
-    /// `folio_get()`.
+    /// `folio_get()` (include/linux/mm.h).
     pub fn get(&mut self, id: usize, refs: i32) {
         self.folios[id].refcount += refs;
     }
 
-    /// `folio_put_refs()`: frees at 0.
+    /// `folio_put_refs()` (include/linux/mm.h): frees at 0.
     pub fn put(&mut self, id: usize, refs: i32) {
         let f = &mut self.folios[id];
         f.refcount -= refs;
@@ -415,8 +420,8 @@ impl Frames {
         }
     }
 
-    /// `folio_try_get()` / `folio_ref_try_add()`: fails when the refcount is 0 (being freed
-    /// or frozen).
+    /// `folio_try_get()` (include/linux/page_ref.h) / `folio_ref_try_add()`: fails when the
+    /// refcount is 0 (being freed or frozen).
     #[inline]
     pub fn try_get(&mut self, id: usize, refs: i32) -> bool {
         let f = &mut self.folios[id];
@@ -448,7 +453,7 @@ impl Frames {
         }
     }
 
-    /// `get_dev_pagemap(pfn)`: Some(pgmap id) while the pgmap is alive.
+    /// `get_dev_pagemap(pfn)` (mm/memremap.c): Some(pgmap id) while the pgmap is alive.
     pub fn get_dev_pagemap(&mut self, pfn: Pfn) -> Option<u16> {
         let id = self.folio_of(pfn)?;
         let pg = self.folios[id].pgmap;
@@ -463,7 +468,7 @@ impl Frames {
         Some(pg)
     }
 
-    /// `put_dev_pagemap()`.
+    /// `put_dev_pagemap()` (include/linux/memremap.h).
     pub fn put_dev_pagemap(&mut self, pg: u16) {
         self.pgmaps[usize::from(pg) - 1].refs -= 1;
     }

@@ -524,7 +524,7 @@ impl Mm {
         Ok(report)
     }
 
-    /// Zaps every leaf of `vma` in `[start, end)` (`unmap_page_range()` →
+    /// Zaps every leaf of `vma` in `[start, end)` (`unmap_page_range()` (mm/memory.c) →
     /// `zap_pud_range()`/`zap_pmd_range()`/`zap_pte_range()`): partly covered huge leaves are
     /// split first (a nested CLEAR; a non-anon huge leaf is then gone whole). Returns leaves
     /// zapped.
@@ -609,8 +609,8 @@ impl Mm {
         n
     }
 
-    /// Models `munmap()` (`do_vmi_munmap()` → `unmap_vmas()`): one UNMAP [start, end) when
-    /// any VMA intersects, then the VMAs are removed (split at the edges) and empty page
+    /// Models `munmap()` (mm/mmap.c) (`do_vmi_munmap()` → `unmap_vmas()`): one UNMAP [start, end)
+    /// when any VMA intersects, then the VMAs are removed (split at the edges) and empty page
     /// tables freed.
     pub fn munmap(
         &mut self,
@@ -624,6 +624,8 @@ impl Mm {
         Ok(report)
     }
 
+    /// `do_vmi_munmap()` (mm/vma.c) over `[start, end)`, adding its events and count to
+    /// `report` (shared by [`Mm::munmap`] and [`Mm::mremap`]).
     pub(crate) fn do_munmap(
         &mut self,
         start: Hva,
@@ -678,8 +680,8 @@ impl Mm {
         }
     }
 
-    /// Models `mprotect()` (`mprotect_fixup()` → `change_protection()`): per VMA piece, a
-    /// PROTECTION_VMA range (see `change_protection`), entries rebuilt from the new
+    /// Models `mprotect()` (mm/mprotect.c) (`mprotect_fixup()` → `change_protection()`): per VMA
+    /// piece, a PROTECTION_VMA range (see `change_protection`), entries rebuilt from the new
     /// `vm_page_prot`, kept writable where `can_change_pte_writable()` allows.
     pub fn mprotect(
         &mut self,
@@ -1196,7 +1198,7 @@ impl Mm {
         self.with_child(id, |mm| mm.user_access(hva, write, &mut NoNotifier))
     }
 
-    /// The forked child exits (`exit_mmap()`): its mappings are dropped.
+    /// The forked child exits (`exit_mmap()` (mm/mmap.c)): its mappings are dropped.
     pub fn child_exit(&mut self, id: ChildId) -> bool {
         let done = self
             .with_child(id, |mm| {
@@ -1214,7 +1216,7 @@ impl Mm {
         done
     }
 
-    /// Models `exit_mmap()`: `mmu_notifier_release()` (subscribers are gone before
+    /// Models `exit_mmap()` (mm/mmap.c): `mmu_notifier_release()` (subscribers are gone before
     /// `unmap_vmas()`, so they see no UNMAP), then every mapping is dropped.
     pub fn exit(&mut self, notifier: &mut dyn MmuNotifier) -> OpReport {
         notifier.release();
@@ -1230,10 +1232,10 @@ impl Mm {
         report
     }
 
-    /// Models one `task_numa_work()` pass over `[start, start+len)`: VMAs that are not
-    /// migratable (VM_IO/VM_PFNMAP/VM_MIXEDMAP, devices), inaccessible, or read-only file
-    /// mappings are skipped; each other VMA piece, with its end rounded up to 2M, goes
-    /// through `change_prot_numa()` (PROTECTION_VMA first, then the per-entry skip rules).
+    /// Models one `task_numa_work()` (kernel/sched/fair.c) pass over `[start, start+len)`: VMAs
+    /// that are not migratable (VM_IO/VM_PFNMAP/VM_MIXEDMAP, devices), inaccessible, or read-only
+    /// file mappings are skipped; each other VMA piece, with its end rounded up to 2M, goes through
+    /// `change_prot_numa()` (PROTECTION_VMA first, then the per-entry skip rules).
     pub fn numa_scan(
         &mut self,
         start: Hva,
@@ -1263,8 +1265,8 @@ impl Mm {
         Ok(report)
     }
 
-    /// Models `migrate_pages()` / `move_pages()` of every folio mapped in the range to
-    /// `node`: CLEAR of each folio span, new entries without notifier; folios with extra
+    /// Models `migrate_pages()` (mm/migrate.c) / `move_pages()` of every folio mapped in the range
+    /// to `node`: CLEAR of each folio span, new entries without notifier; folios with extra
     /// references (GUP) or pins are skipped.
     pub fn migrate(
         &mut self,
@@ -1320,8 +1322,9 @@ impl Mm {
         Ok(report)
     }
 
-    /// Models `split_huge_pmd()` over the range (e.g. the debugfs/`split_huge_pages` PMD
-    /// step): CLEAR [haddr, +2M) per PMD leaf; PUD leaves: CLEAR 1G (cleared).
+    /// Models `split_huge_pmd()` (include/linux/huge_mm.h) over the range (e.g. the
+    /// debugfs/`split_huge_pages` PMD step): CLEAR [haddr, +2M) per PMD leaf; PUD leaves: CLEAR 1G
+    /// (cleared).
     pub fn thp_split(
         &mut self,
         start: Hva,
@@ -1351,7 +1354,7 @@ impl Mm {
         Ok(report)
     }
 
-    /// Models `unmap_mapping_range()` → `unmap_mapping_range_vma()` →
+    /// Models `unmap_mapping_range()` (mm/memory.c) → `unmap_mapping_range_vma()` →
     /// `zap_page_range_single()` (device revoke / truncate) over the file- or device-backed
     /// VMAs in the range: CLEAR [start, end) per VMA piece, even COWed anon pages.
     pub fn unmap_mapping_range(
@@ -1388,8 +1391,8 @@ impl Mm {
         self.age(start, len, notifier, 0)
     }
 
-    /// Models MGLRU / page_idle aging (`ptep_clear_young_notify()`): like
-    /// [`Mm::clear_flush_young`] but calls `clear_young` (no TLB flush).
+    /// Models MGLRU / page_idle aging (`ptep_clear_young_notify()` (include/linux/mmu_notifier.h)):
+    /// like [`Mm::clear_flush_young`] but calls `clear_young` (no TLB flush).
     pub fn clear_young(
         &mut self,
         start: Hva,
@@ -1399,8 +1402,9 @@ impl Mm {
         self.age(start, len, notifier, 1)
     }
 
-    /// Models khugepaged's / DAMON's `mmu_notifier_test_young()` checks: per present leaf,
-    /// young = `pte_young` or the subscriber's `test_young`; nothing is cleared.
+    /// Models khugepaged's / DAMON's `mmu_notifier_test_young()` (include/linux/mmu_notifier.h)
+    /// checks: per present leaf, young = `pte_young` or the subscriber's `test_young`; nothing is
+    /// cleared.
     pub fn test_young(
         &mut self,
         start: Hva,
@@ -1444,9 +1448,9 @@ impl Mm {
         Ok(report)
     }
 
-    /// A user access (`copy_to_user()` / `copy_from_user()`, or a CPU access by the
-    /// process): checks the VMA permits it (`access_error()`), then takes faults until the
-    /// entry permits the access. This is what KVM's emulator does on RET_PF_EMULATE.
+    /// A user access (`copy_to_user()` (include/linux/uaccess.h) / `copy_from_user()`, or a CPU
+    /// access by the process): checks the VMA permits it (`access_error()`), then takes faults
+    /// until the entry permits the access. This is what KVM's emulator does on RET_PF_EMULATE.
     pub fn user_access(
         &mut self,
         hva: Hva,
@@ -1517,12 +1521,12 @@ impl Mm {
 }
 
 impl Mm {
-    /// Models reclaim of the range's folios (`shrink_folio_list()` → `folio_referenced()`
-    /// → `try_to_unmap_one()`) for what can go without swap: MADV_FREE'd (lazyfree) clean
-    /// order-0 anon folios. A young one (PTE young or the subscriber's `clear_flush_young`
-    /// on [addr, +4K)) is kept and aged; a re-dirtied or extra-referenced one is kept;
-    /// others are discarded under CLEAR [addr, +4K) (the folio span) and freed, so the next
-    /// read maps the zero page.
+    /// Models reclaim of the range's folios (`shrink_folio_list()` (mm/vmscan.c) →
+    /// `folio_referenced()` → `try_to_unmap_one()`) for what can go without swap: MADV_FREE'd
+    /// (lazyfree) clean order-0 anon folios. A young one (PTE young or the subscriber's
+    /// `clear_flush_young` on [addr, +4K)) is kept and aged; a re-dirtied or extra-referenced one
+    /// is kept; others are discarded under CLEAR [addr, +4K) (the folio span) and freed, so the
+    /// next read maps the zero page.
     pub fn reclaim(
         &mut self,
         start: Hva,

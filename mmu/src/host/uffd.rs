@@ -65,8 +65,9 @@ fn range(start: Hva, len: u64) -> Result<Hva, RangeError> {
 }
 
 impl Mm {
-    /// Models UFFDIO_REGISTER: sets VM_UFFD_MISSING / VM_UFFD_WP on the anonymous VMAs of
-    /// the range (split at the edges). No notifier.
+    /// Models UFFDIO_REGISTER (`userfaultfd_register()`, fs/userfaultfd.c): sets
+    /// VM_UFFD_MISSING / VM_UFFD_WP on the anonymous VMAs of the range (split at the edges).
+    /// No notifier.
     pub fn uffd_register(
         &mut self,
         start: Hva,
@@ -114,8 +115,8 @@ impl Mm {
         Ok(v)
     }
 
-    /// Models UFFDIO_COPY of one page (`mfill_atomic_pte_copy()`): a new anon page, writable
-    /// if VM_WRITE (and not `wp`), installed without a notifier (none → present).
+    /// Models UFFDIO_COPY of one page (`mfill_atomic_pte_copy()` (mm/userfaultfd.c)): a new anon
+    /// page, writable if VM_WRITE (and not `wp`), installed without a notifier (none → present).
     pub fn uffdio_copy(&mut self, hva: Hva, wp: bool) -> Result<OpReport, UffdError> {
         let hva = hva.align_down(Level::Pte4K);
         let vma = self.uffd_target(hva)?;
@@ -138,7 +139,8 @@ impl Mm {
         })
     }
 
-    /// Models UFFDIO_ZEROPAGE of one page: the shared zero page, special, read-only.
+    /// Models UFFDIO_ZEROPAGE of one page (`mfill_atomic_pte_zeropage()`, mm/userfaultfd.c):
+    /// the shared zero page, special, read-only.
     pub fn uffdio_zeropage(&mut self, hva: Hva) -> Result<OpReport, UffdError> {
         let hva = hva.align_down(Level::Pte4K);
         let vma = self.uffd_target(hva)?;
@@ -155,9 +157,10 @@ impl Mm {
         })
     }
 
-    /// Models UFFDIO_WRITEPROTECT (`mwriteprotect_range()` → `change_protection()` with
-    /// MM_CP_UFFD_WP or MM_CP_UFFD_WP_RESOLVE): PROTECTION_VMA like mprotect; `wp` marks
-    /// entries uffd-wp and read-only, `!wp` clears the mark (writable again where allowed).
+    /// Models UFFDIO_WRITEPROTECT (`mwriteprotect_range()` (mm/userfaultfd.c) →
+    /// `change_protection()` with MM_CP_UFFD_WP or MM_CP_UFFD_WP_RESOLVE): PROTECTION_VMA like
+    /// mprotect; `wp` marks entries uffd-wp and read-only, `!wp` clears the mark (writable again
+    /// where allowed).
     pub fn uffdio_writeprotect(
         &mut self,
         start: Hva,
@@ -190,10 +193,10 @@ impl Mm {
         Ok(report)
     }
 
-    /// Models `memory_failure()` on an order-0 folio: `try_to_unmap_one()` sends CLEAR over
-    /// each mapping's span and replaces the entry with a hwpoison entry; the folio keeps
-    /// one reference (poisoned pages are never freed). Later faults return
-    /// VM_FAULT_HWPOISON (GUP: -EHWPOISON with FOLL_HWPOISON, else -EFAULT).
+    /// Models `memory_failure()` (mm/memory-failure.c) on an order-0 folio: `try_to_unmap_one()`
+    /// sends CLEAR over each mapping's span and replaces the entry with a hwpoison entry; the folio
+    /// keeps one reference (poisoned pages are never freed). Later faults return VM_FAULT_HWPOISON
+    /// (GUP: -EHWPOISON with FOLL_HWPOISON, else -EFAULT).
     pub fn memory_failure(
         &mut self,
         pfn: Pfn,

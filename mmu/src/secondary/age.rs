@@ -6,9 +6,9 @@ use super::Kvm;
 use crate::types::Hva;
 
 impl Kvm {
-    /// `kvm_handle_hva_range(kvm_age_gfn)`: for every memslot in range, clear the Accessed
-    /// bit of each accessed leaf (A/D enabled) or mark it for access tracking (A/D disabled;
-    /// `mark_spte_for_access_track()`). Returns true when any leaf was young.
+    /// `kvm_handle_hva_range(kvm_age_gfn)` (virt/kvm/kvm_main.c): for every memslot in range, clear
+    /// the Accessed bit of each accessed leaf (A/D enabled) or mark it for access tracking (A/D
+    /// disabled; `mark_spte_for_access_track()`). Returns true when any leaf was young.
     pub fn age_hva_range(&mut self, start: Hva, end: Hva) -> bool {
         let ranges: Vec<_> = self
             .slots
@@ -33,8 +33,8 @@ impl Kvm {
         young
     }
 
-    /// `kvm_handle_hva_range_no_flush(kvm_test_age_gfn)`: true when a leaf in range is
-    /// accessed.
+    /// `kvm_handle_hva_range_no_flush(kvm_test_age_gfn)` (virt/kvm/kvm_main.c): true when a leaf in
+    /// range is accessed.
     pub fn test_age_hva_range(&mut self, start: Hva, end: Hva) -> bool {
         let ranges: Vec<_> = self
             .slots

@@ -190,10 +190,10 @@ fn allows(s: Spte, write: bool) -> bool {
 }
 
 impl Kvm {
-    /// Runs one guest access to completion, as a vCPU would: "hit" when the SPTE allows
-    /// it; otherwise faults (`kvm_mmu_page_fault()`), re-entering the guest after
-    /// `RET_PF_RETRY` / `RET_PF_FIXED` until the access completes, is emulated (through
-    /// the host mapping, like the emulator's `copy_to/from_user`) or fails.
+    /// Runs one guest access to completion, as a vCPU would: "hit" when the SPTE allows it;
+    /// otherwise faults (`kvm_mmu_page_fault()` (arch/x86/kvm/mmu/mmu.c)), re-entering the guest
+    /// after `RET_PF_RETRY` / `RET_PF_FIXED` until the access completes, is emulated (through the
+    /// host mapping, like the emulator's `copy_to/from_user`) or fails.
     pub fn guest_access(&mut self, mm: &mut Mm, gpa: Gpa, access: Access) -> AccessReport {
         let write = access == Access::Write;
         let mut rep = AccessReport {
@@ -287,9 +287,9 @@ impl Kvm {
         }
     }
 
-    /// One fault, all steps back to back (`kvm_mmu_do_page_fault()` →
-    /// `kvm_tdp_page_fault()`). Returns the result and the fault (None when it ended in
-    /// `fast_page_fault()` or before any state was built).
+    /// One fault, all steps back to back (`kvm_mmu_do_page_fault()`
+    /// (arch/x86/kvm/mmu/mmu_internal.h) → `kvm_tdp_page_fault()`). Returns the result and the
+    /// fault (None when it ended in `fast_page_fault()` or before any state was built).
     pub fn page_fault(
         &mut self,
         mm: &mut Mm,
@@ -328,8 +328,8 @@ impl Kvm {
         r
     }
 
-    /// Step 1: `fast_page_fault()`, then `kvm_faultin_pfn()` up to and including the
-    /// snapshot of `mmu_invalidate_seq` and the memslot checks.
+    /// Step 1: `fast_page_fault()` (arch/x86/kvm/mmu/mmu.c), then `kvm_faultin_pfn()` up to and
+    /// including the snapshot of `mmu_invalidate_seq` and the memslot checks.
     pub fn fault_snapshot(
         &mut self,
         gpa: Gpa,
@@ -356,7 +356,8 @@ impl Kvm {
         Ok(f)
     }
 
-    /// Step 2: the lockless pre-check `mmu_invalidate_retry_gfn_unsafe()`, before GUP.
+    /// Step 2: the lockless pre-check `mmu_invalidate_retry_gfn_unsafe()`
+    /// (include/linux/kvm_host.h), before GUP.
     pub fn fault_precheck(&mut self, f: &mut PageFault, _mm: &mut Mm) -> Step {
         if f.slot.is_some() && self.inval.retry_gfn_unsafe(f.mmu_seq, f.gfn) {
             return Err(PfResult::Retry);
@@ -364,8 +365,8 @@ impl Kvm {
         Ok(())
     }
 
-    /// Step 3: `__kvm_faultin_pfn()` (NOWAIT pass, async PF or blocking pass), error pfns
-    /// (`kvm_handle_error_pfn()`), then the post-check.
+    /// Step 3: `__kvm_faultin_pfn()` (arch/x86/kvm/mmu/mmu.c) (NOWAIT pass, async PF or blocking
+    /// pass), error pfns (`kvm_handle_error_pfn()`), then the post-check.
     pub fn fault_gup(&mut self, f: &mut PageFault, mm: &mut Mm) -> Step {
         let Some(slot_id) = f.slot else {
             return Ok(()); // noslot: nothing to resolve
@@ -395,7 +396,8 @@ impl Kvm {
         Ok(())
     }
 
-    /// Step 5 (under `mmu_lock`): `is_page_fault_stale()`; no notifier check for MMIO.
+    /// Step 5 (under `mmu_lock`): `is_page_fault_stale()` (arch/x86/kvm/mmu/mmu.c); no notifier
+    /// check for MMIO.
     pub fn fault_stale_check(&self, f: &PageFault) -> Step {
         if self.config.stale_check && f.slot.is_some() && self.inval.retry_gfn(f.mmu_seq, f.gfn) {
             return Err(PfResult::Retry);
@@ -403,7 +405,8 @@ impl Kvm {
         Ok(())
     }
 
-    /// Step 6 (under `mmu_lock`): `kvm_mmu_hugepage_adjust()` then `kvm_tdp_mmu_map()`.
+    /// Step 6 (under `mmu_lock`): `kvm_mmu_hugepage_adjust()` (arch/x86/kvm/mmu/mmu.c) then
+    /// `kvm_tdp_mmu_map()`.
     pub fn fault_install(&mut self, f: &mut PageFault, mm: &mut Mm) -> PfResult {
         self.hugepage_adjust(f, mm);
         let goal = level_num(f.goal_level);
@@ -458,9 +461,9 @@ impl Kvm {
         }
     }
 
-    /// Releases the page reference: 6.12 `kvm_release_pfn_clean()` (mark accessed, put);
-    /// 6.13+ `kvm_release_faultin_page()` (retry: put only; map_writable: dirty, accessed,
-    /// put; else accessed, put).
+    /// Releases the page reference: 6.12 `kvm_release_pfn_clean()` (virt/kvm/kvm_main.c) (mark
+    /// accessed, put); 6.13+ `kvm_release_faultin_page()` (retry: put only; map_writable: dirty,
+    /// accessed, put; else accessed, put).
     pub fn fault_finish(&mut self, f: &mut PageFault, mm: &mut Mm, r: PfResult) {
         let Some(page) = f.page.take() else {
             return;
