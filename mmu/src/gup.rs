@@ -16,7 +16,7 @@
 //!   form.
 
 use crate::host::folio::ff;
-use crate::host::pagetable::{PmdSlot, PudSlot};
+use crate::host::pagetable::Walk;
 use crate::host::{
     Entry, FaultFlags, FaultOutcome, FaultReport, HostFault, Mm, PendingSignal, VmFlags, Vma, Zone,
 };
@@ -279,26 +279,6 @@ impl RefSink for Option<PageRef> {
     }
 }
 
-/// The result of the lockless walk for one address.
-enum FastLeaf {
-    None,
-    Leaf(Level, Entry),
-}
-
-fn fast_walk(mm: &Mm, hva: Hva) -> FastLeaf {
-    match mm.space.pt.pud_slot(hva) {
-        None | Some(PudSlot::None) => FastLeaf::None,
-        Some(PudSlot::Leaf(e)) => FastLeaf::Leaf(Level::Pud1G, *e),
-        Some(PudSlot::Table(t)) => match &t.e[((hva.0 >> 21) & 511) as usize] {
-            PmdSlot::None => FastLeaf::None,
-            PmdSlot::Leaf(e) => FastLeaf::Leaf(Level::Pmd2M, *e),
-            PmdSlot::Table(pt) => {
-                FastLeaf::Leaf(Level::Pte4K, pt.e[((hva.0 >> 12) & 511) as usize])
-            }
-        },
-    }
-}
-
 /// `gup_fast_folio_allowed()` (mm/gup.c).
 fn gup_fast_folio_allowed(mm: &Mm, id: usize, flags: FollFlags) -> bool {
     let f = &mm.frames.folios[id];
@@ -422,8 +402,8 @@ fn gup_fast_leaf<S: RefSink>(
         mm.gup_fast_race = false;
         mm.race_zap(hva);
     }
-    let now = match fast_walk(mm, hva) {
-        FastLeaf::Leaf(l, n) if l == level => n,
+    let now = match mm.space.pt.walk(hva) {
+        Walk::Leaf(l, n) if l == level => n,
         _ => Entry::NONE,
     };
     if now != e {
@@ -458,9 +438,9 @@ fn gup_fast_range<S: RefSink>(
     let mut done = 0;
     while done < nr {
         let va = start.add((done as u64) << 12);
-        let (level, e) = match fast_walk(mm, va) {
-            FastLeaf::None => return (done, Some(FastBail::NotPresent)),
-            FastLeaf::Leaf(l, e) => (l, e),
+        let (level, e) = match mm.space.pt.walk(va) {
+            Walk::None(_) => return (done, Some(FastBail::NotPresent)),
+            Walk::Leaf(l, e) => (l, e),
         };
         let in_leaf = usize::try_from(level.pages() - va.page_index_in(level)).unwrap_or(1);
         let n = in_leaf.min(nr - done);
@@ -604,14 +584,9 @@ fn follow_page_mask(
     } else {
         Follow::NoPage
     };
-    let (level, e) = match mm.space.pt.pud_slot(hva) {
-        None | Some(PudSlot::None) => return no_page_table,
-        Some(PudSlot::Leaf(e)) => (Level::Pud1G, *e),
-        Some(PudSlot::Table(t)) => match &t.e[((hva.0 >> 21) & 511) as usize] {
-            PmdSlot::None => return no_page_table,
-            PmdSlot::Leaf(e) => (Level::Pmd2M, *e),
-            PmdSlot::Table(pt) => (Level::Pte4K, pt.e[((hva.0 >> 12) & 511) as usize]),
-        },
+    let (level, e) = match mm.space.pt.walk(hva) {
+        Walk::None(_) => return no_page_table,
+        Walk::Leaf(level, e) => (level, e),
     };
     if e.is_none() {
         return no_page_table;
@@ -1008,7 +983,7 @@ pub fn follow_pfnmap_start(mm: &Mm, hva: Hva) -> Result<PfnmapArgs, FollowPfnmap
         return Err(FollowPfnmapError::NotPfnmap(hva));
     }
     match mm.space.pt.walk(hva) {
-        crate::host::pagetable::Walk::Leaf(level, e) if e.is_present() => Ok(PfnmapArgs {
+        Walk::Leaf(level, e) if e.is_present() => Ok(PfnmapArgs {
             pfn: e.pfn().add(hva.page_index_in(level)),
             writable: e.is_write(),
             special: e.is_special(),
@@ -1078,9 +1053,7 @@ pub fn mark_page_accessed(mm: &mut Mm, page: &PageRef) {
 fn normal_page_at(mm: &Mm, hva: Hva, want: Level) -> Option<Pfn> {
     let vma = mm.space.vma(hva)?;
     match mm.space.pt.walk(hva) {
-        crate::host::pagetable::Walk::Leaf(level, e) if level == want => {
-            mm.vm_normal_page_entry(vma, hva, e, level)
-        }
+        Walk::Leaf(level, e) if level == want => mm.vm_normal_page_entry(vma, hva, e, level),
         _ => None,
     }
 }
