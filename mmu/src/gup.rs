@@ -1122,21 +1122,7 @@ mod tests {
     }
 
     fn devdax(m: &mut Mm) -> Hva {
-        device(
-            m,
-            BASE,
-            0x10_000,
-            true,
-            DeviceSpec {
-                kind: DeviceKind::DevDax,
-                base_pfn: None,
-                max_level: Level::Pte4K,
-                mkwrite: false,
-                pfn_mkwrite: false,
-                page_mkwrite: false,
-                remap: false,
-            },
-        )
+        device(m, BASE, 0x10_000, true, DeviceSpec::devdax())
     }
 
     /// Models `gup_fast_pte_range()` devmap rules (6.12): `get_dev_pagemap()` must succeed
@@ -1176,15 +1162,7 @@ mod tests {
             BASE,
             2 * M2,
             true,
-            DeviceSpec {
-                kind: DeviceKind::DevDax,
-                base_pfn: None,
-                max_level: Level::Pmd2M,
-                mkwrite: false,
-                pfn_mkwrite: false,
-                page_mkwrite: false,
-                remap: false,
-            },
+            DeviceSpec::devdax().with_max_level(Level::Pmd2M),
         );
         m.user_access(a, false, &mut NoNotifier).unwrap();
         assert_eq!(m.leaf_level(a), Some(Level::Pmd2M));

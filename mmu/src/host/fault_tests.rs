@@ -488,15 +488,7 @@ fn mixedmap_maps_io_pfn_special_and_ram_page_refcounted() {
 #[test]
 fn zone_device_6_12_devmap_mapping_takes_no_reference() {
     let mut mm = mm(KernelVersion::V6_12);
-    let spec = DeviceSpec {
-        kind: DeviceKind::DevDax,
-        base_pfn: None,
-        max_level: Level::Pte4K,
-        mkwrite: false,
-        pfn_mkwrite: false,
-        page_mkwrite: false,
-        remap: false,
-    };
+    let spec = DeviceSpec::devdax();
     let a = device(&mut mm, BASE, 0x10_000, true, spec);
     read(&mut mm, a);
     let m = mm.lookup(a).unwrap();
@@ -514,15 +506,7 @@ fn zone_device_6_12_devmap_mapping_takes_no_reference() {
 #[test]
 fn zone_device_6_18_pages_are_refcounted_normally() {
     let mut mm = mm(KernelVersion::V6_18);
-    let spec = DeviceSpec {
-        kind: DeviceKind::DevDax,
-        base_pfn: None,
-        max_level: Level::Pte4K,
-        mkwrite: false,
-        pfn_mkwrite: false,
-        page_mkwrite: false,
-        remap: false,
-    };
+    let spec = DeviceSpec::devdax();
     let a = device(&mut mm, BASE, 0x10_000, true, spec);
     let idle = mm
         .folio_info(mm.find_vma(a).unwrap().device().unwrap().base_pfn.unwrap())
