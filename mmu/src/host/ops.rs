@@ -300,6 +300,17 @@ fn check_range(start: Hva, len: u64) -> Result<Hva, RangeError> {
     }
 }
 
+/// Which young notifier an aging pass calls (see [`Mm::clear_flush_young`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Aging {
+    /// `clear_flush_young`, young bits cleared.
+    ClearFlush,
+    /// `clear_young`, young bits cleared.
+    Clear,
+    /// `test_young`, nothing cleared.
+    Test,
+}
+
 impl OpReport {
     fn new(op: &str, start: Hva, end: Hva) -> Self {
         OpReport {
@@ -1388,7 +1399,7 @@ impl Mm {
         len: u64,
         notifier: &mut dyn MmuNotifier,
     ) -> Result<OpReport, RangeError> {
-        self.age(start, len, notifier, 0)
+        self.age(start, len, notifier, Aging::ClearFlush)
     }
 
     /// Models MGLRU / page_idle aging (`ptep_clear_young_notify()` (include/linux/mmu_notifier.h)):
@@ -1399,7 +1410,7 @@ impl Mm {
         len: u64,
         notifier: &mut dyn MmuNotifier,
     ) -> Result<OpReport, RangeError> {
-        self.age(start, len, notifier, 1)
+        self.age(start, len, notifier, Aging::Clear)
     }
 
     /// Models khugepaged's / DAMON's `mmu_notifier_test_young()` (include/linux/mmu_notifier.h)
@@ -1411,7 +1422,7 @@ impl Mm {
         len: u64,
         notifier: &mut dyn MmuNotifier,
     ) -> Result<OpReport, RangeError> {
-        self.age(start, len, notifier, 2)
+        self.age(start, len, notifier, Aging::Test)
     }
 
     fn age(
@@ -1419,10 +1430,14 @@ impl Mm {
         start: Hva,
         len: u64,
         notifier: &mut dyn MmuNotifier,
-        kind: u8,
+        kind: Aging,
     ) -> Result<OpReport, RangeError> {
         let end = check_range(start, len)?;
-        let name = ["clear-flush-young", "clear-young", "test-young"][usize::from(kind)];
+        let name = match kind {
+            Aging::ClearFlush => "clear-flush-young",
+            Aging::Clear => "clear-young",
+            Aging::Test => "test-young",
+        };
         let mut report = OpReport::new(name, start, end);
         let mut leaves = Vec::new();
         self.space.pt.for_each_leaf(start, end, |va, level, e| {
@@ -1434,12 +1449,12 @@ impl Mm {
         for (va, level, e) in leaves {
             let (s, t) = (va, va.add(level.size()));
             let y = match kind {
-                0 => notifier.clear_flush_young(s, t),
-                1 => notifier.clear_young(s, t),
-                _ => notifier.test_young(s, t),
+                Aging::ClearFlush => notifier.clear_flush_young(s, t),
+                Aging::Clear => notifier.clear_young(s, t),
+                Aging::Test => notifier.test_young(s, t),
             };
             young |= y | e.is_young();
-            if kind != 2 && e.is_young() {
+            if kind != Aging::Test && e.is_young() {
                 set_leaf(&mut self.space.pt, va, level, e.clear(Entry::YOUNG));
                 report.changed += 1;
             }
