@@ -231,13 +231,7 @@ impl Frames {
             order,
             zone,
         };
-        let id = if let Some(id) = self.free_ids.pop() {
-            self.folios[id as usize] = folio;
-            id as usize
-        } else {
-            self.folios.push(folio);
-            self.folios.len() - 1
-        };
+        let id = self.store(folio);
         let end = usize::try_from(rel + n).expect("pfn index fits usize");
         if self.map.len() < end {
             self.map.resize(end, 0);
@@ -247,6 +241,21 @@ impl Frames {
         self.map[start..end].fill(tag);
         self.allocated_pages += n;
         Some(id)
+    }
+
+    /// Puts a new folio record in a freed slot, or a new one; returns its id.
+    fn store(&mut self, folio: Folio) -> usize {
+        match self.free_ids.pop() {
+            Some(id) => {
+                let id = id as usize;
+                self.folios[id] = folio;
+                id
+            }
+            None => {
+                self.folios.push(folio);
+                self.folios.len() - 1
+            }
+        }
     }
 
     /// Allocates a folio (refcount 1, unmapped). Honours failure injection.
@@ -339,13 +348,7 @@ impl Frames {
             f.index = head
                 .index
                 .saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
-            let nid = if let Some(free) = self.free_ids.pop() {
-                self.folios[free as usize] = f;
-                free as usize
-            } else {
-                self.folios.push(f);
-                self.folios.len() - 1
-            };
+            let nid = self.store(f);
             let rel = usize::try_from(head.pfn + i - RAM_BASE_PFN).unwrap_or(usize::MAX);
             if let Some(slot) = self.map.get_mut(rel) {
                 *slot = u32::try_from(nid + 1).unwrap_or(0);
