@@ -312,7 +312,8 @@ enum Aging {
 }
 
 impl OpReport {
-    fn new(op: &str, start: Hva, end: Hva) -> Self {
+    /// An empty report for `op` over `[start, end)`.
+    pub(crate) fn new(op: &str, start: Hva, end: Hva) -> Self {
         OpReport {
             op: op.to_string(),
             start,

@@ -81,12 +81,7 @@ impl Mm {
         }
         self.split_vma_at(start);
         self.split_vma_at(end);
-        let mut report = OpReport {
-            op: "uffd-register".into(),
-            start,
-            end,
-            ..Default::default()
-        };
+        let mut report = OpReport::new("uffd-register", start, end);
         for mut v in self.vmas_in(start, end) {
             if mode.missing {
                 v.flags |= VmFlags::UFFD_MISSING;
@@ -130,13 +125,9 @@ impl Mm {
             e = e.clear(Entry::WRITE).set(Entry::UFFD_WP);
         }
         self.set_pte(hva, e);
-        Ok(OpReport {
-            op: "uffdio-copy".into(),
-            start: hva,
-            end: hva.add(PAGE_SIZE),
-            changed: 1,
-            ..Default::default()
-        })
+        let mut report = OpReport::new("uffdio-copy", hva, hva.add(PAGE_SIZE));
+        report.changed = 1;
+        Ok(report)
     }
 
     /// Models UFFDIO_ZEROPAGE of one page (`mfill_atomic_pte_zeropage()`, mm/userfaultfd.c):
@@ -148,13 +139,9 @@ impl Mm {
             hva,
             Entry::new(self.frames.zero_pfn, vma.page_prot() | Entry::SPECIAL),
         );
-        Ok(OpReport {
-            op: "uffdio-zeropage".into(),
-            start: hva,
-            end: hva.add(PAGE_SIZE),
-            changed: 1,
-            ..Default::default()
-        })
+        let mut report = OpReport::new("uffdio-zeropage", hva, hva.add(PAGE_SIZE));
+        report.changed = 1;
+        Ok(report)
     }
 
     /// Models UFFDIO_WRITEPROTECT (`mwriteprotect_range()` (mm/userfaultfd.c) →
@@ -173,12 +160,7 @@ impl Mm {
         if vmas.is_empty() || vmas.iter().any(|v| !v.flags.contains(VmFlags::UFFD_WP)) {
             return Err(UffdError::NotRegistered(start));
         }
-        let mut report = OpReport {
-            op: "uffdio-writeprotect".into(),
-            start,
-            end,
-            ..Default::default()
-        };
+        let mut report = OpReport::new("uffdio-writeprotect", start, end);
         for v in vmas {
             let c = self.change_protection(
                 &v,
@@ -209,12 +191,7 @@ impl Mm {
         if self.frames.folios[id].order > 0 {
             return Err(MemoryFailureError::LargeFolio(pfn));
         }
-        let mut report = OpReport {
-            op: "memory-failure".into(),
-            start: Hva(0),
-            end: Hva(0),
-            ..Default::default()
-        };
+        let mut report = OpReport::new("memory-failure", Hva(0), Hva(0));
         let mut leaves = Vec::new();
         self.space
             .pt
