@@ -18,16 +18,11 @@ use crate::types::Gfn;
 impl Kvm {
     /// Enables dirty logging on memslot `id` (a `KVM_MR_FLAGS_ONLY` change,
     /// `kvm_mmu_slot_apply_flags()` in arch/x86/kvm/x86.c): with `eager_page_split`, huge
-    /// SPTEs are split to 4K; then every leaf is write-protected
-    /// (W cleared, MMU-writable kept, so `fast_page_fault()` can restore it and log the
-    /// page). Refused while an invalidation is in flight. Returns the leaves protected.
+    /// SPTEs are split to 4K; then every leaf is write-protected (W cleared, MMU-writable
+    /// kept, so `fast_page_fault()` can restore it and log the page). Refused while an
+    /// invalidation is in flight. Returns the leaves protected.
     pub fn dirty_log_enable(&mut self, id: u16) -> Result<u64, MemslotError> {
-        if self.inval.active_invalidate_count != 0 {
-            return Err(MemslotError::InvalidationInFlight {
-                id,
-                active: self.inval.active_invalidate_count,
-            });
-        }
+        self.check_no_invalidation(id)?;
         let slot = self
             .slots
             .by_id_mut(id)
