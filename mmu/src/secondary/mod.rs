@@ -246,6 +246,13 @@ impl Kvm {
     /// (`kvm_arch_flush_shadow_memslot()` → `kvm_unmap_gfn_range()` over the slot,
     /// arch/x86/kvm/mmu/mmu.c), with a TLB flush.
     /// MMIO SPTEs die with the memslot generation change (modelled as zapping them all).
+    ///
+    /// # Divergence
+    ///
+    /// The model takes the per-slot branch, as KVM does once userspace disables
+    /// `KVM_X86_QUIRK_SLOT_ZAP_ALL`. With the quirk on (the default for
+    /// `KVM_X86_DEFAULT_VM`), 6.12 instead fast-zaps every root
+    /// (`__kvm_mmu_zap_all_fast_front_half()`), so the SPTEs of other memslots go too.
     pub fn delete_memslot(&mut self, id: u16) -> Result<Memslot, MemslotError> {
         self.check_no_invalidation(id)?;
         let slot = self.slots.remove(id)?;
