@@ -123,10 +123,7 @@ fn invalidate(c: &mut Criterion) {
         k
     };
     let leaf = |pfn: u64, huge: bool| {
-        Spte::leaf(
-            Pfn(pfn),
-            bits::ACCESSED | if huge { bits::HUGE } else { 0 },
-        )
+        Spte::leaf(Pfn(pfn), bits::ACCESSED | if huge { bits::HUGE } else { 0 })
     };
     let empty = base();
     let mut few = base();
@@ -136,13 +133,18 @@ fn invalidate(c: &mut Criterion) {
     }
     let mut many4k = base();
     for p in 0..262_144u64 {
-        many4k.tdp.map(Gfn(p), 1, leaf(0x10_0000 + p, false), &mut |_| {});
+        many4k
+            .tdp
+            .map(Gfn(p), 1, leaf(0x10_0000 + p, false), &mut |_| {});
     }
     let mut many2m = base();
     for p in 0..512u64 {
-        many2m
-            .tdp
-            .map(Gfn(p * 512), 2, leaf(0x10_0000 + p * 512, true), &mut |_| {});
+        many2m.tdp.map(
+            Gfn(p * 512),
+            2,
+            leaf(0x10_0000 + p * 512, true),
+            &mut |_| {},
+        );
     }
     for (name, k, n) in [
         ("empty", &empty, 1u64),

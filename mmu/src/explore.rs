@@ -120,6 +120,9 @@ pub struct ExploreReport {
     pub outcomes: BTreeSet<Outcome>,
     /// The first schedule that produced a stale SPTE, with the stale entry.
     pub first_stale: Option<(Vec<ScheduledStep>, StaleSpte)>,
+    /// True when [`ExploreOptions::max_schedules`] stopped the exploration early.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 impl ExploreReport {
@@ -134,9 +137,9 @@ impl ExploreReport {
             .iter()
             .any(|o| o.faults.iter().any(|f| f == name))
     }
-    /// The report as pretty JSON (newline-terminated).
+    /// The report as one line of JSON (newline-terminated).
     pub fn json(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        let mut s = serde_json::to_string(self).unwrap_or_default();
         s.push('\n');
         s
     }
@@ -144,8 +147,14 @@ impl ExploreReport {
     /// A human-readable summary.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "schedules: {} (+{} infeasible under mmu_lock)\noutcomes:\n",
-            self.schedules, self.infeasible
+            "schedules: {} (+{} infeasible under mmu_lock){}\noutcomes:\n",
+            self.schedules,
+            self.infeasible,
+            if self.truncated {
+                " - TRUNCATED at max_schedules: shrink the racing steps"
+            } else {
+                ""
+            }
         );
         for o in &self.outcomes {
             s.push_str(&format!(
@@ -288,6 +297,7 @@ pub fn explore(sc: &Scenario, opts: ExploreOptions) -> Result<ExploreReport, Sce
         infeasible: 0,
         outcomes: BTreeSet::new(),
         first_stale: None,
+        truncated: false,
     };
     let mut remaining = lens.clone();
     let mut sched = Vec::new();
@@ -421,7 +431,13 @@ fn run_schedule(
                     InvalStep::Start => {
                         // KVM is told the declared range; the host change must stay in it.
                         let lo = Hva(step.start.map_or(0, |n| n.0));
-                        let hi = lo.add(step.size.map_or(0, |n| n.0));
+                        let hi = Hva(lo.0.checked_add(step.size.map_or(0, |n| n.0)).ok_or_else(
+                            || ScenarioError::Step {
+                                step: racing_idx,
+                                op: step.op.clone(),
+                                message: "start + size overflows".into(),
+                            },
+                        )?);
                         *range = Some((lo, hi));
                         kvm.notifier_invalidate_range_start(lo, hi);
                     }

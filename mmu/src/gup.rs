@@ -16,7 +16,7 @@
 //!   form.
 
 use crate::host::folio::ff;
-use crate::host::pagetable::{PmdSlot, PudSlot};
+use crate::host::pagetable::Walk;
 use crate::host::{
     Entry, FaultFlags, FaultOutcome, FaultReport, HostFault, Mm, PendingSignal, VmFlags, Vma, Zone,
 };
@@ -279,26 +279,6 @@ impl RefSink for Option<PageRef> {
     }
 }
 
-/// The result of the lockless walk for one address.
-enum FastLeaf {
-    None,
-    Leaf(Level, Entry),
-}
-
-fn fast_walk(mm: &Mm, hva: Hva) -> FastLeaf {
-    match mm.space.pt.pud_slot(hva) {
-        None | Some(PudSlot::None) => FastLeaf::None,
-        Some(PudSlot::Leaf(e)) => FastLeaf::Leaf(Level::Pud1G, *e),
-        Some(PudSlot::Table(t)) => match &t.e[((hva.0 >> 21) & 511) as usize] {
-            PmdSlot::None => FastLeaf::None,
-            PmdSlot::Leaf(e) => FastLeaf::Leaf(Level::Pmd2M, *e),
-            PmdSlot::Table(pt) => {
-                FastLeaf::Leaf(Level::Pte4K, pt.e[((hva.0 >> 12) & 511) as usize])
-            }
-        },
-    }
-}
-
 /// `gup_fast_folio_allowed()` (mm/gup.c).
 fn gup_fast_folio_allowed(mm: &Mm, id: usize, flags: FollFlags) -> bool {
     let f = &mm.frames.folios[id];
@@ -323,6 +303,7 @@ fn gup_fast_folio_allowed(mm: &Mm, id: usize, flags: FollFlags) -> bool {
 }
 
 /// `gup_must_unshare()` (mm/internal.h); `vma` is None for GUP-fast.
+#[allow(clippy::unnecessary_map_or)] // Option::is_none_or needs Rust 1.82; rust-version is 1.80.
 fn gup_must_unshare(mm: &Mm, vma: Option<&Vma>, flags: FollFlags, id: usize) -> bool {
     if !flags.contains(FollFlags::PIN) || flags.contains(FollFlags::WRITE) {
         return false;
@@ -421,8 +402,8 @@ fn gup_fast_leaf<S: RefSink>(
         mm.gup_fast_race = false;
         mm.race_zap(hva);
     }
-    let now = match fast_walk(mm, hva) {
-        FastLeaf::Leaf(l, n) if l == level => n,
+    let now = match mm.space.pt.walk(hva) {
+        Walk::Leaf(l, n) if l == level => n,
         _ => Entry::NONE,
     };
     if now != e {
@@ -457,9 +438,9 @@ fn gup_fast_range<S: RefSink>(
     let mut done = 0;
     while done < nr {
         let va = start.add((done as u64) << 12);
-        let (level, e) = match fast_walk(mm, va) {
-            FastLeaf::None => return (done, Some(FastBail::NotPresent)),
-            FastLeaf::Leaf(l, e) => (l, e),
+        let (level, e) = match mm.space.pt.walk(va) {
+            Walk::None(_) => return (done, Some(FastBail::NotPresent)),
+            Walk::Leaf(l, e) => (l, e),
         };
         let in_leaf = usize::try_from(level.pages() - va.page_index_in(level)).unwrap_or(1);
         let n = in_leaf.min(nr - done);
@@ -490,7 +471,7 @@ pub fn get_user_page_fast_only(mm: &mut Mm, hva: Hva, flags: FollFlags) -> Optio
     out
 }
 
-/// Models `get_user_pages_fast_only()` over `nr` pages: stops at the first page GUP-fast
+/// Models `get_user_pages_fast_only()` (mm/gup.c) over `nr` pages: stops at the first page GUP-fast
 /// cannot take. Returns how many were taken (appended to `out`). Huge leaves are grabbed
 /// with one refcount add per leaf, as `gup_fast_pmd_leaf()` does.
 pub fn get_user_pages_fast_only(
@@ -603,14 +584,9 @@ fn follow_page_mask(
     } else {
         Follow::NoPage
     };
-    let (level, e) = match mm.space.pt.pud_slot(hva) {
-        None | Some(PudSlot::None) => return no_page_table,
-        Some(PudSlot::Leaf(e)) => (Level::Pud1G, *e),
-        Some(PudSlot::Table(t)) => match &t.e[((hva.0 >> 21) & 511) as usize] {
-            PmdSlot::None => return no_page_table,
-            PmdSlot::Leaf(e) => (Level::Pmd2M, *e),
-            PmdSlot::Table(pt) => (Level::Pte4K, pt.e[((hva.0 >> 12) & 511) as usize]),
-        },
+    let (level, e) = match mm.space.pt.walk(hva) {
+        Walk::None(_) => return no_page_table,
+        Walk::Leaf(level, e) => (level, e),
     };
     if e.is_none() {
         return no_page_table;
@@ -853,7 +829,7 @@ pub fn get_user_pages_unlocked(
     r
 }
 
-/// Models `get_user_pages_fast()` / `pin_user_pages_fast()` for one page
+/// Models `get_user_pages_fast()` (mm/gup.c) / `pin_user_pages_fast()` for one page
 /// (`gup_fast_fallback()`): GUP-fast, then the slow path with TOUCH|UNLOCKABLE.
 /// Pass `FollFlags::PIN` to pin; otherwise FOLL_GET is added.
 pub fn get_user_pages_fast(
@@ -1007,7 +983,7 @@ pub fn follow_pfnmap_start(mm: &Mm, hva: Hva) -> Result<PfnmapArgs, FollowPfnmap
         return Err(FollowPfnmapError::NotPfnmap(hva));
     }
     match mm.space.pt.walk(hva) {
-        crate::host::pagetable::Walk::Leaf(level, e) if e.is_present() => Ok(PfnmapArgs {
+        Walk::Leaf(level, e) if e.is_present() => Ok(PfnmapArgs {
             pfn: e.pfn().add(hva.page_index_in(level)),
             writable: e.is_write(),
             special: e.is_special(),
@@ -1017,13 +993,14 @@ pub fn follow_pfnmap_start(mm: &Mm, hva: Hva) -> Result<PfnmapArgs, FollowPfnmap
     }
 }
 
-/// Models `follow_pfnmap_end()`: drops the page-table lock (nothing to do in the model).
+/// Models `follow_pfnmap_end()` (mm/memory.c): drops the page-table lock (nothing to do in the
+/// model).
 pub fn follow_pfnmap_end(mm: &Mm, args: PfnmapArgs) {
     let _ = (mm, args);
 }
 
-/// Models `put_page()` / `unpin_user_page()` for a GUP reference: drops the reference
-/// (and the pin); frees the folio at refcount 0.
+/// Models `put_page()` (include/linux/mm.h) / `unpin_user_page()` for a GUP reference: drops the
+/// reference (and the pin); frees the folio at refcount 0.
 pub fn put_page(mm: &mut Mm, page: PageRef) {
     if !page.counted {
         return;
@@ -1037,9 +1014,9 @@ pub fn put_page(mm: &mut Mm, page: PageRef) {
     mm.frames.put(id, 1);
 }
 
-/// Models `get_page_unless_zero(pfn_to_page(pfn))` (KVM 6.12 `kvm_try_get_pfn()` on a
-/// remapped pfn with a struct page): a reference unless the refcount is 0 or the pfn has
-/// no struct page.
+/// Models `get_page_unless_zero(pfn_to_page(pfn))` (include/linux/mm.h) (KVM 6.12
+/// `kvm_try_get_pfn()` on a remapped pfn with a struct page): a reference unless the refcount is 0
+/// or the pfn has no struct page.
 pub fn get_page_unless_zero(mm: &mut Mm, pfn: Pfn) -> Option<PageRef> {
     let id = mm.frames.folio_of(pfn)?;
     if !mm.frames.try_get(id, 1) {
@@ -1053,19 +1030,20 @@ pub fn get_page_unless_zero(mm: &mut Mm, pfn: Pfn) -> Option<PageRef> {
     })
 }
 
-/// Models `unpin_user_page()`.
+/// Models `unpin_user_page()` (mm/gup.c).
 pub fn unpin_user_page(mm: &mut Mm, page: PageRef) {
     put_page(mm, page)
 }
 
-/// Models `set_page_dirty_lock()` / `kvm_set_page_dirty()` on a referenced page.
+/// Models `set_page_dirty_lock()` (mm/page-writeback.c) / `kvm_set_page_dirty()` on a referenced
+/// page.
 pub fn set_page_dirty(mm: &mut Mm, page: &PageRef) {
     if let Some(id) = mm.frames.folio_of(page.pfn) {
         mm.frames.folios[id].flags |= ff::DIRTY;
     }
 }
 
-/// Models `mark_page_accessed()` on a referenced page.
+/// Models `mark_page_accessed()` (mm/folio-compat.c) on a referenced page.
 pub fn mark_page_accessed(mm: &mut Mm, page: &PageRef) {
     if let Some(id) = mm.frames.folio_of(page.pfn) {
         mm.frames.folios[id].flags |= ff::REFERENCED;
@@ -1075,9 +1053,7 @@ pub fn mark_page_accessed(mm: &mut Mm, page: &PageRef) {
 fn normal_page_at(mm: &Mm, hva: Hva, want: Level) -> Option<Pfn> {
     let vma = mm.space.vma(hva)?;
     match mm.space.pt.walk(hva) {
-        crate::host::pagetable::Walk::Leaf(level, e) if level == want => {
-            mm.vm_normal_page_entry(vma, hva, e, level)
-        }
+        Walk::Leaf(level, e) if level == want => mm.vm_normal_page_entry(vma, hva, e, level),
         _ => None,
     }
 }
@@ -1146,21 +1122,7 @@ mod tests {
     }
 
     fn devdax(m: &mut Mm) -> Hva {
-        device(
-            m,
-            BASE,
-            0x10_000,
-            true,
-            DeviceSpec {
-                kind: DeviceKind::DevDax,
-                base_pfn: None,
-                max_level: Level::Pte4K,
-                mkwrite: false,
-                pfn_mkwrite: false,
-                page_mkwrite: false,
-                remap: false,
-            },
-        )
+        device(m, BASE, 0x10_000, true, DeviceSpec::devdax())
     }
 
     /// Models `gup_fast_pte_range()` devmap rules (6.12): `get_dev_pagemap()` must succeed
@@ -1200,15 +1162,7 @@ mod tests {
             BASE,
             2 * M2,
             true,
-            DeviceSpec {
-                kind: DeviceKind::DevDax,
-                base_pfn: None,
-                max_level: Level::Pmd2M,
-                mkwrite: false,
-                pfn_mkwrite: false,
-                page_mkwrite: false,
-                remap: false,
-            },
+            DeviceSpec::devdax().with_max_level(Level::Pmd2M),
         );
         m.user_access(a, false, &mut NoNotifier).unwrap();
         assert_eq!(m.leaf_level(a), Some(Level::Pmd2M));

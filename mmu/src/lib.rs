@@ -42,6 +42,39 @@
 //! assert_eq!(kvm.start_triples(), vec![(NotifierEvent::Clear, a.0, a.0 + 4096)]);
 //! gup::put_page(&mut mm, w);
 //! ```
+//!
+//! # The KVM side: `secondary`, `scenario`, `explore`
+//!
+//! [`secondary::Kvm`] models KVM's x86 TDP MMU for one VM: memslots with lpage_info and
+//! dirty bitmaps, a compact 4-level SPTE table (4K/2M/1G leaves; present, writable,
+//! host-writable, mmu-writable, accessed, dirty, huge), the fault path
+//! (`fast_page_fault()`, the `mmu_invalidate_seq` snapshot, pre-check, `hva_to_pfn()` on
+//! [`gup`] with its fast/slow/remapped paths and async-PF pass, post-check,
+//! `is_page_fault_stale()`, mapping level from lpage_info and the host page table, map,
+//! reference release by kernel version) and the mmu-notifier handlers (it implements
+//! [`notifier::MmuNotifier`]; the event type is ignored, as KVM does). [`scenario`] replays
+//! TOML scenario files (`faultline sim`) into per-step records; [`explore`] runs every
+//! interleaving of a few faults and invalidations and checks that no SPTE is ever stale.
+//!
+//! Left out on that side: shadow paging and rmaps, private/guest_memfd memory, write
+//! tracking, NX huge pages, the dirty ring and PML, multiple address spaces and vCPUs.
+//!
+//! ```
+//! use mmu::host::{Mm, MmConfig, MmapRequest};
+//! use mmu::secondary::fault::{Access, PfResult};
+//! use mmu::secondary::memslot::MemslotFlags;
+//! use mmu::secondary::{Kvm, KvmConfig};
+//! use mmu::types::{Gpa, Hva};
+//!
+//! let mut mm = Mm::new(MmConfig::default());
+//! mm.mmap(MmapRequest::anon(Hva(0x7f00_0000_0000), 2 << 20)).unwrap();
+//! let mut kvm = Kvm::new(KvmConfig::default());
+//! kvm.create_memslot(0, Gpa(0), 2 << 20, Hva(0x7f00_0000_0000), MemslotFlags::default())
+//!     .unwrap();
+//! let r = kvm.guest_access(&mut mm, Gpa(0x1000), Access::Write);
+//! assert_eq!((r.result, r.retries), (PfResult::Fixed, 0));
+//! assert!(kvm.spte_at(Gpa(0x1000)).unwrap().1.is_writable());
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -34,17 +34,20 @@
 //! `start` + `size`; `fork`; `dirty-log-enable`, `dirty-log-get`, `dirty-log-clear`,
 //! `memslot-delete` with `memslot = id`; `release` (the `release` notifier alone) and
 //! `exit` (`exit_mmap()`: release, then every VMA unmapped); `signal` with `signal =
-//! "none" | "pending" | "fatal"` (a signal pending on the vCPU thread).
+//! "none" | "pending" | "fatal"` (a signal pending on the vCPU thread); `memory-failure`
+//! with `start` (poison the page mapped there: `memory_failure()`); `uffd-register`
+//! (`start`, `size`, `mode = ["missing", "wp"]`), `uffdio-copy` and `uffdio-zeropage`
+//! (`start`): userfaultfd, as the VMM's demand-paging service uses it.
 //!
 //! Guest results: "hit", "fixed", "spurious", "retry" (gave up after
 //! [`MAX_ROUNDS`](crate::secondary::fault::MAX_ROUNDS) rounds), "emulate", "efault",
 //! "mmio", "write-protected", "intr" (signal pending: KVM_RUN returns -EINTR) and
 //! "hwpoison" (SIGBUS queued).
 //!
-//! Optional top-level keys (defaults in brackets): `async_pf` [true], `ad_bits` [true],
-//! `tdp_1g` [true], `eager_page_split` [true], `thp` ["madvise"], `nodes` [2],
-//! `task_node` [0], `multi_threaded` [true], `numa_balancing` [true],
-//! `huge_zero_page` [true].
+//! Optional top-level keys (defaults after the `=`): `async_pf = true`, `ad_bits = true`,
+//! `tdp_1g = true`, `eager_page_split = true`, `thp = "madvise"`, `nodes = 2`,
+//! `task_node = 0`, `multi_threaded = true`, `numa_balancing = true`,
+//! `huge_zero_page = true`.
 //!
 //! Output, one record per step ([`StepRecord`]), then the final [`KvmStats`]:
 //! [`ScenarioRun::json_lines`] prints one JSON object per line, then `{"stats": {...}}`;
@@ -307,6 +310,9 @@ pub struct StepSpec {
     /// Memslot id.
     #[serde(default)]
     pub memslot: Option<u16>,
+    /// `uffd-register` modes: "missing", "wp".
+    #[serde(default)]
+    pub mode: Option<Vec<String>>,
     /// `signal` step: "none" | "pending" | "fatal" (the VMM thread's pending signal).
     #[serde(default)]
     pub signal: Option<String>,
@@ -404,7 +410,7 @@ pub struct ScenarioRun {
 
 /// What `faultline sim FILE [--json] [--explore]` prints, given the file's text: the step
 /// table (or JSON lines with `json`), or with `explore` the interleaving explorer's report
-/// over the file's `race = true` steps (pretty JSON with `json`).
+/// over the file's `race = true` steps (one JSON object with `json`).
 pub fn sim(text: &str, json: bool, explore: bool) -> Result<String, ScenarioError> {
     if explore {
         let r = crate::explore::explore_scenario(text, crate::explore::ExploreOptions::default())?;
@@ -673,6 +679,47 @@ pub fn run_step(
         "exit" => {
             mm.exit(kvm);
         }
+        "uffd-register" => {
+            let s = st
+                .start
+                .ok_or_else(|| step_err(i, op, "needs start = \"0x...\""))?;
+            let z = st
+                .size
+                .ok_or_else(|| step_err(i, op, "needs size = \"2M\""))?;
+            let mut mode = crate::host::UffdMode::default();
+            for m in st.mode.as_deref().unwrap_or(&["missing".to_string()]) {
+                match m.as_str() {
+                    "missing" => mode.missing = true,
+                    "wp" => mode.wp = true,
+                    o => return Err(e(format!("mode {o:?}: use \"missing\" and/or \"wp\""))),
+                }
+            }
+            mm.uffd_register(Hva(s.0), z.0, mode)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        "uffdio-copy" | "uffdio-zeropage" => {
+            let s = st
+                .start
+                .ok_or_else(|| step_err(i, op, "needs start = \"0x...\""))?;
+            if op == "uffdio-copy" {
+                mm.uffdio_copy(Hva(s.0), false)
+            } else {
+                mm.uffdio_zeropage(Hva(s.0))
+            }
+            .map_err(|x| e(x.to_string()))?;
+        }
+        "memory-failure" => {
+            let hva = Hva(st
+                .start
+                .ok_or_else(|| step_err(i, op, "needs start = \"0x...\" (the hva of the page)"))?
+                .0);
+            let m = mm
+                .lookup(hva)
+                .filter(|m| m.present)
+                .ok_or_else(|| e(format!("nothing is mapped at {hva} to poison")))?;
+            mm.memory_failure(m.pfn, kvm)
+                .map_err(|x| e(x.to_string()))?;
+        }
         "signal" => {
             use crate::host::PendingSignal;
             let sig = match st.signal.as_deref() {
@@ -711,7 +758,8 @@ pub fn run_step(
                 other,
                 "unknown op: use read|write|exec, munmap, mprotect, madvise, numa-scan, migrate, \
                  thp-split, fork, unmap-mapping-range, clear-young, clear-flush-young, \
-                 test-young, release, exit, signal, dirty-log-enable|get|clear, memslot-delete",
+                 test-young, release, exit, signal, memory-failure, uffd-register, uffdio-copy, \
+                 uffdio-zeropage, dirty-log-enable|get|clear, memslot-delete",
             ))
         }
     }

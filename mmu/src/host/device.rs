@@ -63,12 +63,21 @@ impl DeviceSpec {
             remap: false,
         }
     }
+    /// A device-dax mapping (`drivers/dax/device.c`): the driver allocates ZONE_DEVICE
+    /// pages behind a new pgmap, 4K only, no mkwrite.
+    pub fn devdax() -> Self {
+        DeviceSpec {
+            kind: DeviceKind::DevDax,
+            base_pfn: None,
+            ..DeviceSpec::pfnmap(Pfn(0))
+        }
+    }
     /// `self` with a different largest leaf.
     pub fn with_max_level(mut self, level: Level) -> Self {
         self.max_level = level;
         self
     }
-    /// `self` populated with `remap_pfn_range()` at mmap.
+    /// `self` populated with `remap_pfn_range()` (mm/memory.c) at mmap.
     pub fn remapped(mut self) -> Self {
         self.remap = true;
         self

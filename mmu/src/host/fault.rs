@@ -225,11 +225,7 @@ impl Mm {
         range: NotifierRange,
         f: impl FnOnce(&mut Mm) -> R,
     ) -> R {
-        vmf.notifier.invalidate_range_start(&range);
-        vmf.notifiers.push(range);
-        let r = f(self);
-        vmf.notifier.invalidate_range_end(&range);
-        r
+        self.notify(&mut *vmf.notifier, &mut vmf.notifiers, range, f)
     }
 
     /// `thp_vma_allowable_order()` + `thp_vma_suitable_order()` (include/linux/huge_mm.h):
@@ -259,7 +255,8 @@ impl Mm {
         }
     }
 
-    /// The node a new page for `vma` comes from (`policy_node()`).
+    /// The node a new page for `vma` comes from: the VMA's policy node if set, else the
+    /// task's (`vma_alloc_folio()` → `policy_nodemask()`, mm/mempolicy.c).
     pub(crate) fn alloc_node(&self, vma: &Vma) -> NodeId {
         vma.node.unwrap_or(self.config.task_node)
     }
@@ -526,7 +523,7 @@ impl Mm {
         });
     }
 
-    /// `__split_huge_pmd_locked()`.
+    /// `__split_huge_pmd_locked()` (mm/huge_memory.c).
     pub(crate) fn split_pmd_locked(&mut self, vma: &Vma, haddr: Hva, e: Entry) {
         let is_zero = self.frames.is_huge_zero_pfn(e.pfn());
         let folio = self.frames.folio_of(e.pfn());
@@ -563,8 +560,8 @@ impl Mm {
         }
     }
 
-    /// Models `__split_huge_pud()`: CLEAR 1G; PUD leaves are never anonymous, so the pud is
-    /// cleared.
+    /// Models `__split_huge_pud()` (mm/huge_memory.c): CLEAR 1G; PUD leaves are never anonymous, so
+    /// the pud is cleared.
     pub(crate) fn split_huge_pud(
         &mut self,
         hva: Hva,
@@ -597,7 +594,7 @@ impl Mm {
         self.frames.folio_of(pfn)
     }
 
-    /// Drops what a leaf held (`zap_present_ptes()` / `zap_huge_pmd()`): mapcount and
+    /// Drops what a leaf held (`zap_present_ptes()` (mm/memory.c) / `zap_huge_pmd()`): mapcount and
     /// reference.
     pub(crate) fn drop_leaf_ref(&mut self, e: Entry) {
         if let Some(id) = self.leaf_ref_folio(e) {
@@ -672,7 +669,7 @@ impl Mm {
     }
 
     /// The page-cache folio for (file, index), allocated on first use
-    /// (`filemap_fault()` / `shmem_fault()`): the cache holds one reference. For a
+    /// (`filemap_fault()` (mm/filemap.c) / `shmem_fault()`): the cache holds one reference. For a
     /// VM_MIXEDMAP driver the "cache" is the driver's own page array: its pages hold the
     /// driver's reference (DRIVER) and have no `mapping`, like `vm_insert_page()`d kernel
     /// pages.
@@ -1119,7 +1116,7 @@ impl Mm {
     }
 
     /// The virtual span `[start, end)` of the folio `id` mapped around `hva` in `vma`
-    /// (`vma_address()` .. `vma_address_end()`).
+    /// (`vma_address()` (mm/internal.h) .. `vma_address_end()`).
     pub(crate) fn folio_span(&self, vma: &Vma, hva: Hva, id: usize) -> (Hva, Hva) {
         let f = &self.frames.folios[id];
         let pfn = self.lookup(hva).map(|m| m.pfn).unwrap_or(Pfn(f.pfn));

@@ -1,5 +1,9 @@
 //! Fault-handler rules, one test per rule. Each builds a small address space, faults, and
 //! checks the resulting entry, the folio counts and the exact notifier ranges.
+//!
+//! Limits: one process, one fault at a time (a fault is an atomic step here; races between
+//! a fault and an invalidation are the explorer's job, `crate::explore`), the model's own
+//! drivers (`host::device`) stand in for real ones, and nothing is swapped or hugetlb-backed.
 
 use super::super::testutil::*;
 use super::super::*;
@@ -484,15 +488,7 @@ fn mixedmap_maps_io_pfn_special_and_ram_page_refcounted() {
 #[test]
 fn zone_device_6_12_devmap_mapping_takes_no_reference() {
     let mut mm = mm(KernelVersion::V6_12);
-    let spec = DeviceSpec {
-        kind: DeviceKind::DevDax,
-        base_pfn: None,
-        max_level: Level::Pte4K,
-        mkwrite: false,
-        pfn_mkwrite: false,
-        page_mkwrite: false,
-        remap: false,
-    };
+    let spec = DeviceSpec::devdax();
     let a = device(&mut mm, BASE, 0x10_000, true, spec);
     read(&mut mm, a);
     let m = mm.lookup(a).unwrap();
@@ -510,15 +506,7 @@ fn zone_device_6_12_devmap_mapping_takes_no_reference() {
 #[test]
 fn zone_device_6_18_pages_are_refcounted_normally() {
     let mut mm = mm(KernelVersion::V6_18);
-    let spec = DeviceSpec {
-        kind: DeviceKind::DevDax,
-        base_pfn: None,
-        max_level: Level::Pte4K,
-        mkwrite: false,
-        pfn_mkwrite: false,
-        page_mkwrite: false,
-        remap: false,
-    };
+    let spec = DeviceSpec::devdax();
     let a = device(&mut mm, BASE, 0x10_000, true, spec);
     let idle = mm
         .folio_info(mm.find_vma(a).unwrap().device().unwrap().base_pfn.unwrap())

@@ -231,13 +231,7 @@ impl Frames {
             order,
             zone,
         };
-        let id = if let Some(id) = self.free_ids.pop() {
-            self.folios[id as usize] = folio;
-            id as usize
-        } else {
-            self.folios.push(folio);
-            self.folios.len() - 1
-        };
+        let id = self.store(folio);
         let end = usize::try_from(rel + n).expect("pfn index fits usize");
         if self.map.len() < end {
             self.map.resize(end, 0);
@@ -247,6 +241,21 @@ impl Frames {
         self.map[start..end].fill(tag);
         self.allocated_pages += n;
         Some(id)
+    }
+
+    /// Puts a new folio record in a freed slot, or a new one; returns its id.
+    fn store(&mut self, folio: Folio) -> usize {
+        match self.free_ids.pop() {
+            Some(id) => {
+                let id = id as usize;
+                self.folios[id] = folio;
+                id
+            }
+            None => {
+                self.folios.push(folio);
+                self.folios.len() - 1
+            }
+        }
     }
 
     /// Allocates a folio (refcount 1, unmapped). Honours failure injection.
@@ -323,8 +332,8 @@ impl Frames {
         first
     }
 
-    /// Splits the large folio `id` into order-0 folios (`__split_huge_page()`): every
-    /// subpage gets its own record with the head's flags, node and zone; the caller sets
+    /// Splits the large folio `id` into order-0 folios (`__split_huge_page()` (mm/huge_memory.c)):
+    /// every subpage gets its own record with the head's flags, node and zone; the caller sets
     /// their counts. Returns the ids, subpage 0 first (it keeps `id`).
     pub fn split_folio(&mut self, id: usize) -> Vec<usize> {
         let head = self.folios[id].clone();
@@ -339,13 +348,7 @@ impl Frames {
             f.index = head
                 .index
                 .saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
-            let nid = if let Some(free) = self.free_ids.pop() {
-                self.folios[free as usize] = f;
-                free as usize
-            } else {
-                self.folios.push(f);
-                self.folios.len() - 1
-            };
+            let nid = self.store(f);
             let rel = usize::try_from(head.pfn + i - RAM_BASE_PFN).unwrap_or(usize::MAX);
             if let Some(slot) = self.map.get_mut(rel) {
                 *slot = u32::try_from(nid + 1).unwrap_or(0);
@@ -355,7 +358,8 @@ impl Frames {
         ids
     }
 
-    /// The folio id of the folio containing `pfn` (`page_folio(pfn_to_page(pfn))`).
+    /// The folio id of the folio containing `pfn` (`page_folio(pfn_to_page(pfn))`
+    /// (include/linux/page-flags.h)).
     #[inline]
     pub fn folio_of(&self, pfn: Pfn) -> Option<usize> {
         let rel = pfn.0.checked_sub(RAM_BASE_PFN)?;
@@ -367,15 +371,19 @@ impl Frames {
         }
     }
 
-    /// `pfn_valid()`: the pfn has a struct page (RAM or ZONE_DEVICE within the memmap).
+    /// `pfn_valid()` (include/linux/mmzone.h): the pfn has a struct page (RAM or ZONE_DEVICE within
+    /// the memmap).
     pub fn pfn_valid(&self, pfn: Pfn) -> bool {
         pfn.0 >= RAM_BASE_PFN && pfn.0 < RAM_BASE_PFN + RAM_MAX_PAGES
     }
 
+    /// `is_zero_pfn()` (include/linux/pgtable.h): the shared zero page.
     pub fn is_zero_pfn(&self, pfn: Pfn) -> bool {
         pfn == self.zero_pfn
     }
 
+    /// Inside the huge zero folio (`is_huge_zero_pmd()` / `is_huge_zero_folio()`,
+    /// include/linux/huge_mm.h, by pfn).
     pub fn is_huge_zero_pfn(&self, pfn: Pfn) -> bool {
         pfn.align_down(Level::Pmd2M) == self.huge_zero_pfn
     }
@@ -400,12 +408,12 @@ impl Frames {
         self.freed_folios += 1;
     }
 
-    /// `folio_get()`.
+    /// `folio_get()` (include/linux/mm.h).
     pub fn get(&mut self, id: usize, refs: i32) {
         self.folios[id].refcount += refs;
     }
 
-    /// `folio_put_refs()`: frees at 0.
+    /// `folio_put_refs()` (include/linux/mm.h): frees at 0.
     pub fn put(&mut self, id: usize, refs: i32) {
         let f = &mut self.folios[id];
         f.refcount -= refs;
@@ -415,8 +423,8 @@ impl Frames {
         }
     }
 
-    /// `folio_try_get()` / `folio_ref_try_add()`: fails when the refcount is 0 (being freed
-    /// or frozen).
+    /// `folio_try_get()` (include/linux/page_ref.h) / `folio_ref_try_add()`: fails when the
+    /// refcount is 0 (being freed or frozen).
     #[inline]
     pub fn try_get(&mut self, id: usize, refs: i32) -> bool {
         let f = &mut self.folios[id];
@@ -448,7 +456,7 @@ impl Frames {
         }
     }
 
-    /// `get_dev_pagemap(pfn)`: Some(pgmap id) while the pgmap is alive.
+    /// `get_dev_pagemap(pfn)` (mm/memremap.c): Some(pgmap id) while the pgmap is alive.
     pub fn get_dev_pagemap(&mut self, pfn: Pfn) -> Option<u16> {
         let id = self.folio_of(pfn)?;
         let pg = self.folios[id].pgmap;
@@ -463,7 +471,7 @@ impl Frames {
         Some(pg)
     }
 
-    /// `put_dev_pagemap()`.
+    /// `put_dev_pagemap()` (include/linux/memremap.h).
     pub fn put_dev_pagemap(&mut self, pg: u16) {
         self.pgmaps[usize::from(pg) - 1].refs -= 1;
     }

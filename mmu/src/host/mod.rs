@@ -534,9 +534,22 @@ impl Mm {
         range: NotifierRange,
         f: impl FnOnce(&mut Mm) -> R,
     ) -> R {
+        self.notify_nested(notifier, log, range, |mm, _, _| f(mm))
+    }
+
+    /// Like [`Mm::notify`], for a change that may send invalidations of its own inside the
+    /// outer one (a zap that splits a partly covered huge leaf): `f` gets the notifier and
+    /// the log, so nested ranges are recorded after the outer one, in emission order.
+    pub(crate) fn notify_nested<R>(
+        &mut self,
+        notifier: &mut dyn MmuNotifier,
+        log: &mut Vec<NotifierRange>,
+        range: NotifierRange,
+        f: impl FnOnce(&mut Mm, &mut dyn MmuNotifier, &mut Vec<NotifierRange>) -> R,
+    ) -> R {
         notifier.invalidate_range_start(&range);
         log.push(range);
-        let r = f(self);
+        let r = f(self, &mut *notifier, &mut *log);
         notifier.invalidate_range_end(&range);
         r
     }

@@ -245,13 +245,13 @@ impl Mm {
                 && !vma.flags.contains(VmFlags::WRITE))
     }
 
-    /// Models `migrate_pages()` of one folio mapped at `span` in the process: fails when
-    /// the folio has references beyond its mappings and page cache (GUP references, pins:
-    /// `folio_migrate_mapping()` → -EAGAIN), when it is ZONE_DEVICE or shared with a child,
-    /// or when the target allocation fails. Otherwise sends CLEAR over the folio span
+    /// Models `migrate_pages()` (mm/migrate.c) of one folio mapped at `span` in the process: fails
+    /// when the folio has references beyond its mappings and page cache (GUP references, pins:
+    /// `folio_migrate_mapping()` → -EAGAIN), when it is ZONE_DEVICE or shared with a child, or when
+    /// the target allocation fails. Otherwise sends CLEAR over the folio span
     /// (`try_to_migrate_one()`), copies, and installs the new entries without a notifier
-    /// (`remove_migration_ptes()`): same write/dirty/young bits, `vm_page_prot` (a protnone
-    /// entry comes back accessible).
+    /// (`remove_migration_ptes()`): same write/dirty/young bits, `vm_page_prot` (a protnone entry
+    /// comes back accessible).
     pub(crate) fn migrate_folio(
         &mut self,
         vma: &Vma,

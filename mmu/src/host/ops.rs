@@ -278,6 +278,7 @@ pub enum AccessError {
 /// Where the model places mappings when no address is given.
 const MMAP_BASE: u64 = 0x7f00_0000_0000;
 
+#[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
 fn check_range(start: Hva, len: u64) -> Result<Hva, RangeError> {
     let err = |problem| RangeError {
         start,
@@ -299,8 +300,20 @@ fn check_range(start: Hva, len: u64) -> Result<Hva, RangeError> {
     }
 }
 
+/// Which young notifier an aging pass calls (see [`Mm::clear_flush_young`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Aging {
+    /// `clear_flush_young`, young bits cleared.
+    ClearFlush,
+    /// `clear_young`, young bits cleared.
+    Clear,
+    /// `test_young`, nothing cleared.
+    Test,
+}
+
 impl OpReport {
-    fn new(op: &str, start: Hva, end: Hva) -> Self {
+    /// An empty report for `op` over `[start, end)`.
+    pub(crate) fn new(op: &str, start: Hva, end: Hva) -> Self {
         OpReport {
             op: op.to_string(),
             start,
@@ -353,6 +366,7 @@ impl Mm {
     /// Models `mmap()` (mm/mmap.c `do_mmap()` + the driver's `->mmap`): creates the VMA;
     /// device mappings get VM_IO|VM_PFNMAP / VM_MIXEDMAP, device-dax gets ZONE_DEVICE
     /// pages; `remap` drivers populate everything with `remap_pfn_range()`.
+    #[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
     pub fn mmap(&mut self, req: MmapRequest) -> Result<Hva, MmapError> {
         let start = match req.addr {
             Some(a) => a,
@@ -522,7 +536,7 @@ impl Mm {
         Ok(report)
     }
 
-    /// Zaps every leaf of `vma` in `[start, end)` (`unmap_page_range()` →
+    /// Zaps every leaf of `vma` in `[start, end)` (`unmap_page_range()` (mm/memory.c) →
     /// `zap_pud_range()`/`zap_pmd_range()`/`zap_pte_range()`): partly covered huge leaves are
     /// split first (a nested CLEAR; a non-anon huge leaf is then gone whole). Returns leaves
     /// zapped.
@@ -607,8 +621,8 @@ impl Mm {
         n
     }
 
-    /// Models `munmap()` (`do_vmi_munmap()` → `unmap_vmas()`): one UNMAP [start, end) when
-    /// any VMA intersects, then the VMAs are removed (split at the edges) and empty page
+    /// Models `munmap()` (mm/mmap.c) (`do_vmi_munmap()` → `unmap_vmas()`): one UNMAP [start, end)
+    /// when any VMA intersects, then the VMAs are removed (split at the edges) and empty page
     /// tables freed.
     pub fn munmap(
         &mut self,
@@ -622,6 +636,8 @@ impl Mm {
         Ok(report)
     }
 
+    /// `do_vmi_munmap()` (mm/vma.c) over `[start, end)`, adding its events and count to
+    /// `report` (shared by [`Mm::munmap`] and [`Mm::mremap`]).
     pub(crate) fn do_munmap(
         &mut self,
         start: Hva,
@@ -636,19 +652,18 @@ impl Mm {
         self.split_vma_at(end);
         let vmas = self.vmas_in(start, end);
         let range = NotifierRange::new(NotifierEvent::Unmap, start, end);
-        let mut log = vec![range];
-        notifier.invalidate_range_start(&range);
-        let mut changed = 0;
-        for v in &vmas {
-            changed += self.zap_range(v, v.start, v.end, true, notifier, &mut log);
-        }
-        notifier.invalidate_range_end(&range);
+        let changed = self.notify_nested(notifier, &mut report.notifiers, range, |mm, n, log| {
+            let mut changed = 0;
+            for v in &vmas {
+                changed += mm.zap_range(v, v.start, v.end, true, n, log);
+            }
+            changed
+        });
         for v in &vmas {
             self.space.vmas.remove(&v.start.0);
         }
         self.space.pt.free_empty_tables(start, end);
         self.drop_unused_files();
-        report.notifiers.extend(log);
         report.changed += changed;
     }
 
@@ -677,8 +692,8 @@ impl Mm {
         }
     }
 
-    /// Models `mprotect()` (`mprotect_fixup()` → `change_protection()`): per VMA piece, a
-    /// PROTECTION_VMA range (see `change_protection`), entries rebuilt from the new
+    /// Models `mprotect()` (mm/mprotect.c) (`mprotect_fixup()` → `change_protection()`): per VMA
+    /// piece, a PROTECTION_VMA range (see `change_protection`), entries rebuilt from the new
     /// `vm_page_prot`, kept writable where `can_change_pte_writable()` allows.
     pub fn mprotect(
         &mut self,
@@ -764,15 +779,14 @@ impl Mm {
                 for v in vmas {
                     let (s, e) = (start.max(v.start), end.min(v.end));
                     let range = NotifierRange::new(NotifierEvent::Clear, s, e);
-                    notifier.invalidate_range_start(&range);
-                    report.notifiers.push(range);
-                    let n = if advice == Advice::Dontneed {
-                        self.zap_range(&v, s, e, true, notifier, &mut report.notifiers)
-                    } else {
-                        self.lazyfree_range(&v, s, e, notifier, &mut report.notifiers)
-                    };
-                    notifier.invalidate_range_end(&range);
-                    report.changed += n;
+                    let log = &mut report.notifiers;
+                    report.changed += self.notify_nested(notifier, log, range, |mm, n, log| {
+                        if advice == Advice::Dontneed {
+                            mm.zap_range(&v, s, e, true, n, log)
+                        } else {
+                            mm.lazyfree_range(&v, s, e, n, log)
+                        }
+                    });
                 }
             }
             Advice::Hugepage | Advice::Nohugepage => {
@@ -1196,7 +1210,7 @@ impl Mm {
         self.with_child(id, |mm| mm.user_access(hva, write, &mut NoNotifier))
     }
 
-    /// The forked child exits (`exit_mmap()`): its mappings are dropped.
+    /// The forked child exits (`exit_mmap()` (mm/mmap.c)): its mappings are dropped.
     pub fn child_exit(&mut self, id: ChildId) -> bool {
         let done = self
             .with_child(id, |mm| {
@@ -1214,7 +1228,7 @@ impl Mm {
         done
     }
 
-    /// Models `exit_mmap()`: `mmu_notifier_release()` (subscribers are gone before
+    /// Models `exit_mmap()` (mm/mmap.c): `mmu_notifier_release()` (subscribers are gone before
     /// `unmap_vmas()`, so they see no UNMAP), then every mapping is dropped.
     pub fn exit(&mut self, notifier: &mut dyn MmuNotifier) -> OpReport {
         notifier.release();
@@ -1230,10 +1244,10 @@ impl Mm {
         report
     }
 
-    /// Models one `task_numa_work()` pass over `[start, start+len)`: VMAs that are not
-    /// migratable (VM_IO/VM_PFNMAP/VM_MIXEDMAP, devices), inaccessible, or read-only file
-    /// mappings are skipped; each other VMA piece, with its end rounded up to 2M, goes
-    /// through `change_prot_numa()` (PROTECTION_VMA first, then the per-entry skip rules).
+    /// Models one `task_numa_work()` (kernel/sched/fair.c) pass over `[start, start+len)`: VMAs
+    /// that are not migratable (VM_IO/VM_PFNMAP/VM_MIXEDMAP, devices), inaccessible, or read-only
+    /// file mappings are skipped; each other VMA piece, with its end rounded up to 2M, goes through
+    /// `change_prot_numa()` (PROTECTION_VMA first, then the per-entry skip rules).
     pub fn numa_scan(
         &mut self,
         start: Hva,
@@ -1263,8 +1277,8 @@ impl Mm {
         Ok(report)
     }
 
-    /// Models `migrate_pages()` / `move_pages()` of every folio mapped in the range to
-    /// `node`: CLEAR of each folio span, new entries without notifier; folios with extra
+    /// Models `migrate_pages()` (mm/migrate.c) / `move_pages()` of every folio mapped in the range
+    /// to `node`: CLEAR of each folio span, new entries without notifier; folios with extra
     /// references (GUP) or pins are skipped.
     pub fn migrate(
         &mut self,
@@ -1320,8 +1334,9 @@ impl Mm {
         Ok(report)
     }
 
-    /// Models `split_huge_pmd()` over the range (e.g. the debugfs/`split_huge_pages` PMD
-    /// step): CLEAR [haddr, +2M) per PMD leaf; PUD leaves: CLEAR 1G (cleared).
+    /// Models `split_huge_pmd()` (include/linux/huge_mm.h) over the range (e.g. the
+    /// debugfs/`split_huge_pages` PMD step): CLEAR [haddr, +2M) per PMD leaf; PUD leaves: CLEAR 1G
+    /// (cleared).
     pub fn thp_split(
         &mut self,
         start: Hva,
@@ -1351,7 +1366,7 @@ impl Mm {
         Ok(report)
     }
 
-    /// Models `unmap_mapping_range()` → `unmap_mapping_range_vma()` →
+    /// Models `unmap_mapping_range()` (mm/memory.c) → `unmap_mapping_range_vma()` →
     /// `zap_page_range_single()` (device revoke / truncate) over the file- or device-backed
     /// VMAs in the range: CLEAR [start, end) per VMA piece, even COWed anon pages.
     pub fn unmap_mapping_range(
@@ -1368,11 +1383,10 @@ impl Mm {
             }
             let (s, e) = (start.max(v.start), end.min(v.end));
             let range = NotifierRange::new(NotifierEvent::Clear, s, e);
-            notifier.invalidate_range_start(&range);
-            report.notifiers.push(range);
-            let n = self.zap_range(&v, s, e, true, notifier, &mut report.notifiers);
-            notifier.invalidate_range_end(&range);
-            report.changed += n;
+            report.changed +=
+                self.notify_nested(notifier, &mut report.notifiers, range, |mm, n, log| {
+                    mm.zap_range(&v, s, e, true, n, log)
+                });
         }
         Ok(report)
     }
@@ -1386,29 +1400,30 @@ impl Mm {
         len: u64,
         notifier: &mut dyn MmuNotifier,
     ) -> Result<OpReport, RangeError> {
-        self.age(start, len, notifier, 0)
+        self.age(start, len, notifier, Aging::ClearFlush)
     }
 
-    /// Models MGLRU / page_idle aging (`ptep_clear_young_notify()`): like
-    /// [`Mm::clear_flush_young`] but calls `clear_young` (no TLB flush).
+    /// Models MGLRU / page_idle aging (`ptep_clear_young_notify()` (include/linux/mmu_notifier.h)):
+    /// like [`Mm::clear_flush_young`] but calls `clear_young` (no TLB flush).
     pub fn clear_young(
         &mut self,
         start: Hva,
         len: u64,
         notifier: &mut dyn MmuNotifier,
     ) -> Result<OpReport, RangeError> {
-        self.age(start, len, notifier, 1)
+        self.age(start, len, notifier, Aging::Clear)
     }
 
-    /// Models khugepaged's / DAMON's `mmu_notifier_test_young()` checks: per present leaf,
-    /// young = `pte_young` or the subscriber's `test_young`; nothing is cleared.
+    /// Models khugepaged's / DAMON's `mmu_notifier_test_young()` (include/linux/mmu_notifier.h)
+    /// checks: per present leaf, young = `pte_young` or the subscriber's `test_young`; nothing is
+    /// cleared.
     pub fn test_young(
         &mut self,
         start: Hva,
         len: u64,
         notifier: &mut dyn MmuNotifier,
     ) -> Result<OpReport, RangeError> {
-        self.age(start, len, notifier, 2)
+        self.age(start, len, notifier, Aging::Test)
     }
 
     fn age(
@@ -1416,10 +1431,14 @@ impl Mm {
         start: Hva,
         len: u64,
         notifier: &mut dyn MmuNotifier,
-        kind: u8,
+        kind: Aging,
     ) -> Result<OpReport, RangeError> {
         let end = check_range(start, len)?;
-        let name = ["clear-flush-young", "clear-young", "test-young"][usize::from(kind)];
+        let name = match kind {
+            Aging::ClearFlush => "clear-flush-young",
+            Aging::Clear => "clear-young",
+            Aging::Test => "test-young",
+        };
         let mut report = OpReport::new(name, start, end);
         let mut leaves = Vec::new();
         self.space.pt.for_each_leaf(start, end, |va, level, e| {
@@ -1431,12 +1450,12 @@ impl Mm {
         for (va, level, e) in leaves {
             let (s, t) = (va, va.add(level.size()));
             let y = match kind {
-                0 => notifier.clear_flush_young(s, t),
-                1 => notifier.clear_young(s, t),
-                _ => notifier.test_young(s, t),
+                Aging::ClearFlush => notifier.clear_flush_young(s, t),
+                Aging::Clear => notifier.clear_young(s, t),
+                Aging::Test => notifier.test_young(s, t),
             };
             young |= y | e.is_young();
-            if kind != 2 && e.is_young() {
+            if kind != Aging::Test && e.is_young() {
                 set_leaf(&mut self.space.pt, va, level, e.clear(Entry::YOUNG));
                 report.changed += 1;
             }
@@ -1445,9 +1464,9 @@ impl Mm {
         Ok(report)
     }
 
-    /// A user access (`copy_to_user()` / `copy_from_user()`, or a CPU access by the
-    /// process): checks the VMA permits it (`access_error()`), then takes faults until the
-    /// entry permits the access. This is what KVM's emulator does on RET_PF_EMULATE.
+    /// A user access (`copy_to_user()` (include/linux/uaccess.h) / `copy_from_user()`, or a CPU
+    /// access by the process): checks the VMA permits it (`access_error()`), then takes faults
+    /// until the entry permits the access. This is what KVM's emulator does on RET_PF_EMULATE.
     pub fn user_access(
         &mut self,
         hva: Hva,
@@ -1518,12 +1537,12 @@ impl Mm {
 }
 
 impl Mm {
-    /// Models reclaim of the range's folios (`shrink_folio_list()` → `folio_referenced()`
-    /// → `try_to_unmap_one()`) for what can go without swap: MADV_FREE'd (lazyfree) clean
-    /// order-0 anon folios. A young one (PTE young or the subscriber's `clear_flush_young`
-    /// on [addr, +4K)) is kept and aged; a re-dirtied or extra-referenced one is kept;
-    /// others are discarded under CLEAR [addr, +4K) (the folio span) and freed, so the next
-    /// read maps the zero page.
+    /// Models reclaim of the range's folios (`shrink_folio_list()` (mm/vmscan.c) →
+    /// `folio_referenced()` → `try_to_unmap_one()`) for what can go without swap: MADV_FREE'd
+    /// (lazyfree) clean order-0 anon folios. A young one (PTE young or the subscriber's
+    /// `clear_flush_young` on [addr, +4K)) is kept and aged; a re-dirtied or extra-referenced one
+    /// is kept; others are discarded under CLEAR [addr, +4K) (the folio span) and freed, so the
+    /// next read maps the zero page.
     pub fn reclaim(
         &mut self,
         start: Hva,

@@ -1,6 +1,10 @@
 //! Operation rules: each operation's exact notifier events and ranges (spec table 2.6) and
 //! its effect on entries and folios.
 //!
+//! Limits: each operation runs as one atomic step on a single-threaded model (no concurrent
+//! fault inside it), over a few MiB laid out as below; a forked child's own mappings have
+//! no subscriber, so only the parent's notifier events are checked.
+//!
 //! ```text
 //!   BASE            +2M             +4M             +6M             +8M
 //!   |  anon 8M (THP allowed where the test asks)                       |
@@ -518,5 +522,31 @@ fn split_huge_page_frees_unmapped_subpages() {
     let r = mm.split_huge_page(a, M2 / 2, &mut NoNotifier).unwrap();
     assert_eq!(triples(&r.notifiers), vec![(Clear, a.0, a.0 + M2 / 2)]);
     assert_eq!(mm.memory_use().allocated_pages, before - 256);
+    ok(&mm);
+}
+
+/// Models `mremap()` growing in place (`vma_expand()`): no notifier; a VM_DONTEXPAND
+/// driver mapping cannot grow (`vma_to_resize()` → EFAULT).
+#[test]
+fn mremap_grows_in_place_without_notifier_but_not_driver_mappings() {
+    let mut mm = mm(KernelVersion::V6_12);
+    let a = anon(&mut mm, M2, false);
+    w(&mut mm, a);
+    let mut log = NotifierLog::new();
+    let (to, r) = mm.mremap(a, M2, 2 * M2, None, &mut log).unwrap();
+    assert_eq!(to, a);
+    assert!(r.notifiers.is_empty() && log.calls.is_empty());
+    assert_eq!(mm.find_vma(a.add(M2)).unwrap().end, a.add(2 * M2));
+    let b = device(
+        &mut mm,
+        Hva(BASE.0 + G1),
+        M2,
+        true,
+        DeviceSpec::pfnmap(Pfn(0x100)),
+    );
+    assert_eq!(
+        mm.mremap(b, M2, 2 * M2, None, &mut log),
+        Err(MremapError::DontExpand)
+    );
     ok(&mm);
 }

@@ -199,7 +199,7 @@ impl PageTable {
     }
 
     /// Frees PTE and PMD tables that hold no entry and lie within `[start, end)` rounded
-    /// out to their span (`free_pgtables()`).
+    /// out to their span (`free_pgtables()` (mm/memory.c)).
     pub fn free_empty_tables(&mut self, start: Hva, end: Hva) {
         let mut va = start.align_down(Level::Pmd2M);
         while va < end {

@@ -112,15 +112,7 @@ fn setup(kernel: KernelVersion) -> Mm {
     mm.mmap(s).unwrap();
     let spec = DeviceSpec::pfnmap(Pfn(0x8_0000)).with_max_level(Level::Pmd2M);
     device(&mut mm, Hva(LAYOUT[3].0), LAYOUT[3].1 << 12, true, spec);
-    let dax = DeviceSpec {
-        kind: DeviceKind::DevDax,
-        base_pfn: None,
-        max_level: Level::Pmd2M,
-        mkwrite: false,
-        pfn_mkwrite: false,
-        page_mkwrite: false,
-        remap: false,
-    };
+    let dax = DeviceSpec::devdax().with_max_level(Level::Pmd2M);
     device(&mut mm, Hva(LAYOUT[4].0), LAYOUT[4].1 << 12, true, dax);
     mm
 }

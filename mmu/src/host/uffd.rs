@@ -48,6 +48,7 @@ pub enum MemoryFailureError {
     LargeFolio(Pfn),
 }
 
+#[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
 fn range(start: Hva, len: u64) -> Result<Hva, RangeError> {
     let err = |problem| RangeError {
         start,
@@ -64,8 +65,9 @@ fn range(start: Hva, len: u64) -> Result<Hva, RangeError> {
 }
 
 impl Mm {
-    /// Models UFFDIO_REGISTER: sets VM_UFFD_MISSING / VM_UFFD_WP on the anonymous VMAs of
-    /// the range (split at the edges). No notifier.
+    /// Models UFFDIO_REGISTER (`userfaultfd_register()`, fs/userfaultfd.c): sets
+    /// VM_UFFD_MISSING / VM_UFFD_WP on the anonymous VMAs of the range (split at the edges).
+    /// No notifier.
     pub fn uffd_register(
         &mut self,
         start: Hva,
@@ -79,12 +81,7 @@ impl Mm {
         }
         self.split_vma_at(start);
         self.split_vma_at(end);
-        let mut report = OpReport {
-            op: "uffd-register".into(),
-            start,
-            end,
-            ..Default::default()
-        };
+        let mut report = OpReport::new("uffd-register", start, end);
         for mut v in self.vmas_in(start, end) {
             if mode.missing {
                 v.flags |= VmFlags::UFFD_MISSING;
@@ -113,8 +110,8 @@ impl Mm {
         Ok(v)
     }
 
-    /// Models UFFDIO_COPY of one page (`mfill_atomic_pte_copy()`): a new anon page, writable
-    /// if VM_WRITE (and not `wp`), installed without a notifier (none → present).
+    /// Models UFFDIO_COPY of one page (`mfill_atomic_pte_copy()` (mm/userfaultfd.c)): a new anon
+    /// page, writable if VM_WRITE (and not `wp`), installed without a notifier (none → present).
     pub fn uffdio_copy(&mut self, hva: Hva, wp: bool) -> Result<OpReport, UffdError> {
         let hva = hva.align_down(Level::Pte4K);
         let vma = self.uffd_target(hva)?;
@@ -128,16 +125,13 @@ impl Mm {
             e = e.clear(Entry::WRITE).set(Entry::UFFD_WP);
         }
         self.set_pte(hva, e);
-        Ok(OpReport {
-            op: "uffdio-copy".into(),
-            start: hva,
-            end: hva.add(PAGE_SIZE),
-            changed: 1,
-            ..Default::default()
-        })
+        let mut report = OpReport::new("uffdio-copy", hva, hva.add(PAGE_SIZE));
+        report.changed = 1;
+        Ok(report)
     }
 
-    /// Models UFFDIO_ZEROPAGE of one page: the shared zero page, special, read-only.
+    /// Models UFFDIO_ZEROPAGE of one page (`mfill_atomic_pte_zeropage()`, mm/userfaultfd.c):
+    /// the shared zero page, special, read-only.
     pub fn uffdio_zeropage(&mut self, hva: Hva) -> Result<OpReport, UffdError> {
         let hva = hva.align_down(Level::Pte4K);
         let vma = self.uffd_target(hva)?;
@@ -145,18 +139,15 @@ impl Mm {
             hva,
             Entry::new(self.frames.zero_pfn, vma.page_prot() | Entry::SPECIAL),
         );
-        Ok(OpReport {
-            op: "uffdio-zeropage".into(),
-            start: hva,
-            end: hva.add(PAGE_SIZE),
-            changed: 1,
-            ..Default::default()
-        })
+        let mut report = OpReport::new("uffdio-zeropage", hva, hva.add(PAGE_SIZE));
+        report.changed = 1;
+        Ok(report)
     }
 
-    /// Models UFFDIO_WRITEPROTECT (`mwriteprotect_range()` → `change_protection()` with
-    /// MM_CP_UFFD_WP or MM_CP_UFFD_WP_RESOLVE): PROTECTION_VMA like mprotect; `wp` marks
-    /// entries uffd-wp and read-only, `!wp` clears the mark (writable again where allowed).
+    /// Models UFFDIO_WRITEPROTECT (`mwriteprotect_range()` (mm/userfaultfd.c) →
+    /// `change_protection()` with MM_CP_UFFD_WP or MM_CP_UFFD_WP_RESOLVE): PROTECTION_VMA like
+    /// mprotect; `wp` marks entries uffd-wp and read-only, `!wp` clears the mark (writable again
+    /// where allowed).
     pub fn uffdio_writeprotect(
         &mut self,
         start: Hva,
@@ -169,12 +160,7 @@ impl Mm {
         if vmas.is_empty() || vmas.iter().any(|v| !v.flags.contains(VmFlags::UFFD_WP)) {
             return Err(UffdError::NotRegistered(start));
         }
-        let mut report = OpReport {
-            op: "uffdio-writeprotect".into(),
-            start,
-            end,
-            ..Default::default()
-        };
+        let mut report = OpReport::new("uffdio-writeprotect", start, end);
         for v in vmas {
             let c = self.change_protection(
                 &v,
@@ -189,10 +175,10 @@ impl Mm {
         Ok(report)
     }
 
-    /// Models `memory_failure()` on an order-0 folio: `try_to_unmap_one()` sends CLEAR over
-    /// each mapping's span and replaces the entry with a hwpoison entry; the folio keeps
-    /// one reference (poisoned pages are never freed). Later faults return
-    /// VM_FAULT_HWPOISON (GUP: -EHWPOISON with FOLL_HWPOISON, else -EFAULT).
+    /// Models `memory_failure()` (mm/memory-failure.c) on an order-0 folio: `try_to_unmap_one()`
+    /// sends CLEAR over each mapping's span and replaces the entry with a hwpoison entry; the folio
+    /// keeps one reference (poisoned pages are never freed). Later faults return VM_FAULT_HWPOISON
+    /// (GUP: -EHWPOISON with FOLL_HWPOISON, else -EFAULT).
     pub fn memory_failure(
         &mut self,
         pfn: Pfn,
@@ -205,12 +191,7 @@ impl Mm {
         if self.frames.folios[id].order > 0 {
             return Err(MemoryFailureError::LargeFolio(pfn));
         }
-        let mut report = OpReport {
-            op: "memory-failure".into(),
-            start: Hva(0),
-            end: Hva(0),
-            ..Default::default()
-        };
+        let mut report = OpReport::new("memory-failure", Hva(0), Hva(0));
         let mut leaves = Vec::new();
         self.space
             .pt

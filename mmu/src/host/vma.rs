@@ -147,18 +147,18 @@ pub struct Vma {
 }
 
 impl Vma {
-    /// `vma_is_anonymous()`: no vm_ops (private anonymous memory).
+    /// `vma_is_anonymous()` (include/linux/mm.h): no vm_ops (private anonymous memory).
     pub fn is_anonymous(&self) -> bool {
         matches!(self.backing, Backing::Anon)
             && !self.flags.contains(VmFlags::SHARED)
             && self.file == 0
     }
-    /// `vma_is_accessible()`: any of READ, WRITE, EXEC.
+    /// `vma_is_accessible()` (include/linux/mm.h): any of READ, WRITE, EXEC.
     pub fn is_accessible(&self) -> bool {
         self.flags
             .intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC)
     }
-    /// `is_cow_mapping()`: private and may be written.
+    /// `is_cow_mapping()` (include/linux/mm.h): private and may be written.
     pub fn is_cow_mapping(&self) -> bool {
         is_cow_mapping(self.flags)
     }
@@ -181,7 +181,7 @@ impl Vma {
             _ => None,
         }
     }
-    /// `linear_page_index()`: file page offset of `hva`.
+    /// `linear_page_index()` (include/linux/pagemap.h): file page offset of `hva`.
     pub fn linear_page_index(&self, hva: Hva) -> u64 {
         self.pgoff + (hva.offset_from(self.start) >> 12)
     }
@@ -199,8 +199,8 @@ impl Vma {
         // vma_soft_dirty_enabled(): clear_refs cleared VM_SOFTDIRTY.
         self.flags.contains(VmFlags::UFFD_WP) || !self.flags.contains(VmFlags::SOFTDIRTY)
     }
-    /// `vm_get_page_prot()` + writenotify: the entry bits a fresh mapping gets.
-    /// Private mappings are never writable here (COW happens on write); PROT_NONE maps
+    /// `vm_get_page_prot()` (arch/x86/mm/pgprot.c) + writenotify: the entry bits a fresh mapping
+    /// gets. Private mappings are never writable here (COW happens on write); PROT_NONE maps
     /// protnone.
     pub fn page_prot(&self) -> u64 {
         if !self.is_accessible() {
@@ -213,7 +213,7 @@ impl Vma {
         }
         p
     }
-    /// `vma_wants_manual_pte_write_upgrade()`: writable but `vm_page_prot` lacks RW.
+    /// `vma_wants_manual_pte_write_upgrade()` (mm/vma.h): writable but `vm_page_prot` lacks RW.
     pub fn wants_manual_write_upgrade(&self) -> bool {
         if self.flags.contains(VmFlags::SHARED) {
             self.wants_writenotify()
@@ -221,7 +221,7 @@ impl Vma {
             self.flags.contains(VmFlags::WRITE)
         }
     }
-    /// `maybe_mkwrite()`: RW only if VM_WRITE.
+    /// `maybe_mkwrite()` (include/linux/mm.h): RW only if VM_WRITE.
     pub fn maybe_mkwrite(&self, e: Entry) -> Entry {
         if self.flags.contains(VmFlags::WRITE) {
             e.set(Entry::WRITE)
@@ -236,7 +236,7 @@ pub fn is_cow_mapping(flags: VmFlags) -> bool {
     flags.contains(VmFlags::MAYWRITE) && !flags.contains(VmFlags::SHARED)
 }
 
-/// `calc_vm_prot_bits()` + `calc_vm_flag_bits()` for an mmap.
+/// `calc_vm_prot_bits()` (include/linux/mman.h) + `calc_vm_flag_bits()` for an mmap.
 pub fn vm_flags_for(prot: Prot, shared: bool) -> VmFlags {
     let mut f = VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC | VmFlags::SOFTDIRTY;
     if prot.read {

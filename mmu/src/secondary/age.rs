@@ -6,49 +6,53 @@ use super::Kvm;
 use crate::types::Hva;
 
 impl Kvm {
-    /// `kvm_handle_hva_range(kvm_age_gfn)`: for every memslot in range, clear the Accessed
-    /// bit of each accessed leaf (A/D enabled) or mark it for access tracking (A/D disabled;
-    /// `mark_spte_for_access_track()`). Returns true when any leaf was young.
+    /// `kvm_handle_hva_range(kvm_age_gfn)` (virt/kvm/kvm_main.c): for every memslot in range, clear
+    /// the Accessed bit of each accessed leaf (A/D enabled) or mark it for access tracking (A/D
+    /// disabled; `mark_spte_for_access_track()`). Returns true when any leaf was young.
     pub fn age_hva_range(&mut self, start: Hva, end: Hva) -> bool {
-        let ranges: Vec<_> = self
-            .slots
-            .in_hva_range(start, end)
-            .map(|(_, a, b)| (a, b))
-            .collect();
         let ad = self.config.ad_enabled;
         let mut young = false;
-        for (gs, ge) in ranges {
-            self.tdp.update_leafs(gs, ge, &mut |_, _, s: Spte| {
-                if !s.is_accessed() {
-                    return None;
-                }
-                young = true;
-                Some(if ad {
-                    s.without(bits::ACCESSED)
-                } else {
-                    s.with(bits::ACCESS_TRACKED)
-                })
-            });
-        }
+        self.update_leafs_in_hva_range(start, end, &mut |s: Spte| {
+            if !s.is_accessed() {
+                return None;
+            }
+            young = true;
+            Some(if ad {
+                s.without(bits::ACCESSED)
+            } else {
+                s.with(bits::ACCESS_TRACKED)
+            })
+        });
         young
     }
 
-    /// `kvm_handle_hva_range_no_flush(kvm_test_age_gfn)`: true when a leaf in range is
-    /// accessed.
+    /// `kvm_handle_hva_range_no_flush(kvm_test_age_gfn)` (virt/kvm/kvm_main.c): true when a leaf in
+    /// range is accessed.
     pub fn test_age_hva_range(&mut self, start: Hva, end: Hva) -> bool {
+        let mut young = false;
+        self.update_leafs_in_hva_range(start, end, &mut |s: Spte| {
+            young |= s.is_accessed();
+            None
+        });
+        young
+    }
+
+    /// `kvm_handle_hva_range()`'s walk: for every memslot intersecting `[start, end)`, lets
+    /// `f` rewrite each present leaf over the intersecting gfns (`Some(new)`) or keep it.
+    fn update_leafs_in_hva_range(
+        &mut self,
+        start: Hva,
+        end: Hva,
+        f: &mut dyn FnMut(Spte) -> Option<Spte>,
+    ) {
         let ranges: Vec<_> = self
             .slots
             .in_hva_range(start, end)
             .map(|(_, a, b)| (a, b))
             .collect();
-        let mut young = false;
         for (gs, ge) in ranges {
-            self.tdp.update_leafs(gs, ge, &mut |_, _, s: Spte| {
-                young |= s.is_accessed();
-                None
-            });
+            self.tdp.update_leafs(gs, ge, &mut |_, _, s: Spte| f(s));
         }
-        young
     }
 }
 

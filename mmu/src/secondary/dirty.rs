@@ -16,17 +16,13 @@ use super::Kvm;
 use crate::types::Gfn;
 
 impl Kvm {
-    /// Enables dirty logging on memslot `id` (a `KVM_MR_FLAGS_ONLY` change): with
-    /// `eager_page_split`, huge SPTEs are split to 4K; then every leaf is write-protected
-    /// (W cleared, MMU-writable kept, so `fast_page_fault()` can restore it and log the
-    /// page). Refused while an invalidation is in flight. Returns the leaves protected.
+    /// Enables dirty logging on memslot `id` (a `KVM_MR_FLAGS_ONLY` change,
+    /// `kvm_mmu_slot_apply_flags()` in arch/x86/kvm/x86.c): with `eager_page_split`, huge
+    /// SPTEs are split to 4K; then every leaf is write-protected (W cleared, MMU-writable
+    /// kept, so `fast_page_fault()` can restore it and log the page). Refused while an
+    /// invalidation is in flight. Returns the leaves protected.
     pub fn dirty_log_enable(&mut self, id: u16) -> Result<u64, MemslotError> {
-        if self.inval.active_invalidate_count != 0 {
-            return Err(MemslotError::InvalidationInFlight {
-                id,
-                active: self.inval.active_invalidate_count,
-            });
-        }
+        self.check_no_invalidation(id)?;
         let slot = self
             .slots
             .by_id_mut(id)
@@ -55,7 +51,8 @@ impl Kvm {
         })
     }
 
-    /// `KVM_GET_DIRTY_LOG` (without manual protect): returns the dirty gfns, clears the
+    /// `KVM_GET_DIRTY_LOG` (`kvm_get_dirty_log_protect()`, virt/kvm/kvm_main.c, without manual
+    /// protect): returns the dirty gfns, clears the
     /// bitmap and write-protects those pages again, flushing if any.
     pub fn dirty_log_get(&mut self, id: u16) -> Result<Vec<Gfn>, MemslotError> {
         let slot = self
@@ -67,7 +64,8 @@ impl Kvm {
         Ok(dirty)
     }
 
-    /// `KVM_CLEAR_DIRTY_LOG` over the whole slot: clears the bits and write-protects the
+    /// `KVM_CLEAR_DIRTY_LOG` (`kvm_clear_dirty_log_protect()`, virt/kvm/kvm_main.c) over the
+    /// whole slot: clears the bits and write-protects the
     /// pages that were dirty. Returns the gfns cleared.
     pub fn dirty_log_clear(&mut self, id: u16) -> Result<Vec<Gfn>, MemslotError> {
         self.dirty_log_get(id)

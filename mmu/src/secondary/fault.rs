@@ -16,8 +16,10 @@
 //! No private memory, no APIC-access page, no write tracking (so no unsync and no
 //! `RET_PF_WRITE_PROTECTED` from `make_spte()`), no NX huge pages. Async page faults
 //! complete at once: the work's `get_user_pages_remote(FOLL_WRITE)` runs when the fault is
-//! queued and the vCPU then faults again. Dirty/accessed state is moved to the folio when
-//! the reference is released, not when the SPTE is zapped.
+//! queued and the vCPU then faults again (no `KVM_REQ_APF_HALT`). Dirty/accessed state is
+//! moved to the folio when the reference is released, not when the SPTE is zapped
+//! (`handle_changed_spte()`'s `kvm_set_pfn_dirty()` is not modelled). A guest access stops
+//! after [`MAX_ROUNDS`] rounds and reports its last result.
 
 use super::level;
 use super::spte::{bits, level_num, MapOutcome, Spte};
@@ -188,10 +190,10 @@ fn allows(s: Spte, write: bool) -> bool {
 }
 
 impl Kvm {
-    /// Runs one guest access to completion, as a vCPU would: "hit" when the SPTE allows
-    /// it; otherwise faults (`kvm_mmu_page_fault()`), re-entering the guest after
-    /// `RET_PF_RETRY` / `RET_PF_FIXED` until the access completes, is emulated (through
-    /// the host mapping, like the emulator's `copy_to/from_user`) or fails.
+    /// Runs one guest access to completion, as a vCPU would: "hit" when the SPTE allows it;
+    /// otherwise faults (`kvm_mmu_page_fault()` (arch/x86/kvm/mmu/mmu.c)), re-entering the guest
+    /// after `RET_PF_RETRY` / `RET_PF_FIXED` until the access completes, is emulated (through the
+    /// host mapping, like the emulator's `copy_to/from_user`) or fails.
     pub fn guest_access(&mut self, mm: &mut Mm, gpa: Gpa, access: Access) -> AccessReport {
         let write = access == Access::Write;
         let mut rep = AccessReport {
@@ -285,9 +287,9 @@ impl Kvm {
         }
     }
 
-    /// One fault, all steps back to back (`kvm_mmu_do_page_fault()` →
-    /// `kvm_tdp_page_fault()`). Returns the result and the fault (None when it ended in
-    /// `fast_page_fault()` or before any state was built).
+    /// One fault, all steps back to back (`kvm_mmu_do_page_fault()`
+    /// (arch/x86/kvm/mmu/mmu_internal.h) → `kvm_tdp_page_fault()`). Returns the result and the
+    /// fault (None when it ended in `fast_page_fault()` or before any state was built).
     pub fn page_fault(
         &mut self,
         mm: &mut Mm,
@@ -326,8 +328,8 @@ impl Kvm {
         r
     }
 
-    /// Step 1: `fast_page_fault()`, then `kvm_faultin_pfn()` up to and including the
-    /// snapshot of `mmu_invalidate_seq` and the memslot checks.
+    /// Step 1: `fast_page_fault()` (arch/x86/kvm/mmu/mmu.c), then `kvm_faultin_pfn()` up to and
+    /// including the snapshot of `mmu_invalidate_seq` and the memslot checks.
     pub fn fault_snapshot(
         &mut self,
         gpa: Gpa,
@@ -354,7 +356,8 @@ impl Kvm {
         Ok(f)
     }
 
-    /// Step 2: the lockless pre-check `mmu_invalidate_retry_gfn_unsafe()`, before GUP.
+    /// Step 2: the lockless pre-check `mmu_invalidate_retry_gfn_unsafe()`
+    /// (include/linux/kvm_host.h), before GUP.
     pub fn fault_precheck(&mut self, f: &mut PageFault, _mm: &mut Mm) -> Step {
         if f.slot.is_some() && self.inval.retry_gfn_unsafe(f.mmu_seq, f.gfn) {
             return Err(PfResult::Retry);
@@ -362,8 +365,8 @@ impl Kvm {
         Ok(())
     }
 
-    /// Step 3: `__kvm_faultin_pfn()` (NOWAIT pass, async PF or blocking pass), error pfns
-    /// (`kvm_handle_error_pfn()`), then the post-check.
+    /// Step 3: `__kvm_faultin_pfn()` (arch/x86/kvm/mmu/mmu.c) (NOWAIT pass, async PF or blocking
+    /// pass), error pfns (`kvm_handle_error_pfn()`), then the post-check.
     pub fn fault_gup(&mut self, f: &mut PageFault, mm: &mut Mm) -> Step {
         let Some(slot_id) = f.slot else {
             return Ok(()); // noslot: nothing to resolve
@@ -393,7 +396,8 @@ impl Kvm {
         Ok(())
     }
 
-    /// Step 5 (under `mmu_lock`): `is_page_fault_stale()`; no notifier check for MMIO.
+    /// Step 5 (under `mmu_lock`): `is_page_fault_stale()` (arch/x86/kvm/mmu/mmu.c); no notifier
+    /// check for MMIO.
     pub fn fault_stale_check(&self, f: &PageFault) -> Step {
         if self.config.stale_check && f.slot.is_some() && self.inval.retry_gfn(f.mmu_seq, f.gfn) {
             return Err(PfResult::Retry);
@@ -401,7 +405,8 @@ impl Kvm {
         Ok(())
     }
 
-    /// Step 6 (under `mmu_lock`): `kvm_mmu_hugepage_adjust()` then `kvm_tdp_mmu_map()`.
+    /// Step 6 (under `mmu_lock`): `kvm_mmu_hugepage_adjust()` (arch/x86/kvm/mmu/mmu.c) then
+    /// `kvm_tdp_mmu_map()`.
     pub fn fault_install(&mut self, f: &mut PageFault, mm: &mut Mm) -> PfResult {
         self.hugepage_adjust(f, mm);
         let goal = level_num(f.goal_level);
@@ -456,9 +461,9 @@ impl Kvm {
         }
     }
 
-    /// Releases the page reference: 6.12 `kvm_release_pfn_clean()` (mark accessed, put);
-    /// 6.13+ `kvm_release_faultin_page()` (retry: put only; map_writable: dirty, accessed,
-    /// put; else accessed, put).
+    /// Releases the page reference: 6.12 `kvm_release_pfn_clean()` (virt/kvm/kvm_main.c) (mark
+    /// accessed, put); 6.13+ `kvm_release_faultin_page()` (retry: put only; map_writable: dirty,
+    /// accessed, put; else accessed, put).
     pub fn fault_finish(&mut self, f: &mut PageFault, mm: &mut Mm, r: PfResult) {
         let Some(page) = f.page.take() else {
             return;
@@ -784,7 +789,8 @@ impl Kvm {
         std::mem::take(&mut self.async_pf_pending)
     }
 
-    /// Runs `f` as a notifier range on this VM (test helper for host-less invalidations).
+    /// Delivers `range` as a complete `invalidate_range_start` + `_end` pair with no host
+    /// change in between (what a host operation whose entries were already gone sends).
     pub fn invalidate(&mut self, range: &NotifierRange) {
         use crate::notifier::MmuNotifier;
         self.invalidate_range_start(range);
@@ -968,6 +974,46 @@ mod tests {
             assert_eq!(info.dirty, dirty, "{kernel}");
             assert!(info.referenced, "{kernel}: mark_page_accessed");
         }
+    }
+
+    /// An invalidation in progress over the gfn makes the lockless pre-check retry before
+    /// any GUP; one elsewhere does not, but the seq bump at its end makes a fault that
+    /// snapshotted before it stale.
+    #[test]
+    fn precheck_and_stale_check_follow_in_progress_range_and_seq() {
+        use crate::host::{MmConfig, MmapRequest};
+        use crate::secondary::memslot::MemslotFlags;
+        use crate::secondary::{Kvm, KvmConfig};
+        use crate::types::{Gpa, Hva};
+        let mut mm = crate::host::Mm::new(MmConfig::default());
+        mm.mmap(MmapRequest::anon(Hva(0x7f00_0000_0000), 1 << 21))
+            .unwrap();
+        let mut kvm = Kvm::new(KvmConfig::default());
+        kvm.create_memslot(
+            0,
+            Gpa(0),
+            1 << 21,
+            Hva(0x7f00_0000_0000),
+            MemslotFlags::default(),
+        )
+        .unwrap();
+        let (s, e) = (Hva(0x7f00_0000_1000), Hva(0x7f00_0000_2000));
+        kvm.notifier_invalidate_range_start(s, e);
+        let (r, f) = kvm.page_fault(&mut mm, Gpa(0x1000), super::Access::Read, false);
+        assert_eq!(r, super::PfResult::Retry);
+        assert_eq!(f.unwrap().gup.calls, 0, "the pre-check runs before GUP");
+        let (r, _) = kvm.page_fault(&mut mm, Gpa(0x5000), super::Access::Read, false);
+        assert_eq!(r, super::PfResult::Fixed, "outside the range");
+        // A fault that snapshots now and installs after the end is stale (seq changed).
+        let mut f = kvm
+            .fault_snapshot(Gpa(0x9000), super::Access::Read, false)
+            .unwrap();
+        kvm.fault_precheck(&mut f, &mut mm).unwrap();
+        kvm.fault_gup(&mut f, &mut mm).unwrap();
+        kvm.notifier_invalidate_range_end(s, e);
+        assert_eq!(kvm.fault_stale_check(&f), Err(super::PfResult::Retry));
+        kvm.fault_finish(&mut f, &mut mm, super::PfResult::Retry);
+        assert_eq!(kvm.inval.in_progress, 0);
     }
 
     #[test]

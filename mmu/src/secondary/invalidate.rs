@@ -8,7 +8,8 @@ use crate::notifier::{MmuNotifier, NotifierRange};
 use crate::types::{Gfn, Hva};
 
 impl Kvm {
-    /// `kvm_mmu_invalidate_begin()`: `in_progress++`; the first one resets the range.
+    /// `kvm_mmu_invalidate_begin()` (virt/kvm/kvm_main.c): `in_progress++`; the first one resets
+    /// the range.
     pub fn invalidate_begin(&mut self) {
         self.inval.in_progress += 1;
         if self.inval.in_progress == 1 {
@@ -17,7 +18,8 @@ impl Kvm {
         }
     }
 
-    /// `kvm_mmu_invalidate_range_add()`: the union of every range since `in_progress` left 0.
+    /// `kvm_mmu_invalidate_range_add()` (virt/kvm/kvm_main.c): the union of every range since
+    /// `in_progress` left 0.
     pub fn invalidate_range_add(&mut self, start: Gfn, end: Gfn) {
         if self.inval.range_start == INVALID_GFN {
             self.inval.range_start = start;
@@ -28,15 +30,15 @@ impl Kvm {
         }
     }
 
-    /// `kvm_mmu_invalidate_end()`: `seq++` strictly before `in_progress--`.
+    /// `kvm_mmu_invalidate_end()` (virt/kvm/kvm_main.c): `seq++` strictly before `in_progress--`.
     pub fn invalidate_end(&mut self) {
         self.inval.seq += 1;
         // smp_wmb(): the model's steps are sequentially consistent.
         self.inval.in_progress = self.inval.in_progress.saturating_sub(1);
     }
 
-    /// `kvm_unmap_gfn_range()` → `kvm_tdp_mmu_unmap_gfn_range()`: zaps every leaf whose
-    /// span intersects `[start, end)`. Returns true when a flush is needed.
+    /// `kvm_unmap_gfn_range()` (arch/x86/kvm/mmu/mmu.c) → `kvm_tdp_mmu_unmap_gfn_range()`: zaps
+    /// every leaf whose span intersects `[start, end)`. Returns true when a flush is needed.
     pub fn unmap_gfn_range(&mut self, start: Gfn, end: Gfn) -> bool {
         let trace = &mut self.trace;
         let n = self
@@ -46,11 +48,11 @@ impl Kvm {
         n > 0
     }
 
-    /// The "start" half of `kvm_mmu_notifier_invalidate_range_start()` as one atomic step:
-    /// `mn_active_invalidate_count++`, then — only if a memslot intersects — under
+    /// The "start" half of `kvm_mmu_notifier_invalidate_range_start()` (virt/kvm/kvm_main.c) as one
+    /// atomic step: `mn_active_invalidate_count++`, then — only if a memslot intersects — under
     /// `mmu_lock`: `invalidate_begin`, then per slot `range_add` + zap, and one TLB flush if
-    /// anything was zapped (`__kvm_handle_hva_range()` with `flush_on_ret`). Returns whether
-    /// a memslot intersected.
+    /// anything was zapped (`__kvm_handle_hva_range()` with `flush_on_ret`). Returns whether a
+    /// memslot intersected.
     pub fn notifier_invalidate_range_start(&mut self, start: Hva, end: Hva) -> bool {
         self.stats.invalidations += 1;
         self.inval.active_invalidate_count += 1;
@@ -75,8 +77,8 @@ impl Kvm {
         found
     }
 
-    /// `kvm_mmu_notifier_invalidate_range_end()`: `invalidate_end` under `mmu_lock` if a
-    /// memslot intersects, then `mn_active_invalidate_count--`.
+    /// `kvm_mmu_notifier_invalidate_range_end()` (virt/kvm/kvm_main.c): `invalidate_end` under
+    /// `mmu_lock` if a memslot intersects, then `mn_active_invalidate_count--`.
     pub fn notifier_invalidate_range_end(&mut self, start: Hva, end: Hva) {
         if self.nth_slot_range(start, end, 0).is_some() {
             self.invalidate_end();

@@ -40,6 +40,14 @@ pub enum InvariantViolation {
         /// Leaves found by a walk.
         actual: [u64; 3],
     },
+    /// Dirty logging on, but gfn {gfn} has a {level}-level SPTE (must be 4K) or is writable without being logged
+    #[error("Dirty logging on, but gfn {gfn} has a level-{level} SPTE (must be 4K) or is writable without being logged")]
+    DirtyLog {
+        /// Guest frame.
+        gfn: Gfn,
+        /// SPTE level number.
+        level: u8,
+    },
     /// Invalidation left open: in_progress {in_progress}, active {active}
     #[error("Invalidation left open: in_progress {in_progress}, active {active}")]
     Unbalanced {
@@ -52,7 +60,8 @@ pub enum InvariantViolation {
 
 /// Checks, with no invalidation in flight: every SPTE maps, page by page, the pfn the host
 /// maps at the slot's hva; a writable SPTE sits over a writable host entry; SPTEs only
-/// exist inside memslots; the per-level counters match the table.
+/// exist inside memslots; the per-level counters match the table; under dirty logging
+/// SPTEs are 4K and writable ones are logged.
 /// Models what `kvm_mmu_notifier_invalidate_range_start()` exists to guarantee.
 pub fn check_secondary_mmu(kvm: &Kvm, mm: &Mm) -> Result<(), InvariantViolation> {
     if kvm.inval.in_progress != 0 || kvm.inval.active_invalidate_count != 0 {
@@ -67,6 +76,13 @@ pub fn check_secondary_mmu(kvm: &Kvm, mm: &Mm) -> Result<(), InvariantViolation>
         let Some(slot) = kvm.slots.find(gfn) else {
             return Err(InvariantViolation::OutsideMemslot(gfn));
         };
+        // Dirty logging: 4K only, and a writable SPTE means the page is in the log
+        // (enable write-protects everything; every W transition logs the gfn).
+        if slot.dirty_logging()
+            && (level != 1 || (spte.is_writable() && !slot.dirty_gfns().contains(&gfn)))
+        {
+            return Err(InvariantViolation::DirtyLog { gfn, level });
+        }
         for k in 0..pages_at(level) {
             let g = gfn.add(k);
             if !slot.contains(g) {
@@ -127,7 +143,7 @@ mod tests {
             3 => (
                 prop::sample::select(vec![
                     "munmap", "mprotect", "madvise", "numa-scan", "migrate", "thp-split",
-                    "clear-young", "fork",
+                    "clear-young", "fork", "dirty-log-enable", "dirty-log-get",
                 ]),
                 0..pages,
                 prop::sample::select(vec![1u64, 2, 16, 512, 1024]),
@@ -149,6 +165,7 @@ mod tests {
             node: None,
             memslot: None,
             signal: None,
+            mode: None,
             race: false,
         }
     }
@@ -183,8 +200,8 @@ mod tests {
                         s.gpa = Some(Num(page * 4096));
                         let rec = scenario::run_step(&mut mm, &mut kvm, i, &s).unwrap();
                         for n in &rec.notifiers {
-                            let lo = (u64::from_str_radix(&n.start[2..], 16).unwrap().max(BASE) - BASE) / 4096;
-                            let hi = (u64::from_str_radix(&n.end[2..], 16).unwrap().min(BASE + SIZE).max(BASE) - BASE).div_ceil(4096);
+                            let lo = (u64::from_str_radix(&n.start[2..], 16).unwrap().clamp(BASE, BASE + SIZE) - BASE) / 4096;
+                            let hi = (u64::from_str_radix(&n.end[2..], 16).unwrap().clamp(BASE, BASE + SIZE) - BASE).div_ceil(4096);
                             model.retain(|g, _| g.0 < lo || g.0 >= hi);
                         }
                         if matches!(rec.result.as_str(), "fixed" | "hit" | "spurious") {
@@ -207,11 +224,12 @@ mod tests {
                         s.prot = Some(["none", "r", "rw", "rwx"][usize::from(*extra)].into());
                         s.advice = Some(["dontneed", "free", "collapse", "dontneed"][usize::from(*extra)].into());
                         s.node = Some(u16::from(*extra % 2));
+                        s.memslot = Some(0);
                         // Host ops may refuse a range (e.g. nothing mapped): that is fine.
                         if let Ok(rec) = scenario::run_step(&mut mm, &mut kvm, i, &s) {
                             for n in &rec.notifiers {
-                                let lo = (u64::from_str_radix(&n.start[2..], 16).unwrap().max(BASE) - BASE) / 4096;
-                                let hi = (u64::from_str_radix(&n.end[2..], 16).unwrap().min(BASE + SIZE).max(BASE) - BASE).div_ceil(4096);
+                                let lo = (u64::from_str_radix(&n.start[2..], 16).unwrap().clamp(BASE, BASE + SIZE) - BASE) / 4096;
+                                let hi = (u64::from_str_radix(&n.end[2..], 16).unwrap().clamp(BASE, BASE + SIZE) - BASE).div_ceil(4096);
                                 model.retain(|g, _| g.0 < lo || g.0 >= hi);
                             }
                         }

@@ -70,6 +70,18 @@ pub enum MemslotError {
         /// The slot it overlaps.
         other: u16,
     },
+    /// Memslot {id}: [{start:#x}, +{size:#x}) {problem}
+    #[error("Memslot {id}: [{start:#x}, +{size:#x}) {problem}")]
+    OutOfRange {
+        /// Slot id.
+        id: u16,
+        /// Start (gpa or hva).
+        start: u64,
+        /// Size in bytes.
+        size: u64,
+        /// What is wrong.
+        problem: &'static str,
+    },
     /// Memslot {0} already exists: delete it first or use another id.
     #[error("Memslot {0} already exists: delete it first or use another id")]
     Exists(u16),
@@ -90,7 +102,8 @@ pub enum MemslotError {
 }
 
 impl Memslot {
-    /// Builds a slot and its metadata (`kvm_alloc_memslot_metadata()`).
+    /// Builds a slot and its metadata (`kvm_alloc_memslot_metadata()` (arch/x86/kvm/x86.c)).
+    #[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
     pub fn new(
         id: u16,
         gpa: Gpa,
@@ -104,6 +117,24 @@ impl Memslot {
                 gpa: gpa.0,
                 size,
                 hva: hva.0,
+            });
+        }
+        // kvm_set_memory_region(): access_ok(userspace_addr, size) and no gpa wrap; the
+        // model caps guest physical addresses at 52 bits (MAXPHYADDR).
+        if end_beyond(hva.0.checked_add(size), crate::types::TASK_SIZE) {
+            return Err(MemslotError::OutOfRange {
+                id,
+                start: hva.0,
+                size,
+                problem: "hva range leaves the 47-bit user address space",
+            });
+        }
+        if end_beyond(gpa.0.checked_add(size), 1 << 52) {
+            return Err(MemslotError::OutOfRange {
+                id,
+                start: gpa.0,
+                size,
+                problem: "gpa range goes beyond 52-bit guest physical addresses",
             });
         }
         let base_gfn = gpa.gfn();
@@ -143,21 +174,22 @@ impl Memslot {
         gfn >= self.base_gfn && gfn.0 < self.base_gfn.0 + self.npages
     }
 
-    /// `__gfn_to_hva_memslot()`.
+    /// `__gfn_to_hva_memslot()` (include/linux/kvm_host.h).
     #[inline]
     pub fn gfn_to_hva(&self, gfn: Gfn) -> Hva {
         self.userspace_addr
             .add((gfn.0 - self.base_gfn.0) * PAGE_SIZE)
     }
 
-    /// `hva_to_gfn_memslot()`.
+    /// `hva_to_gfn_memslot()` (include/linux/kvm_host.h).
     #[inline]
     pub fn hva_to_gfn(&self, hva: Hva) -> Gfn {
         self.base_gfn
             .add((hva.0 - self.userspace_addr.0) / PAGE_SIZE)
     }
 
-    /// `lpage_info_slot(gfn, slot, level)->disallow_lpage != 0`.
+    /// `lpage_info_slot(gfn, slot, level)->disallow_lpage != 0` (arch/x86/kvm/mmu/mmu.c).
+    #[allow(clippy::unnecessary_map_or)] // Option::is_none_or needs Rust 1.82; rust-version is 1.80.
     pub fn lpage_disallowed(&self, gfn: Gfn, level: Level) -> bool {
         let k = match level {
             Level::Pte4K => return false,
@@ -169,12 +201,12 @@ impl Memslot {
         self.lpage_disallow[k].get(idx).map_or(true, |c| *c != 0)
     }
 
-    /// `kvm_slot_dirty_track_enabled()`.
+    /// `kvm_slot_dirty_track_enabled()` (include/linux/kvm_host.h).
     pub fn dirty_logging(&self) -> bool {
         self.dirty_bitmap.is_some()
     }
 
-    /// `mark_page_dirty_in_slot()`.
+    /// `mark_page_dirty_in_slot()` (virt/kvm/kvm_main.c).
     pub fn mark_dirty(&mut self, gfn: Gfn) {
         let rel = gfn.0 - self.base_gfn.0;
         if let Some(bm) = &mut self.dirty_bitmap {
@@ -190,8 +222,8 @@ impl Memslot {
         self.dirty_bitmap = on.then(|| vec![0; bitmap_words(self.npages)]);
     }
 
-    /// Copies and clears the dirty bitmap (`kvm_get_dirty_log_protect()` without manual
-    /// protect); returns the dirty gfns.
+    /// Copies and clears the dirty bitmap (`kvm_get_dirty_log_protect()` (virt/kvm/kvm_main.c)
+    /// without manual protect); returns the dirty gfns.
     pub(crate) fn take_dirty(&mut self) -> Result<Vec<Gfn>, MemslotError> {
         let base = self.base_gfn;
         let bm = self
@@ -227,12 +259,19 @@ impl Memslot {
     }
 }
 
+/// True when an end address overflowed or lies beyond `limit`.
+#[allow(clippy::unnecessary_map_or)] // Option::is_none_or needs Rust 1.82; rust-version is 1.80.
+fn end_beyond(end: Option<u64>, limit: u64) -> bool {
+    end.map_or(true, |v| v > limit)
+}
+
 fn bitmap_words(npages: u64) -> usize {
     usize::try_from(npages.div_ceil(64)).unwrap_or(usize::MAX)
 }
 
 /// `kvm_alloc_memslot_metadata()`'s lpage_info for one level: disallow an unaligned head and
 /// tail, and every entry when gfn and hva are not congruent modulo the level size.
+#[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
 fn build_lpage_info(base_gfn: Gfn, npages: u64, hva: Hva, level: Level) -> Vec<u32> {
     let shift = level.shift() - 12;
     let n = level.pages();
@@ -267,7 +306,7 @@ impl Memslots {
         self.slots.iter()
     }
 
-    /// `__gfn_to_memslot()` (binary search, as `search_memslots()`).
+    /// `__gfn_to_memslot()` (include/linux/kvm_host.h) (binary search, as `search_memslots()`).
     #[inline]
     pub fn find(&self, gfn: Gfn) -> Option<&Memslot> {
         let i = self.slots.partition_point(|s| s.base_gfn <= gfn);
@@ -293,7 +332,8 @@ impl Memslots {
     }
 
     /// Slots whose hva range intersects `[start, end)`, with the intersecting gfn range
-    /// (`kvm_for_each_memslot_in_hva_range()` and the clamp in `__kvm_handle_hva_range()`).
+    /// (`kvm_for_each_memslot_in_hva_range()` (virt/kvm/kvm_main.c) and the clamp in
+    /// `__kvm_handle_hva_range()`).
     pub fn in_hva_range(&self, start: Hva, end: Hva) -> impl Iterator<Item = (&Memslot, Gfn, Gfn)> {
         self.slots.iter().filter_map(move |s| {
             if s.userspace_addr >= end || s.end_hva() <= start {
@@ -386,6 +426,9 @@ mod tests {
             Err(MemslotError::Overlap { other: 0, .. })
         ));
         assert!(Memslot::new(2, Gpa(0x123), 0x1000, Hva(0), MemslotFlags::default()).is_err());
+        let e = Memslot::new(3, Gpa(0), 1 << 21, Hva(!0xfff), MemslotFlags::default()).unwrap_err();
+        assert!(e.to_string().contains("user address space"), "{e}");
+        assert!(Memslot::new(4, Gpa(1 << 52), 0x1000, Hva(0), MemslotFlags::default()).is_err());
     }
 
     #[test]

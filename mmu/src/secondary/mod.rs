@@ -91,15 +91,16 @@ impl Default for InvalidateState {
 }
 
 impl InvalidateState {
-    /// `mmu_invalidate_retry_gfn_unsafe()`: lockless check before and after GUP.
+    /// `mmu_invalidate_retry_gfn_unsafe()` (include/linux/kvm_host.h): lockless check before and
+    /// after GUP.
     #[inline]
     pub fn retry_gfn_unsafe(&self, mmu_seq: u64, gfn: Gfn) -> bool {
         (self.in_progress != 0 && self.range_start <= gfn && gfn < self.range_end)
             || self.seq != mmu_seq
     }
 
-    /// `mmu_invalidate_retry_gfn()`: the check under `mmu_lock`. An in-progress
-    /// invalidation with an unset range retries (the WARN case).
+    /// `mmu_invalidate_retry_gfn()` (include/linux/kvm_host.h): the check under `mmu_lock`. An
+    /// in-progress invalidation with an unset range retries (the WARN case).
     #[inline]
     pub fn retry_gfn(&self, mmu_seq: u64, gfn: Gfn) -> bool {
         if self.in_progress != 0 {
@@ -216,12 +217,13 @@ impl Kvm {
         }
     }
 
-    /// `kvm_flush_remote_tlbs()`.
+    /// `kvm_flush_remote_tlbs()` (virt/kvm/kvm_main.c).
     pub(crate) fn flush_remote_tlbs(&mut self) {
         self.stats.tlb_flushes += 1;
     }
 
-    /// `KVM_SET_USER_MEMORY_REGION` creating a slot.
+    /// `KVM_SET_USER_MEMORY_REGION` creating a slot (`kvm_set_memslot()` with `KVM_MR_CREATE`,
+    /// virt/kvm/kvm_main.c).
     ///
     /// Refused while an invalidation is in flight: KVM's `kvm_swap_active_memslots()` waits
     /// for `mn_active_invalidate_count` to reach 0; a deterministic model cannot wait, so it
@@ -241,8 +243,16 @@ impl Kvm {
 
     /// `KVM_SET_USER_MEMORY_REGION` with size 0 (`KVM_MR_DELETE`): the slot is marked
     /// invalid, swapped out, and every SPTE in it is zapped
-    /// (`kvm_arch_flush_shadow_memslot()` → `kvm_mmu_zap_memslot()`), with a TLB flush.
+    /// (`kvm_arch_flush_shadow_memslot()` → `kvm_unmap_gfn_range()` over the slot,
+    /// arch/x86/kvm/mmu/mmu.c), with a TLB flush.
     /// MMIO SPTEs die with the memslot generation change (modelled as zapping them all).
+    ///
+    /// # Divergence
+    ///
+    /// The model takes the per-slot branch, as KVM does once userspace disables
+    /// `KVM_X86_QUIRK_SLOT_ZAP_ALL`. With the quirk on (the default for
+    /// `KVM_X86_DEFAULT_VM`), 6.12 instead fast-zaps every root
+    /// (`__kvm_mmu_zap_all_fast_front_half()`), so the SPTEs of other memslots go too.
     pub fn delete_memslot(&mut self, id: u16) -> Result<Memslot, MemslotError> {
         self.check_no_invalidation(id)?;
         let slot = self.slots.remove(id)?;
@@ -258,7 +268,8 @@ impl Kvm {
         Ok(slot)
     }
 
-    /// `KVM_MR_MOVE`: delete then re-create at `new_gpa` with the same hva and flags.
+    /// `KVM_MR_MOVE` (`kvm_set_memslot()`, virt/kvm/kvm_main.c): delete then re-create at
+    /// `new_gpa` with the same hva and flags.
     pub fn move_memslot(&mut self, id: u16, new_gpa: Gpa) -> Result<(), MemslotError> {
         self.check_no_invalidation(id)?;
         let old = self

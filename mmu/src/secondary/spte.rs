@@ -329,9 +329,9 @@ impl TdpTable {
         self.counts
     }
 
-    /// The last SPTE on the walk to `gfn` (`kvm_tdp_mmu_fast_pf_get_last_sptep()` /
-    /// `kvm_tdp_mmu_get_walk()`): the leaf and its level, or `None` when the walk ends at a
-    /// non-present entry. MMIO SPTEs are returned too.
+    /// The last SPTE on the walk to `gfn` (`kvm_tdp_mmu_fast_pf_get_last_sptep()`
+    /// (arch/x86/kvm/mmu/tdp_mmu.c) / `kvm_tdp_mmu_get_walk()`): the leaf and its level, or `None`
+    /// when the walk ends at a non-present entry. MMIO SPTEs are returned too.
     #[inline]
     pub fn lookup(&self, gfn: Gfn) -> Option<(Spte, u8)> {
         let mut node: &Node = &self.root;
@@ -375,7 +375,7 @@ impl TdpTable {
     }
 
     /// Installs `new` as the leaf for `gfn` at `goal` (1..=3): models the walk of
-    /// `kvm_tdp_mmu_map()` (descend; split a huge SPTE in the way with
+    /// `kvm_tdp_mmu_map()` (arch/x86/kvm/mmu/tdp_mmu.c) (descend; split a huge SPTE in the way with
     /// `tdp_mmu_split_huge_page()`, or link a new table with `tdp_mmu_link_sp()`) and
     /// `tdp_mmu_map_handle_target_level()` (spurious if unchanged; replacing a present
     /// non-leaf requires a TLB flush). Children of a replaced table are reported through
@@ -467,9 +467,9 @@ impl TdpTable {
     }
 
     /// Zaps every present leaf, at any level, whose span intersects `[start, end)`
-    /// (`tdp_mmu_zap_leafs()`): a huge SPTE only partly covered is zapped whole; non-leaf
-    /// tables are kept; MMIO SPTEs are skipped. Each zapped leaf is reported to `zapped`.
-    /// Returns the number of leaves zapped.
+    /// (`tdp_mmu_zap_leafs()` (arch/x86/kvm/mmu/tdp_mmu.c)): a huge SPTE only partly covered is
+    /// zapped whole; non-leaf tables are kept; MMIO SPTEs are skipped. Each zapped leaf is reported
+    /// to `zapped`. Returns the number of leaves zapped.
     pub fn zap_leafs(&mut self, start: Gfn, end: Gfn, zapped: &mut dyn FnMut(LeafChange)) -> u64 {
         if start >= end {
             return 0;
@@ -486,8 +486,8 @@ impl TdpTable {
         )
     }
 
-    /// Zaps everything, MMIO SPTEs and tables included (`kvm_tdp_mmu_zap_all()`).
-    /// Returns the number of present leaves zapped.
+    /// Zaps everything, MMIO SPTEs and tables included (`kvm_tdp_mmu_zap_all()`
+    /// (arch/x86/kvm/mmu/tdp_mmu.c)). Returns the number of present leaves zapped.
     pub fn zap_all(&mut self, zapped: &mut dyn FnMut(LeafChange)) -> u64 {
         let before = self.counts;
         let counts = &mut self.counts;
@@ -513,7 +513,8 @@ impl TdpTable {
     }
 
     /// Splits every huge leaf intersecting `[start, end)` down to 4K
-    /// (`kvm_tdp_mmu_try_split_huge_pages()`, eager page splitting). Returns the splits done.
+    /// (`kvm_tdp_mmu_try_split_huge_pages()` (arch/x86/kvm/mmu/tdp_mmu.c), eager page splitting).
+    /// Returns the splits done.
     pub fn split_huge_range(&mut self, start: Gfn, end: Gfn) -> u64 {
         if start >= end {
             return 0;
@@ -642,8 +643,8 @@ fn remove_subtree(
 ) {
     let span = pages_at(level);
     let present = n.present;
-    for w in 0..8 {
-        let mut word = present[w];
+    for (w, &bits) in present.iter().enumerate() {
+        let mut word = bits;
         while word != 0 {
             let i = w * 64 + word.trailing_zeros() as usize;
             word &= word - 1;
