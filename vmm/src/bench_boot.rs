@@ -1154,4 +1154,165 @@ mod tests {
             "{t}"
         );
     }
+
+    fn line(t: u64, text: &str) -> linux::Line {
+        linux::Line {
+            t,
+            text: text.to_string(),
+        }
+    }
+
+    fn capture(stdout: Vec<linux::Line>, stderr: Vec<linux::Line>) -> linux::Capture {
+        linux::Capture {
+            t0: 1_000_000,
+            stdout,
+            stderr,
+            exit_ns: 9_000_000,
+            code: Some(0),
+            timed_out: false,
+        }
+    }
+
+    #[test]
+    fn faultline_linux_phases_come_from_its_timeline_and_console() {
+        let t = ChildTimeline {
+            vmm_start_ns: 1_500_000,
+            vcpus_started_ns: 2_000_000,
+            first_exit_ns: 3_000_000,
+            end_ns: 8_000_000,
+            rss: 0,
+            guest_resident: 0,
+        };
+        let c = capture(
+            vec![
+                line(4_000_000, "[    0.000000] Linux version 6.12"),
+                line(6_000_000, "faultline-init: running 'true'"),
+            ],
+            vec![line(
+                8_500_000,
+                &format!("{TIMELINE_PREFIX}{}", serde_json::to_string(&t).unwrap()),
+            )],
+        );
+        let s =
+            linux::sample_of(linux::Vmm::Faultline, &c, "faultline-init: running", true).unwrap();
+        assert_eq!(
+            s,
+            linux::LinuxSample {
+                kernel_entry_us: Some(1000.0),
+                first_exit_us: Some(2000.0),
+                first_serial_line_us: 3000.0,
+                init_us: 5000.0,
+                exit_us: 8000.0,
+            }
+        );
+    }
+
+    #[test]
+    fn qemu_kernel_entry_is_the_last_fw_cfg_access_before_the_console() {
+        let c = capture(
+            vec![
+                line(5_000_000, "Linux version"),
+                line(7_000_000, "faultline-init: running 'true'"),
+            ],
+            vec![
+                line(2_000_000, "fw_cfg_select 0x... key 0x19"),
+                line(3_000_000, "fw_cfg_select 0x... key 0x8"),
+                line(6_000_000, "fw_cfg_select late"),
+            ],
+        );
+        let s = linux::sample_of(linux::Vmm::Qemu, &c, "faultline-init: running", true).unwrap();
+        assert_eq!(s.kernel_entry_us, Some(2000.0));
+        assert_eq!(s.first_exit_us, None);
+        assert_eq!(s.init_us, 6000.0);
+    }
+
+    #[test]
+    fn a_boot_without_the_marker_or_with_a_bad_status_is_an_error_with_its_output() {
+        let c = capture(vec![line(5_000_000, "Kernel panic - not syncing")], vec![]);
+        let e = linux::sample_of(linux::Vmm::Qemu, &c, "faultline-init: running", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("without the init marker") && e.contains("Kernel panic"),
+            "{e}"
+        );
+        let e = linux::sample_of(linux::Vmm::Faultline, &c, "x", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("faultline boot failed (exit status 0)") && e.contains("Kernel panic"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn qemu_gets_the_same_kernel_initrd_and_cmdline_with_debug_exit() {
+        let cmdline = linux::default_cmdline();
+        assert!(
+            cmdline.starts_with(crate::config::DEFAULT_CMDLINE)
+                && cmdline.contains("pvm_syscall_fixup")
+                && cmdline.ends_with("faultline.exit_port=0xf4"),
+            "{cmdline}"
+        );
+        let a = linux::qemu_args(
+            std::path::Path::new("/k/vmlinux"),
+            std::path::Path::new("/i.cpio"),
+            &cmdline,
+            256 << 20,
+            1,
+        );
+        let after = |flag: &str| a[a.iter().position(|x| x == flag).unwrap() + 1].clone();
+        assert_eq!(after("-kernel"), "/k/vmlinux");
+        assert_eq!(after("-initrd"), "/i.cpio");
+        assert_eq!(after("-append"), cmdline);
+        assert_eq!(after("-m"), "256M");
+        assert!(after("-M").starts_with("microvm"));
+        assert_eq!(after("-device"), "isa-debug-exit,iobase=0xf4,iosize=1");
+    }
+
+    #[test]
+    fn linux_table_shows_medians_ratios_and_missing_phases() {
+        let s = |k: f64| linux::LinuxSample {
+            kernel_entry_us: Some(k),
+            first_exit_us: None,
+            first_serial_line_us: 2000.0 * k,
+            init_us: 4000.0 * k,
+            exit_us: 5000.0 * k,
+        };
+        let args = <crate::cli::Cli as clap::Parser>::try_parse_from([
+            "faultline",
+            "bench",
+            "boot",
+            "--kernel",
+            "/k",
+        ])
+        .unwrap();
+        let crate::cli::Command::Bench(crate::cli::BenchCommand::Boot(args)) = args.command else {
+            panic!("not bench boot")
+        };
+        let r = linux::LinuxReport::new(
+            &args,
+            std::path::Path::new("/k"),
+            "c",
+            None,
+            vec![s(1.0), s(1.0), s(1.0)],
+            vec![s(2.0)],
+        );
+        let t = r.table();
+        assert!(t.contains("init started (marker)"), "{t}");
+        assert!(t.contains("0.50"), "ratio 1/2 per phase: {t}");
+        assert!(t.contains("first KVM exit"), "{t}");
+        assert_eq!(r.runs, 3);
+    }
+
+    #[test]
+    fn a_missing_qemu_is_not_found_and_a_present_one_is() {
+        assert_eq!(
+            linux::find_program(std::path::Path::new("no-such-qemu-xyz")),
+            None
+        );
+        assert!(linux::find_program(std::path::Path::new("sh")).is_some());
+        let e = BenchBootError::QemuMissing("no-such-qemu-xyz".into()).to_string();
+        assert!(e.contains("apt-get install qemu-system-x86"), "{e}");
+    }
 }
