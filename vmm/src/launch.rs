@@ -204,16 +204,24 @@ impl Vmm {
         let mem = create_guest_memory(&config.memory)?;
         let vm = Vm::create(&kvm, config.vcpus)?;
         let parts = std::thread::scope(|s| {
-            let memslots = std::thread::Builder::new()
-                .name("memslots".into())
-                .spawn_scoped(s, || Self::memslots_and_pit(&config, &vm, &mem));
-            let parts = Self::setup(&config, &io, &kvm, &mem, &vm);
-            match memslots {
-                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?,
-                // No thread: do it here.
-                Err(_) => Self::memslots_and_pit(&config, &vm, &mem)?,
+            // The side thread's own start-up (clone, malloc arena) takes ~1 ms here, so the
+            // grace-period waits start on this thread right away and the setup goes aside.
+            let setup = std::thread::Builder::new()
+                .name("vm-setup".into())
+                .spawn_scoped(s, || Self::setup(&config, &io, &kvm, &mem, &vm));
+            match setup {
+                Ok(h) => {
+                    let slots = Self::memslots_and_pit(&config, &vm, &mem);
+                    let parts = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    slots?;
+                    parts
+                }
+                // No thread: one after the other.
+                Err(_) => {
+                    Self::memslots_and_pit(&config, &vm, &mem)?;
+                    Self::setup(&config, &io, &kvm, &mem, &vm)
+                }
             }
-            parts
         })?;
         let Parts {
             exit,
