@@ -425,7 +425,8 @@ impl BaselineReport {
             "{:<28} {:>10} {:>10} {:>8}\n",
             "median (ms)", "this", "baseline", "ratio"
         ));
-        let rows: [(&str, fn(&Report) -> f64); 4] = [
+        type Median = fn(&Report) -> f64;
+        let rows: [(&str, Median); 4] = [
             ("VM set up, vCPUs start", |r| r.vcpus_started_us.median),
             ("first guest exit", |r| r.first_exit_us.median),
             ("guest done", |r| r.done_us.median),
@@ -746,8 +747,7 @@ pub mod linux {
             Vmm::Qemu => (
                 c.stderr
                     .iter()
-                    .filter(|l| l.t <= first_line.t && l.text.contains(QEMU_FW_CFG_TRACE))
-                    .next_back()
+                    .rfind(|l| l.t <= first_line.t && l.text.contains(QEMU_FW_CFG_TRACE))
                     .map(|l| us(l.t)),
                 None,
             ),
