@@ -22,7 +22,10 @@
 //! reader spins on a non-blocking `read()`, calling `sched_yield()` between empty reads so
 //! that a runnable vCPU thread on the same core is not starved. [`WaitMode::Poll`] (what the
 //! kernel's `demand_paging_test` does) and [`WaitMode::Blocking`] are there to measure the
-//! difference.
+//! difference. Busy-polling only pays while the spinners do not take CPUs the vCPUs need:
+//! on the 2-CPU development host, 1 vCPU + 1 spinner ran ~5x demand_paging_test's rate, but
+//! 2 vCPUs + a spinner only ~1.3x, where poll() ran ~7x (`faultline bench faults` picks
+//! busy-poll only when vCPUs + spinners fit the CPUs: `--uffd-wait auto`).
 //!
 //! Faults that KVM takes on behalf of a guest come from the kernel (GUP), so the uffds are
 //! created without `UFFD_USER_MODE_ONLY`; that needs root (or `CAP_SYS_PTRACE`), or
