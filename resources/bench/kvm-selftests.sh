@@ -83,15 +83,22 @@ print(int(s[:-1]) * m[s[-1].upper()] if s[-1].upper() in m else int(s))' "$size"
 
     echo "== uffd MISSING, 4K UFFDIO_COPY per fault: $size per vCPU, $vcpus vCPU(s), $backing"
     set -x
-    "$fl" bench faults -q -b "$size" -v "$vcpus" -s "$backing" -u MISSING --json "$out/fl-uffd.json" >"$out/fl-uffd.txt"
     "$bin/demand_paging_test" -u MISSING -b "$size" -v "$vcpus" -s "$backing" >"$out/dpt.txt" 2>&1
     { set +x; } 2>/dev/null
-    local fl_uffd dpt
-    fl_uffd=$(faultline_rate "$out/fl-uffd.json")
+    local dpt
     dpt=$(sed -n 's/.*Overall demand paging rate:[[:space:]]*\([0-9.]*\).*/\1/p' "$out/dpt.txt" | head -1)
-    echo "faultline uffd MISSING:        $fl_uffd pages/s"
     echo "demand_paging_test -u MISSING: ${dpt:-?} pages/s"
-    [ -n "$dpt" ] && python3 -c 'import sys; print("ratio faultline / demand_paging_test: %.2fx" % (float(sys.argv[1]) / float(sys.argv[2])))' "$fl_uffd" "$dpt"
+    # faultline's handler in each wait mode (busy-poll is the default).
+    local wait fl_uffd
+    for wait in busy poll; do
+        set -x
+        "$fl" bench faults -q -b "$size" -v "$vcpus" -s "$backing" -u MISSING --uffd-wait "$wait" \
+            --json "$out/fl-uffd-$wait.json" >"$out/fl-uffd-$wait.txt"
+        { set +x; } 2>/dev/null
+        fl_uffd=$(faultline_rate "$out/fl-uffd-$wait.json")
+        echo "faultline uffd MISSING, --uffd-wait $wait: $fl_uffd pages/s"
+        [ -n "$dpt" ] && python3 -c 'import sys; print("ratio faultline (%s) / demand_paging_test: %.2fx" % (sys.argv[3], float(sys.argv[1]) / float(sys.argv[2])))' "$fl_uffd" "$dpt" "$wait"
+    done
 
     echo "== first touch without uffd: $size per vCPU, $vcpus vCPU(s), $backing"
     set -x

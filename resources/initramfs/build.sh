@@ -36,7 +36,7 @@ done
 [ $# -eq 0 ] || [ -n "$out" ] || die "a command needs -o OUT to write the initramfs to"
 
 [ -x "$busybox" ] || die "$busybox not found: apt-get install busybox-static (or set FAULTLINE_BUSYBOX)"
-if file -L "$busybox" 2>/dev/null | grep -q "dynamically linked"; then
+if readelf -l "$busybox" 2>/dev/null | grep -q "program interpreter"; then
   die "$busybox is dynamically linked: apt-get install busybox-static"
 fi
 command -v cpio >/dev/null || die "cpio not found: apt-get install cpio"

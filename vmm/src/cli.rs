@@ -50,8 +50,12 @@ pub enum BenchCommand {
         faultline bench faults -s shmem -u MINOR --uffd-wait poll")]
     Faults(crate::measure::cli::FaultsArgs),
     /// Time process start -> first guest exit -> guest done for a built-in guest, and the
-    /// VMM's RSS beyond guest memory (JSON + table).
-    #[command(after_help = "Example:\n  faultline bench boot --runs 20 --json boot.json")]
+    /// VMM's RSS beyond guest memory; with --kernel, a Linux boot's timeline side by side
+    /// with QEMU microvm (JSON + table).
+    #[command(after_help = "Examples:\n  \
+        faultline bench boot --runs 20 --json boot.json\n  \
+        faultline bench boot --runs 20 --baseline /tmp/old-faultline\n  \
+        faultline bench boot --kernel vmlinux --runs 3 --json linux-boot.json")]
     Boot(BenchBootArgs),
 }
 
@@ -73,6 +77,36 @@ pub struct BenchBootArgs {
     /// KVM device node [env: FAULTLINE_KVM_DEVICE] [default: /dev/kvm].
     #[arg(long, value_name = "PATH")]
     pub kvm_device: Option<PathBuf>,
+    /// Built-in guest: another `faultline` binary to alternate runs with (before/after).
+    #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
+    pub baseline: Option<PathBuf>,
+    /// Boot this Linux kernel (bzImage or PVH vmlinux) instead of a built-in guest, side by
+    /// side with QEMU microvm.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs for --kernel [default: the busybox initramfs running `true`]. Its /init
+    /// must print --init-marker and end the VM (debug-exit port 0xf4 or reset).
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel [default: faultline's default plus the platform
+    /// options and faultline.exit_port=0xf4].
+    #[arg(long, value_name = "STR", requires = "kernel")]
+    pub cmdline: Option<String>,
+    /// The serial line that marks "init started".
+    #[arg(long, value_name = "STR", default_value = "faultline-init: running")]
+    pub init_marker: String,
+    /// Number of vCPUs for --kernel.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+    /// QEMU binary to compare with.
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// Do not run QEMU (faultline only).
+    #[arg(long)]
+    pub no_qemu: bool,
+    /// Give up on one boot after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
 }
 
 /// Options of `faultline run`.

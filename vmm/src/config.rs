@@ -10,8 +10,10 @@ pub const DEFAULT_MEMORY: u64 = 256 << 20;
 /// Smallest guest RAM accepted: 16 MiB (built-in guests load at 2 MiB and keep their
 /// stacks above; a Linux kernel needs far more, which its loader checks).
 pub const MIN_MEMORY: u64 = 16 << 20;
-/// Default kernel command line for `--kernel` launches.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 noapic";
+/// Default kernel command line for `--kernel` launches (`vmm::boot` appends the platform
+/// options of resources/guest-kernel/cmdline.txt). No `noapic`: the MP table describes
+/// the in-kernel I/O APIC, and with `noapic` faultline's guest kernel hung in boot here.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 
 /// How guest RAM is backed on the host (`--backing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -158,6 +158,15 @@ pub struct RunOutcome {
     pub timeline: Timeline,
 }
 
+/// What [`Vmm::setup`] builds.
+struct Parts {
+    exit: Arc<ExitSignal>,
+    pio: Bus,
+    serial: Arc<Mutex<SerialPort>>,
+    ucalls: Arc<Mutex<Vec<UcallRecord>>>,
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+}
+
 /// A VM ready to run.
 pub struct Vmm {
     config: VmConfig,
@@ -182,13 +191,77 @@ impl std::fmt::Debug for Vmm {
 impl Vmm {
     /// Validates `config`, opens KVM, creates guest RAM, devices and vCPUs and loads the
     /// payload.
+    ///
+    /// Registering guest RAM with KVM waits for an SRCU grace period (several ms on a busy
+    /// nested host, whatever the size), so a second thread does it while this one sets up
+    /// the devices, loads the payload and creates the vCPUs; both finish before any vCPU
+    /// runs. The PIT (another grace period) is created on that thread too, and only for a
+    /// Linux kernel: the built-in guests never program it.
     pub fn new(config: VmConfig, io: VmIo) -> Result<Vmm, VmmError> {
         let start = Instant::now();
         config.validate()?;
         let kvm = open_kvm(&config.kvm_device)?;
         let mem = create_guest_memory(&config.memory)?;
-        let vm = Vm::new(&kvm, config.vcpus, &mem)?;
+        let vm = Vm::create(&kvm, config.vcpus)?;
+        let parts = std::thread::scope(|s| {
+            // The side thread's own start-up (clone, malloc arena) takes ~1 ms here, so the
+            // grace-period waits start on this thread right away and the setup goes aside.
+            let setup = std::thread::Builder::new()
+                .name("vm-setup".into())
+                .spawn_scoped(s, || Self::setup(&config, &io, &kvm, &mem, &vm));
+            match setup {
+                Ok(h) => {
+                    let slots = Self::memslots_and_pit(&config, &vm, &mem);
+                    let parts = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    slots?;
+                    parts
+                }
+                // No thread: one after the other.
+                Err(_) => {
+                    Self::memslots_and_pit(&config, &vm, &mem)?;
+                    Self::setup(&config, &io, &kvm, &mem, &vm)
+                }
+            }
+        })?;
+        let Parts {
+            exit,
+            pio,
+            serial,
+            ucalls,
+            vcpus,
+        } = parts;
+        Ok(Vmm {
+            config,
+            io,
+            start,
+            mem,
+            vm,
+            vcpus,
+            exit,
+            pio,
+            mmio: Bus::new("MMIO"),
+            serial,
+            ucalls,
+        })
+    }
 
+    /// Registers guest RAM and, for a Linux kernel, creates the PIT.
+    fn memslots_and_pit(config: &VmConfig, vm: &Vm, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        vm.register_memory(mem)?;
+        if matches!(config.payload, Payload::Kernel(_)) {
+            vm.create_pit()?;
+        }
+        Ok(())
+    }
+
+    /// Everything but guest RAM registration and the PIT: devices, payload, vCPUs.
+    fn setup(
+        config: &VmConfig,
+        io: &VmIo,
+        kvm: &kvm_ioctls::Kvm,
+        mem: &GuestMemoryMmap,
+        vm: &Vm,
+    ) -> Result<Parts, VmmError> {
         let exit = Arc::new(ExitSignal::new().map_err(VmmError::Devices)?);
         let irq = EventFd::new(EFD_NONBLOCK).map_err(VmmError::Devices)?;
         vm.register_irqfd(&irq, COM1_IRQ)?;
@@ -215,24 +288,18 @@ impl Vmm {
         )?;
         insert(&mut pio, UCALL_PORT, UCALL_LEN, Arc::new(Mutex::new(ucall)))?;
 
-        vcpu::write_entry_tables(&mem)?;
-        let (entry, aps) = load_payload(&config, &mem)?;
-        let cpuid = vcpu::supported_cpuid(&kvm)?;
+        vcpu::write_entry_tables(mem)?;
+        let (entry, aps) = load_payload(config, mem)?;
+        let cpuid = vcpu::supported_cpuid(kvm)?;
         let vcpus = (0..config.vcpus)
             .map(|i| vcpu::create_vcpu(vm.fd(), &cpuid, i, config.vcpus, &entry, aps))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Vmm {
-            config,
-            io,
-            start,
-            mem,
-            vm,
-            vcpus,
+        Ok(Parts {
             exit,
             pio,
-            mmio: Bus::new("MMIO"),
             serial,
             ucalls,
+            vcpus,
         })
     }
 

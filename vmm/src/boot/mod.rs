@@ -590,14 +590,16 @@ pub fn zero_page(
     initrd: Option<(u64, u64)>,
     e820: &[E820Entry],
 ) -> boot_params {
-    let mut params = boot_params::default();
-    params.hdr = hdr.unwrap_or_else(|| setup_header {
-        boot_flag: BOOT_FLAG_MAGIC,
-        header: HDRS_MAGIC,
-        version: BOOT_PROTOCOL_VERSION,
-        kernel_alignment: 0x20_0000,
+    let mut params = boot_params {
+        hdr: hdr.unwrap_or_else(|| setup_header {
+            boot_flag: BOOT_FLAG_MAGIC,
+            header: HDRS_MAGIC,
+            version: BOOT_PROTOCOL_VERSION,
+            kernel_alignment: 0x20_0000,
+            ..Default::default()
+        }),
         ..Default::default()
-    });
+    };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     // Both fit in 32 bits: CMDLINE_START is a constant below 1 MiB and place_initrd keeps
     // the initrd below 4 GiB; the ext_ fields carry the high halves for completeness.
@@ -640,7 +642,7 @@ fn write_pvh_info(
     e820: &[E820Entry],
     initrd: Option<(u64, u64)>,
 ) -> Result<(), BootError> {
-    let max_entries = ((ZERO_PAGE_START - PVH_MEMMAP_START) as usize)
+    let max_entries = usize::try_from(ZERO_PAGE_START - PVH_MEMMAP_START).unwrap_or(0)
         / std::mem::size_of::<hvm_memmap_table_entry>();
     if e820.len() > max_entries {
         return Err(BootError::TooManyE820Entries(e820.len()));

@@ -42,8 +42,10 @@ pub struct FaultsArgs {
     #[arg(short = 'a', long)]
     pub single_uffd: bool,
     /// How uffd readers wait: busy (spin on a non-blocking read), poll (poll(), as
-    /// demand_paging_test), blocking (read()).
-    #[arg(long, value_name = "MODE", default_value = "busy")]
+    /// demand_paging_test), blocking (read()), or auto: busy when the vCPUs and the spinning
+    /// readers fit the host's CPUs, else poll (spinners on oversubscribed cores steal the
+    /// vCPUs' time: measured 1.3x vs 7x demand_paging_test's rate with 2 vCPUs on 2 cores).
+    #[arg(long, value_name = "MODE", default_value = "auto")]
     pub uffd_wait: String,
     /// How MISSING faults are resolved: copy (UFFDIO_COPY of a pattern the guest checks) or
     /// zeropage (UFFDIO_ZEROPAGE, 4K backings only).
@@ -128,11 +130,14 @@ impl FaultsArgs {
             value: value.to_string(),
             choices,
         };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let wait = match self.uffd_wait.as_str() {
+            "auto" if self.vcpus as usize + self.readers <= cpus => WaitMode::BusyPoll,
+            "auto" => WaitMode::Poll,
             "busy" | "busy-poll" => WaitMode::BusyPoll,
             "poll" => WaitMode::Poll,
             "blocking" | "block" => WaitMode::Blocking,
-            v => return Err(choice("--uffd-wait", v, "busy, poll, blocking")),
+            v => return Err(choice("--uffd-wait", v, "auto, busy, poll, blocking")),
         };
         let resolve = match self.uffd_resolve.as_str() {
             "copy" => MissingResolve::Copy,
@@ -284,6 +289,15 @@ mod tests {
         assert_eq!(b.uffd.delay, Duration::from_micros(5));
         assert_eq!(b.uffd.readers, 2);
         assert!(b.uffd.single_uffd);
+        // auto: 2 vCPUs + 2 spinners only fit a host with 4 CPUs.
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        let want = if cpus >= 4 {
+            WaitMode::BusyPoll
+        } else {
+            WaitMode::Poll
+        };
+        assert_eq!(b.uffd.wait, want);
+        let b = parse(&["--uffd-wait", "busy"]).unwrap();
         assert_eq!(b.uffd.wait, WaitMode::BusyPoll);
     }
 

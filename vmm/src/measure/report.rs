@@ -366,6 +366,12 @@ impl BenchReport {
 
     /// Writes the report as pretty JSON.
     pub fn write_json(&self, path: &Path) -> Result<(), ReportError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| ReportError::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
         let json = serde_json::to_string_pretty(self).expect("report serialises");
         std::fs::write(path, json + "\n").map_err(|source| ReportError::Write {
             path: path.to_path_buf(),

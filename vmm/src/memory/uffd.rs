@@ -22,7 +22,10 @@
 //! reader spins on a non-blocking `read()`, calling `sched_yield()` between empty reads so
 //! that a runnable vCPU thread on the same core is not starved. [`WaitMode::Poll`] (what the
 //! kernel's `demand_paging_test` does) and [`WaitMode::Blocking`] are there to measure the
-//! difference.
+//! difference. Busy-polling only pays while the spinners do not take CPUs the vCPUs need:
+//! on the 2-CPU development host, 1 vCPU + 1 spinner ran ~5x demand_paging_test's rate, but
+//! 2 vCPUs + a spinner only ~1.3x, where poll() ran ~7x (`faultline bench faults` picks
+//! busy-poll only when vCPUs + spinners fit the CPUs: `--uffd-wait auto`).
 //!
 //! Faults that KVM takes on behalf of a guest come from the kernel (GUP), so the uffds are
 //! created without `UFFD_USER_MODE_ONLY`; that needs root (or `CAP_SYS_PTRACE`), or
@@ -117,7 +120,8 @@ pub struct UffdConfig {
     pub wait: WaitMode,
     /// Artificial delay before resolving each fault (`-d`).
     pub delay: Duration,
-    /// Reader threads per uffd (`-r`).
+    /// Reader threads per uffd (`-r`) for [`WaitMode::Poll`] and [`WaitMode::Blocking`];
+    /// with [`WaitMode::BusyPoll`], spinning threads in all, each sweeping every uffd.
     pub readers: usize,
     /// One uffd for every region (`-a`) instead of one per region.
     pub single_uffd: bool,
@@ -470,16 +474,30 @@ impl UffdService {
             uffds,
             readers: Vec::new(),
         };
-        for (u, uffd) in service.uffds.iter().enumerate() {
-            for r in 0..cfg.readers {
-                let shared = Arc::clone(&service.shared);
-                let uffd = Arc::clone(uffd);
-                let handle = std::thread::Builder::new()
-                    .name(format!("uffd{u}-r{r}"))
-                    .spawn(move || reader(&shared, &uffd))
-                    .map_err(UffdStartError::Spawn)?;
-                service.readers.push(handle);
-            }
+        // Busy-polling readers sweep every uffd (so `readers` spinning threads serve all
+        // vCPUs: on a host with few cores, one spinner per vCPU would steal the vCPUs'
+        // CPUs); poll/blocking readers wait on one uffd each (demand_paging_test's layout).
+        let groups: Vec<(String, Vec<Arc<Uffd>>)> = if cfg.wait == WaitMode::BusyPoll {
+            (0..cfg.readers)
+                .map(|r| (format!("uffd-spin{r}"), service.uffds.clone()))
+                .collect()
+        } else {
+            service
+                .uffds
+                .iter()
+                .enumerate()
+                .flat_map(|(u, uffd)| {
+                    (0..cfg.readers).map(move |r| (format!("uffd{u}-r{r}"), vec![Arc::clone(uffd)]))
+                })
+                .collect()
+        };
+        for (name, uffds) in groups {
+            let shared = Arc::clone(&service.shared);
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || reader(&shared, &uffds))
+                .map_err(UffdStartError::Spawn)?;
+            service.readers.push(handle);
         }
         Ok(service)
     }
@@ -570,7 +588,7 @@ impl Drop for UffdService {
     }
 }
 
-fn reader(shared: &Shared, uffd: &Uffd) -> ReaderResult {
+fn reader(shared: &Shared, uffds: &[Arc<Uffd>]) -> ReaderResult {
     let mut res = ReaderResult {
         faults: 0,
         already_resolved: 0,
@@ -579,7 +597,7 @@ fn reader(shared: &Shared, uffd: &Uffd) -> ReaderResult {
     };
     let mut buf = vec![0u8; shared.cfg.chunk];
     let mut events = EventBuffer::new(64);
-    if let Err(e) = reader_loop(shared, uffd, &mut res, &mut buf, &mut events) {
+    if let Err(e) = reader_loop(shared, uffds, &mut res, &mut buf, &mut events) {
         res.error = Some(e);
         // Let the other readers and the stopper know; faults of this uffd are now unserved.
         shared.stop.store(true, Ordering::SeqCst);
@@ -589,12 +607,17 @@ fn reader(shared: &Shared, uffd: &Uffd) -> ReaderResult {
 
 fn reader_loop(
     shared: &Shared,
-    uffd: &Uffd,
+    uffds: &[Arc<Uffd>],
     res: &mut ReaderResult,
     buf: &mut [u8],
     events: &mut EventBuffer,
 ) -> Result<(), UffdHandlerError> {
+    let mut next = 0;
+    let mut sweep_events = 0;
     loop {
+        // Busy-poll readers take the uffds in turn; the others have exactly one.
+        let uffd = &*uffds[next];
+        next = (next + 1) % uffds.len();
         match shared.cfg.wait {
             WaitMode::BusyPoll => {}
             WaitMode::Poll => {
@@ -654,7 +677,11 @@ fn reader_loop(
             let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
             res.hist.saturating_record(ns.max(1));
         }
-        if got == 0 {
+        sweep_events += got;
+        if next != 0 {
+            continue;
+        }
+        if std::mem::take(&mut sweep_events) == 0 {
             if shared.stop.load(Ordering::Relaxed) && shared.cfg.wait != WaitMode::Blocking {
                 return Ok(());
             }
@@ -690,7 +717,8 @@ fn resolve(
         .find(|t| addr >= t.region.addr && addr < t.region.addr + t.region.len)
         .ok_or(UffdHandlerError::Stray { addr })?;
     let region = tracked.region;
-    let start = (addr & !(cfg.chunk - 1)).max(region.addr);
+    // Chunks are aligned to the region start, so they never overlap.
+    let start = region.addr + (addr - region.addr) / cfg.chunk * cfg.chunk;
     let len = cfg.chunk.min(region.addr + region.len - start);
     if !cfg.delay.is_zero() {
         delay(cfg.delay);

@@ -64,12 +64,26 @@ pub enum VmError {
 /// A KVM VM with an in-kernel irqchip and PIT, and its guest RAM registered.
 #[derive(Debug)]
 pub struct Vm {
+    /// Declared first: dropped (the VM closed) before the guest RAM it maps.
     fd: VmFd,
+    /// The guest RAM registered as memslots, kept alive as long as the VM.
+    registered: std::sync::Mutex<Vec<GuestMemoryMmap>>,
 }
 
 impl Vm {
     /// Creates the VM for `vcpus` vCPUs and registers every region of `mem` as a memslot.
     pub fn new(kvm: &Kvm, vcpus: u32, mem: &GuestMemoryMmap) -> Result<Vm, VmError> {
+        let vm = Vm::create(kvm, vcpus)?;
+        vm.create_pit()?;
+        vm.register_memory(mem)?;
+        Ok(vm)
+    }
+
+    /// Creates the VM for `vcpus` vCPUs with its irqchip, without a PIT or guest RAM yet:
+    /// [`Vm::register_memory`] and [`Vm::create_pit`] add them, possibly from another thread
+    /// while vCPUs are being created (see `launch::Vmm::new`); both must be done before a
+    /// vCPU runs.
+    pub fn create(kvm: &Kvm, vcpus: u32) -> Result<Vm, VmError> {
         let max = kvm.get_max_vcpus();
         if vcpus as usize > max {
             return Err(VmError::TooManyVcpus {
@@ -83,17 +97,34 @@ impl Vm {
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(VmError::IdentityMap)?;
         fd.create_irq_chip().map_err(VmError::Irqchip)?;
+        Ok(Vm {
+            fd,
+            registered: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Creates the in-kernel PIT (i8254, speaker port dummy), which Linux uses to calibrate
+    /// its clocks. KVM allows it after the vCPUs exist (QEMU creates it then too). Like a
+    /// memslot, it waits for an SRCU grace period (kvm_io_bus_register_dev()).
+    pub fn create_pit(&self) -> Result<(), VmError> {
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit).map_err(VmError::Pit)?;
-        let vm = Vm { fd };
-        vm.register_memory(mem)?;
-        Ok(vm)
+        self.fd.create_pit2(pit).map_err(VmError::Pit)
     }
 
-    fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    /// Registers every region of `mem` as a memslot (slot = region index; call it once).
+    ///
+    /// Each KVM_SET_USER_MEMORY_REGION waits for an SRCU grace period
+    /// (kvm_swap_active_memslots() in virt/kvm/kvm_main.c): a fixed cost of several ms on a
+    /// busy nested host whatever the slot's size, which is why the launch flow runs this
+    /// concurrently with vCPU setup.
+    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(mem.clone());
         for (slot, region) in (0u32..).zip(mem.iter()) {
             let r = kvm_userspace_memory_region {
                 slot,
@@ -102,8 +133,9 @@ impl Vm {
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,
             };
-            // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`,
-            // which outlives the VM (the Vmm keeps both and drops the VM first).
+            // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`;
+            // a clone of `mem` is kept in `self.registered` above, so the mapping outlives
+            // the VM (the fd field is dropped first).
             unsafe { self.fd.set_user_memory_region(r) }.map_err(|source| VmError::Memslot {
                 slot,
                 gpa: r.guest_phys_addr,
