@@ -20,7 +20,10 @@
 //! load (load average 7-10 on 2 cores): about 1 boot in 5 stalled for good in early boot (no
 //! more timer interrupts after "HugeTLB: registered", or at "Booting SMP configuration"), and
 //! once busybox init segfaulted on CPU 1 with a 2-vCPU guest; at load 3-4 the same boots all
-//! passed. A stall ends at BOOT_LIMIT with the serial log in the failure message.
+//! passed; with nothing else running, one boot in five (bzImage, 2 vCPUs) still stalled: CPU 0
+//! spins in the kernel after "sched_clock: Marking stable" and RCU reports a stall. A stall
+//! ends at BOOT_LIMIT; the boot is then tried once more (BOOT_ATTEMPTS), and a second stall
+//! fails the test with the serial log in the failure message.
 
 use std::path::Path;
 use std::process::Command;
@@ -44,6 +47,13 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 /// this limit stay well inside CI's 90 minutes.
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 
+/// A boot that hangs (no exit within [`BOOT_LIMIT`]) is tried once more, with the hung
+/// attempt's serial tail printed: on this nested host about one boot in five stalls in early
+/// boot (CPU 0 spinning, RCU stall reports, see the module docs) and the cause is not yet
+/// found. Wrong output or a wrong exit status is never retried. Worst case for the five
+/// boots: 5 x 2 x 300 s = 50 min, inside CI's 90.
+const BOOT_ATTEMPTS: u32 = 2;
+
 /// The command run in the guest: prints a marker and the number of CPUs Linux brought up,
 /// then exits with 7.
 const GUEST_SCRIPT: &str =
@@ -56,14 +66,34 @@ fn boot(kernel: &Path, extra: &[&str], guest_cmd: &[&str]) -> RunOutput {
         cmd.arg("--").args(guest_cmd);
     }
     eprintln!("linux: {cmd:?}");
-    let out = fixtures::run_with_timeout(cmd, BOOT_LIMIT);
-    eprintln!(
-        "linux: {} exited {:?} after {:.1} s",
-        kernel.display(),
-        out.status,
-        out.elapsed.as_secs_f64()
-    );
-    out
+    for attempt in 1..=BOOT_ATTEMPTS {
+        let out = fixtures::run_with_timeout(clone_command(&cmd), BOOT_LIMIT);
+        eprintln!(
+            "linux: {} exited {:?} after {:.1} s (attempt {attempt})",
+            kernel.display(),
+            out.status,
+            out.elapsed.as_secs_f64()
+        );
+        if out.status.is_some() || attempt == BOOT_ATTEMPTS {
+            return out;
+        }
+        // Only a hang is retried, and it is shown: a guest that exits wrongly fails at once.
+        let tail: Vec<&str> = out.stdout.lines().rev().take(15).collect();
+        eprintln!(
+            "linux: attempt {attempt} hung (no exit within {} s); its last serial lines:\n{}\n\
+             linux: retrying once (known early-boot stall on this nested host, see the module docs)",
+            BOOT_LIMIT.as_secs(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    unreachable!("the last attempt always returns")
+}
+
+/// A fresh `Command` with the same program and arguments (a `Command` is spent by spawn).
+fn clone_command(cmd: &Command) -> Command {
+    let mut c = Command::new(cmd.get_program());
+    c.args(cmd.get_args());
+    c
 }
 
 fn guest_kernel_or_fail() -> fixtures::GuestKernel {
