@@ -3,9 +3,43 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-/// A cloneable, thread-safe writer (the VMM's stdout, or a buffer in tests).
+/// A cloneable, thread-safe writer (the VMM's stdout, or a buffer in tests). It also
+/// watches the text for a Linux kernel panic, so that a guest that panics and then resets
+/// (`panic=-1`) is reported as a crash rather than as a clean reset.
 #[derive(Clone)]
-pub struct Console(Arc<Mutex<Box<dyn Write + Send>>>);
+pub struct Console(Arc<Mutex<Box<dyn Write + Send>>>, Arc<Mutex<PanicWatch>>);
+
+/// The start of the line `panic()` (kernel/panic.c) prints.
+const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+/// Longest console line kept while looking for [`KERNEL_PANIC`].
+const MAX_LINE: usize = 512;
+
+/// Scans console output line by line for the first kernel panic line.
+#[derive(Debug, Default)]
+struct PanicWatch {
+    line: Vec<u8>,
+    panic: Option<String>,
+}
+
+impl PanicWatch {
+    fn feed(&mut self, data: &[u8]) {
+        if self.panic.is_some() {
+            return;
+        }
+        for &b in data {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.line);
+                if let Some(at) = line.find(KERNEL_PANIC) {
+                    self.panic = Some(line[at..].trim_end().to_string());
+                    return;
+                }
+                self.line.clear();
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(b);
+            }
+        }
+    }
+}
 
 impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -16,7 +50,16 @@ impl std::fmt::Debug for Console {
 impl Console {
     /// Wraps a writer.
     pub fn new(w: Box<dyn Write + Send>) -> Self {
-        Console(Arc::new(Mutex::new(w)))
+        Console(Arc::new(Mutex::new(w)), Arc::default())
+    }
+
+    /// The guest kernel's panic line ("Kernel panic - not syncing: ..."), if it printed one.
+    pub fn kernel_panic(&self) -> Option<String> {
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .panic
+            .clone()
     }
 
     /// The process's stdout.
@@ -33,6 +76,7 @@ impl Console {
 
 impl Write for Console {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner()).feed(data);
         let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
         w.write_all(data)?;
         w.flush()?;
@@ -58,5 +102,35 @@ impl Write for SharedBuf {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_panic_line_is_caught_across_byte_sized_writes() {
+        let (mut console, _buf) = Console::buffer();
+        let text = "[    1.0] Run /init as init process\n\
+                    [    1.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n\
+                    [    1.3] Rebooting in 1 seconds..\n";
+        for b in text.bytes() {
+            console.write_all(&[b]).unwrap();
+        }
+        assert_eq!(
+            console.kernel_panic().as_deref(),
+            Some("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100")
+        );
+    }
+
+    #[test]
+    fn ordinary_output_is_no_panic() {
+        let (mut console, buf) = Console::buffer();
+        console
+            .write_all(b"panic=-1 on the command line\nKernel panic is only a phrase here\n")
+            .unwrap();
+        assert_eq!(console.kernel_panic(), None);
+        assert!(!buf.lock().unwrap().is_empty());
     }
 }

@@ -215,3 +215,42 @@ fn debian_cloud_kernel_prints_its_banner_and_its_failure_is_reported() {
         ctx()
     );
 }
+
+/// A kernel that panics (here: no initramfs and no root device) resets the machine because
+/// of `panic=-1`; faultline must report that as a crash with the panic line, not as a clean
+/// reset with status 0.
+#[test]
+fn guest_kernel_panic_is_reported_as_a_crash() {
+    if !fixtures::kvm_available("guest_kernel_panic_is_reported_as_a_crash") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let k = guest_kernel_or_fail();
+    let out = boot(
+        &k.vmlinux,
+        &["--cmdline", "console=ttyS0 reboot=k panic=-1"],
+        &[],
+    );
+    let ctx = || {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.stdout, out.stderr
+        )
+    };
+    assert!(
+        out.stdout.contains("Kernel panic - not syncing"),
+        "the guest was expected to panic (no root device)\n{}",
+        ctx()
+    );
+    assert_eq!(
+        out.code(),
+        102,
+        "a panic must exit with the crash status\n{}",
+        ctx()
+    );
+    assert!(
+        out.stderr.contains("the guest kernel panicked"),
+        "the VMM must say the guest panicked\n{}",
+        ctx()
+    );
+}

@@ -368,7 +368,17 @@ impl Vmm {
         loop_result?;
         let end = Instant::now();
         let memory = MemorySample::take(&self.mem);
-        let exit = self.exit.reason().unwrap_or(VmExit::Reset);
+        let exit = match self.exit.reason().unwrap_or(VmExit::Reset) {
+            // With panic=-1 a panicking Linux guest resets: that is a crash, not a clean end.
+            VmExit::Reset => match self.io.console.kernel_panic() {
+                Some(line) => VmExit::Crash {
+                    vcpu: 0,
+                    reason: format!("the guest kernel panicked, then reset the machine: {line}"),
+                },
+                None => VmExit::Reset,
+            },
+            other => other,
+        };
         let ucalls = self
             .ucalls
             .lock()
