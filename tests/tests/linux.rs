@@ -11,9 +11,9 @@
 //!
 //! Fixtures (the guest kernel build takes ~6-8 minutes on 2 cores the first time, the Debian
 //! kernel a download) are built on first use by the resources/ scripts and cached outside
-//! the repo; see `faultline_tests::fixtures`. Boots take 20-40 s each on the nested KVM here,
-//! so the tests run one at a time (BOOT_LOCK) and the set is kept small: 5 boots of our kernel (one panics on purpose) and
-//! 1 of Debian's. Each boot has a time limit; a hung guest fails its test.
+//! the repo; see `faultline_tests::fixtures`. Boots take 80-150 s each on the nested KVM here
+//! with nothing else running, so the tests run one at a time (BOOT_LOCK) and the set is kept
+//! small: 5 boots of our kernel (one panics on purpose) and 1 of Debian's. Each boot has a time limit; a hung guest fails its test.
 //!
 //! Limits: the tests check what reaches the serial console and the exit status, not the
 //! boot's speed (that is `faultline bench boot`). Known flake on this nested host under heavy
@@ -50,7 +50,7 @@ const BOOT_LIMIT: Duration = Duration::from_secs(300);
 /// A boot that hangs (no exit within [`BOOT_LIMIT`]) is tried once more, with the hung
 /// attempt's serial tail printed: on this nested host about one boot in five stalls in early
 /// boot (CPU 0 spinning, RCU stall reports, see the module docs) and the cause is not yet
-/// found. Wrong output or a wrong exit status is never retried. Worst case for the five
+/// found. Wrong output or a wrong exit status is never retried. Worst case for the six
 /// boots: 6 x 2 x 300 s = 60 min (a panic boot ends in ~40 s), inside CI's 90.
 const BOOT_ATTEMPTS: u32 = 2;
 
