@@ -155,6 +155,14 @@ pub struct RunOutput {
 }
 
 impl RunOutput {
+    /// Both output streams, labelled, for a failing assertion's message.
+    pub fn transcript(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout, self.stderr
+        )
+    }
+
     /// The exit code, or a panic naming what happened instead.
     pub fn code(&self) -> i32 {
         match self.status {

@@ -109,12 +109,7 @@ fn check_guest_kernel_runs_command(kernel: &Path, vcpus: u32, extra: &[&str]) {
     let out = boot(kernel, &args, &["sh", "-c", GUEST_SCRIPT]);
     let code = out.code();
     let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
-    let ctx = || {
-        format!(
-            "--- stdout ---\n{}\n--- stderr ---\n{}",
-            out.stdout, out.stderr
-        )
-    };
+    let ctx = || out.transcript();
     assert!(
         out.stdout.contains("Linux version"),
         "no kernel banner on the serial port\n{}",
@@ -195,12 +190,7 @@ fn debian_cloud_kernel_prints_its_banner_and_its_failure_is_reported() {
         .unwrap_or_else(|e| panic!("the Debian kernel fixture failed: {e}"));
     let out = boot(&kernel, &["--memory", "512M"], &[]);
     let code = out.code();
-    let ctx = || {
-        format!(
-            "--- stdout ---\n{}\n--- stderr ---\n{}",
-            out.stdout, out.stderr
-        )
-    };
+    let ctx = || out.transcript();
     assert!(
         out.stdout.contains("Linux version"),
         "no kernel banner on the serial port\n{}",
@@ -231,12 +221,7 @@ fn guest_kernel_panic_is_reported_as_a_crash() {
         &["--cmdline", "console=ttyS0 reboot=k panic=-1"],
         &[],
     );
-    let ctx = || {
-        format!(
-            "--- stdout ---\n{}\n--- stderr ---\n{}",
-            out.stdout, out.stderr
-        )
-    };
+    let ctx = || out.transcript();
     assert!(
         out.stdout.contains("Kernel panic - not syncing"),
         "the guest was expected to panic (no root device)\n{}",
