@@ -166,16 +166,10 @@ impl RunOutput {
     /// The exit code, or a panic naming what happened instead.
     pub fn code(&self) -> i32 {
         match self.status {
-            None => panic!(
-                "timed out after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                self.elapsed, self.stdout, self.stderr
-            ),
-            Some(s) => s.code().unwrap_or_else(|| {
-                panic!(
-                    "killed by {s}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                    self.stdout, self.stderr
-                )
-            }),
+            None => panic!("timed out after {:?}\n{}", self.elapsed, self.transcript()),
+            Some(s) => s
+                .code()
+                .unwrap_or_else(|| panic!("killed by {s}\n{}", self.transcript())),
         }
     }
 }
