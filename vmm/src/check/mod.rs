@@ -1,0 +1,3 @@
+//! `faultline check`: one scenario on the model and on real KVM, compared observable by observable.
+
+pub mod space;
