@@ -1,3 +1,4 @@
 //! `faultline check`: one scenario on the model and on real KVM, compared observable by observable.
 
 pub mod space;
+pub mod report;
