@@ -2,3 +2,6 @@
 
 pub mod space;
 pub mod report;
+pub mod compare;
+pub mod exec;
+pub mod cli;

@@ -1,0 +1,685 @@
+//! The real executor: one scenario on real KVM, step by step, next to the model.
+//!
+//! Set-up: each `[[vma]]` becomes a real mapping of its kind ([`RealSpace`]); each
+//! `[[memslot]]` a real KVM memslot over it at `gpa + GPA_OFFSET` (the agent guest's own RAM,
+//! code and page tables sit below 64 GiB, outside every scenario range; the offset is a
+//! multiple of 1 GiB, so every alignment the rules care about is kept); the agent guest
+//! performs the guest steps; host steps run on the real mappings (and memslots) between them,
+//! from the controller thread while the vCPUs wait in the agent's doorbell.
+//!
+//! After every step the observers read what the kernel did: the tracefs instance's events
+//! since the previous step, and the pagemap/kpageflags state of the pages of interest (every
+//! page a guest step touched so far that lies in the step's range, and the page a guest step
+//! accessed). The model ([`mmu::scenario::ScenarioRunner`]) runs the same step with the host's
+//! rule set and conditions, and [`super::compare::compare_step`] compares.
+
+use super::agent::{AccessKind, AccessOutcome, Agent};
+use super::compare::{self, Capabilities, RealAccess, RealPage, RealStep};
+use super::observe::host::HostConditions as RealConditions;
+use super::observe::pagemap::{PageKind, PageMap};
+use super::observe::tracefs::{PidFilter, TraceEvent, TraceSession};
+use super::report::{Observation, ScenarioCheck, StepCheck, Timing, Verdict};
+use super::space::{RealKind, RealSpace, RealVmaSpec, SpaceError};
+use crate::config::{MemoryConfig, Payload, VmConfig};
+use crate::launch::{ExtraMemslot, VmBuilder, VmIo};
+use mmu::scenario::{
+    HostConditions, MadviseAdvice, ModelBug, ModelOptions, Scenario, ScenarioError,
+    ScenarioRunner, Step, StepRecord, VmaKind,
+};
+use mmu::types::{Hva, KernelVersion};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Real gpa = model gpa + this.
+pub const GPA_OFFSET: u64 = 64 << 30;
+
+/// Options of one check.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Model rule set; `None`: the host kernel's.
+    pub kernel_rules: Option<KernelVersion>,
+    /// A deliberately wrong model rule (tests prove the checker catches it).
+    pub bug: Option<ModelBug>,
+    /// How long one guest access may take before the agent counts as hung.
+    pub access_timeout: Duration,
+    /// KVM device node.
+    pub kvm_device: std::path::PathBuf,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            kernel_rules: None,
+            bug: None,
+            access_timeout: Duration::from_secs(10),
+            kvm_device: crate::config::default_kvm_device(),
+        }
+    }
+}
+
+/// Why a scenario could not be checked at all (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The file could not be read.
+    #[error("Cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The scenario is invalid.
+    #[error("{path}: {source}")]
+    Scenario {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        #[source]
+        source: ScenarioError,
+    },
+    /// /dev/kvm cannot be used.
+    #[error("{0}")]
+    NoKvm(String),
+}
+
+/// The model's rule set for the host's kernel release.
+pub fn rules_for(major: u32, minor: u32) -> KernelVersion {
+    match (major, minor) {
+        (m, _) if m > 6 => KernelVersion::V6_18,
+        (6, n) if n >= 18 => KernelVersion::V6_18,
+        (6, n) if n >= 13 => KernelVersion::V6_13,
+        _ => KernelVersion::V6_12,
+    }
+}
+
+/// The host, read once per `faultline check`.
+#[derive(Debug)]
+pub struct CheckEnv {
+    /// Its conditions.
+    pub host: RealConditions,
+}
+
+impl CheckEnv {
+    /// Reads the host.
+    pub fn read() -> Self {
+        CheckEnv {
+            host: RealConditions::read(),
+        }
+    }
+}
+
+/// Why a VMA cannot be made for real here (None: it can).
+fn vma_real_kind(kind: VmaKind, page_size: u64) -> Result<RealKind, String> {
+    match kind {
+        VmaKind::Anon => Ok(RealKind::Anon),
+        VmaKind::Shmem | VmaKind::Memfd => Ok(RealKind::Memfd),
+        VmaKind::File => Ok(RealKind::File),
+        VmaKind::Hugetlb => Ok(RealKind::Hugetlb { page_size }),
+        VmaKind::Pfnmap => Err(
+            "a device VM_PFNMAP mapping needs a driver; the only pfnmap this host offers is [vvar] (kind = \"vvar\")"
+                .into(),
+        ),
+        VmaKind::Mixedmap => Err("a VM_MIXEDMAP mapping needs a driver this host does not have".into()),
+        VmaKind::Devdax => Err("device-dax (ZONE_DEVICE) needs persistent memory this host does not have".into()),
+        VmaKind::Vvar => Ok(RealKind::Vvar),
+    }
+}
+
+fn prot_bits(p: mmu::host::Prot) -> i32 {
+    let mut b = libc::PROT_NONE;
+    if p.read {
+        b |= libc::PROT_READ;
+    }
+    if p.write {
+        b |= libc::PROT_WRITE;
+    }
+    if p.exec {
+        b |= libc::PROT_EXEC;
+    }
+    b
+}
+
+/// Why a host step cannot run for real here, or `None` when it can.
+fn step_not_executable(step: &Step, env: &CheckEnv) -> Option<String> {
+    let nodes = env.host.nodes.value.as_ref().map_or(1, |n| n.len());
+    match step {
+        Step::Read(_) | Step::Write(_) | Step::Exec(_) => None,
+        Step::Munmap(_) | Step::Mprotect(_) | Step::Madvise(_) | Step::Mremap(_) => None,
+        Step::Fork(_) | Step::FallocatePunchHole(_) => None,
+        Step::DirtyLogEnable(_) | Step::DirtyLogGet(_) | Step::DirtyLogClear(_) => None,
+        Step::MemslotDelete(_) | Step::MemslotMove(_) | Step::MemslotFlags(_) | Step::MemslotCreate(_) => None,
+        Step::NumaScan(_) | Step::Migrate(_) if nodes < 2 => Some(format!(
+            "the host has {nodes} NUMA node(s); NUMA hinting and migration need 2"
+        )),
+        Step::NumaScan(_) => Some("task_numa_work() cannot be triggered on demand from userspace".into()),
+        Step::Migrate(_) => Some("move_pages(2) is not wired into the executor yet".into()),
+        Step::ThpSplit(_) => Some("no user interface splits only the PMD (split_huge_pmd()); debugfs split_huge_pages splits the folio".into()),
+        Step::UnmapMappingRange(_) => Some("unmap_mapping_range() alone has no user interface (punch-hole also frees the pages)".into()),
+        Step::ClearYoung(_) | Step::ClearFlushYoung(_) | Step::TestYoung(_) => {
+            Some("aging through page_idle/MGLRU is not wired into the executor yet".into())
+        }
+        Step::Release(_) | Step::Exit(_) => Some("it would tear down the VMM's own mm".into()),
+        Step::Signal(_) => Some("signal delivery to a vCPU thread mid-fault is not wired into the executor yet".into()),
+        Step::MemoryFailure(_) => Some("memory_failure() poisons a real page; not done without opt-in".into()),
+        Step::UffdRegister(_)
+        | Step::UffdioCopy(_)
+        | Step::UffdioZeropage(_)
+        | Step::UffdioContinue(_)
+        | Step::UffdioWriteprotect(_) => {
+            Some("userfaultfd steps are not wired into the executor yet".into())
+        }
+        Step::KsmScan(_) => Some("a KSM scan (ksmd) is not wired into the executor yet".into()),
+    }
+}
+
+/// One model memslot as the executor uses it.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: u16,
+    gpa: u64,
+    size: u64,
+    hva: u64,
+    real_slot: u32,
+}
+
+/// Checks one scenario file: runs it on the model and on real KVM and compares.
+pub fn check_file(path: &Path, opts: &CheckOptions, env: &CheckEnv) -> Result<ScenarioCheck, CheckError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| CheckError::Read {
+        path: name.clone(),
+        source,
+    })?;
+    let scenario = Scenario::from_toml(&text).map_err(|source| CheckError::Scenario {
+        path: name.clone(),
+        source,
+    })?;
+    Ok(check_scenario(&name, &scenario, opts, env))
+}
+
+/// Checks a parsed scenario.
+pub fn check_scenario(name: &str, sc: &Scenario, opts: &CheckOptions, env: &CheckEnv) -> ScenarioCheck {
+    let t0 = Instant::now();
+    let mut check = ScenarioCheck {
+        file: name.to_string(),
+        rules: String::new(),
+        notes: Vec::new(),
+        observables: Vec::new(),
+        steps: Vec::new(),
+        error: None,
+        timing: Timing::default(),
+    };
+    let (model_opts, rules, notes) = model_options(sc, opts, env);
+    check.rules = rules;
+    check.notes = notes;
+    let result = run_real(sc, &model_opts, opts, env, &mut check, t0);
+    if let Err(e) = result {
+        check.error = Some(e);
+    }
+    check.timing.total_s = t0.elapsed().as_secs_f64();
+    check
+}
+
+/// The model's options from the host's real conditions, and notes where the scenario
+/// assumes otherwise.
+fn model_options(sc: &Scenario, opts: &CheckOptions, env: &CheckEnv) -> (ModelOptions, String, Vec<String>) {
+    let h = &env.host;
+    let mut notes = Vec::new();
+    let (kernel, why) = match (opts.kernel_rules, h.kernel.value) {
+        (Some(k), _) => (k, "from --kernel-rules".to_string()),
+        (None, Some(v)) => (
+            rules_for(v.major, v.minor),
+            format!("host kernel {}.{}", v.major, v.minor),
+        ),
+        (None, None) => (KernelVersion::V6_12, "host kernel unknown".to_string()),
+    };
+    if let Some(k) = sc.kernel {
+        if k != kernel {
+            notes.push(format!(
+                "scenario names kernel {k}, the model runs {kernel}'s rules ({why})"
+            ));
+        }
+    }
+    let thp = h.thp.value;
+    if let (Some(s), Some(r)) = (sc.thp, thp) {
+        if s != r {
+            notes.push(format!("scenario assumes thp={s:?}, host has {r:?}"));
+        }
+    }
+    let huge_zero = h.use_zero_page.value;
+    if let (Some(s), Some(r)) = (sc.huge_zero_page, huge_zero) {
+        if s != r {
+            notes.push(format!("scenario assumes huge_zero_page={s}, host has {r}"));
+        }
+    }
+    let tdp = h.paging.value.map(|p| matches!(p, super::observe::host::PagingMode::Tdp { .. }));
+    let nodes = h.nodes.value.as_ref().map(|n| u16::try_from(n.len()).unwrap_or(u16::MAX));
+    if let (Some(s), Some(r)) = (sc.nodes, nodes) {
+        if s != r {
+            notes.push(format!("scenario assumes {s} NUMA nodes, host has {r}"));
+        }
+    }
+    let numa_balancing = h.numa_balancing.value;
+    if sc.async_pf == Some(true) {
+        notes.push("scenario assumes async page faults; the agent guest does not enable them".into());
+    }
+    let conditions = HostConditions {
+        thp,
+        huge_zero_page: huge_zero,
+        // The agent guest never enables KVM's PV async PF (MSR_KVM_ASYNC_PF_EN).
+        async_pf: Some(false),
+        tdp,
+        ad_bits: None,
+        nodes,
+        numa_balancing,
+    };
+    if let Some(b) = opts.bug {
+        notes.push(format!("model runs with the deliberate bug {b:?}"));
+    }
+    (
+        ModelOptions {
+            kernel: Some(kernel),
+            conditions,
+            bug: opts.bug,
+        },
+        format!("{kernel} ({why})"),
+        notes,
+    )
+}
+
+fn real_page(pm: &PageMap, addr: u64) -> Option<RealPage> {
+    let st = pm.state(addr).ok()?;
+    if !st.present {
+        return None;
+    }
+    let kind = match st.kind {
+        PageKind::Zero => "zero",
+        PageKind::HugeZero => "huge-zero",
+        PageKind::Anon => "anon",
+        PageKind::AnonThp { .. } => "anon-thp",
+        PageKind::Shmem => "shmem",
+        PageKind::File => "file",
+        PageKind::Hugetlb => "hugetlb",
+        PageKind::Ksm => "ksm",
+        PageKind::Pfnmap => "pfnmap",
+        PageKind::Unknown => "unknown",
+    };
+    Some(RealPage {
+        present: true,
+        kind: kind.into(),
+        size: st.size,
+    })
+}
+
+fn run_real(
+    sc: &Scenario,
+    model_opts: &ModelOptions,
+    opts: &CheckOptions,
+    env: &CheckEnv,
+    check: &mut ScenarioCheck,
+    t0: Instant,
+) -> Result<(), String> {
+    let mut runner = ScenarioRunner::new(sc, model_opts).map_err(|e| format!("model: {e}"))?;
+
+    // The real VMAs, and which model ranges could not be made.
+    let mut specs = Vec::new();
+    let mut absent: Vec<(u64, u64, String)> = Vec::new();
+    for v in &sc.vma {
+        match vma_real_kind(v.kind, v.page_size.map_or(2 << 20, |n| n.0)) {
+            Ok(kind) => specs.push(RealVmaSpec {
+                start: v.start.0,
+                size: v.size.0,
+                kind,
+                prot: prot_bits(v.prot),
+                shared: v.shared || matches!(v.kind, VmaKind::Shmem | VmaKind::Memfd),
+                thp: v.thp,
+            }),
+            Err(reason) => {
+                check.notes.push(format!(
+                    "VMA {:#x}+{:#x} ({:?}) not executable here: {reason}",
+                    v.start.0, v.size.0, v.kind
+                ));
+                absent.push((v.start.0, v.start.0 + v.size.0, reason));
+            }
+        }
+    }
+    let mut space = RealSpace::new(&specs).map_err(|e: SpaceError| e.to_string())?;
+
+    let slots: Vec<Slot> = sc
+        .memslot
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Slot {
+            id: m.id,
+            gpa: m.gpa.0,
+            size: m.size.0,
+            hva: m.hva.0,
+            real_slot: u32::try_from(i + 1).unwrap_or(u32::MAX),
+        })
+        .collect();
+    let vcpus = sc
+        .step
+        .iter()
+        .filter_map(|s| s.guest_access().and_then(|a| a.2))
+        .max()
+        .map_or(1, |m| m + 1);
+    let windows: Vec<(u64, u64)> = slots.iter().map(|s| (s.gpa + GPA_OFFSET, s.size)).collect();
+    let agent = Agent::new(vcpus, &windows).map_err(|e| e.to_string())?;
+
+    let config = VmConfig {
+        vcpus,
+        memory: MemoryConfig {
+            size: 64 << 20,
+            ..MemoryConfig::default()
+        },
+        payload: Payload::Guest("agent".into()),
+        kvm_device: opts.kvm_device.clone(),
+        ..VmConfig::default()
+    };
+    let (io, _console) = VmIo::captured();
+    let mut builder = VmBuilder::new(config, io);
+    for s in &slots {
+        let flags = &sc.memslot.iter().find(|m| m.id == s.id).map(|m| m.flags.clone()).unwrap_or_default();
+        builder = builder.memslot(ExtraMemslot {
+            slot: Some(s.real_slot),
+            gpa: s.gpa + GPA_OFFSET,
+            size: s.size,
+            host_addr: space.real_any(s.hva),
+            readonly: flags.contains(&mmu::scenario::MemslotFlag::Readonly),
+            dirty_log: flags.contains(&mmu::scenario::MemslotFlag::DirtyLog),
+        });
+    }
+    builder = agent.attach(builder);
+    let vmm = builder.build().map_err(|e| format!("VM set-up: {e}"))?;
+    agent.prepare(&vmm).map_err(|e| e.to_string())?;
+
+    // Observers.
+    let mut caps = Capabilities::default();
+    let mut trace = match TraceSession::start(PidFilter::ThisProcess) {
+        Ok(mut t) => {
+            if let Some((lo, hi)) = space.real_window() {
+                t.set_hva_ranges(vec![lo..hi]);
+            }
+            let enabled: Vec<String> = t.enabled_events().iter().map(|e| e.to_string()).collect();
+            check.observables.push(format!("tracefs events enabled: {}", enabled.join(", ")));
+            if !t.absent_events().is_empty() {
+                let absent: Vec<String> = t.absent_events().iter().map(|e| e.to_string()).collect();
+                check.observables.push(format!("tracefs events this kernel lacks: {}", absent.join(", ")));
+            }
+            if !enabled.iter().any(|e| e == "kvm:kvm_unmap_hva_range") {
+                caps.notifiers = Some("the host kernel has no kvm:kvm_unmap_hva_range event".into());
+            }
+            Some(t)
+        }
+        Err(e) => {
+            caps.notifiers = Some(format!("no tracefs: {e}"));
+            check.observables.push(format!("notifier ranges not observable: {e}"));
+            None
+        }
+    };
+    let pagemap = match PageMap::open() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            caps.pages = Some(format!("{e}"));
+            check.observables.push(format!("page states not observable: {e}"));
+            None
+        }
+    };
+    check.timing.setup_s = t0.elapsed().as_secs_f64();
+    let t_steps = Instant::now();
+
+    let steps = &sc.step;
+    let mut spte_seen = false;
+    let (_outcome, results) = vmm
+        .run_with(|h| {
+            let mut out: Vec<StepCheck> = Vec::new();
+            let mut interest: Vec<u64> = Vec::new();
+            if let Some(t) = trace.as_mut() {
+                let _ = t.drain();
+            }
+            for (i, step) in steps.iter().enumerate() {
+                let rec = match runner.step(i) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        out.push(StepCheck {
+                            step: i,
+                            what: describe(step),
+                            observations: vec![Observation::uncompared(
+                                "step",
+                                "model",
+                                Some(format!("error: {e}")),
+                                None,
+                                Verdict::NotModelled(e.to_string()),
+                            )],
+                        });
+                        continue;
+                    }
+                };
+                let mut real = RealStep::default();
+                let touched_absent = rec
+                    .hva
+                    .map(|hva| hva.0)
+                    .or(rec.range.map(|(s, _)| s.0))
+                    .and_then(|a| absent.iter().find(|(s, e, _)| a >= *s && a < *e));
+                if let Some((_, _, reason)) = touched_absent {
+                    real.not_executable = Some(reason.clone());
+                } else if let Some(reason) = step_not_executable(step, env) {
+                    real.not_executable = Some(reason);
+                } else {
+                    execute(step, &rec, &mut space, &agent, h, &slots, opts, &mut real);
+                }
+                // Observers, after the step.
+                if let Some(t) = trace.as_mut() {
+                    match t.drain() {
+                        Ok(batch) => {
+                            let mut inv = Vec::new();
+                            let mut levels = Vec::new();
+                            for ev in batch.events() {
+                                match ev {
+                                    TraceEvent::UnmapHvaRange { start, end } => {
+                                        if let (Some(s), Some(_)) = (space.model(*start), space.model(end.saturating_sub(1))) {
+                                            inv.push((s, s + (end - start)));
+                                        }
+                                    }
+                                    TraceEvent::SetSpte { level, .. } => {
+                                        spte_seen = true;
+                                        if let Some(l) = level_from(*level) {
+                                            levels.push(l);
+                                        }
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            real.invalidations = Some(inv);
+                            real.spte_levels = Some(levels);
+                        }
+                        Err(e) => caps.notifiers = Some(format!("reading the trace failed: {e}")),
+                    }
+                }
+                if !spte_seen {
+                    caps.levels = Some(
+                        "kvmmmu:kvm_mmu_set_spte has not fired (KVM's shadow MMU does not emit it here)".into(),
+                    );
+                } else {
+                    caps.levels = None;
+                }
+                // Pages of interest.
+                if let Some(hva) = rec.hva {
+                    let page = hva.0 & !0xfff;
+                    if !interest.contains(&page) {
+                        interest.push(page);
+                    }
+                }
+                let pages: Vec<u64> = match (rec.hva, rec.range) {
+                    (Some(hva), _) => vec![hva.0 & !0xfff],
+                    (None, Some((s, len))) => interest
+                        .iter()
+                        .copied()
+                        .filter(|p| *p >= s.0 && *p < s.0 + len)
+                        .collect(),
+                    (None, None) => interest.clone(),
+                };
+                let model_pages: Vec<_> = pages.iter().map(|p| runner.host_page(Hva(*p))).collect();
+                if real.not_executable.is_none() {
+                    if let Some(pm) = pagemap.as_ref() {
+                        real.pages = pages
+                            .iter()
+                            .map(|p| (*p, space.real(*p).ok().and_then(|r| real_page(pm, r))))
+                            .collect();
+                    } else {
+                        real.pages = pages.iter().map(|p| (*p, None)).collect();
+                    }
+                }
+                let observations = compare::compare_step(&rec, &model_pages, &real, &caps);
+                out.push(StepCheck {
+                    step: i,
+                    what: describe(step),
+                    observations,
+                });
+            }
+            agent.exit();
+            out
+        })
+        .map_err(|e| format!("VM run: {e}"))?;
+    check.steps = results.unwrap_or_default();
+    check.timing.steps_s = t_steps.elapsed().as_secs_f64();
+    drop(space);
+    Ok(())
+}
+
+fn level_from(level: u8) -> Option<mmu::types::Level> {
+    match level {
+        1 => Some(mmu::types::Level::L4K),
+        2 => Some(mmu::types::Level::L2M),
+        3 => Some(mmu::types::Level::L1G),
+        _ => None,
+    }
+}
+
+/// A step as one short line.
+pub fn describe(step: &Step) -> String {
+    let name = step.name();
+    if let Some((_, gpa, vcpu)) = step.guest_access() {
+        return match vcpu {
+            Some(v) => format!("{name} {gpa:#x} (vcpu {v})"),
+            None => format!("{name} {gpa:#x}"),
+        };
+    }
+    match step {
+        Step::Madvise(m) => format!("madvise {:?} {:#x}+{:#x}", m.advice, m.start.0, m.size.0).to_lowercase(),
+        _ => match step.host_range() {
+            Some((s, len)) => format!("{name} {:#x}+{len:#x}", s.0),
+            None => name.to_string(),
+        },
+    }
+}
+
+fn madvise_value(a: MadviseAdvice) -> (i32, &'static str) {
+    match a {
+        MadviseAdvice::Dontneed => (libc::MADV_DONTNEED, "MADV_DONTNEED"),
+        MadviseAdvice::Free => (libc::MADV_FREE, "MADV_FREE"),
+        MadviseAdvice::Hugepage => (libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
+        MadviseAdvice::Nohugepage => (libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE"),
+        MadviseAdvice::Collapse => (25, "MADV_COLLAPSE"),
+        MadviseAdvice::Pageout => (libc::MADV_PAGEOUT, "MADV_PAGEOUT"),
+        MadviseAdvice::Cold => (libc::MADV_COLD, "MADV_COLD"),
+        MadviseAdvice::PopulateRead => (22, "MADV_POPULATE_READ"),
+        MadviseAdvice::PopulateWrite => (23, "MADV_POPULATE_WRITE"),
+        MadviseAdvice::Mergeable => (libc::MADV_MERGEABLE, "MADV_MERGEABLE"),
+        MadviseAdvice::Unmergeable => (libc::MADV_UNMERGEABLE, "MADV_UNMERGEABLE"),
+    }
+}
+
+/// Runs one executable step for real.
+#[allow(clippy::too_many_arguments)]
+fn execute(
+    step: &Step,
+    rec: &StepRecord,
+    space: &mut RealSpace,
+    agent: &Agent,
+    h: &crate::launch::VmHandle<'_>,
+    slots: &[Slot],
+    opts: &CheckOptions,
+    real: &mut RealStep,
+) {
+    let host = |r: Result<(), SpaceError>, real: &mut RealStep| {
+        if let Err(e) = r {
+            real.host_error = Some(e.to_string());
+        }
+    };
+    match step {
+        Step::Read(g) | Step::Exec(g) => {
+            let kind = if matches!(step, Step::Read(_)) {
+                AccessKind::Read
+            } else {
+                AccessKind::Exec
+            };
+            real.access = Some(access(agent, g.vcpu.unwrap_or(0), kind, g.gpa.0, 0, opts));
+        }
+        Step::Write(w) => {
+            let value = w
+                .value
+                .map_or_else(|| mmu::scenario::default_value(w.gpa.0), |v| v.0);
+            real.access = Some(access(agent, w.vcpu.unwrap_or(0), AccessKind::Write, w.gpa.0, value, opts));
+        }
+        Step::Munmap(r) => host(space.munmap(r.start.0, r.size.0), real),
+        Step::Mprotect(m) => host(space.mprotect(m.start.0, m.size.0, prot_bits(m.prot)), real),
+        Step::Madvise(m) => {
+            let (v, name) = madvise_value(m.advice);
+            host(space.madvise(m.start.0, m.size.0, v, name), real);
+        }
+        Step::Mremap(m) => host(space.mremap(m.start.0, m.size.0, m.new_start.0), real),
+        Step::Fork(_) => host(space.fork(), real),
+        Step::FallocatePunchHole(r) => host(space.punch_hole(r.start.0, r.size.0), real),
+        Step::DirtyLogEnable(s) | Step::DirtyLogGet(s) | Step::DirtyLogClear(s) | Step::MemslotDelete(s) => {
+            let Some(slot) = slots.iter().find(|x| x.id == s.memslot) else {
+                real.host_error = Some(format!("no memslot {}", s.memslot));
+                return;
+            };
+            let vm = h.vm();
+            let r = match step {
+                Step::MemslotDelete(_) => vm.delete_memslot(slot.real_slot).map_err(|e| e.to_string()),
+                Step::DirtyLogEnable(_) => vm
+                    .set_memslot(slot.real_slot, slot.gpa + GPA_OFFSET, slot.size, space.real_any(slot.hva), crate::vstate::vm::MEMSLOT_DIRTY_LOG)
+                    .map_err(|e| e.to_string()),
+                _ => vm.get_dirty_log(slot.real_slot, slot.size).map(|_| ()).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = r {
+                real.host_error = Some(e);
+            }
+        }
+        Step::MemslotMove(m) => {
+            let Some(slot) = slots.iter().find(|x| x.id == m.memslot) else {
+                real.host_error = Some(format!("no memslot {}", m.memslot));
+                return;
+            };
+            let vm = h.vm();
+            let r = vm
+                .delete_memslot(slot.real_slot)
+                .and_then(|()| vm.set_memslot(slot.real_slot, m.gpa.0 + GPA_OFFSET, slot.size, space.real_any(slot.hva), 0));
+            if let Err(e) = r {
+                real.host_error = Some(e.to_string());
+            }
+        }
+        Step::MemslotFlags(_) | Step::MemslotCreate(_) => {
+            real.not_executable = Some("memslot-flags/-create are not wired into the executor yet".into());
+        }
+        // Everything else was filtered out by `step_not_executable`.
+        _ => {
+            real.not_executable = Some(format!("{} is not executable here", rec.op));
+        }
+    }
+}
+
+fn access(agent: &Agent, vcpu: u32, kind: AccessKind, gpa: u64, value: u64, opts: &CheckOptions) -> RealAccess {
+    match agent.access(vcpu, kind, gpa + GPA_OFFSET, value, opts.access_timeout) {
+        Ok(AccessOutcome::Completed { value }) => RealAccess::Completed { value },
+        Ok(AccessOutcome::Mmio { write, .. }) => RealAccess::Mmio { write },
+        Ok(AccessOutcome::Efault { fault }) => RealAccess::Efault {
+            gpa: fault.map(|f| f.gpa.wrapping_sub(GPA_OFFSET)),
+        },
+        Ok(AccessOutcome::Exception { vector, .. }) => RealAccess::Exception { vector },
+        Ok(AccessOutcome::Crash(r)) => RealAccess::Crash(r),
+        Err(e) => RealAccess::Crash(e.to_string()),
+    }
+}
