@@ -1,0 +1,133 @@
+//! `faultline check` on real KVM: the shipped scenario suite, a deliberately wrong model rule,
+//! and bad scenario files.
+//!
+//! What these tests check: every shipped scenario runs, compares at least one observable the
+//! host offers (a scenario that compares nothing fails), and no observable diverges that is
+//! not listed with its reason in resources/scenarios/known-divergences.toml; a model with a
+//! rule known to be wrong (madvise(DONTNEED) sending no notifier) is caught as DIVERGE; bad
+//! files end with status 2 and a message naming the file and the problem.
+//! Limits: the host decides what is observable (see `faultline check`'s observables lines);
+//! these tests do not assert which observables exist beyond notifier ranges and page states,
+//! which this host (and any Linux host with tracefs and /proc/kpageflags) offers.
+
+use faultline_tests::fixtures::{faultline_bin, run_with_timeout};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn scenarios() -> PathBuf {
+    faultline_tests::fixtures::repo_root().join("resources/scenarios")
+}
+
+fn check(args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(faultline_bin());
+    cmd.arg("check").args(args);
+    let out = run_with_timeout(cmd, Duration::from_secs(600));
+    (out.code(), out.stdout.clone(), out.stderr.clone())
+}
+
+#[test]
+fn shipped_suite_agrees_with_the_kernel_and_compares_something_in_every_scenario() {
+    if !vmm::testing::kvm_or_skip("shipped_suite_agrees_with_the_kernel") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("faultline-check-{}", std::process::id()));
+    let json = dir.join("check.json");
+    let (code, stdout, stderr) = check(&[scenarios().to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    assert_eq!(code, 0, "faultline check failed:\n{stdout}\n{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let scenarios = v["scenarios"].as_array().unwrap();
+    assert!(scenarios.len() >= 20, "only {} scenarios ran", scenarios.len());
+    let mut compared_notifiers = 0;
+    let mut compared_pages = 0;
+    for s in scenarios {
+        let file = s["file"].as_str().unwrap();
+        assert!(s["error"].is_null(), "{file}: {}", s["error"]);
+        let obs: Vec<&serde_json::Value> = s["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|st| st["observations"].as_array().unwrap())
+            .collect();
+        let compared = obs
+            .iter()
+            .filter(|o| matches!(o["verdict"].as_str(), Some("agree" | "diverge" | "known-divergence")))
+            .count();
+        // Scenarios made only of what this host cannot do (device pfnmaps, NUMA) may compare
+        // nothing; they must say so step by step.
+        if compared == 0 {
+            assert!(
+                obs.iter().all(|o| matches!(o["verdict"].as_str(), Some("not-executable" | "not-modelled"))),
+                "{file} compared nothing: {obs:?}"
+            );
+        }
+        for o in &obs {
+            assert_ne!(o["verdict"], "diverge", "{file}: unexplained divergence {o}");
+            if o["observable"] == "notifiers" && o["verdict"] == "agree" {
+                compared_notifiers += 1;
+            }
+            if o["observable"].as_str().unwrap().starts_with("page ") && o["verdict"] == "agree" {
+                compared_pages += 1;
+            }
+        }
+    }
+    assert!(compared_notifiers > 20, "notifier ranges compared only {compared_notifiers} times");
+    assert!(compared_pages > 20, "page states compared only {compared_pages} times");
+    assert!(stdout.contains("check: "), "no summary line:\n{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_model_that_skips_the_dontneed_notifier_is_caught() {
+    if !vmm::testing::kvm_or_skip("a_model_that_skips_the_dontneed_notifier_is_caught") {
+        return;
+    }
+    let file = scenarios().join("kvm-anon-dontneed-2m-boundary.toml");
+    let (code, stdout, stderr) = check(&[file.to_str().unwrap()]);
+    assert_eq!(code, 0, "the true model must agree first:\n{stdout}\n{stderr}");
+    let (code, stdout, stderr) =
+        check(&[file.to_str().unwrap(), "--model-bug", "skip-dontneed-notifier"]);
+    assert_eq!(code, 1, "a wrong model must diverge:\n{stdout}\n{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("notifiers") && l.contains("DIVERGE"))
+        .unwrap_or_else(|| panic!("no notifier divergence:\n{stdout}"));
+    assert!(line.contains("none"), "the wrong model predicts no range: {line}");
+}
+
+fn write_scenario(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("faultline-check-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const SLOT: &str = "[[memslot]]\nid = 0\ngpa = 0\nsize = \"2M\"\nhva = \"0x7f0000000000\"\n[[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\n";
+
+#[test]
+fn bad_scenario_files_are_refused_with_file_and_step() {
+    // No KVM needed to refuse a file? The check opens /dev/kvm first only after parsing
+    // succeeded, so these run anywhere faultline runs.
+    let cases: [(&str, String, &[&str]); 5] = [
+        ("unknown-op.toml", format!("{SLOT}[[step]]\nop = \"poke\"\ngpa = 0\n"), &["step 0", "poke", "read"]),
+        ("unknown-key.toml", format!("{SLOT}[[step]]\nop = \"read\"\ngpa = 0\nsize = \"4K\"\n"), &["step 0", "size"]),
+        (
+            "overlap.toml",
+            format!("{SLOT}[[memslot]]\nid = 1\ngpa = \"0x1000\"\nsize = \"4K\"\nhva = \"0x7f0000000000\"\n"),
+            &["overlap"],
+        ),
+        ("bad-size.toml", "[[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2Q\"\n".into(), &["2Q"]),
+        ("outside.toml", format!("{SLOT}[[step]]\nop = \"read\"\ngpa = \"0x40000000\"\n"), &["step 0", "0x40000000"]),
+    ];
+    for (name, text, needles) in cases {
+        let p = write_scenario(name, &text);
+        let (code, stdout, stderr) = check(&[p.to_str().unwrap()]);
+        assert_eq!(code, 2, "{name}: want status 2\n{stdout}\n{stderr}");
+        assert!(stderr.contains(name), "{name}: the error names the file:\n{stderr}");
+        for n in needles {
+            assert!(stderr.contains(n), "{name}: the error mentions {n:?}:\n{stderr}");
+        }
+    }
+}
