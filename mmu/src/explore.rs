@@ -29,7 +29,7 @@
 
 use crate::host::Mm;
 use crate::notifier::NotifierLog;
-use crate::scenario::{self, Scenario, ScenarioError, StepSpec};
+use crate::scenario::{self, ModelOptions, Scenario, ScenarioError, ScenarioRunner, Step};
 use crate::secondary::fault::{Access, PageFault, PfResult};
 use crate::secondary::spte::pages_at;
 use crate::secondary::Kvm;
@@ -238,7 +238,7 @@ enum Thread {
         result: Option<PfResult>,
     },
     Inval {
-        step: StepSpec,
+        step: Step,
         pc: usize,
         range: Option<(Hva, Hva)>,
     },
@@ -246,52 +246,67 @@ enum Thread {
 
 /// Explores every interleaving of the `race = true` steps of a scenario.
 pub fn explore_scenario(text: &str, opts: ExploreOptions) -> Result<ExploreReport, ScenarioError> {
-    let sc: Scenario = toml::from_str(text)?;
+    let sc = Scenario::from_toml(text)?;
     explore(&sc, opts)
 }
 
 /// [`explore_scenario`] on a parsed scenario.
 pub fn explore(sc: &Scenario, opts: ExploreOptions) -> Result<ExploreReport, ScenarioError> {
-    let any_race = sc.step.iter().any(|s| s.race);
+    let any_race = sc.step.iter().any(Step::race);
     let (setup, racing): (Vec<_>, Vec<_>) = sc
         .step
         .iter()
         .cloned()
         .enumerate()
-        .partition(|(_, s)| any_race && !s.race);
+        .partition(|(_, s)| any_race && !s.race());
+    let mut lens = Vec::with_capacity(racing.len());
     for (i, s) in &racing {
-        if !matches!(s.op.as_str(), "read" | "write" | "exec") {
-            // Must be a host operation that the explorer can split.
-            if !matches!(
-                s.op.as_str(),
-                "munmap"
-                    | "mprotect"
-                    | "madvise"
-                    | "numa-scan"
-                    | "migrate"
-                    | "thp-split"
-                    | "unmap-mapping-range"
-                    | "fork"
-            ) {
-                return Err(ScenarioError::Step {
-                    step: *i,
-                    op: s.op.clone(),
-                    message: "cannot race: use a guest access or an invalidating host op".into(),
-                });
+        let cannot = |why: &str| ScenarioError::Step {
+            step: *i,
+            op: s.name().to_string(),
+            message: format!("cannot race: {why}"),
+        };
+        lens.push(match s {
+            Step::Read(_) | Step::Write(_) | Step::Exec(_) => FAULT_STEPS.len(),
+            Step::Munmap(_)
+            | Step::Mprotect(_)
+            | Step::Madvise(_)
+            | Step::NumaScan(_)
+            | Step::Migrate(_)
+            | Step::ThpSplit(_)
+            | Step::UnmapMappingRange(_) => INVAL_STEPS.len(),
+            Step::Fork(_) => {
+                return Err(cannot(
+                    "fork invalidates every VMA it copies, not a declared range: run it as a setup step",
+                ))
             }
-        }
+            // Steps without `race` never get here; listed to keep the match exhaustive.
+            Step::Mremap(_)
+            | Step::ClearYoung(_)
+            | Step::ClearFlushYoung(_)
+            | Step::TestYoung(_)
+            | Step::Release(_)
+            | Step::Exit(_)
+            | Step::Signal(_)
+            | Step::MemoryFailure(_)
+            | Step::UffdRegister(_)
+            | Step::UffdioCopy(_)
+            | Step::UffdioZeropage(_)
+            | Step::UffdioContinue(_)
+            | Step::UffdioWriteprotect(_)
+            | Step::FallocatePunchHole(_)
+            | Step::KsmScan(_)
+            | Step::DirtyLogEnable(_)
+            | Step::DirtyLogGet(_)
+            | Step::DirtyLogClear(_)
+            | Step::MemslotCreate(_)
+            | Step::MemslotDelete(_)
+            | Step::MemslotMove(_)
+            | Step::MemslotFlags(_) => {
+                return Err(cannot("use a guest access or an invalidating host op"))
+            }
+        });
     }
-    // Validate the setup once, and learn each racing thread's length.
-    let lens: Vec<usize> = racing
-        .iter()
-        .map(|(_, s)| {
-            if matches!(s.op.as_str(), "read" | "write" | "exec") {
-                FAULT_STEPS.len()
-            } else {
-                INVAL_STEPS.len()
-            }
-        })
-        .collect();
     let mut report = ExploreReport {
         schedules: 0,
         infeasible: 0,
@@ -339,33 +354,41 @@ fn enumerate(
 
 fn run_schedule(
     sc: &Scenario,
-    setup: &[(usize, StepSpec)],
-    racing: &[(usize, StepSpec)],
+    setup: &[(usize, Step)],
+    racing: &[(usize, Step)],
     order: &[usize],
     opts: ExploreOptions,
     report: &mut ExploreReport,
 ) -> Result<(), ScenarioError> {
-    let (mut mm, mut kvm) = scenario::build(sc)?;
-    kvm.config.stale_check = opts.stale_check;
-    for (i, s) in setup {
-        scenario::run_step(&mut mm, &mut kvm, *i, s)?;
+    let setup_only = Scenario {
+        step: setup.iter().map(|(_, s)| s.clone()).collect(),
+        ..sc.clone()
+    };
+    let mut runner = ScenarioRunner::new(&setup_only, &ModelOptions::default())?;
+    runner.parts_mut().1.config.stale_check = opts.stale_check;
+    for (k, (i, _)) in setup.iter().enumerate() {
+        let rec = runner.step(k).map_err(|e| renumber(e, *i))?;
+        if let Some(why) = rec.not_modelled {
+            return Err(ScenarioError::Step {
+                step: *i,
+                op: rec.op,
+                message: format!("not modelled, so it cannot set up a race: {why}"),
+            });
+        }
     }
+    let (mut mm, mut kvm) = runner.into_parts();
     let mut threads: Vec<Thread> = racing
         .iter()
-        .map(|(_, s)| match s.op.as_str() {
-            "read" | "write" | "exec" => Thread::Fault {
-                gpa: Gpa(s.gpa.map_or(0, |g| g.0)),
-                access: match s.op.as_str() {
-                    "read" => Access::Read,
-                    "write" => Access::Write,
-                    _ => Access::Exec,
-                },
+        .map(|(_, s)| match s.guest_access() {
+            Some((access, gpa, _)) => Thread::Fault {
+                gpa: Gpa(gpa),
+                access,
                 pc: 0,
                 state: None,
                 holds_lock: false,
                 result: None,
             },
-            _ => Thread::Inval {
+            None => Thread::Inval {
                 step: s.clone(),
                 pc: 0,
                 range: None,
@@ -430,25 +453,30 @@ fn run_schedule(
                 match s {
                     InvalStep::Start => {
                         // KVM is told the declared range; the host change must stay in it.
-                        let lo = Hva(step.start.map_or(0, |n| n.0));
-                        let hi = Hva(lo.0.checked_add(step.size.map_or(0, |n| n.0)).ok_or_else(
-                            || ScenarioError::Step {
-                                step: racing_idx,
-                                op: step.op.clone(),
-                                message: "start + size overflows".into(),
-                            },
-                        )?);
+                        let (lo, len) = step.host_range().unwrap_or((Hva(0), 0));
+                        let hi = Hva(lo.0.checked_add(len).ok_or_else(|| ScenarioError::Step {
+                            step: racing_idx,
+                            op: step.name().to_string(),
+                            message: "start + size overflows".into(),
+                        })?);
                         *range = Some((lo, hi));
                         kvm.notifier_invalidate_range_start(lo, hi);
                     }
                     InvalStep::HostChange => {
                         let mut sink = NotifierLog::new();
-                        scenario::host_op(&mut mm, racing_idx, step, &mut sink)?;
+                        let out = scenario::host_op(&mut mm, racing_idx, step, &mut sink)?;
+                        if let Some(why) = out.not_modelled {
+                            return Err(ScenarioError::Step {
+                                step: racing_idx,
+                                op: step.name().to_string(),
+                                message: format!("cannot race: not modelled: {why}"),
+                            });
+                        }
                         let (lo, hi) = range.unwrap_or((Hva(0), Hva(0)));
                         if let Some(r) = sink.starts().iter().find(|r| r.start < lo || r.end > hi) {
                             return Err(ScenarioError::Step {
                                 step: racing_idx,
-                                op: step.op.clone(),
+                                op: step.name().to_string(),
                                 message: format!(
                                     "the host operation invalidated [{}, {}), outside its declared \
                                      range [{lo}, {hi}): widen start/size to cover it",
@@ -494,6 +522,19 @@ fn run_schedule(
         }
     }
     Ok(())
+}
+
+/// A setup step's error carries its index in the setup-only scenario: give it back the
+/// file's index.
+fn renumber(e: ScenarioError, file_index: usize) -> ScenarioError {
+    match e {
+        ScenarioError::Step { op, message, .. } => ScenarioError::Step {
+            step: file_index,
+            op,
+            message,
+        },
+        other => other,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -549,6 +590,57 @@ fn fault_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::run_scenario;
+
+    fn scenario_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/scenarios")
+    }
+
+    /// Every `resources/scenarios/*.toml` replays to exactly its `*.expected.jsonl`
+    /// (every event, range, result and counter). `FAULTLINE_BLESS=1` rewrites the expected
+    /// files; review the diff before committing.
+    #[test]
+    fn shipped_scenarios_match_expected_output() {
+        let bless = std::env::var_os("FAULTLINE_BLESS").is_some();
+        let mut names: Vec<_> = std::fs::read_dir(scenario_dir())
+            .expect("resources/scenarios exists")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        names.sort();
+        assert!(
+            bless || names.len() >= 9,
+            "expected the canonical traces and seed scenarios"
+        );
+        let mut failures = Vec::new();
+        for p in names {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let (got, table) = if text.contains("race = true") {
+                let r = explore_scenario(&text, Default::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                (r.json(), r.render())
+            } else {
+                let run = run_scenario(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                (run.json_lines(), run.render_table())
+            };
+            let exp_path = p.with_extension("expected.jsonl");
+            if bless {
+                std::fs::write(&exp_path, &got).unwrap();
+                println!("{}\n{}", p.display(), table);
+                continue;
+            }
+            let want = std::fs::read_to_string(&exp_path)
+                .unwrap_or_else(|_| panic!("missing {}", exp_path.display()));
+            if got != want {
+                failures.push(format!(
+                    "{}:\n--- expected\n{want}--- got\n{got}{}",
+                    p.display(),
+                    table
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
 
     /// One 4K anonymous page, populated and writable on the host; the guest writes it while
     /// the host zaps it (MADV_DONTNEED) and the guest faults it back.

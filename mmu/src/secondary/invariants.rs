@@ -115,7 +115,7 @@ pub fn check_secondary_mmu(kvm: &Kvm, mm: &Mm) -> Result<(), InvariantViolation>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{self, Num, Scenario, StepSpec};
+    use crate::scenario::{self, Scenario, Step};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -153,21 +153,14 @@ mod tests {
         ]
     }
 
-    fn spec(op: &str) -> StepSpec {
-        StepSpec {
-            op: op.into(),
-            gpa: None,
-            vcpu: None,
-            start: None,
-            size: None,
-            prot: None,
-            advice: None,
-            node: None,
-            memslot: None,
-            signal: None,
-            mode: None,
-            race: false,
+    /// A typed step from its op and keys (only the keys the op takes).
+    fn spec(op: &str, keys: &[(&str, toml::Value)]) -> Step {
+        let mut t = toml::Table::new();
+        t.insert("op".into(), op.into());
+        for (k, v) in keys {
+            t.insert((*k).into(), v.clone());
         }
+        Step::from_table(0, t).unwrap()
     }
 
     fn setup(kernel: &str, thp: bool) -> Scenario {
@@ -175,7 +168,7 @@ mod tests {
             "kernel = \"{kernel}\"\n[[memslot]]\nid = 0\ngpa = 0\nsize = \"8M\"\nhva = \"{BASE:#x}\"\n\
              [[vma]]\nstart = \"{BASE:#x}\"\nsize = \"8M\"\nprot = \"rw\"\nkind = \"anon\"\nthp = {thp}\n"
         );
-        toml::from_str(&text).unwrap()
+        Scenario::from_toml(&text).unwrap()
     }
 
     proptest! {
@@ -196,8 +189,8 @@ mod tests {
             for (i, op) in ops.iter().enumerate() {
                 match op {
                     Op::Touch { page, write } => {
-                        let mut s = spec(if *write { "write" } else { "read" });
-                        s.gpa = Some(Num(page * 4096));
+                        let gpa = toml::Value::Integer((page * 4096) as i64);
+                        let s = spec(if *write { "write" } else { "read" }, &[("gpa", gpa)]);
                         let rec = scenario::run_step(&mut mm, &mut kvm, i, &s).unwrap();
                         for n in &rec.notifiers {
                             let lo = (u64::from_str_radix(&n.start[2..], 16).unwrap().clamp(BASE, BASE + SIZE) - BASE) / 4096;
@@ -217,14 +210,21 @@ mod tests {
                         }
                     }
                     Op::Host { op, page, pages, extra } => {
-                        let mut s = spec(op);
                         let pages = (*pages).min(SIZE / 4096 - page);
-                        s.start = Some(Num(BASE + page * 4096));
-                        s.size = Some(Num(pages * 4096));
-                        s.prot = Some(["none", "r", "rw", "rwx"][usize::from(*extra)].into());
-                        s.advice = Some(["dontneed", "free", "collapse", "dontneed"][usize::from(*extra)].into());
-                        s.node = Some(u16::from(*extra % 2));
-                        s.memslot = Some(0);
+                        let start = ("start", toml::Value::Integer((BASE + page * 4096) as i64));
+                        let size = ("size", toml::Value::Integer((pages * 4096) as i64));
+                        let prot = ("prot", ["none", "r", "rw", "rwx"][usize::from(*extra)].into());
+                        let advice = ("advice", ["dontneed", "free", "collapse", "dontneed"][usize::from(*extra)].into());
+                        let node = ("node", toml::Value::Integer(i64::from(*extra % 2)));
+                        let slot = ("memslot", toml::Value::Integer(0));
+                        let s = match *op {
+                            "mprotect" => spec(op, &[start, size, prot]),
+                            "madvise" => spec(op, &[start, size, advice]),
+                            "migrate" => spec(op, &[start, size, node]),
+                            "fork" => spec(op, &[]),
+                            "dirty-log-enable" | "dirty-log-get" => spec(op, &[slot]),
+                            _ => spec(op, &[start, size]),
+                        };
                         // Host ops may refuse a range (e.g. nothing mapped): that is fine.
                         if let Ok(rec) = scenario::run_step(&mut mm, &mut kvm, i, &s) {
                             for n in &rec.notifiers {

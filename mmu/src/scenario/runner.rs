@@ -1,0 +1,956 @@
+//! The model runner: replays [`Step`]s through [`crate::host`] and [`crate::secondary`], one
+//! record per step, all at once ([`run`]) or step by step ([`ScenarioRunner`], what
+//! `faultline check` drives against real KVM).
+
+use super::step::{MadviseAdvice, SignalKind, UffdModeName};
+use super::{memslot_flags, Scenario, ScenarioError, Step, VmaKind};
+use crate::host::{Advice, Mm, PendingSignal, ThpMode, UffdMode};
+use crate::notifier::{MmuNotifier, NotifierLog};
+use crate::secondary::fault::{Access, PfResult};
+use crate::secondary::stats::KvmStats;
+use crate::secondary::Kvm;
+use crate::types::{Gpa, Hva, KernelVersion, Level, NodeId, Pfn, PAGE_SIZE};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// A hex-formatted address in the output.
+fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+/// GUP summary in a step record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GupRecord {
+    /// "fast" | "slow" | "remapped".
+    pub path: String,
+    /// FOLL flags.
+    pub flags: Vec<String>,
+}
+
+/// A notifier range in a step record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NotifierOut {
+    /// Event name.
+    pub event: crate::notifier::NotifierEvent,
+    /// Start hva.
+    pub start: String,
+    /// End hva.
+    pub end: String,
+}
+
+/// A zapped SPTE in a step record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ZapOut {
+    /// First gfn.
+    pub gfn_start: String,
+    /// End gfn.
+    pub gfn_end: String,
+    /// Level.
+    pub level: Level,
+}
+
+/// What one step did.
+///
+/// The JSON form (`faultline sim --json`, the `.expected.jsonl` files) is unchanged by the
+/// fields marked "not serialized", which the Rust API carries for `faultline check`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StepRecord {
+    /// Step index.
+    pub step: usize,
+    /// Operation.
+    pub op: String,
+    /// Guest address (guest steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpa: Option<String>,
+    /// "hit", "fixed", ... for guest steps; "ok" for host steps; "not-modelled" when the
+    /// model has no machinery for the step (see [`StepRecord::not_modelled`]).
+    pub result: String,
+    /// RET_PF_RETRY rounds.
+    pub retries: u32,
+    /// Level of the SPTE now mapping `gpa` (guest steps).
+    pub level: Option<Level>,
+    /// Whether that SPTE is writable.
+    pub writable: Option<bool>,
+    /// GUP of the last fault.
+    pub gup: Option<GupRecord>,
+    /// Host fault handlers that ran.
+    pub host_faults: Vec<String>,
+    /// Notifier ranges received, in order.
+    pub notifiers: Vec<NotifierOut>,
+    /// SPTEs zapped, in order.
+    pub zapped: Vec<ZapOut>,
+    /// Young answer (aging steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub young: Option<bool>,
+    /// Dirty gfns (dirty-log-get / -clear).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<Vec<String>>,
+    /// Async page faults queued (guest steps, when any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub async_pf: Option<u32>,
+    /// Guest steps: the access kind (not serialized).
+    #[serde(skip)]
+    pub access: Option<Access>,
+    /// Guest steps: the vCPU named by the step (not serialized).
+    #[serde(skip)]
+    pub vcpu: Option<u32>,
+    /// Guest steps: the hva the gpa translates to through the memslots at the time of the
+    /// access, if any slot covers it (not serialized).
+    #[serde(skip)]
+    pub hva: Option<Hva>,
+    /// Host steps: the range the step names, `[start, start + size)` (not serialized).
+    #[serde(skip)]
+    pub range: Option<(Hva, u64)>,
+    /// Why the model cannot run this step (result "not-modelled"); not serialized unless
+    /// set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_modelled: Option<String>,
+}
+
+impl StepRecord {
+    fn new(i: usize, st: &Step) -> Self {
+        StepRecord {
+            step: i,
+            op: st.name().to_string(),
+            gpa: None,
+            result: "ok".into(),
+            retries: 0,
+            level: None,
+            writable: None,
+            gup: None,
+            host_faults: Vec::new(),
+            notifiers: Vec::new(),
+            zapped: Vec::new(),
+            young: None,
+            dirty: None,
+            async_pf: None,
+            access: st.guest_access().map(|a| a.0),
+            vcpu: st.guest_access().and_then(|a| a.2),
+            hva: None,
+            range: st.host_range(),
+            not_modelled: None,
+        }
+    }
+
+    /// True when the model could not run the step.
+    pub fn is_not_modelled(&self) -> bool {
+        self.not_modelled.is_some()
+    }
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct ScenarioRun {
+    /// One record per step.
+    pub steps: Vec<StepRecord>,
+    /// Final counters.
+    pub stats: KvmStats,
+    /// The final secondary MMU.
+    pub kvm: Kvm,
+    /// The final host.
+    pub mm: Mm,
+}
+
+/// Host conditions that override the scenario file's (each when `Some`): what the real
+/// host has, read by the checker from sysfs and KVM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HostConditions {
+    /// `/sys/kernel/mm/transparent_hugepage/enabled`.
+    pub thp: Option<ThpMode>,
+    /// `/sys/kernel/mm/transparent_hugepage/use_zero_page`.
+    pub huge_zero_page: Option<bool>,
+    /// The guest can take async page faults (`kvm_can_do_async_pf()`).
+    pub async_pf: Option<bool>,
+    /// TDP (EPT/NPT) in use; `false` means shadow paging.
+    ///
+    /// # Divergence
+    /// The model has only the TDP MMU: with `Some(false)` the host-side predictions
+    /// (notifiers, host faults, host page state) still hold, but SPTE levels and
+    /// writability are TDP's. [`ScenarioRunner::shadow_paging`] reports the setting.
+    pub tdp: Option<bool>,
+    /// A/D bits in the TDP tables.
+    pub ad_bits: Option<bool>,
+    /// NUMA nodes.
+    pub nodes: Option<u16>,
+    /// `kernel.numa_balancing` (NUMA_BALANCING_NORMAL).
+    pub numa_balancing: Option<bool>,
+}
+
+/// Test-only deliberately wrong rules, to prove the checker catches a wrong model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelBug {
+    /// `madvise(MADV_DONTNEED)` sends no mmu-notifier range (KVM keeps its SPTEs).
+    SkipDontneedNotifier,
+}
+
+/// How to run the model: overrides of the scenario file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ModelOptions {
+    /// Kernel rules (overrides the file's `kernel`).
+    pub kernel: Option<KernelVersion>,
+    /// Host conditions (each overrides the file when `Some`).
+    pub conditions: HostConditions,
+    /// A deliberately wrong rule (tests of the checker only).
+    pub bug: Option<ModelBug>,
+}
+
+/// The kind of page mapped at an address, as the host's page flags tell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostPageKind {
+    /// The shared zero page.
+    Zero,
+    /// The huge zero folio.
+    HugeZero,
+    /// An order-0 anonymous folio.
+    Anon,
+    /// A PMD-sized (or PTE-mapped large) anonymous folio.
+    AnonThp,
+    /// A shmem / memfd page-cache folio.
+    Shmem,
+    /// A regular file's page-cache folio.
+    File,
+    /// A hugetlb folio (never produced: hugetlb is not modelled).
+    Hugetlb,
+    /// A KSM page (never produced: KSM is not modelled).
+    Ksm,
+    /// A ZONE_DEVICE page (device-dax).
+    Device,
+    /// A pfn without `struct page` (a driver's pfnmap / mixedmap pfn).
+    Pfnmap,
+}
+
+/// The host page state at one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HostPage {
+    /// pfn of the 4K page at the address.
+    pub pfn: Pfn,
+    /// What it is.
+    pub kind: HostPageKind,
+    /// Size of the leaf mapping it.
+    pub leaf: Level,
+    /// `pte_write`.
+    pub writable: bool,
+    /// `pte_dirty`.
+    pub dirty: bool,
+    /// `pte_young`.
+    pub young: bool,
+    /// `pte_uffd_wp`.
+    pub uffd_wp: bool,
+    /// `pte_soft_dirty`.
+    pub soft_dirty: bool,
+}
+
+/// Runs a scenario's steps one at a time.
+///
+/// ```
+/// use mmu::scenario::{ModelOptions, Scenario, ScenarioRunner, HostPageKind};
+/// use mmu::types::Hva;
+/// let sc = Scenario::from_toml(r#"
+/// [[memslot]]
+/// id = 0
+/// gpa = 0
+/// size = "2M"
+/// hva = "0x7f0000000000"
+/// [[vma]]
+/// start = "0x7f0000000000"
+/// size = "2M"
+/// [[step]]
+/// op = "read"
+/// gpa = "0x1000"
+/// "#).unwrap();
+/// let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+/// let rec = r.step(0).unwrap();
+/// assert_eq!(rec.result, "fixed");
+/// let p = r.host_page(Hva(0x7f00_0000_1000)).unwrap();
+/// assert_eq!(p.kind, HostPageKind::Zero);
+/// ```
+#[derive(Debug)]
+pub struct ScenarioRunner {
+    scenario: Scenario,
+    opts: ModelOptions,
+    mm: Mm,
+    kvm: Kvm,
+    next: usize,
+}
+
+impl ScenarioRunner {
+    /// Builds the host and the VM (VMAs, memslots), `opts` overriding the file.
+    pub fn new(scenario: &Scenario, opts: &ModelOptions) -> Result<Self, ScenarioError> {
+        let (mm, kvm) = super::build_with(scenario, opts)?;
+        Ok(ScenarioRunner {
+            scenario: scenario.clone(),
+            opts: *opts,
+            mm,
+            kvm,
+            next: 0,
+        })
+    }
+
+    /// Runs step `index`; steps run in order, each once.
+    pub fn step(&mut self, index: usize) -> Result<StepRecord, ScenarioError> {
+        if index != self.next || index >= self.scenario.step.len() {
+            return Err(ScenarioError::OutOfOrder {
+                asked: index,
+                next: self.next,
+            });
+        }
+        self.next += 1;
+        let st = self.scenario.step[index].clone();
+        step_with(self, index, &st)
+    }
+
+    /// Runs every remaining step.
+    pub fn run_all(&mut self) -> Result<Vec<StepRecord>, ScenarioError> {
+        (self.next..self.scenario.step.len())
+            .map(|i| self.step(i))
+            .collect()
+    }
+
+    /// The index of the next step to run.
+    pub fn next_step(&self) -> usize {
+        self.next
+    }
+
+    /// The scenario being run.
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+
+    /// The kernel rules in force (options, else the file's).
+    pub fn kernel(&self) -> KernelVersion {
+        self.mm.kernel()
+    }
+
+    /// True when the options say the host uses shadow paging (see [`HostConditions::tdp`]).
+    pub fn shadow_paging(&self) -> bool {
+        self.opts.conditions.tdp == Some(false)
+    }
+
+    /// The host.
+    pub fn mm(&self) -> &Mm {
+        &self.mm
+    }
+
+    /// The secondary MMU.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// Both, mutably (the explorer drives them directly after the setup steps).
+    pub fn parts_mut(&mut self) -> (&mut Mm, &mut Kvm) {
+        (&mut self.mm, &mut self.kvm)
+    }
+
+    /// The model's host page state at `hva`: `None` if unmapped or not present.
+    pub fn host_page(&self, hva: Hva) -> Option<HostPage> {
+        let m = self.mm.lookup(hva).filter(|m| m.present && !m.protnone)?;
+        let file_kind = match self.mm.find_vma(hva).and(self.scenario.vma_at(hva)) {
+            Some(v) if v.kind == VmaKind::File => HostPageKind::File,
+            Some(v) if v.kind == VmaKind::Hugetlb => HostPageKind::Hugetlb,
+            _ => HostPageKind::Shmem,
+        };
+        let kind = match self.mm.folio_info(m.pfn) {
+            None => HostPageKind::Pfnmap,
+            Some(f) if f.zero => HostPageKind::Zero,
+            Some(f) if f.huge_zero => HostPageKind::HugeZero,
+            Some(f) if f.zone == crate::host::folio::Zone::Device => HostPageKind::Device,
+            Some(f) if f.anon && f.order > 0 => HostPageKind::AnonThp,
+            Some(f) if f.anon => HostPageKind::Anon,
+            Some(_) if m.special => HostPageKind::Pfnmap,
+            Some(_) => file_kind,
+        };
+        Some(HostPage {
+            pfn: m.pfn,
+            kind,
+            leaf: m.level,
+            writable: m.writable,
+            dirty: m.dirty,
+            young: m.young,
+            uffd_wp: m.entry.is_uffd_wp(),
+            soft_dirty: m.entry.is_soft_dirty(),
+        })
+    }
+
+    /// The final counters.
+    pub fn stats(&self) -> KvmStats {
+        self.kvm.stats()
+    }
+
+    /// Ends the run, giving back the host and the VM.
+    pub fn into_parts(self) -> (Mm, Kvm) {
+        (self.mm, self.kvm)
+    }
+
+    /// The hugetlb VMA (as declared) that `[start, start + len)` touches, if any.
+    fn hugetlb_touched(&self, start: Hva, len: u64) -> Option<&super::VmaSpec> {
+        let end = start.0.saturating_add(len.max(1));
+        self.scenario
+            .vma
+            .iter()
+            .find(|v| v.kind == VmaKind::Hugetlb && v.start.0 < end && start.0 < v.end().0)
+    }
+}
+
+/// Runs a whole scenario (what `faultline sim` prints).
+pub(super) fn run(sc: &Scenario, opts: &ModelOptions) -> Result<ScenarioRun, ScenarioError> {
+    let mut r = ScenarioRunner::new(sc, opts)?;
+    let steps = r.run_all()?;
+    let stats = r.stats();
+    let (mm, kvm) = r.into_parts();
+    Ok(ScenarioRun {
+        steps,
+        stats,
+        kvm,
+        mm,
+    })
+}
+
+fn step_err(step: usize, op: &str, message: impl Into<String>) -> ScenarioError {
+    ScenarioError::Step {
+        step,
+        op: op.to_string(),
+        message: message.into(),
+    }
+}
+
+const HUGETLB_NOT_MODELLED: &str = "hugetlb is not modelled (hugetlb_fault(), mm/hugetlb.c): \
+     the model has no hugetlb pool, fault path or PMD-shared tables";
+
+fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, ScenarioError> {
+    let mut rec = StepRecord::new(i, st);
+    if let Some((_, gpa, _)) = st.guest_access() {
+        rec.gpa = Some(hex(gpa));
+        rec.hva = r
+            .kvm
+            .slots
+            .find(Gpa(gpa).gfn())
+            .map(|s| Hva(s.gfn_to_hva(Gpa(gpa).gfn()).0 + (gpa & (PAGE_SIZE - 1))));
+    }
+    let touched = rec
+        .hva
+        .map(|h| (h, 1))
+        .or(rec.range)
+        .and_then(|(s, l)| r.hugetlb_touched(s, l));
+    if touched.is_some() {
+        let _ = r.kvm.take_trace();
+        rec.result = "not-modelled".into();
+        rec.not_modelled = Some(HUGETLB_NOT_MODELLED.into());
+        return Ok(rec);
+    }
+    run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec)
+}
+
+/// Runs one step on `mm` and `kvm` and records it (no hugetlb check, no model bug).
+pub fn run_step(
+    mm: &mut Mm,
+    kvm: &mut Kvm,
+    i: usize,
+    st: &Step,
+) -> Result<StepRecord, ScenarioError> {
+    run_step_impl(mm, kvm, i, st, None, StepRecord::new(i, st))
+}
+
+fn run_step_impl(
+    mm: &mut Mm,
+    kvm: &mut Kvm,
+    i: usize,
+    st: &Step,
+    bug: Option<ModelBug>,
+    mut rec: StepRecord,
+) -> Result<StepRecord, ScenarioError> {
+    let op = st.name();
+    let _ = kvm.take_trace();
+    let e = |m: String| step_err(i, op, m);
+    let mut host_faults = Vec::new();
+    let mut not_modelled: Option<String> = None;
+    match st {
+        Step::Read(_) | Step::Write(_) | Step::Exec(_) => {
+            let (access, gpa, _) = st.guest_access().unwrap_or((Access::Read, 0, None));
+            let gpa = Gpa(gpa);
+            let r = kvm.guest_access(mm, gpa, access);
+            rec.gpa = Some(hex(gpa.0));
+            rec.result = result_name(r.result).into();
+            rec.retries = r.retries;
+            rec.gup = r.gup.map(|g| GupRecord {
+                path: match g.path {
+                    crate::gup::GupPath::Fast => "fast",
+                    crate::gup::GupPath::Slow => "slow",
+                    crate::gup::GupPath::Remapped => "remapped",
+                    crate::gup::GupPath::None => "none",
+                }
+                .into(),
+                flags: g.flags.names().iter().map(|s| s.to_string()).collect(),
+            });
+            host_faults = r.host_faults;
+            if r.async_pf > 0 {
+                rec.async_pf = Some(r.async_pf);
+            }
+            if let Some((l, s)) = kvm.spte_at(gpa) {
+                rec.level = Some(l);
+                rec.writable = Some(s.is_writable());
+            }
+        }
+        Step::Munmap(_)
+        | Step::Mprotect(_)
+        | Step::Madvise(_)
+        | Step::Mremap(_)
+        | Step::NumaScan(_)
+        | Step::Migrate(_)
+        | Step::ThpSplit(_)
+        | Step::UnmapMappingRange(_)
+        | Step::ClearYoung(_)
+        | Step::ClearFlushYoung(_)
+        | Step::TestYoung(_)
+        | Step::Fork(_)
+        | Step::UffdioWriteprotect(_)
+        | Step::FallocatePunchHole(_)
+        | Step::KsmScan(_) => {
+            let out = if bug == Some(ModelBug::SkipDontneedNotifier)
+                && matches!(st, Step::Madvise(m) if m.advice == MadviseAdvice::Dontneed)
+            {
+                // The deliberate bug: the host zaps, KVM is never told.
+                host_op(mm, i, st, &mut NotifierLog::new())?
+            } else {
+                host_op(mm, i, st, kvm)?
+            };
+            rec.young = out.young;
+            not_modelled = out.not_modelled;
+        }
+        Step::Release(_) => {
+            kvm.release();
+        }
+        Step::Exit(_) => {
+            mm.exit(kvm);
+        }
+        Step::UffdRegister(u) => {
+            let mut mode = UffdMode::default();
+            for m in &u.mode {
+                match m {
+                    UffdModeName::Missing => mode.missing = true,
+                    UffdModeName::Wp => mode.wp = true,
+                    UffdModeName::Minor => {
+                        not_modelled = Some(
+                            "UFFDIO_REGISTER_MODE_MINOR is not modelled (minor faults: \
+                             handle_userfault() with VM_UFFD_MINOR from shmem_fault())"
+                                .into(),
+                        )
+                    }
+                }
+            }
+            if not_modelled.is_none() {
+                mm.uffd_register(Hva(u.start.0), u.size.0, mode)
+                    .map_err(|x| e(x.to_string()))?;
+            }
+        }
+        Step::UffdioCopy(a) => {
+            mm.uffdio_copy(Hva(a.start.0), false)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::UffdioZeropage(a) => {
+            mm.uffdio_zeropage(Hva(a.start.0))
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::UffdioContinue(_) => {
+            not_modelled = Some(
+                "UFFDIO_CONTINUE is not modelled (minor faults: mfill_atomic_pte_continue())"
+                    .into(),
+            );
+        }
+        Step::MemoryFailure(a) => {
+            let hva = Hva(a.start.0);
+            let m = mm
+                .lookup(hva)
+                .filter(|m| m.present)
+                .ok_or_else(|| e(format!("nothing is mapped at {hva} to poison")))?;
+            mm.memory_failure(m.pfn, kvm)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::Signal(s) => {
+            mm.set_pending_signal(match s.signal {
+                SignalKind::None => PendingSignal::None,
+                SignalKind::Pending => PendingSignal::NonFatal,
+                SignalKind::Fatal => PendingSignal::Fatal,
+            });
+        }
+        Step::DirtyLogEnable(s) => {
+            kvm.dirty_log_enable(s.memslot)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::DirtyLogGet(s) => {
+            let d = kvm.dirty_log_get(s.memslot).map_err(|x| e(x.to_string()))?;
+            rec.dirty = Some(d.iter().map(|g| hex(g.0)).collect());
+        }
+        Step::DirtyLogClear(s) => {
+            let d = kvm
+                .dirty_log_clear(s.memslot)
+                .map_err(|x| e(x.to_string()))?;
+            rec.dirty = Some(d.iter().map(|g| hex(g.0)).collect());
+        }
+        Step::MemslotCreate(m) => {
+            kvm.create_memslot(
+                m.id,
+                Gpa(m.gpa.0),
+                m.size.0,
+                Hva(m.hva.0),
+                memslot_flags(&m.flags),
+            )
+            .map_err(|x| e(x.to_string()))?;
+        }
+        Step::MemslotDelete(s) => {
+            kvm.delete_memslot(s.memslot)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::MemslotMove(m) => {
+            kvm.move_memslot(m.memslot, Gpa(m.gpa.0))
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::MemslotFlags(f) => {
+            let new = memslot_flags(&f.flags);
+            let old = kvm
+                .slots
+                .by_id(f.memslot)
+                .map(|s| s.flags)
+                .ok_or_else(|| e(format!("no memslot {}: create it first", f.memslot)))?;
+            if old.readonly != new.readonly {
+                // kvm_set_memory_region(): "(mem->flags ^ old->flags) & KVM_MEM_READONLY"
+                // is -EINVAL.
+                return Err(e(format!(
+                    "KVM refuses to change KVM_MEM_READONLY of an existing memslot (EINVAL): \
+                     delete memslot {} and create it again",
+                    f.memslot
+                )));
+            }
+            if new.dirty_log && !old.dirty_log {
+                kvm.dirty_log_enable(f.memslot)
+                    .map_err(|x| e(x.to_string()))?;
+            } else if !new.dirty_log && old.dirty_log {
+                not_modelled = Some(
+                    "turning dirty logging off is not modelled (kvm_mmu_slot_apply_flags() → \
+                     kvm_mmu_recover_huge_pages())"
+                        .into(),
+                );
+            }
+        }
+    }
+    let t = kvm.take_trace();
+    if let Some(reason) = not_modelled {
+        rec.result = "not-modelled".into();
+        rec.not_modelled = Some(reason);
+    }
+    rec.host_faults = host_faults.iter().map(|h| h.name().to_string()).collect();
+    rec.notifiers = t
+        .notifiers
+        .iter()
+        .map(|n| NotifierOut {
+            event: n.event,
+            start: hex(n.start.0),
+            end: hex(n.end.0),
+        })
+        .collect();
+    rec.zapped = t
+        .zapped
+        .iter()
+        .map(|z| ZapOut {
+            gfn_start: hex(z.gfn_start.0),
+            gfn_end: hex(z.gfn_end.0),
+            level: z.level,
+        })
+        .collect();
+    Ok(rec)
+}
+
+/// What a host operation step returned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostOpOutcome {
+    /// The young answer of aging operations.
+    pub young: Option<bool>,
+    /// Set when the model cannot perform the operation: why.
+    pub not_modelled: Option<String>,
+}
+
+fn not_modelled(reason: &str) -> HostOpOutcome {
+    HostOpOutcome {
+        young: None,
+        not_modelled: Some(reason.to_string()),
+    }
+}
+
+/// Runs a host operation step with `notifier` as the subscriber. Steps that are not host
+/// operations of the address space (guest accesses, memslot and dirty-log steps, uffd
+/// registration, signals, release/exit) are an error.
+pub fn host_op(
+    mm: &mut Mm,
+    i: usize,
+    st: &Step,
+    notifier: &mut dyn MmuNotifier,
+) -> Result<HostOpOutcome, ScenarioError> {
+    let op = st.name();
+    let e = |m: String| step_err(i, op, m);
+    let kvm = notifier;
+    let mut out = HostOpOutcome::default();
+    match st {
+        Step::Munmap(r) => {
+            mm.munmap(Hva(r.start.0), r.size.0, kvm)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::Mprotect(m) => {
+            mm.mprotect(Hva(m.start.0), m.size.0, m.prot, kvm)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::Madvise(m) => {
+            let (s, z) = (Hva(m.start.0), m.size.0);
+            let advice = match m.advice {
+                MadviseAdvice::Dontneed => Some(Advice::Dontneed),
+                MadviseAdvice::Free => Some(Advice::Free),
+                MadviseAdvice::Hugepage => Some(Advice::Hugepage),
+                MadviseAdvice::Nohugepage => Some(Advice::Nohugepage),
+                MadviseAdvice::Collapse => Some(Advice::Collapse),
+                MadviseAdvice::Pageout => {
+                    return Ok(not_modelled(
+                        "MADV_PAGEOUT is not modelled: reclaim_pages() swaps anonymous and \
+                         writes back file folios; the model has no swap or writeback",
+                    ))
+                }
+                MadviseAdvice::Cold => {
+                    return Ok(not_modelled(
+                        "MADV_COLD is not modelled (madvise_cold_or_pageout_pte_range(): \
+                         young bits cleared without a notifier, partial THPs split, folios \
+                         deactivated)",
+                    ))
+                }
+                MadviseAdvice::PopulateRead | MadviseAdvice::PopulateWrite => None,
+                MadviseAdvice::Mergeable | MadviseAdvice::Unmergeable => {
+                    return Ok(not_modelled(
+                        "KSM is not modelled (ksm_madvise(), ksm_do_scan())",
+                    ))
+                }
+            };
+            match advice {
+                Some(a) => {
+                    mm.madvise(s, z, a, kvm).map_err(|x| e(x.to_string()))?;
+                }
+                None => {
+                    // madvise_populate() (mm/madvise.c): faultin_page_range() page by page,
+                    // each a GUP fault (FOLL_WRITE for populate-write) that stops at the first
+                    // error; pages already mapped suitably take no fault.
+                    let write = m.advice == MadviseAdvice::PopulateWrite;
+                    let end =
+                        s.0.checked_add(z)
+                            .ok_or_else(|| e("start + size overflows".into()))?;
+                    let mut a = s.0 & !(PAGE_SIZE - 1);
+                    while a < end {
+                        mm.user_access(Hva(a), write, kvm)
+                            .map_err(|x| e(format!("madvise_populate at {a:#x}: {x}")))?;
+                        a += PAGE_SIZE;
+                    }
+                }
+            }
+        }
+        Step::Mremap(m) => {
+            let new_len = m.new_size.map_or(m.size.0, |n| n.0);
+            mm.mremap(
+                Hva(m.start.0),
+                m.size.0,
+                new_len,
+                Some(Hva(m.new_start.0)),
+                kvm,
+            )
+            .map_err(|x| e(x.to_string()))?;
+        }
+        Step::NumaScan(r) => {
+            mm.numa_scan(Hva(r.start.0), r.size.0, kvm)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::Migrate(m) => {
+            mm.migrate(Hva(m.start.0), m.size.0, NodeId(m.node), kvm)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::ThpSplit(r) => {
+            mm.thp_split(Hva(r.start.0), r.size.0, kvm)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::UnmapMappingRange(r) => {
+            mm.unmap_mapping_range(Hva(r.start.0), r.size.0, kvm)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::ClearYoung(r) => {
+            out.young = mm
+                .clear_young(Hva(r.start.0), r.size.0, kvm)
+                .map_err(|x| e(x.to_string()))?
+                .young;
+        }
+        Step::ClearFlushYoung(r) => {
+            out.young = mm
+                .clear_flush_young(Hva(r.start.0), r.size.0, kvm)
+                .map_err(|x| e(x.to_string()))?
+                .young;
+        }
+        Step::TestYoung(r) => {
+            out.young = mm
+                .test_young(Hva(r.start.0), r.size.0, kvm)
+                .map_err(|x| e(x.to_string()))?
+                .young;
+        }
+        Step::Fork(_) => {
+            mm.fork(kvm).map_err(|x| e(x.to_string()))?;
+        }
+        Step::UffdioWriteprotect(u) => {
+            mm.uffdio_writeprotect(Hva(u.start.0), u.size.0, u.wp, kvm)
+                .map_err(|x| e(x.to_string()))?;
+        }
+        Step::FallocatePunchHole(_) => {
+            return Ok(not_modelled(
+                "fallocate(PUNCH_HOLE) is not modelled: shmem_fallocate() → \
+                 shmem_truncate_range() removes page-cache folios, and the model's page \
+                 cache cannot drop folios",
+            ))
+        }
+        Step::KsmScan(_) => return Ok(not_modelled("KSM is not modelled (ksm_do_scan())")),
+        Step::Read(_)
+        | Step::Write(_)
+        | Step::Exec(_)
+        | Step::Release(_)
+        | Step::Exit(_)
+        | Step::Signal(_)
+        | Step::MemoryFailure(_)
+        | Step::UffdRegister(_)
+        | Step::UffdioCopy(_)
+        | Step::UffdioZeropage(_)
+        | Step::UffdioContinue(_)
+        | Step::DirtyLogEnable(_)
+        | Step::DirtyLogGet(_)
+        | Step::DirtyLogClear(_)
+        | Step::MemslotCreate(_)
+        | Step::MemslotDelete(_)
+        | Step::MemslotMove(_)
+        | Step::MemslotFlags(_) => return Err(step_err(i, op, "not a host operation")),
+    }
+    Ok(out)
+}
+
+/// The schema name of a result.
+pub fn result_name(r: PfResult) -> &'static str {
+    match r {
+        PfResult::Hit => "hit",
+        PfResult::Fixed => "fixed",
+        PfResult::Spurious => "spurious",
+        PfResult::Retry => "retry",
+        PfResult::Emulate => "emulate",
+        PfResult::Efault => "efault",
+        PfResult::Mmio => "mmio",
+        PfResult::WriteProtected => "write-protected",
+        PfResult::Intr => "intr",
+        PfResult::Hwpoison => "hwpoison",
+    }
+}
+impl ScenarioRun {
+    /// One JSON object per step, then `{"stats": {...}}`, newline-terminated.
+    pub fn json_lines(&self) -> String {
+        json_lines(self)
+    }
+
+    /// A human-readable table.
+    pub fn render_table(&self) -> String {
+        render_table(self)
+    }
+}
+
+/// See [`ScenarioRun::json_lines`].
+pub fn json_lines(run: &ScenarioRun) -> String {
+    let mut out = String::new();
+    for s in &run.steps {
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+        out.push('\n');
+    }
+    let stats = serde_json::json!({ "stats": run.stats });
+    out.push_str(&stats.to_string());
+    out.push('\n');
+    out
+}
+
+/// See [`ScenarioRun::render_table`].
+pub fn render_table(run: &ScenarioRun) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<20} {:<16} {:<15} {:>3} {:>3} {:<2} {:<9} {:<28} notifiers / zapped",
+        "step", "op", "target", "result", "rty", "lvl", "w", "gup", "host faults"
+    );
+    for s in &run.steps {
+        let target = s.gpa.clone().unwrap_or_default();
+        let lvl = s.level.map(|l| l.name()).unwrap_or("-");
+        let w = match s.writable {
+            Some(true) => "W",
+            Some(false) => "RO",
+            None => "-",
+        };
+        let gup = s.gup.as_ref().map(|g| g.path.as_str()).unwrap_or("-");
+        let hf = if s.host_faults.is_empty() {
+            "-".to_string()
+        } else {
+            s.host_faults.join(",")
+        };
+        let mut ev: Vec<String> = s
+            .notifiers
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} [{}, {})",
+                    serde_json::to_string(&n.event)
+                        .unwrap_or_default()
+                        .trim_matches('"'),
+                    n.start,
+                    n.end
+                )
+            })
+            .collect();
+        ev.extend(
+            s.zapped
+                .iter()
+                .map(|z| format!("zap {} gfn [{}, {})", z.level, z.gfn_start, z.gfn_end)),
+        );
+        if let Some(y) = s.young {
+            ev.push(format!("young={y}"));
+        }
+        if let Some(d) = &s.dirty {
+            ev.push(format!("dirty={}", d.join(",")));
+        }
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<20} {:<16} {:<15} {:>3} {:>3} {:<2} {:<9} {:<28} {}",
+            s.step,
+            s.op,
+            target,
+            s.result,
+            s.retries,
+            lvl,
+            w,
+            gup,
+            hf,
+            ev.join("; ")
+        );
+    }
+    let st = &run.stats;
+    let _ = writeln!(
+        out,
+        "faults: fixed {} spurious {} retry {} emulate {} mmio {} efault {} fast {} | sptes 4K {} 2M {} 1G {} | zaps {} tlb flushes {} | gup fast {} slow {} remapped {}",
+        st.faults.fixed,
+        st.faults.spurious,
+        st.faults.retry,
+        st.faults.emulate,
+        st.faults.mmio,
+        st.faults.efault,
+        st.faults.fast,
+        st.sptes.pages_4k,
+        st.sptes.pages_2m,
+        st.sptes.pages_1g,
+        st.zaps,
+        st.tlb_flushes,
+        st.gup.fast,
+        st.gup.slow,
+        st.gup.remapped
+    );
+    out
+}
