@@ -1,0 +1,2 @@
+//! `faultline check`: the scenario checker (model vs real KVM).
+pub mod observe;
