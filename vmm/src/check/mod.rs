@@ -1,7 +1,15 @@
-//! `faultline check`: one scenario on the model and on real KVM, compared observable by observable.
+//! `faultline check`: one scenario on the model and on real KVM, compared observable by
+//! observable.
+//!
+//! - [`space`]: the scenario's VMAs as real mappings in this process, and the host operations;
+//! - [`observe`]: what the real kernel shows (tracefs, pagemap/kpageflags, host conditions);
+//! - [`compare`]: one step's model record against the real observations;
+//! - [`exec`]: the executor that drives a VM, the agent guest, the model and the observers;
+//! - [`report`]: verdicts, tables, JSON; [`cli`]: `faultline check`.
 
-pub mod space;
-pub mod report;
+pub mod cli;
 pub mod compare;
 pub mod exec;
-pub mod cli;
+pub mod observe;
+pub mod report;
+pub mod space;

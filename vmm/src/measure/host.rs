@@ -1,4 +1,7 @@
 //! The host settings that change fault-latency results, captured with every report.
+//!
+//! The sysfs/procfs readers live in [`crate::check::observe::host`], which also reads the full
+//! [`HostConditions`](crate::check::observe::host::HostConditions) the checker needs.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,23 +32,7 @@ pub struct HostSettings {
     pub vcpu_pinning: String,
 }
 
-fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-/// `always [madvise] never` -> `madvise`.
-fn bracketed(s: &str) -> String {
-    s.split_whitespace()
-        .find(|w| w.starts_with('['))
-        .map(|w| w.trim_matches(['[', ']']).to_string())
-        .unwrap_or_else(|| s.to_string())
-}
-
-fn read_u64(path: &str) -> Option<u64> {
-    read_trim(path).and_then(|s| s.parse().ok())
-}
+use crate::check::observe::host::{bracketed, read_trim, read_u64};
 
 impl HostSettings {
     /// Reads the settings from /proc and /sys; missing files read as "unknown" or 0.
