@@ -914,3 +914,370 @@ fn load_payload(
 pub fn run(config: VmConfig, io: VmIo) -> Result<RunOutcome, VmmError> {
     VmBuilder::new(config, io).build()?.run()
 }
+
+#[cfg(test)]
+mod tests {
+    //! Builder extension points on real KVM with the `touch` guest (skipped without
+    //! /dev/kvm): an extra memslot and PIO device, an exit hook seeing KVM_RUN's EFAULT, and
+    //! a run_with controller deleting a memslot while the guest runs.
+    use super::*;
+    use crate::config::{Backing, MemoryConfig};
+    use crate::measure::workload::{
+        Access, TouchParams, MARK_PORT, PATTERN_MAGIC, REGION_GPA, STAGE_START, STAGE_VERIFIED,
+    };
+    use devices::bus::BusDevice;
+    use std::sync::mpsc;
+    use vm_memory::MmapRegion;
+
+    fn kvm_present() -> bool {
+        let ok = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if !ok {
+            eprintln!("SKIPPED: /dev/kvm is not usable");
+        }
+        ok
+    }
+
+    fn touch_config() -> VmConfig {
+        VmConfig {
+            memory: MemoryConfig {
+                size: 32 << 20,
+                backing: Backing::Anon,
+            },
+            vcpus: 1,
+            payload: Payload::Guest("touch".into()),
+            ..VmConfig::default()
+        }
+    }
+
+    fn touch_params(bytes: u64, access: Access) -> TouchParams {
+        TouchParams {
+            region_gpa: REGION_GPA,
+            bytes_per_vcpu: bytes,
+            stride: 4096,
+            access,
+            random: false,
+            expect: 0,
+            seed: 1,
+        }
+    }
+
+    /// Records the stages written to the mark port; optionally holds the vCPU at
+    /// STAGE_START until `release` says go.
+    #[derive(Default)]
+    struct Stages {
+        seen: Vec<u32>,
+        at_start: Option<mpsc::Sender<()>>,
+        release: Option<mpsc::Receiver<()>>,
+    }
+    impl BusDevice for Stages {
+        fn read(&mut self, _: usize, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&mut self, _: usize, _: u64, data: &[u8]) {
+            let mut b = [0u8; 4];
+            let n = data.len().min(4);
+            b[..n].copy_from_slice(&data[..n]);
+            let stage = u32::from_le_bytes(b);
+            self.seen.push(stage);
+            if stage == STAGE_START {
+                if let Some(tx) = self.at_start.take() {
+                    let _ = tx.send(());
+                }
+                if let Some(rx) = self.release.take() {
+                    let _ = rx.recv_timeout(std::time::Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn anon(size: usize, prot: i32) -> MmapRegion {
+        MmapRegion::build(None, size, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS).unwrap()
+    }
+
+    fn region_slot(r: &MmapRegion) -> ExtraMemslot {
+        ExtraMemslot {
+            slot: None,
+            gpa: REGION_GPA,
+            size: r.size() as u64,
+            host_addr: r.as_ptr() as u64,
+            readonly: false,
+            dirty_log: false,
+        }
+    }
+
+    #[test]
+    fn extra_memslot_and_pio_device_serve_the_touch_guest() {
+        if !kvm_present() {
+            return;
+        }
+        let size = 1 << 20;
+        let region = anon(size, libc::PROT_READ | libc::PROT_WRITE);
+        let stages = Arc::new(Mutex::new(Stages::default()));
+        let (io, _out) = VmIo::captured();
+        let vmm = VmBuilder::new(touch_config(), io)
+            .memslot(ExtraMemslot {
+                dirty_log: true,
+                ..region_slot(&region)
+            })
+            .pio_device(MARK_PORT, 4, stages.clone())
+            .build()
+            .unwrap();
+        // Guest RAM is one region (slot 0): the extra slot is the next free id.
+        assert_eq!(vmm.extra_memslots(), &[1]);
+        touch_params(size as u64, Access::Write)
+            .write(vmm.guest_memory())
+            .unwrap();
+        let (outcome, bitmap) = vmm
+            .run_with(|h| {
+                while !h.stopped() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                h.vm().get_dirty_log(1, size as u64)
+            })
+            .unwrap();
+        assert_eq!(outcome.exit, VmExit::Done(0), "{:?}", outcome.exit);
+        assert!(!outcome.stopped_by_controller);
+        assert_eq!(stages.lock().unwrap().seen, vec![1, 2, STAGE_VERIFIED]);
+        // The guest's writes landed in the caller's mapping ...
+        for page in 0..(size / 4096) {
+            let off = page * 4096;
+            // SAFETY: `off` is inside the live `region` mapping; u64-aligned.
+            let v = unsafe { (region.as_ptr().add(off) as *const u64).read_volatile() };
+            assert_eq!(v, (REGION_GPA + off as u64) ^ PATTERN_MAGIC, "page {page}");
+        }
+        // ... and KVM logged every page of the slot dirty.
+        let bitmap = bitmap.unwrap().unwrap();
+        let dirty: u32 = bitmap.iter().map(|w| w.count_ones()).sum();
+        assert_eq!(dirty as usize, size / 4096, "{bitmap:x?}");
+    }
+
+    /// Records what the hook saw and stops the VM.
+    #[derive(Default)]
+    struct RecordingHook {
+        run_errors: Mutex<Vec<(usize, i32, Option<MemoryFault>, u64)>>,
+        unhandled: Mutex<Vec<(usize, String, u64)>>,
+    }
+    impl ExitHook for RecordingHook {
+        fn on_run_error(
+            &self,
+            vcpu: &mut VcpuControl<'_>,
+            errno: i32,
+            fault: Option<MemoryFault>,
+        ) -> HookAction {
+            let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+            self.run_errors
+                .lock()
+                .unwrap()
+                .push((vcpu.index(), errno, fault, rip));
+            HookAction::Stop(VmExit::Done(77))
+        }
+        fn on_unhandled_exit(&self, vcpu: &mut VcpuControl<'_>, what: &str) -> HookAction {
+            let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+            self.unhandled
+                .lock()
+                .unwrap()
+                .push((vcpu.index(), what.to_string(), rip));
+            HookAction::Stop(VmExit::Done(55))
+        }
+    }
+
+    /// This development host's KVM is PVM (module kvm_pvm), see platform.md.
+    fn pvm_host() -> bool {
+        std::path::Path::new("/sys/module/kvm_pvm").exists()
+    }
+
+    /// A writable memslot over a PROT_READ mapping, written by the guest. Upstream KVM's
+    /// fault path (hva_to_pfn() -> KVM_PFN_ERR_FAULT, kvm_handle_error_pfn() in
+    /// arch/x86/kvm/mmu/mmu.c) ends KVM_RUN with -EFAULT and fills KVM_EXIT_MEMORY_FAULT.
+    /// Measured on this PVM host (shadow MMU): no EFAULT at all; KVM emulates the access
+    /// and, the memslot's hva being unwritable, hands every write to userspace as
+    /// KVM_EXIT_MMIO (reads of PROT_NONE or unmapped hvas likewise become MMIO reads).
+    #[test]
+    fn a_write_to_a_read_only_mapping_is_efault_upstream_and_mmio_on_pvm() {
+        if !kvm_present() {
+            return;
+        }
+        let size = 64 << 10;
+        let region = anon(size, libc::PROT_READ);
+        let hook = Arc::new(RecordingHook::default());
+        let (io, _out) = VmIo::captured();
+        let vmm = VmBuilder::new(touch_config(), io)
+            .memslot(region_slot(&region))
+            .pio_device(MARK_PORT, 4, Arc::new(Mutex::new(Stages::default())))
+            .exit_hook(hook.clone())
+            .build()
+            .unwrap();
+        let info = vmm.vm().memory_fault_info();
+        touch_params(size as u64, Access::Write)
+            .write(vmm.guest_memory())
+            .unwrap();
+        let outcome = vmm.run().unwrap();
+        let errors = hook.run_errors.lock().unwrap().clone();
+        eprintln!(
+            "KVM_CAP_MEMORY_FAULT_INFO: {info}; run errors {errors:?}; exit {:?}; MMIO {:x?}",
+            outcome.exit, outcome.unknown_mmio
+        );
+        if pvm_host() {
+            assert!(errors.is_empty(), "{errors:?}");
+            let pages: Vec<u64> = (0..(size as u64 / 4096))
+                .map(|p| REGION_GPA + p * 4096)
+                .collect();
+            assert_eq!(outcome.unknown_mmio, pages);
+            // The writes went nowhere: the guest's check reads back the zero page.
+            let VmExit::AssertFailed { msg, .. } = &outcome.exit else {
+                panic!("{:?}", outcome.exit)
+            };
+            assert!(msg.contains("reads back 0x0"), "{msg}");
+        } else {
+            assert_eq!(outcome.exit, VmExit::Done(77), "{:?}", outcome.exit);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            let (vcpu, errno, fault, rip) = errors[0];
+            assert_eq!((vcpu, errno), (0, libc::EFAULT), "{errors:?}");
+            assert!(rip > 0, "{errors:?}");
+            if info {
+                let f = fault.expect("KVM_EXIT_MEMORY_FAULT info on a host that offers it");
+                assert_eq!(f.gpa, REGION_GPA, "{f:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn exit_hook_sees_a_triple_fault_and_chooses_the_exit() {
+        if !kvm_present() {
+            return;
+        }
+        let config = VmConfig {
+            payload: Payload::Guest("triple-fault".into()),
+            ..touch_config()
+        };
+        let hook = Arc::new(RecordingHook::default());
+        let (io, _out) = VmIo::captured();
+        let outcome = VmBuilder::new(config, io)
+            .exit_hook(hook.clone())
+            .build()
+            .unwrap()
+            .run()
+            .unwrap();
+        assert_eq!(outcome.exit, VmExit::Done(55));
+        let seen = hook.unhandled.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!((seen[0].0, seen[0].1.as_str()), (0, "KVM_EXIT_SHUTDOWN"));
+        assert!(seen[0].2 > 0, "{seen:?}");
+    }
+
+    #[test]
+    fn controller_deletes_a_memslot_and_the_guest_then_sees_mmio() {
+        if !kvm_present() {
+            return;
+        }
+        let size = 64 << 10;
+        let region = anon(size, libc::PROT_READ | libc::PROT_WRITE);
+        let (at_start_tx, at_start) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let stages = Arc::new(Mutex::new(Stages {
+            seen: Vec::new(),
+            at_start: Some(at_start_tx),
+            release: Some(release_rx),
+        }));
+        let (io, _out) = VmIo::captured();
+        let vmm = VmBuilder::new(touch_config(), io)
+            .memslot(region_slot(&region))
+            .pio_device(MARK_PORT, 4, stages.clone())
+            .build()
+            .unwrap();
+        touch_params(size as u64, Access::Read)
+            .write(vmm.guest_memory())
+            .unwrap();
+        let (outcome, deleted) = vmm
+            .run_with(move |h| {
+                assert_eq!(h.vcpu_thread_ids().len(), 1);
+                assert!(h.vcpu_thread_ids()[0] != 0);
+                // The guest is parked in its STAGE_START port write.
+                at_start.recv().unwrap();
+                let slot = h.extra_memslots()[0];
+                let r = h.vm().delete_memslot(slot);
+                release.send(()).unwrap();
+                while !h.stopped() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                r.is_ok()
+            })
+            .unwrap();
+        assert_eq!(deleted, Some(true));
+        // With the slot gone the reads become MMIO exits (unclaimed: all ones), so the
+        // guest's zero check fails on the region's first word.
+        let VmExit::AssertFailed { msg, .. } = &outcome.exit else {
+            panic!("{:?}", outcome.exit)
+        };
+        assert!(outcome.unknown_mmio.contains(&REGION_GPA), "{outcome:?}");
+        assert!(!outcome.stopped_by_controller);
+        eprintln!("guest: {msg}");
+    }
+
+    #[test]
+    fn controller_return_stops_a_running_vm() {
+        if !kvm_present() {
+            return;
+        }
+        // serial-echo polls the UART for a line forever without stdin: only the
+        // controller can end this VM.
+        let config = VmConfig {
+            payload: Payload::Guest("serial-echo".into()),
+            ..touch_config()
+        };
+        let (io, out) = VmIo::captured();
+        let vmm = VmBuilder::new(config, io).build().unwrap();
+        let (outcome, v) = vmm
+            .run_with(|h| {
+                let t = Instant::now();
+                while out.lock().unwrap().is_empty() && t.elapsed().as_secs() < 30 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                assert!(!h.stopped());
+                h.guest_memory().num_regions()
+            })
+            .unwrap();
+        assert_eq!(v, Some(1));
+        assert!(outcome.stopped_by_controller);
+        assert_eq!(outcome.exit, VmExit::Reset);
+    }
+
+    #[test]
+    fn overlapping_or_taken_memslots_are_refused_before_any_vm() {
+        let ram = [(0u64, 32u64 << 20)];
+        let slot = |slot, gpa, size| ExtraMemslot {
+            slot,
+            gpa,
+            size,
+            host_addr: 0x7f00_0000_0000,
+            readonly: false,
+            dirty_log: false,
+        };
+        let e = assign_slots(&ram, &[slot(None, 16 << 20, 4096)]).unwrap_err();
+        assert!(e.to_string().contains("overlaps guest RAM"), "{e}");
+        let e = assign_slots(&ram, &[slot(Some(0), 1 << 30, 4096)]).unwrap_err();
+        assert!(e.to_string().contains("already used by guest RAM"), "{e}");
+        let e = assign_slots(&ram, &[slot(None, 1 << 30, 100)]).unwrap_err();
+        assert!(e.to_string().contains("4 KiB aligned"), "{e}");
+        let got = assign_slots(
+            &ram,
+            &[slot(None, 1 << 30, 4096), slot(Some(1), 2 << 30, 4096)],
+        )
+        .unwrap();
+        // The explicit id 1 is kept free: the None slot takes 2.
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![2, 1]);
+        let e = assign_slots(
+            &ram,
+            &[
+                slot(None, 1 << 30, 8192),
+                slot(None, (1 << 30) + 4096, 4096),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("overlaps memslot 1"), "{e}");
+    }
+}
