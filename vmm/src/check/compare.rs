@@ -240,15 +240,14 @@ pub fn compare_step(
             model_outcome(&rec.result),
             a.class(),
         ));
-        if let (RealAccess::Completed { value }, Some(mv)) = (a, rec.value) {
-            if rec.op == "read" {
-                out.push(Observation::compare(
-                    "value",
-                    "agent guest",
-                    format!("{mv:#x}"),
-                    format!("{value:#x}"),
-                ));
-            }
+        if let (RealAccess::Completed { value }, "read") = (a, rec.op.as_str()) {
+            out.push(Observation::uncompared(
+                "value",
+                "agent guest",
+                None,
+                Some(format!("{value:#x}")),
+                Verdict::NotModelled("the model does not track page contents".into()),
+            ));
         }
     }
     let model_inv = model_invalidations(rec);

@@ -83,6 +83,20 @@ pub enum CheckError {
     NoKvm(String),
 }
 
+/// `/sys/kernel/mm/transparent_hugepage/enabled` ("always [madvise] never") -> the mode.
+fn thp_mode_of(s: &str) -> Option<mmu::host::ThpMode> {
+    let sel = s
+        .split_whitespace()
+        .find(|w| w.starts_with('['))
+        .unwrap_or(s.trim());
+    match sel.trim_matches(['[', ']']) {
+        "always" => Some(mmu::host::ThpMode::Always),
+        "madvise" => Some(mmu::host::ThpMode::Madvise),
+        "never" => Some(mmu::host::ThpMode::Never),
+        _ => None,
+    }
+}
+
 /// The model's rule set for the host's kernel release.
 pub fn rules_for(major: u32, minor: u32) -> KernelVersion {
     match (major, minor) {
@@ -142,7 +156,7 @@ fn prot_bits(p: mmu::host::Prot) -> i32 {
 
 /// Why a host step cannot run for real here, or `None` when it can.
 fn step_not_executable(step: &Step, env: &CheckEnv) -> Option<String> {
-    let nodes = env.host.nodes.value.as_ref().map_or(1, |n| n.len());
+    let nodes = env.host.numa_nodes.value.as_ref().map_or(1, Vec::len);
     match step {
         Step::Read(_) | Step::Write(_) | Step::Exec(_) => None,
         Step::Munmap(_) | Step::Mprotect(_) | Step::Madvise(_) | Step::Mremap(_) => None,
@@ -225,7 +239,7 @@ pub fn check_scenario(name: &str, sc: &Scenario, opts: &CheckOptions, env: &Chec
 fn model_options(sc: &Scenario, opts: &CheckOptions, env: &CheckEnv) -> (ModelOptions, String, Vec<String>) {
     let h = &env.host;
     let mut notes = Vec::new();
-    let (kernel, why) = match (opts.kernel_rules, h.kernel.value) {
+    let (kernel, why) = match (opts.kernel_rules, h.kernel_version.value) {
         (Some(k), _) => (k, "from --kernel-rules".to_string()),
         (None, Some(v)) => (
             rules_for(v.major, v.minor),
@@ -240,7 +254,7 @@ fn model_options(sc: &Scenario, opts: &CheckOptions, env: &CheckEnv) -> (ModelOp
             ));
         }
     }
-    let thp = h.thp.value;
+    let thp = h.thp_enabled.value.as_deref().and_then(thp_mode_of);
     if let (Some(s), Some(r)) = (sc.thp, thp) {
         if s != r {
             notes.push(format!("scenario assumes thp={s:?}, host has {r:?}"));
@@ -253,13 +267,13 @@ fn model_options(sc: &Scenario, opts: &CheckOptions, env: &CheckEnv) -> (ModelOp
         }
     }
     let tdp = h.paging.value.map(|p| matches!(p, super::observe::host::PagingMode::Tdp { .. }));
-    let nodes = h.nodes.value.as_ref().map(|n| u16::try_from(n.len()).unwrap_or(u16::MAX));
+    let nodes = h.numa_nodes.value.as_ref().map(|n| u16::try_from(n.len()).unwrap_or(u16::MAX));
     if let (Some(s), Some(r)) = (sc.nodes, nodes) {
         if s != r {
             notes.push(format!("scenario assumes {s} NUMA nodes, host has {r}"));
         }
     }
-    let numa_balancing = h.numa_balancing.value;
+    let numa_balancing = h.numa_balancing.value.map(|v| v != 0);
     if sc.async_pf == Some(true) {
         notes.push("scenario assumes async page faults; the agent guest does not enable them".into());
     }
@@ -299,7 +313,8 @@ fn real_page(pm: &PageMap, addr: u64) -> Option<RealPage> {
         PageKind::AnonThp { .. } => "anon-thp",
         PageKind::Shmem => "shmem",
         PageKind::File => "file",
-        PageKind::Hugetlb => "hugetlb",
+        PageKind::Hugetlb { .. } => "hugetlb",
+        PageKind::NotPresent | PageKind::Swapped => return None,
         PageKind::Ksm => "ksm",
         PageKind::Pfnmap => "pfnmap",
         PageKind::Unknown => "unknown",
@@ -474,8 +489,8 @@ fn run_real(
                         Ok(batch) => {
                             let mut inv = Vec::new();
                             let mut levels = Vec::new();
-                            for ev in batch.events() {
-                                match ev {
+                            for r in &batch.records {
+                                match &r.event {
                                     TraceEvent::UnmapHvaRange { start, end } => {
                                         if let (Some(s), Some(_)) = (space.model(*start), space.model(end.saturating_sub(1))) {
                                             inv.push((s, s + (end - start)));
