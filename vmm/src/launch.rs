@@ -1,9 +1,16 @@
 //! The launch flow: `VmConfig` -> KVM -> guest RAM -> devices -> loader -> vCPU threads ->
 //! event loop -> the guest's exit.
 //!
+//! Every VM faultline runs is built here, by one [`VmBuilder`]: `faultline run`, `bench
+//! faults` (an extra memslot over its measured region plus a PIO mark device) and `bench
+//! boot` (which spawns `faultline run`). Extension points: extra memslots over caller-made
+//! mappings ([`VmBuilder::memslot`]), extra devices ([`VmBuilder::pio_device`],
+//! [`VmBuilder::mmio_device`]), a per-exit hook ([`VmBuilder::exit_hook`]), and a controller
+//! thread with a handle to the live VM ([`Vmm::run_with`]).
+//!
 //! ```no_run
-//! use vmm::{config::VmConfig, launch::{Vmm, VmIo}};
-//! let outcome = Vmm::new(VmConfig::default(), VmIo::stdio()).unwrap().run().unwrap();
+//! use vmm::{config::VmConfig, launch::{VmBuilder, VmIo}};
+//! let outcome = VmBuilder::new(VmConfig::default(), VmIo::stdio()).build().unwrap().run().unwrap();
 //! std::process::exit(outcome.exit.status());
 //! ```
 
@@ -11,9 +18,10 @@ use crate::boot::{self, BootError};
 use crate::config::{Payload, ValidationError, VmConfig};
 use crate::guests::{self, GuestLoadError};
 use crate::memory::{create_guest_memory, GuestRamError};
+pub use crate::vstate::hook::{ExitHook, HookAction, MemoryFault, VcpuControl, VcpuControlError};
 use crate::vstate::kvm::{open_kvm, KvmOpenError};
 use crate::vstate::vcpu::{self, ExitContext, VcpuSetupError, VcpuStats};
-use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::vm::{MemslotFlags, Vm, VmError};
 use crate::vstate::{ApStartup, EntryPoint};
 use devices::bus::Bus;
 use devices::console::Console;
@@ -24,10 +32,10 @@ use devices::serial::{SerialPort, COM1_BASE, COM1_IRQ, COM1_LEN};
 use devices::ucall::{UcallPort, UcallRecord, UCALL_LEN, UCALL_PORT};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -61,6 +69,292 @@ pub enum VmmError {
     /// The event loop failed.
     #[error("Event loop failed: {0}")]
     EventLoop(String),
+    /// An extra memslot is malformed or collides with guest RAM or another slot.
+    #[error(transparent)]
+    Memslot(#[from] ExtraMemslotError),
+    /// An extra device overlaps a built-in device or another extra device.
+    #[error("Cannot add {bus} device at {base:#x}+{len:#x}: {reason}; pick a free range")]
+    DeviceRange {
+        /// `port` or `MMIO`.
+        bus: &'static str,
+        /// Base address.
+        base: u64,
+        /// Length.
+        len: u64,
+        /// The bus's complaint.
+        reason: String,
+    },
+}
+
+/// An extra KVM memslot over a mapping the caller made and keeps alive: it must stay mapped
+/// until the [`Vmm`] (and so the VM) is dropped, or until the slot is deleted through
+/// [`VmHandle::vm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtraMemslot {
+    /// KVM slot id; `None` = the next free one after guest RAM's (guest RAM takes slots
+    /// `0..regions`, one per region).
+    pub slot: Option<u32>,
+    /// Guest-physical start (page aligned, outside guest RAM and other slots).
+    pub gpa: u64,
+    /// Bytes (a non-zero multiple of 4 KiB).
+    pub size: u64,
+    /// Host virtual address of the caller's mapping (page aligned).
+    pub host_addr: u64,
+    /// KVM_MEM_READONLY: guest writes exit as MMIO.
+    pub readonly: bool,
+    /// KVM_MEM_LOG_DIRTY_PAGES.
+    pub dirty_log: bool,
+}
+
+impl ExtraMemslot {
+    /// The slot's KVM flags.
+    pub fn flags(&self) -> MemslotFlags {
+        MemslotFlags {
+            readonly: self.readonly,
+            dirty_log: self.dirty_log,
+        }
+    }
+}
+
+/// An [`ExtraMemslot`] that cannot be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtraMemslotError {
+    /// Zero size or not page aligned.
+    #[error("Extra memslot at guest {gpa:#x} (host {host_addr:#x}, {size:#x} bytes): gpa, host address and size must be 4 KiB aligned and size non-zero")]
+    Misaligned {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Host address.
+        host_addr: u64,
+        /// Size.
+        size: u64,
+    },
+    /// The range overlaps guest RAM or another extra slot.
+    #[error("Extra memslot at guest {gpa:#x}+{size:#x} overlaps {other} at {other_gpa:#x}+{other_size:#x}; move it to a free guest-physical range")]
+    Overlap {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Size.
+        size: u64,
+        /// What it overlaps (`guest RAM` or `memslot N`).
+        other: String,
+        /// The other range's start.
+        other_gpa: u64,
+        /// The other range's size.
+        other_size: u64,
+    },
+    /// The slot id is taken.
+    #[error(
+        "Extra memslot id {slot} is already used by {by}; use slot: None for the next free id"
+    )]
+    SlotTaken {
+        /// Slot id.
+        slot: u32,
+        /// Who has it.
+        by: String,
+    },
+}
+
+/// Resolves the slot ids of `extra` (guest RAM has `0..ram.len()`) and checks ranges.
+fn assign_slots(
+    ram: &[(u64, u64)],
+    extra: &[ExtraMemslot],
+) -> Result<Vec<(u32, ExtraMemslot)>, ExtraMemslotError> {
+    const PAGE: u64 = 4096;
+    let ram_slots = u32::try_from(ram.len()).unwrap_or(u32::MAX);
+    let mut used: Vec<(u32, u64, u64)> = (0..ram_slots)
+        .zip(ram.iter())
+        .map(|(i, &(g, s))| (i, g, s))
+        .collect();
+    let mut out = Vec::with_capacity(extra.len());
+    // Explicit ids first, so None never takes an id asked for later.
+    let taken: Vec<u32> = extra.iter().filter_map(|e| e.slot).collect();
+    let mut next = ram_slots;
+    for e in extra {
+        if e.size == 0 || e.size % PAGE != 0 || e.gpa % PAGE != 0 || e.host_addr % PAGE != 0 {
+            return Err(ExtraMemslotError::Misaligned {
+                gpa: e.gpa,
+                host_addr: e.host_addr,
+                size: e.size,
+            });
+        }
+        let slot = match e.slot {
+            Some(s) => s,
+            None => {
+                while taken.contains(&next) || used.iter().any(|u| u.0 == next) {
+                    next += 1;
+                }
+                next
+            }
+        };
+        let name = |s: u32| {
+            if s < ram_slots {
+                "guest RAM".to_string()
+            } else {
+                format!("memslot {s}")
+            }
+        };
+        if let Some(u) = used.iter().find(|u| u.0 == slot) {
+            return Err(ExtraMemslotError::SlotTaken {
+                slot,
+                by: name(u.0),
+            });
+        }
+        let end = e.gpa.saturating_add(e.size);
+        if let Some(u) = used.iter().find(|u| e.gpa < u.1 + u.2 && u.1 < end) {
+            return Err(ExtraMemslotError::Overlap {
+                gpa: e.gpa,
+                size: e.size,
+                other: name(u.0),
+                other_gpa: u.1,
+                other_size: u.2,
+            });
+        }
+        used.push((slot, e.gpa, e.size));
+        out.push((slot, *e));
+    }
+    Ok(out)
+}
+
+/// Builds a [`Vmm`]: the one place a VM is set up.
+pub struct VmBuilder {
+    config: VmConfig,
+    io: VmIo,
+    memslots: Vec<ExtraMemslot>,
+    pio: Vec<(u16, u16, devices::bus::SharedDevice)>,
+    mmio: Vec<(u64, u64, devices::bus::SharedDevice)>,
+    hook: Option<Arc<dyn ExitHook>>,
+}
+
+impl std::fmt::Debug for VmBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmBuilder")
+            .field("config", &self.config)
+            .field("memslots", &self.memslots)
+            .field(
+                "pio",
+                &self.pio.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
+            )
+            .field(
+                "mmio",
+                &self.mmio.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
+            )
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
+}
+
+impl VmBuilder {
+    /// A VM running `config` with its console on `io`, and nothing extra.
+    pub fn new(config: VmConfig, io: VmIo) -> Self {
+        VmBuilder {
+            config,
+            io,
+            memslots: Vec::new(),
+            pio: Vec::new(),
+            mmio: Vec::new(),
+            hook: None,
+        }
+    }
+
+    /// An extra KVM memslot over a mapping the caller made and keeps alive (it must outlive
+    /// the [`Vmm`]). Registered on the setup side thread like guest RAM, before any vCPU runs.
+    pub fn memslot(mut self, slot: ExtraMemslot) -> Self {
+        self.memslots.push(slot);
+        self
+    }
+
+    /// An extra port-I/O device at `base..base + len`.
+    pub fn pio_device(mut self, base: u16, len: u16, dev: devices::bus::SharedDevice) -> Self {
+        self.pio.push((base, len, dev));
+        self
+    }
+
+    /// An extra MMIO device at `base..base + len` (for guest-physical addresses no memslot
+    /// covers).
+    pub fn mmio_device(mut self, base: u64, len: u64, dev: devices::bus::SharedDevice) -> Self {
+        self.mmio.push((base, len, dev));
+        self
+    }
+
+    /// Called on the vCPU thread for what the default dispatch does not handle: KVM_RUN
+    /// errors (EFAULT with or without KVM_EXIT_MEMORY_FAULT info, ...) and exits
+    /// `dispatch_exit` would treat as a crash or unexpected.
+    pub fn exit_hook(mut self, hook: Arc<dyn ExitHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// Validates the config, opens KVM, creates guest RAM, the VM, its memslots, devices
+    /// and vCPUs, and loads the payload.
+    ///
+    /// Registering a memslot waits for an SRCU grace period (several ms on a busy nested
+    /// host, whatever the size), so a second thread does it (guest RAM and the extra slots)
+    /// while this one sets up the devices, loads the payload and creates the vCPUs; both
+    /// finish before any vCPU runs. The PIT (another grace period) is created on that thread
+    /// too, and only for a Linux kernel: the built-in guests never program it.
+    pub fn build(self) -> Result<Vmm, VmmError> {
+        let start = Instant::now();
+        let VmBuilder {
+            config,
+            io,
+            memslots,
+            pio: extra_pio,
+            mmio: extra_mmio,
+            hook,
+        } = self;
+        config.validate()?;
+        let kvm = open_kvm(&config.kvm_device)?;
+        let mem = create_guest_memory(&config.memory)?;
+        let ram: Vec<(u64, u64)> = mem.iter().map(|r| (r.start_addr().0, r.len())).collect();
+        let extra = assign_slots(&ram, &memslots)?;
+        let vm = Vm::create(&kvm, config.vcpus)?;
+        let parts = std::thread::scope(|s| {
+            // The side thread's own start-up (clone, malloc arena) takes ~1 ms here, so the
+            // grace-period waits start on this thread right away and the setup goes aside.
+            let setup = std::thread::Builder::new()
+                .name("vm-setup".into())
+                .spawn_scoped(s, || {
+                    Vmm::setup(&config, &io, &kvm, &mem, &vm, &extra_pio, &extra_mmio)
+                });
+            match setup {
+                Ok(h) => {
+                    let slots = Vmm::memslots_and_pit(&config, &vm, &mem, &extra);
+                    let parts = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    slots?;
+                    parts
+                }
+                // No thread: one after the other.
+                Err(_) => {
+                    Vmm::memslots_and_pit(&config, &vm, &mem, &extra)?;
+                    Vmm::setup(&config, &io, &kvm, &mem, &vm, &extra_pio, &extra_mmio)
+                }
+            }
+        })?;
+        let Parts {
+            exit,
+            pio,
+            mmio,
+            serial,
+            ucalls,
+            vcpus,
+        } = parts;
+        Ok(Vmm {
+            config,
+            io,
+            start,
+            mem,
+            vm,
+            vcpus,
+            exit,
+            pio,
+            mmio,
+            serial,
+            ucalls,
+            hook,
+            extra_slots: extra.iter().map(|e| e.0).collect(),
+        })
+    }
 }
 
 /// Where the guest console goes and whether host stdin feeds the serial port.
@@ -156,12 +450,17 @@ pub struct RunOutcome {
     pub memory: MemorySample,
     /// Timestamps.
     pub timeline: Timeline,
+    /// [`Vmm::run_with`]'s controller returned before the guest ended the VM, so faultline
+    /// stopped it (`exit` is then [`VmExit::Reset`] unless the controller requested another
+    /// reason).
+    pub stopped_by_controller: bool,
 }
 
 /// What [`Vmm::setup`] builds.
 struct Parts {
     exit: Arc<ExitSignal>,
     pio: Bus,
+    mmio: Bus,
     serial: Arc<Mutex<SerialPort>>,
     ucalls: Arc<Mutex<Vec<UcallRecord>>>,
     vcpus: Vec<kvm_ioctls::VcpuFd>,
@@ -180,6 +479,8 @@ pub struct Vmm {
     mmio: Bus,
     serial: Arc<Mutex<SerialPort>>,
     ucalls: Arc<Mutex<Vec<UcallRecord>>>,
+    hook: Option<Arc<dyn ExitHook>>,
+    extra_slots: Vec<u32>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -190,64 +491,23 @@ impl std::fmt::Debug for Vmm {
 
 impl Vmm {
     /// Validates `config`, opens KVM, creates guest RAM, devices and vCPUs and loads the
-    /// payload.
-    ///
-    /// Registering guest RAM with KVM waits for an SRCU grace period (several ms on a busy
-    /// nested host, whatever the size), so a second thread does it while this one sets up
-    /// the devices, loads the payload and creates the vCPUs; both finish before any vCPU
-    /// runs. The PIT (another grace period) is created on that thread too, and only for a
-    /// Linux kernel: the built-in guests never program it.
+    /// payload: `VmBuilder::new(config, io).build()`.
     pub fn new(config: VmConfig, io: VmIo) -> Result<Vmm, VmmError> {
-        let start = Instant::now();
-        config.validate()?;
-        let kvm = open_kvm(&config.kvm_device)?;
-        let mem = create_guest_memory(&config.memory)?;
-        let vm = Vm::create(&kvm, config.vcpus)?;
-        let parts = std::thread::scope(|s| {
-            // The side thread's own start-up (clone, malloc arena) takes ~1 ms here, so the
-            // grace-period waits start on this thread right away and the setup goes aside.
-            let setup = std::thread::Builder::new()
-                .name("vm-setup".into())
-                .spawn_scoped(s, || Self::setup(&config, &io, &kvm, &mem, &vm));
-            match setup {
-                Ok(h) => {
-                    let slots = Self::memslots_and_pit(&config, &vm, &mem);
-                    let parts = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                    slots?;
-                    parts
-                }
-                // No thread: one after the other.
-                Err(_) => {
-                    Self::memslots_and_pit(&config, &vm, &mem)?;
-                    Self::setup(&config, &io, &kvm, &mem, &vm)
-                }
-            }
-        })?;
-        let Parts {
-            exit,
-            pio,
-            serial,
-            ucalls,
-            vcpus,
-        } = parts;
-        Ok(Vmm {
-            config,
-            io,
-            start,
-            mem,
-            vm,
-            vcpus,
-            exit,
-            pio,
-            mmio: Bus::new("MMIO"),
-            serial,
-            ucalls,
-        })
+        VmBuilder::new(config, io).build()
     }
 
-    /// Registers guest RAM and, for a Linux kernel, creates the PIT.
-    fn memslots_and_pit(config: &VmConfig, vm: &Vm, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    /// Registers guest RAM and the extra memslots and, for a Linux kernel, creates the PIT.
+    fn memslots_and_pit(
+        config: &VmConfig,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        extra: &[(u32, ExtraMemslot)],
+    ) -> Result<(), VmError> {
         vm.register_memory(mem)?;
+        for (slot, e) in extra {
+            // The caller keeps the mapping alive longer than the Vmm (ExtraMemslot's contract).
+            vm.set_memslot(*slot, e.gpa, e.size, e.host_addr, e.flags())?;
+        }
         if matches!(config.payload, Payload::Kernel(_)) {
             vm.create_pit()?;
         }
@@ -261,6 +521,8 @@ impl Vmm {
         kvm: &kvm_ioctls::Kvm,
         mem: &GuestMemoryMmap,
         vm: &Vm,
+        extra_pio: &[(u16, u16, devices::bus::SharedDevice)],
+        extra_mmio: &[(u64, u64, devices::bus::SharedDevice)],
     ) -> Result<Parts, VmmError> {
         let exit = Arc::new(ExitSignal::new().map_err(VmmError::Devices)?);
         let irq = EventFd::new(EFD_NONBLOCK).map_err(VmmError::Devices)?;
@@ -287,6 +549,25 @@ impl Vmm {
             Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
         )?;
         insert(&mut pio, UCALL_PORT, UCALL_LEN, Arc::new(Mutex::new(ucall)))?;
+        for (base, len, dev) in extra_pio {
+            pio.insert(u64::from(*base), u64::from(*len), dev.clone())
+                .map_err(|e| VmmError::DeviceRange {
+                    bus: "port",
+                    base: u64::from(*base),
+                    len: u64::from(*len),
+                    reason: e.to_string(),
+                })?;
+        }
+        let mut mmio = Bus::new("MMIO");
+        for (base, len, dev) in extra_mmio {
+            mmio.insert(*base, *len, dev.clone())
+                .map_err(|e| VmmError::DeviceRange {
+                    bus: "MMIO",
+                    base: *base,
+                    len: *len,
+                    reason: e.to_string(),
+                })?;
+        }
 
         vcpu::write_entry_tables(mem)?;
         let (entry, aps) = load_payload(config, mem)?;
@@ -297,6 +578,7 @@ impl Vmm {
         Ok(Parts {
             exit,
             pio,
+            mmio,
             serial,
             ucalls,
             vcpus,
@@ -313,32 +595,75 @@ impl Vmm {
         &self.vm
     }
 
+    /// The extra memslots' KVM slot ids, in the order they were given to the builder.
+    pub fn extra_memslots(&self) -> &[u32] {
+        &self.extra_slots
+    }
+
+    /// The binary stats files (KVM_GET_STATS_FD) of every vCPU, in vCPU order (the VM's own
+    /// is `stats_fd(vmm.vm().fd())`).
+    pub fn vcpu_stats_files(
+        &self,
+    ) -> Result<Vec<std::fs::File>, crate::vstate::stats::StatsFdError> {
+        self.vcpus
+            .iter()
+            .map(crate::vstate::stats::stats_fd)
+            .collect()
+    }
+
     /// Runs the vCPUs and the event loop until the guest ends the VM.
-    pub fn run(mut self) -> Result<RunOutcome, VmmError> {
+    pub fn run(self) -> Result<RunOutcome, VmmError> {
+        self.run_inner(None::<fn(&VmHandle<'_>)>).map(|(o, _)| o)
+    }
+
+    /// Runs the VM; `controller` runs on its own thread with a handle to the live VM
+    /// (memslot set/delete/move/flags and dirty logs through [`VmHandle::vm`], KVM stats,
+    /// guest memory) while the vCPUs run. It starts once every vCPU thread has started
+    /// (so [`VmHandle::vcpu_thread_ids`] is complete); the guest may already be running.
+    /// When it returns, the VM is stopped (exit [`VmExit::Reset`] unless it called
+    /// [`VmHandle::request_stop`], and [`RunOutcome::stopped_by_controller`] set); when the
+    /// guest ends the VM first, the run waits for the controller to return (watch
+    /// [`VmHandle::stopped`]). Returns the outcome and the controller's value (`None` when
+    /// it panicked: the VM then ends as a crash naming that).
+    pub fn run_with<T: Send>(
+        self,
+        controller: impl FnOnce(&VmHandle<'_>) -> T + Send,
+    ) -> Result<(RunOutcome, Option<T>), VmmError> {
+        self.run_inner(Some(controller))
+    }
+
+    fn run_inner<T: Send, F: FnOnce(&VmHandle<'_>) -> T + Send>(
+        mut self,
+        controller: Option<F>,
+    ) -> Result<(RunOutcome, Option<T>), VmmError> {
         vcpu::install_kick_handler().map_err(VmmError::Devices)?;
         let n = self.vcpus.len();
         let finished: Vec<AtomicBool> = (0..n).map(|_| AtomicBool::new(false)).collect();
         let tids: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+        let ktids: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+        let controller_stopped = AtomicBool::new(false);
         let vcpus = std::mem::take(&mut self.vcpus);
         let vcpus_started = Instant::now();
         let this = &self;
-        let (stats, loop_result) = std::thread::scope(|s| {
+        let hook: Option<&dyn ExitHook> = this.hook.as_deref();
+        let (stats, loop_result, value) = std::thread::scope(|s| {
             let handles: Result<Vec<_>, _> = vcpus
                 .into_iter()
                 .enumerate()
                 .map(|(i, fd)| {
-                    let (fin, tid) = (&finished[i], &tids[i]);
+                    let (fin, tid, ktid) = (&finished[i], &tids[i], &ktids[i]);
                     std::thread::Builder::new()
                         .name(format!("vcpu{i}"))
                         .spawn_scoped(s, move || {
                             tid.store(vcpu::current_thread_id(), Ordering::Release);
+                            ktid.store(vcpu::current_kernel_tid(), Ordering::Release);
                             let ctx = ExitContext {
                                 vcpu: i,
                                 pio: &this.pio,
                                 mmio: &this.mmio,
                                 exit: &this.exit,
                             };
-                            vcpu::run_vcpu(fd, ctx, &this.mem, fin)
+                            vcpu::run_vcpu(fd, ctx, &this.mem, fin, hook)
                         })
                 })
                 .collect::<Result<_, _>>();
@@ -352,6 +677,54 @@ impl Vmm {
                     Vec::new()
                 }
             };
+            let control = controller.map(|f| {
+                let (ktids, finished, stopped) = (&ktids, &finished, &controller_stopped);
+                std::thread::Builder::new()
+                    .name("vm-controller".into())
+                    .spawn_scoped(s, move || {
+                        // Every vCPU thread has recorded its id (or already finished).
+                        while !ktids.iter().zip(finished).all(|(t, f)| {
+                            t.load(Ordering::Acquire) != 0 || f.load(Ordering::Acquire)
+                        }) && !this.exit.fired()
+                        {
+                            std::thread::sleep(std::time::Duration::from_micros(100));
+                        }
+                        let handle = VmHandle {
+                            vm: &this.vm,
+                            mem: &this.mem,
+                            exit: &this.exit,
+                            ktids,
+                            extra_slots: &this.extra_slots,
+                            controller_stopped: stopped,
+                        };
+                        let r =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&handle)));
+                        match r {
+                            Ok(v) => {
+                                handle.request_stop(VmExit::Reset);
+                                Some(v)
+                            }
+                            Err(_) => {
+                                handle.request_stop(VmExit::Crash {
+                                    vcpu: 0,
+                                    reason: "the run_with controller panicked".into(),
+                                });
+                                None
+                            }
+                        }
+                    })
+            });
+            let control = match control {
+                None => None,
+                Some(Ok(h)) => Some(h),
+                Some(Err(e)) => {
+                    this.exit.request(VmExit::Crash {
+                        vcpu: 0,
+                        reason: format!("spawning the run_with controller thread failed: {e}"),
+                    });
+                    None
+                }
+            };
             let loop_result = this.event_loop();
             // However the loop ended, the VM ends now.
             this.exit.request(VmExit::Crash {
@@ -363,7 +736,8 @@ impl Vmm {
                 .into_iter()
                 .map(|h| h.join().unwrap_or_default())
                 .collect();
-            (stats, loop_result)
+            let value = control.and_then(|h| h.join().ok().flatten());
+            (stats, loop_result, value)
         });
         loop_result?;
         let end = Instant::now();
@@ -384,7 +758,7 @@ impl Vmm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        Ok(RunOutcome {
+        let outcome = RunOutcome {
             exit,
             ucalls,
             unknown_ports: self.pio.unknown_accesses(),
@@ -397,7 +771,9 @@ impl Vmm {
             },
             vcpu_stats: stats,
             memory,
-        })
+            stopped_by_controller: controller_stopped.load(Ordering::Acquire),
+        };
+        Ok((outcome, value))
     }
 
     fn event_loop(&self) -> Result<(), VmmError> {
@@ -413,6 +789,71 @@ impl Vmm {
             em.run_with_timeout(200).map_err(err)?;
         }
         Ok(())
+    }
+}
+
+/// The live VM, as [`Vmm::run_with`]'s controller sees it.
+pub struct VmHandle<'a> {
+    vm: &'a Vm,
+    mem: &'a GuestMemoryMmap,
+    exit: &'a ExitSignal,
+    ktids: &'a [AtomicU32],
+    extra_slots: &'a [u32],
+    controller_stopped: &'a AtomicBool,
+}
+
+impl std::fmt::Debug for VmHandle<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmHandle")
+            .field("extra_slots", &self.extra_slots)
+            .finish()
+    }
+}
+
+impl VmHandle<'_> {
+    /// The VM: memslot set/delete/move/flags, dirty logs, its fd for KVM stats.
+    pub fn vm(&self) -> &Vm {
+        self.vm
+    }
+
+    /// Guest RAM (the config's; extra memslots are the caller's own mappings).
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        self.mem
+    }
+
+    /// The VM's end signal (`fired()` once the VM is ending).
+    pub fn exit_signal(&self) -> &ExitSignal {
+        self.exit
+    }
+
+    /// Whether the VM has ended or is ending (the guest ended it, a vCPU crashed, or a
+    /// stop was requested).
+    pub fn stopped(&self) -> bool {
+        self.exit.fired()
+    }
+
+    /// Ends the VM with `reason` (ignored if it has already ended). Returns whether this
+    /// call ended it.
+    pub fn request_stop(&self, reason: VmExit) -> bool {
+        let won = self.exit.request(reason);
+        if won {
+            self.controller_stopped.store(true, Ordering::Release);
+        }
+        won
+    }
+
+    /// The kernel thread ids (gettid(2), as tracefs `set_event_pid` wants) of the vCPU
+    /// threads, in vCPU order; 0 for a vCPU thread that ended before recording its id.
+    pub fn vcpu_thread_ids(&self) -> Vec<u32> {
+        self.ktids
+            .iter()
+            .map(|t| t.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// The extra memslots' KVM slot ids, in the order they were given to the builder.
+    pub fn extra_memslots(&self) -> &[u32] {
+        self.extra_slots
     }
 }
 
@@ -469,7 +910,7 @@ fn load_payload(
     }
 }
 
-/// Launches `config` and waits for it: `Vmm::new(config, io)?.run()`.
+/// Launches `config` and waits for it: `VmBuilder::new(config, io).build()?.run()`.
 pub fn run(config: VmConfig, io: VmIo) -> Result<RunOutcome, VmmError> {
-    Vmm::new(config, io)?.run()
+    VmBuilder::new(config, io).build()?.run()
 }

@@ -13,5 +13,8 @@ pub mod sim;
 pub mod vstate;
 
 pub use config::{KernelConfig, VmConfig};
-pub use launch::{run, RunOutcome, VmIo, Vmm, VmmError};
+pub use launch::{
+    run, ExitHook, ExtraMemslot, HookAction, MemoryFault, RunOutcome, VcpuControl, VmBuilder,
+    VmHandle, VmIo, Vmm, VmmError,
+};
 pub use vstate::EntryPoint;

@@ -525,7 +525,7 @@ impl FaultBench {
                             mmio: mmio_ref,
                             exit: exit_ref,
                         };
-                        crate::vstate::vcpu::run_vcpu(fd, ctx, mem_ref, done)
+                        crate::vstate::vcpu::run_vcpu(fd, ctx, mem_ref, done, None)
                     })
                     .map_err(|e| kvm_err(&e))?;
             }

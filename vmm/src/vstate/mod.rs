@@ -4,9 +4,11 @@
 //! - [`vm`]: the VM (irqchip, PIT, memslots).
 //! - [`vcpu`]: vCPU register setup, threads, and exit dispatch ([`vcpu::dispatch_exit`],
 //!   a free function testable with made-up exits).
+//! - [`hook`]: the per-exit extension point ([`hook::ExitHook`]) and its vCPU view.
 //! - [`entry`]: the [`EntryPoint`] contract with the loaders.
 
 pub mod entry;
+pub mod hook;
 pub mod kvm;
 pub mod stats;
 pub mod vcpu;

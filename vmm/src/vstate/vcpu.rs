@@ -5,6 +5,7 @@
 //! exits and no `/dev/kvm` (like firecracker's `handle_kvm_exit`).
 
 use super::entry::{ApStartup, EntryPoint, GDT_START, PML4_START};
+use super::hook::{ExitHook, HookAction, MemoryFault, VcpuControl};
 use devices::bus::Bus;
 use devices::exit::{ExitSignal, VmExit};
 use kvm_bindings::{
@@ -389,6 +390,18 @@ pub enum CrashKind {
     Unexpected(String),
 }
 
+impl CrashKind {
+    /// The exit's KVM name (what [`ExitHook::on_unhandled_exit`] gets).
+    pub fn name(&self) -> String {
+        match self {
+            CrashKind::InternalError => "KVM_EXIT_INTERNAL_ERROR".into(),
+            CrashKind::Shutdown => "KVM_EXIT_SHUTDOWN".into(),
+            CrashKind::FailEntry { .. } => "KVM_EXIT_FAIL_ENTRY".into(),
+            CrashKind::Unexpected(what) => what.clone(),
+        }
+    }
+}
+
 /// Everything an exit may touch.
 #[derive(Debug)]
 pub struct ExitContext<'a> {
@@ -589,34 +602,84 @@ pub struct VcpuStats {
 }
 
 /// Runs vCPU `index` until the VM ends; reports crashes through `ctx.exit`.
+///
+/// `hook`, when given, sees KVM_RUN errors (EFAULT with or without `KVM_EXIT_MEMORY_FAULT`
+/// info, ...) and the exits [`dispatch_exit`] reports as crashes, before the default action.
 pub fn run_vcpu(
     mut vcpu: VcpuFd,
     ctx: ExitContext<'_>,
     mem: &GuestMemoryMmap,
     finished: &AtomicBool,
+    hook: Option<&dyn ExitHook>,
 ) -> VcpuStats {
     let mut stats = VcpuStats::default();
     let run_ptr: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
     KVM_RUN.with(|c| c.set(run_ptr));
     while !ctx.exit.fired() {
+        // KVM leaves exit_reason stale on errors that carry no KVM_EXIT_MEMORY_FAULT, so
+        // clear it: kvm-ioctls reads it after an EFAULT to decide whether `memory_fault` is
+        // valid.
+        vcpu.get_kvm_run().exit_reason = 0;
         let res = vcpu.run();
+        // Read right away: errno of a failed KVM_RUN (kvm-ioctls hides it for MemoryFault).
+        let os_errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
         if stats.first_exit.is_none() {
             stats.first_exit = Some(std::time::Instant::now());
         }
-        let action = match res {
+        // (errno, memory fault info) of a failed KVM_RUN, or the dispatched action.
+        let outcome: Result<ExitAction, (i32, Option<MemoryFault>)> = match res {
+            Ok(VcpuExit::MemoryFault { flags, gpa, size }) => {
+                let errno = if os_errno == libc::EHWPOISON {
+                    libc::EHWPOISON
+                } else {
+                    libc::EFAULT
+                };
+                Err((errno, Some(MemoryFault { gpa, size, flags })))
+            }
             Ok(exit) => {
                 match &exit {
                     VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => stats.exit_io += 1,
                     VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => stats.exit_mmio += 1,
                     _ => {}
                 }
-                dispatch_exit(exit, &ctx)
+                Ok(dispatch_exit(exit, &ctx))
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
-                ExitAction::Continue
+                Ok(ExitAction::Continue)
             }
-            Err(e) => ExitAction::Crash(CrashKind::Unexpected(format!("KVM_RUN failed: {e}"))),
+            Err(e) => Err((e.errno(), None)),
+        };
+        let (action, hook_said) = match outcome {
+            Ok(ExitAction::Crash(kind)) => {
+                let said = hook.map(|h| {
+                    h.on_unhandled_exit(&mut VcpuControl::new(&mut vcpu, ctx.vcpu), &kind.name())
+                });
+                (ExitAction::Crash(kind), said)
+            }
+            Ok(a) => (a, None),
+            Err((errno, fault)) => {
+                let said = hook.map(|h| {
+                    h.on_run_error(&mut VcpuControl::new(&mut vcpu, ctx.vcpu), errno, fault)
+                });
+                let err = std::io::Error::from_raw_os_error(errno);
+                let what = match fault {
+                    Some(f) => format!(
+                        "KVM_RUN failed: {err} (KVM_EXIT_MEMORY_FAULT gpa {:#x} size {:#x} flags {:#x})",
+                        f.gpa, f.size, f.flags
+                    ),
+                    None => format!("KVM_RUN failed: {err}"),
+                };
+                (ExitAction::Crash(CrashKind::Unexpected(what)), said)
+            }
+        };
+        let action = match hook_said {
+            None | Some(HookAction::Default) => action,
+            Some(HookAction::Continue) => ExitAction::Continue,
+            Some(HookAction::Stop(reason)) => {
+                ctx.exit.request(reason);
+                ExitAction::Stop
+            }
         };
         match action {
             ExitAction::Continue => {}
@@ -635,6 +698,13 @@ pub fn run_vcpu(
     finished.store(true, Ordering::Release);
     drop(vcpu);
     stats
+}
+
+/// The calling thread's kernel thread id (gettid(2); what tracefs `set_event_pid` takes).
+pub fn current_kernel_tid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    u32::try_from(tid).unwrap_or(0)
 }
 
 /// The calling thread's pthread id (for [`stop_vcpus`]).
