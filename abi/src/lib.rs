@@ -142,7 +142,7 @@ pub mod touch {
 ///
 /// Each vCPU `i` owns a [`Mailbox`] at [`mailbox_gpa`]`(i)` in the agent's own RAM. At start
 /// the guest fills `magic`, `vcpu` and [`AccessCode`] (where its access instructions are),
-/// sets `result.status = READY` and writes `i` (32-bit) to its doorbell port
+/// sets `result.status = READY` and writes `i` (one byte) to its doorbell port
 /// [`DOORBELL_PORT_BASE`]` + i`. The host's doorbell device does not return from that port
 /// write until it has put the next [`Command`] into the mailbox, so the `out` both says
 /// "result ready" and "give me the next command"; one port per vCPU keeps a blocked vCPU
@@ -166,7 +166,7 @@ pub mod agent {
     pub const MAILBOX_STRIDE: u64 = 512;
     /// `Mailbox::magic` once the guest has set it up ("agentMBX").
     pub const MAILBOX_MAGIC: u64 = 0x5842_4d74_6e65_6761;
-    /// vCPU `i` rings port `DOORBELL_PORT_BASE + i` (a 32-bit `out` of `i`).
+    /// vCPU `i` rings port `DOORBELL_PORT_BASE + i` (an 8-bit `out` of `i`).
     pub const DOORBELL_PORT_BASE: u16 = 0x600;
     /// Ports in the doorbell range (one per possible vCPU).
     pub const DOORBELL_PORTS: u16 = super::MAX_VCPUS as u16;

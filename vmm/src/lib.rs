@@ -3,6 +3,7 @@
 
 pub mod bench_boot;
 pub mod boot;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod guests;

@@ -260,7 +260,7 @@ fn ring(index: u64) {
     let port = DOORBELL_PORT_BASE + index as u16;
     // SAFETY: port I/O exits to the VMM, which writes only our mailbox meanwhile.
     unsafe {
-        core::arch::asm!("out dx, eax", in("dx") port, in("eax") index as u32, options(nostack))
+        core::arch::asm!("out dx, al", in("dx") port, in("al") index as u8, options(nostack))
     };
 }
 
