@@ -880,18 +880,9 @@ impl ExitHook for Hook {
             );
             return HookAction::Default;
         };
-        let exec_target = st.current.and_then(|c| {
-            let exec = c.op == op::EXEC || (c.op == op::LOOP && c.loop_op == op::EXEC);
-            exec.then_some(c.gva)
-        });
-        let mut new = regs;
-        if regs.rip == code.read_insn || regs.rip == code.write_insn {
-            new.rip = code.efault_resume;
-        } else if Some(regs.rip) == exec_target {
-            // The `call` pushed its return address: pop it.
-            new.rip = code.efault_resume;
-            new.rsp = regs.rsp.wrapping_add(8);
-        } else {
+        let mem = self.shared.mem.get();
+        let stack_word = |gva: u64| mem.and_then(|m| m.read_obj::<u64>(GuestAddress(gva)).ok());
+        let Some(new) = resume_after_efault(&regs, &code, st.current.as_ref(), stack_word) else {
             drop(st);
             self.crash(
                 index,
@@ -904,7 +895,7 @@ impl ExitHook for Hook {
                 ),
             );
             return HookAction::Default;
-        }
+        };
         st.efault_count += 1;
         if st.efaults.len() < MAX_RECORDS {
             st.efaults.push(fault);
@@ -924,6 +915,32 @@ impl ExitHook for Hook {
         self.crash(vcpu.index(), format!("{what} at RIP {rip:#x}"));
         HookAction::Default
     }
+}
+
+/// The registers that resume the agent past an access `KVM_RUN` failed on, or `None` when
+/// RIP is not at one: the published read or write instruction, or (exec) the called gva
+/// with the agent's return address on top of the stack (`stack_word` reads guest memory;
+/// the agent's stacks are identity mapped).
+fn resume_after_efault(
+    regs: &kvm_bindings::kvm_regs,
+    code: &AccessCode,
+    current: Option<&Command>,
+    stack_word: impl Fn(u64) -> Option<u64>,
+) -> Option<kvm_bindings::kvm_regs> {
+    let mut new = *regs;
+    if regs.rip == code.read_insn || regs.rip == code.write_insn {
+        new.rip = code.efault_resume;
+        return Some(new);
+    }
+    let c = current?;
+    let exec = c.op == op::EXEC || (c.op == op::LOOP && c.loop_op == op::EXEC);
+    if exec && regs.rip == c.gva && stack_word(regs.rsp) == Some(code.exec_return) {
+        // The `call` pushed its return address: pop it.
+        new.rip = code.efault_resume;
+        new.rsp = regs.rsp.wrapping_add(8);
+        return Some(new);
+    }
+    None
 }
 
 /// Present + writable.
@@ -1084,6 +1101,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("identity map"), "{e}");
+    }
+
+    #[test]
+    fn efault_resumes_only_at_the_agents_own_accesses() {
+        let code = AccessCode {
+            read_insn: 0x20_0053,
+            write_insn: 0x20_0060,
+            exec_insn: 0x20_00a0,
+            exec_return: 0x20_00a3,
+            efault_resume: 0x20_00b0,
+        };
+        let regs = |rip, rsp| kvm_bindings::kvm_regs {
+            rip,
+            rsp,
+            rax: 7,
+            ..Default::default()
+        };
+        let stack = |gva: u64| (gva == 0x30_0ff8).then_some(0x20_00a3);
+        for rip in [code.read_insn, code.write_insn] {
+            let r = resume_after_efault(&regs(rip, 0x30_1000), &code, None, stack).unwrap();
+            assert_eq!((r.rip, r.rsp, r.rax), (code.efault_resume, 0x30_1000, 7));
+        }
+        let exec = Command {
+            op: op::EXEC,
+            gva: 64 << 30,
+            ..Command::default()
+        };
+        let r = resume_after_efault(&regs(64 << 30, 0x30_0ff8), &code, Some(&exec), stack).unwrap();
+        assert_eq!(
+            (r.rip, r.rsp),
+            (code.efault_resume, 0x30_1000),
+            "return address popped"
+        );
+        let looped = Command {
+            op: op::LOOP,
+            loop_op: op::EXEC,
+            gva: 64 << 30,
+            ..Command::default()
+        };
+        assert!(
+            resume_after_efault(&regs(64 << 30, 0x30_0ff8), &code, Some(&looped), stack).is_some()
+        );
+        // Anywhere else (the guest's own code, an exec whose stack does not hold our return
+        // address, a read command at the exec gva) is not ours to skip.
+        assert!(
+            resume_after_efault(&regs(0x20_0100, 0x30_1000), &code, Some(&exec), stack).is_none()
+        );
+        assert!(
+            resume_after_efault(&regs(64 << 30, 0x30_0ff0), &code, Some(&exec), stack).is_none()
+        );
+        let read = Command {
+            op: op::READ8,
+            gva: 64 << 30,
+            ..Command::default()
+        };
+        assert!(
+            resume_after_efault(&regs(64 << 30, 0x30_0ff8), &code, Some(&read), stack).is_none()
+        );
     }
 
     #[test]
