@@ -1443,4 +1443,101 @@ mod tests {
         assert_eq!(c.last_value, 1000);
         assert_eq!(outcome.exit, devices::exit::VmExit::Done(0), "{outcome:?}");
     }
+
+    #[test]
+    fn kvm_exceptions_are_reported_and_loops_count_them() {
+        if !kvm() {
+            return;
+        }
+        let rw = Mapping::new(M2 as usize, libc::PROT_READ | libc::PROT_WRITE);
+        rw.write_byte(0x5000, 0x0f); // ud2
+        rw.write_byte(0x5001, 0x0b);
+        let agent = Agent::new(1, &[(W, M2)]).unwrap();
+        let (io, _out) = crate::launch::VmIo::captured();
+        let vmm = agent
+            .attach(VmBuilder::new(agent.config(), io).memslot(slot(W, &rw)))
+            .build()
+            .unwrap();
+        agent.prepare(&vmm).unwrap();
+        let a = &agent;
+        let unmapped = 100u64 << 30; // no guest page table maps it
+        let (outcome, got) = agent
+            .run_with(vmm, move |_vm| -> Result<_, AgentError> {
+                Ok((
+                    a.access(0, AccessKind::Read, unmapped + 0x18, 0, T)?,
+                    a.access(0, AccessKind::Write, unmapped, 1, T)?,
+                    a.access(0, AccessKind::Read, 0x8000_0000_0000, 0, T)?,
+                    a.access(0, AccessKind::Exec, W + 0x5000, 0, T)?,
+                    {
+                        a.start_loop(0, AccessKind::Read, unmapped, 0, Some(50), T)?;
+                        a.stop_loop(0, T)?
+                    },
+                    a.access(0, AccessKind::Read, W, 0, T)?,
+                ))
+            })
+            .unwrap();
+        let (pf_read, pf_write, gp, ud, looped, after) = got.unwrap().unwrap();
+        let pf = |error_code, cr2| AccessOutcome::Exception {
+            vector: 14,
+            error_code,
+            cr2,
+        };
+        // #PF error code: bit 1 = write; not present.
+        assert_eq!(pf_read, pf(0, unmapped + 0x18));
+        assert_eq!(pf_write, pf(2, unmapped));
+        assert!(
+            matches!(gp, AccessOutcome::Exception { vector: 13, .. }),
+            "{gp:?}"
+        );
+        assert!(
+            matches!(ud, AccessOutcome::Exception { vector: 6, .. }),
+            "{ud:?}"
+        );
+        assert_eq!(
+            (looped.iterations, looped.exceptions, looped.completed),
+            (50, 50, 0),
+            "{looped:?}"
+        );
+        assert_eq!(looped.last_exception, Some((14, 0, unmapped)));
+        assert_eq!(after, AccessOutcome::Completed { value: 0 });
+        assert_eq!(outcome.exit, devices::exit::VmExit::Done(0), "{outcome:?}");
+    }
+
+    #[test]
+    fn kvm_race_loop_sees_mprotect_take_effect() {
+        if !kvm() {
+            return;
+        }
+        let rw = Mapping::new(M2 as usize, libc::PROT_READ | libc::PROT_WRITE);
+        let agent = Agent::new(1, &[(W, M2)]).unwrap();
+        let (io, _out) = crate::launch::VmIo::captured();
+        let vmm = agent
+            .attach(VmBuilder::new(agent.config(), io).memslot(slot(W, &rw)))
+            .build()
+            .unwrap();
+        agent.prepare(&vmm).unwrap();
+        let (a, m) = (&agent, &rw);
+        let (_outcome, got) = agent
+            .run_with(vmm, move |_vm| -> Result<_, AgentError> {
+                a.start_loop(0, AccessKind::Write, W + 0x40, 5, None, T)?;
+                std::thread::sleep(Duration::from_millis(30));
+                m.protect(libc::PROT_READ);
+                std::thread::sleep(Duration::from_millis(30));
+                let c = a.stop_loop(0, T)?;
+                m.protect(libc::PROT_READ | libc::PROT_WRITE);
+                let after = a.access(0, AccessKind::Write, W + 0x40, 6, T)?;
+                Ok((c, after))
+            })
+            .unwrap();
+        let (c, after) = got.unwrap().unwrap();
+        eprintln!("race loop: {c:?}");
+        // Before mprotect every write completes; after it each one is refused (EFAULT with
+        // TDP, an emulated MMIO exit on this host), and after PROT_WRITE again it works.
+        assert_eq!(c.exceptions, 0, "{c:?}");
+        assert!(c.completed > 0, "{c:?}");
+        assert!(c.efaults + c.mmio > 0, "{c:?}");
+        assert_eq!(c.iterations, c.completed + c.efaults, "{c:?}");
+        assert_eq!(after, AccessOutcome::Completed { value: 0 });
+        assert_eq!(rw.read_u64(0x40), 6);
+    }
 }
