@@ -18,6 +18,11 @@ fn main() {
     for f in ["Cargo.toml", "build.rs", "link.ld", ".cargo/config.toml"] {
         println!("cargo:rerun-if-changed={}", guests.join(f).display());
     }
+    // The guests depend on the host-guest ABI crate by path (no registry: --offline works).
+    let abi = manifest.join("../abi");
+    for f in ["src", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", abi.join(f).display());
+    }
 
     let mut names: Vec<(String, String)> = std::fs::read_dir(guests.join("src/bin"))
         .expect("resources/guests/src/bin must exist")

@@ -9,8 +9,7 @@ use crate::bus::BusDevice;
 use crate::exit::{ExitSignal, VmExit};
 use std::sync::Arc;
 
-/// Default I/O port of the debug-exit device.
-pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+pub use faultline_abi::DEBUG_EXIT_PORT;
 
 /// The debug-exit device.
 #[derive(Debug)]

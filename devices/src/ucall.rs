@@ -38,37 +38,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-/// I/O port of the ucall device.
-pub const UCALL_PORT: u16 = 0xe0;
-/// Length of the ucall port range.
-pub const UCALL_LEN: u16 = 4;
-/// Longest string a ucall may pass.
-pub const MAX_STR: u64 = 4096;
-
-/// Command numbers (`UcallRaw::cmd`).
-pub mod cmd {
-    /// Print a string.
-    pub const PRINT: u64 = 1;
-    /// Report reaching a stage.
-    pub const SYNC: u64 = 2;
-    /// End with a status.
-    pub const DONE: u64 = 3;
-    /// A failed assertion.
-    pub const ASSERT: u64 = 4;
-}
-
-/// The in-guest-memory ucall structure, as the guest lays it out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct UcallRaw {
-    /// Command ([`cmd`]).
-    pub cmd: u64,
-    /// Arguments (see the module docs).
-    pub args: [u64; 6],
-}
-
-/// Size of [`UcallRaw`] in guest memory.
-pub const UCALL_SIZE: usize = 56;
+// The wire format lives in the host-guest ABI crate, shared with the guests' runtime.
+pub use faultline_abi::ucall::{cmd, UcallRaw, MAX_STR, UCALL_LEN, UCALL_PORT, UCALL_SIZE};
 
 /// A decoded ucall.
 #[derive(Debug, Clone, PartialEq, Eq)]

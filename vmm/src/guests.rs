@@ -13,7 +13,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 /// The guest `faultline run` runs when neither --kernel nor --guest is given.
 pub const DEFAULT_GUEST: &str = "hello";
 /// Most vCPUs a built-in guest supports (its runtime has this many stacks).
-pub const MAX_GUEST_VCPUS: u32 = 64;
+pub const MAX_GUEST_VCPUS: u32 = faultline_abi::MAX_VCPUS as u32;
 
 /// A built-in guest program: a static no_std ELF.
 #[derive(Debug)]

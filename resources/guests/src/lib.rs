@@ -19,8 +19,9 @@
 
 use core::fmt::{self, Write};
 
+pub use faultline_abi as abi;
 /// Most vCPUs a built-in guest supports (one stack each).
-pub const MAX_VCPUS: usize = 64;
+pub use faultline_abi::MAX_VCPUS;
 /// Bytes of stack per vCPU.
 pub const STACK_SIZE: usize = 16 * 1024;
 
@@ -96,28 +97,14 @@ pub fn halt() -> ! {
     }
 }
 
-/// Port the ucall device listens on (devices::ucall::UCALL_PORT).
-pub const UCALL_PORT: u16 = 0xe0;
-/// Port of the debug-exit device.
-pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Port the ucall device listens on, the debug-exit port (from the ABI crate).
+pub use faultline_abi::ucall::UCALL_PORT;
+pub use faultline_abi::DEBUG_EXIT_PORT;
 
-/// Ucall commands (devices::ucall::cmd).
-pub mod cmd {
-    /// Print.
-    pub const PRINT: u64 = 1;
-    /// Sync.
-    pub const SYNC: u64 = 2;
-    /// Done.
-    pub const DONE: u64 = 3;
-    /// Assert failed.
-    pub const ASSERT: u64 = 4;
-}
+/// Ucall commands (faultline_abi::ucall::cmd).
+pub use faultline_abi::ucall::cmd;
 
-#[repr(C, align(8))]
-struct UcallRaw {
-    cmd: u64,
-    args: [u64; 6],
-}
+use faultline_abi::ucall::UcallRaw;
 
 /// Makes a ucall: writes the structure's address to the ucall port (devices::ucall).
 pub fn ucall(cmd: u64, args: [u64; 6]) {

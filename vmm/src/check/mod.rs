@@ -2,14 +2,16 @@
 //! observable.
 //!
 //! - [`space`]: the scenario's VMAs as real mappings in this process, and the host operations;
+//! - [`agent`]: the built-in agent guest that performs the guest accesses on command;
 //! - [`observe`]: what the real kernel shows (tracefs, pagemap/kpageflags, host conditions);
 //! - [`compare`]: one step's model record against the real observations;
 //! - [`exec`]: the executor that drives a VM, the agent guest, the model and the observers;
 //! - [`report`]: verdicts, tables, JSON; [`cli`]: `faultline check`.
 
-// pub mod cli;
+pub mod agent;
+pub mod cli;
 pub mod compare;
-// pub mod exec;
+pub mod exec;
 pub mod observe;
 pub mod report;
 pub mod space;

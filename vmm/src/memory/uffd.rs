@@ -44,7 +44,7 @@ use userfaultfd::{Event, EventBuffer, FeatureFlags, RegisterMode, Uffd, UffdBuil
 use vmm_sys_util::eventfd::EventFd;
 
 /// XOR-ed with the tag of every 8-byte word the handler copies in ("faultlin").
-pub const PATTERN_MAGIC: u64 = 0x6661_756c_746c_696e;
+pub use faultline_abi::PATTERN_MAGIC;
 
 /// `UFFD_FEATURE_MINOR_SHMEM` (include/uapi/linux/userfaultfd.h); the crate's `FeatureFlags`
 /// does not name it.

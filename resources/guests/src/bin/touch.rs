@@ -1,7 +1,8 @@
 //! Fault-latency workload (`faultline bench faults`): each vCPU touches its own region once per page, then verifies it.
 //!
 //! Parameters come in guest memory at [`PARAMS_GPA`] (written by vmm::measure::workload
-//! before the vCPUs start; layout [`Params`], all little-endian u64). vCPU `i` touches
+//! before the vCPUs start; layout `faultline_abi::touch::TouchParams`, all little-endian
+//! u64). vCPU `i` touches
 //! `region_gpa + i * bytes_per_vcpu .. + bytes_per_vcpu`, one 8-byte access every `stride`
 //! bytes, in sequential or pseudo-random order, as a read, a write or a read then a write.
 //!
@@ -38,57 +39,23 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest::{guest_assert, guest_assert_eq, guest_main, outl, Cpu, Dec, Hex};
 
-/// Guest-physical address of [`Params`].
-pub const PARAMS_GPA: u64 = 0x10_0000;
-/// Port whose writes the host timestamps (stage numbers below).
-pub const MARK_PORT: u16 = 0xe8;
-/// Stage written right before the timed loop.
-pub const STAGE_START: u32 = 1;
-/// Stage written right after the timed loop.
-pub const STAGE_END: u32 = 2;
-/// Stage written after the verification pass.
-pub const STAGE_VERIFIED: u32 = 3;
-/// `Params::magic` ("touchPRM").
-pub const PARAMS_MAGIC: u64 = 0x4d52_5068_6375_6f74;
-/// XOR-ed with the address of every word the uffd handler copies in ("faultlin").
-pub const PATTERN_MAGIC: u64 = 0x6661_756c_746c_696e;
-
-/// Access kinds (`Params::access`).
-pub const ACCESS_READ: u64 = 0;
-/// Write only.
-pub const ACCESS_WRITE: u64 = 1;
-/// Read (and check), then write, each page.
-pub const ACCESS_READ_WRITE: u64 = 2;
-
-/// The parameter block at [`PARAMS_GPA`].
-#[repr(C)]
-pub struct Params {
-    /// [`PARAMS_MAGIC`].
-    pub magic: u64,
-    /// First byte of vCPU 0's region.
-    pub region_gpa: u64,
-    /// Bytes per vCPU.
-    pub bytes_per_vcpu: u64,
-    /// Bytes between accesses (4096: one per page).
-    pub stride: u64,
-    /// ACCESS_*.
-    pub access: u64,
-    /// 0 sequential, 1 random.
-    pub random: u64,
-    /// 0: first reads see zero; 1: they see the pattern.
-    pub expect: u64,
-    /// Seed of the random order.
-    pub seed: u64,
-    /// vCPUs that finished verifying (the barrier before vCPU 0 reports done).
-    pub finished: AtomicU64,
-    /// Accesses made per vCPU (written by the guest, checked by the host).
-    pub touched: [u64; 64],
-}
+pub use guest::abi::touch::{
+    TouchParams as Params, ACCESS_READ, ACCESS_READ_WRITE, ACCESS_WRITE, MARK_PORT, PARAMS_GPA,
+    PARAMS_MAGIC, STAGE_END, STAGE_START, STAGE_VERIFIED,
+};
+pub use guest::abi::PATTERN_MAGIC;
 
 fn params() -> &'static Params {
     // SAFETY: the host wrote a `Params` at PARAMS_GPA (identity mapped) before start; the
-    // guest only reads it, except through the atomic and its own `touched` slot.
+    // guest only reads it, except through `finished()` and its own `touched` slot.
     unsafe { &*(PARAMS_GPA as *const Params) }
+}
+
+/// `Params::finished`, updated atomically by every vCPU.
+fn finished(prm: &'static Params) -> &'static AtomicU64 {
+    // SAFETY: the field is an aligned u64 in guest memory that lives for the whole run and
+    // is only accessed atomically by the guest (the host writes it before start).
+    unsafe { AtomicU64::from_ptr(core::ptr::addr_of!(prm.finished) as *mut u64) }
 }
 
 fn mark(stage: u32) {
@@ -184,7 +151,7 @@ fn main(cpu: &Cpu) -> u64 {
         Hex(PARAMS_GPA)
     );
     guest_assert!(
-        cpu.index < 64,
+        cpu.index < guest::MAX_VCPUS as u64,
         "vCPU index {} beyond the parameter block",
         Dec(cpu.index)
     );
@@ -263,9 +230,9 @@ fn main(cpu: &Cpu) -> u64 {
         slot.write_volatile(n);
     }
     mark(STAGE_VERIFIED);
-    prm.finished.fetch_add(1, Ordering::SeqCst);
+    finished(prm).fetch_add(1, Ordering::SeqCst);
     if cpu.index == 0 {
-        while prm.finished.load(Ordering::SeqCst) < cpu.count {
+        while finished(prm).load(Ordering::SeqCst) < cpu.count {
             core::hint::spin_loop();
         }
     }
