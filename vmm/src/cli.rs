@@ -35,6 +35,14 @@ pub enum Command {
         faultline sim --explore resources/scenarios/trace4-concurrent-invalidate.toml\n  \
         faultline sim --explore --no-stale-check resources/scenarios/trace4-concurrent-invalidate.toml")]
     Sim(crate::sim::SimArgs),
+    /// Run scenarios on the model and on real KVM and report every divergence.
+    #[command(after_help = "Examples:\n  \
+        faultline check resources/scenarios                  # the shipped suite\n  \
+        faultline check resources/scenarios/kvm-thp-dontneed-4k.toml\n  \
+        faultline check --json check.json --kernel-rules 6.12 resources/scenarios\n\n\
+        Exit status: 0 nothing diverged, 1 a divergence (or a scenario compared nothing),\n\
+        2 the check could not run (bad scenario file, no /dev/kvm).")]
+    Check(crate::check::cli::CheckArgs),
     /// Benchmarks (`faultline bench faults`).
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -8,6 +8,7 @@ fn main() {
     let status = match cli.command {
         Command::Run(args) => run(args),
         Command::Sim(args) => sim(&args),
+        Command::Check(args) => vmm::check::cli::run(&args),
         Command::Bench(vmm::cli::BenchCommand::Faults(args)) => {
             vmm::measure::cli::run_faults(&args)
         }

@@ -35,7 +35,7 @@ pub struct CheckArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// KVM device node.
-    #[arg(long, env = "FAULTLINE_KVM_DEVICE", default_value_os_t = crate::config::default_kvm_device())]
+    #[arg(long, default_value_os_t = crate::config::default_kvm_device())]
     pub kvm_device: PathBuf,
 }
 

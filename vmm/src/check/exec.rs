@@ -20,12 +20,12 @@ use super::observe::pagemap::{PageKind, PageMap};
 use super::observe::tracefs::{PidFilter, TraceEvent, TraceSession};
 use super::report::{Observation, ScenarioCheck, StepCheck, Timing, Verdict};
 use super::space::{RealKind, RealSpace, RealVmaSpec, SpaceError};
-use crate::config::{MemoryConfig, Payload, VmConfig};
 use crate::launch::{ExtraMemslot, VmBuilder, VmIo};
 use mmu::scenario::{
-    HostConditions, MadviseAdvice, ModelBug, ModelOptions, Scenario, ScenarioError,
+    HostConditions, ModelBug, ModelOptions, Scenario, ScenarioError,
     ScenarioRunner, Step, StepRecord, VmaKind,
 };
+use mmu::scenario::step::{default_value, MadviseAdvice};
 use mmu::types::{Hva, KernelVersion};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -136,7 +136,6 @@ fn vma_real_kind(kind: VmaKind, page_size: u64) -> Result<RealKind, String> {
         ),
         VmaKind::Mixedmap => Err("a VM_MIXEDMAP mapping needs a driver this host does not have".into()),
         VmaKind::Devdax => Err("device-dax (ZONE_DEVICE) needs persistent memory this host does not have".into()),
-        VmaKind::Vvar => Ok(RealKind::Vvar),
     }
 }
 
@@ -184,6 +183,14 @@ fn step_not_executable(step: &Step, env: &CheckEnv) -> Option<String> {
             Some("userfaultfd steps are not wired into the executor yet".into())
         }
         Step::KsmScan(_) => Some("a KSM scan (ksmd) is not wired into the executor yet".into()),
+    }
+}
+
+fn page_bytes(p: mmu::scenario::PageSize) -> u64 {
+    match p {
+        mmu::scenario::PageSize::Size4K => 4 << 10,
+        mmu::scenario::PageSize::Size2M => 2 << 20,
+        mmu::scenario::PageSize::Size1G => 1 << 30,
     }
 }
 
@@ -340,7 +347,7 @@ fn run_real(
     let mut specs = Vec::new();
     let mut absent: Vec<(u64, u64, String)> = Vec::new();
     for v in &sc.vma {
-        match vma_real_kind(v.kind, v.page_size.map_or(2 << 20, |n| n.0)) {
+        match vma_real_kind(v.kind, v.page_size.map_or(2 << 20, page_bytes)) {
             Ok(kind) => specs.push(RealVmaSpec {
                 start: v.start.0,
                 size: v.size.0,
@@ -381,22 +388,14 @@ fn run_real(
     let windows: Vec<(u64, u64)> = slots.iter().map(|s| (s.gpa + GPA_OFFSET, s.size)).collect();
     let agent = Agent::new(vcpus, &windows).map_err(|e| e.to_string())?;
 
-    let config = VmConfig {
-        vcpus,
-        memory: MemoryConfig {
-            size: 64 << 20,
-            ..MemoryConfig::default()
-        },
-        payload: Payload::Guest("agent".into()),
-        kvm_device: opts.kvm_device.clone(),
-        ..VmConfig::default()
-    };
+    let mut config = agent.config();
+    config.kvm_device = opts.kvm_device.clone();
     let (io, _console) = VmIo::captured();
     let mut builder = VmBuilder::new(config, io);
     for s in &slots {
         let flags = &sc.memslot.iter().find(|m| m.id == s.id).map(|m| m.flags.clone()).unwrap_or_default();
         builder = builder.memslot(ExtraMemslot {
-            slot: Some(s.real_slot),
+            slot: None,
             gpa: s.gpa + GPA_OFFSET,
             size: s.size,
             host_addr: space.real_any(s.hva),
@@ -445,8 +444,8 @@ fn run_real(
 
     let steps = &sc.step;
     let mut spte_seen = false;
-    let (_outcome, results) = vmm
-        .run_with(|h| {
+    let (_outcome, results) = agent
+        .run_with(vmm, |h| {
             let mut out: Vec<StepCheck> = Vec::new();
             let mut interest: Vec<u64> = Vec::new();
             if let Some(t) = trace.as_mut() {
@@ -552,7 +551,6 @@ fn run_real(
                     observations,
                 });
             }
-            agent.exit();
             out
         })
         .map_err(|e| format!("VM run: {e}"))?;
@@ -564,9 +562,9 @@ fn run_real(
 
 fn level_from(level: u8) -> Option<mmu::types::Level> {
     match level {
-        1 => Some(mmu::types::Level::L4K),
-        2 => Some(mmu::types::Level::L2M),
-        3 => Some(mmu::types::Level::L1G),
+        1 => Some(mmu::types::Level::Pte4K),
+        2 => Some(mmu::types::Level::Pmd2M),
+        3 => Some(mmu::types::Level::Pud1G),
         _ => None,
     }
 }
@@ -634,7 +632,7 @@ fn execute(
         Step::Write(w) => {
             let value = w
                 .value
-                .map_or_else(|| mmu::scenario::default_value(w.gpa.0), |v| v.0);
+                .map_or_else(|| default_value(w.gpa.0), |v| v.0);
             real.access = Some(access(agent, w.vcpu.unwrap_or(0), AccessKind::Write, w.gpa.0, value, opts));
         }
         Step::Munmap(r) => host(space.munmap(r.start.0, r.size.0), real),
@@ -655,7 +653,7 @@ fn execute(
             let r = match step {
                 Step::MemslotDelete(_) => vm.delete_memslot(slot.real_slot).map_err(|e| e.to_string()),
                 Step::DirtyLogEnable(_) => vm
-                    .set_memslot(slot.real_slot, slot.gpa + GPA_OFFSET, slot.size, space.real_any(slot.hva), crate::vstate::vm::MEMSLOT_DIRTY_LOG)
+                    .set_memslot(slot.real_slot, slot.gpa + GPA_OFFSET, slot.size, space.real_any(slot.hva), crate::vstate::vm::MemslotFlags { readonly: false, dirty_log: true })
                     .map_err(|e| e.to_string()),
                 _ => vm.get_dirty_log(slot.real_slot, slot.size).map(|_| ()).map_err(|e| e.to_string()),
             };
@@ -671,7 +669,7 @@ fn execute(
             let vm = h.vm();
             let r = vm
                 .delete_memslot(slot.real_slot)
-                .and_then(|()| vm.set_memslot(slot.real_slot, m.gpa.0 + GPA_OFFSET, slot.size, space.real_any(slot.hva), 0));
+                .and_then(|()| vm.set_memslot(slot.real_slot, m.gpa.0 + GPA_OFFSET, slot.size, space.real_any(slot.hva), crate::vstate::vm::MemslotFlags::default()));
             if let Err(e) = r {
                 real.host_error = Some(e.to_string());
             }
