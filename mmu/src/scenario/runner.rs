@@ -288,6 +288,19 @@ impl ScenarioRunner {
         })
     }
 
+    /// Skips step `index` (in order) without running it: what `faultline check` does on both
+    /// sides with a step the real host cannot perform, so the steps after it stay comparable.
+    pub fn skip(&mut self, index: usize) -> Result<(), ScenarioError> {
+        if index != self.next || index >= self.scenario.step.len() {
+            return Err(ScenarioError::OutOfOrder {
+                asked: index,
+                next: self.next,
+            });
+        }
+        self.next += 1;
+        Ok(())
+    }
+
     /// Runs step `index`; steps run in order, each once.
     pub fn step(&mut self, index: usize) -> Result<StepRecord, ScenarioError> {
         if index != self.next || index >= self.scenario.step.len() {

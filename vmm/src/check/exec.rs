@@ -310,6 +310,9 @@ fn model_options(sc: &Scenario, opts: &CheckOptions, env: &CheckEnv) -> (ModelOp
 
 fn real_page(pm: &PageMap, addr: u64) -> Option<RealPage> {
     let st = pm.state(addr).ok()?;
+    if std::env::var_os("FAULTLINE_CHECK_DEBUG").is_some() {
+        eprintln!("check: page {addr:#x}: {st:?}");
+    }
     if !st.present {
         return None;
     }
@@ -326,10 +329,16 @@ fn real_page(pm: &PageMap, addr: u64) -> Option<RealPage> {
         PageKind::Pfnmap => "pfnmap",
         PageKind::Unknown => "unknown",
     };
+    // The mapping size, not the folio's: a PTE-mapped THP subpage is a 4K mapping.
+    let size = match super::observe::pagemap_scan::mapping_is_huge(addr) {
+        Some(true) => st.size.max(2 << 20),
+        Some(false) => 4096,
+        None => st.size,
+    };
     Some(RealPage {
         present: true,
         kind: kind.into(),
-        size: st.size,
+        size,
     })
 }
 
@@ -448,10 +457,45 @@ fn run_real(
         .run_with(vmm, |h| {
             let mut out: Vec<StepCheck> = Vec::new();
             let mut interest: Vec<u64> = Vec::new();
+            let mut skipped: Vec<usize> = Vec::new();
             if let Some(t) = trace.as_mut() {
                 let _ = t.drain();
             }
             for (i, step) in steps.iter().enumerate() {
+                // A step the host cannot perform is skipped on both sides, so the steps
+                // after it still compare like with like.
+                let touched = step
+                    .guest_access()
+                    .and_then(|(_, gpa, _)| {
+                        slots
+                            .iter()
+                            .find(|s| gpa >= s.gpa && gpa - s.gpa < s.size)
+                            .map(|s| s.hva + (gpa - s.gpa))
+                    })
+                    .or(step.host_range().map(|(s, _)| s.0));
+                let reason = touched
+                    .and_then(|a| absent.iter().find(|(s, e, _)| a >= *s && a < *e))
+                    .map(|(_, _, r)| r.clone())
+                    .or_else(|| step_not_executable(step, env));
+                if let Some(reason) = reason {
+                    let _ = runner.skip(i);
+                    skipped.push(i);
+                    out.push(StepCheck {
+                        step: i,
+                        what: describe(step),
+                        observations: vec![Observation::uncompared(
+                            "step",
+                            "-",
+                            Some("skipped".into()),
+                            Some("skipped".into()),
+                            Verdict::NotExecutable(reason),
+                        )],
+                    });
+                    if let Some(t) = trace.as_mut() {
+                        let _ = t.drain();
+                    }
+                    continue;
+                }
                 let rec = match runner.step(i) {
                     Ok(r) => r,
                     Err(e) => {
@@ -470,16 +514,7 @@ fn run_real(
                     }
                 };
                 let mut real = RealStep::default();
-                let touched_absent = rec
-                    .hva
-                    .map(|hva| hva.0)
-                    .or(rec.range.map(|(s, _)| s.0))
-                    .and_then(|a| absent.iter().find(|(s, e, _)| a >= *s && a < *e));
-                if let Some((_, _, reason)) = touched_absent {
-                    real.not_executable = Some(reason.clone());
-                } else if let Some(reason) = step_not_executable(step, env) {
-                    real.not_executable = Some(reason);
-                } else {
+                if rec.not_modelled.is_none() {
                     execute(step, &rec, &mut space, &agent, h, &slots, opts, &mut real);
                 }
                 // Observers, after the step.
@@ -551,10 +586,18 @@ fn run_real(
                     observations,
                 });
             }
-            out
+            (out, skipped)
         })
         .map_err(|e| format!("VM run: {e}"))?;
-    check.steps = results.unwrap_or_default();
+    let (steps_checked, skipped) = results.unwrap_or_default();
+    check.steps = steps_checked;
+    if let Some(first) = skipped.first() {
+        if *first + 1 < sc.step.len() {
+            check.notes.push(format!(
+                "step(s) {skipped:?} cannot run here and were skipped on both sides; the steps after them run without them"
+            ));
+        }
+    }
     check.timing.steps_s = t_steps.elapsed().as_secs_f64();
     drop(space);
     Ok(())

@@ -12,3 +12,4 @@ pub mod host;
 pub mod pagemap;
 pub mod probe;
 pub mod tracefs;
+pub mod pagemap_scan;
