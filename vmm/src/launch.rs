@@ -391,7 +391,7 @@ impl VmIo {
 /// Host-side timestamps of one run (for `faultline bench boot`).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeline {
-    /// `Vmm::new` was called.
+    /// [`VmBuilder::build`] (or `Vmm::new`) started.
     pub start: Instant,
     /// The vCPUs were about to enter the guest.
     pub vcpus_started: Instant,
@@ -1055,10 +1055,13 @@ mod tests {
         assert_eq!(dirty as usize, size / 4096, "{bitmap:x?}");
     }
 
+    /// (vCPU, errno, memory fault, RIP) of one on_run_error call.
+    type RunError = (usize, i32, Option<MemoryFault>, u64);
+
     /// Records what the hook saw and stops the VM.
     #[derive(Default)]
     struct RecordingHook {
-        run_errors: Mutex<Vec<(usize, i32, Option<MemoryFault>, u64)>>,
+        run_errors: Mutex<Vec<RunError>>,
         unhandled: Mutex<Vec<(usize, String, u64)>>,
     }
     impl ExitHook for RecordingHook {
