@@ -1249,6 +1249,44 @@ mod tests {
         assert_eq!(outcome.exit, VmExit::Reset);
     }
 
+    /// Counts MMIO reads and answers zero.
+    #[derive(Default)]
+    struct ZeroMmio(Vec<u64>);
+    impl BusDevice for ZeroMmio {
+        fn read(&mut self, _: usize, offset: u64, data: &mut [u8]) {
+            self.0.push(offset);
+            data.fill(0);
+        }
+        fn write(&mut self, _: usize, _: u64, _: &[u8]) {}
+    }
+
+    #[test]
+    fn mmio_device_answers_guest_reads_where_no_memslot_is() {
+        if !kvm_present() {
+            return;
+        }
+        let size = 16 * 4096u64;
+        let dev = Arc::new(Mutex::new(ZeroMmio::default()));
+        let (io, _out) = VmIo::captured();
+        let vmm = VmBuilder::new(touch_config(), io)
+            .mmio_device(REGION_GPA, size, dev.clone())
+            .pio_device(MARK_PORT, 4, Arc::new(Mutex::new(Stages::default())))
+            .build()
+            .unwrap();
+        assert!(vmm.extra_memslots().is_empty());
+        touch_params(size, Access::Read)
+            .write(vmm.guest_memory())
+            .unwrap();
+        let outcome = vmm.run().unwrap();
+        assert_eq!(outcome.exit, VmExit::Done(0), "{:?}", outcome.exit);
+        assert!(outcome.unknown_mmio.is_empty(), "{outcome:?}");
+        let reads = dev.lock().unwrap().0.clone();
+        // One 8-byte read per page, at each page's offset in the device.
+        let pages: Vec<u64> = (0..16).map(|p| p * 4096).collect();
+        assert!(reads.starts_with(&pages), "{reads:x?}");
+        assert!(outcome.vcpu_stats[0].exit_mmio >= 16);
+    }
+
     #[test]
     fn overlapping_or_taken_memslots_are_refused_before_any_vm() {
         let ram = [(0u64, 32u64 << 20)];
