@@ -160,8 +160,9 @@ impl Vm {
             .map_err(VmError::IdentityMap)?;
         fd.create_irq_chip().map_err(VmError::Irqchip)?;
         let offered = |cap: u32| fd.check_extension_raw(libc::c_ulong::from(cap)) > 0;
-        // KVM_CAP_MEMORY_FAULT_INFO is informational on x86 (kvm_vm_ioctl_check_extension_generic()
-        // reports it; KVM_ENABLE_CAP of it is -EINVAL), so "enabling" it is checking for it.
+        // KVM_CAP_MEMORY_FAULT_INFO is informational (kvm_vm_ioctl_check_extension() in
+        // arch/x86/kvm/x86.c reports it; there is nothing to KVM_ENABLE_CAP), so "enabling"
+        // it is checking for it.
         let memory_fault_info = offered(KVM_CAP_MEMORY_FAULT_INFO);
         // Models kvm_vm_ioctl_enable_cap_generic()'s KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 case:
         // with the enable bit (and not KVM_DIRTY_LOG_INITIALLY_SET) GET no longer clears.
