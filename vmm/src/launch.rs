@@ -21,7 +21,7 @@ use crate::memory::{create_guest_memory, GuestRamError};
 pub use crate::vstate::hook::{ExitHook, HookAction, MemoryFault, VcpuControl, VcpuControlError};
 use crate::vstate::kvm::{open_kvm, KvmOpenError};
 use crate::vstate::vcpu::{self, ExitContext, VcpuSetupError, VcpuStats};
-use crate::vstate::vm::{MemslotFlags, Vm, VmError};
+use crate::vstate::vm::{MemslotFlags, Vm, VmError, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::vstate::{ApStartup, EntryPoint};
 use devices::bus::Bus;
 use devices::console::Console;
@@ -208,6 +208,17 @@ fn assign_slots(
                 other: name(u.0),
                 other_gpa: u.1,
                 other_size: u.2,
+            });
+        }
+        // KVM's identity-map page and 3 TSS pages (Vm::create sets them; KVM_SET_TSS_ADDR).
+        let (rs, re) = (KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS + 3 * PAGE);
+        if e.gpa < re && rs < end {
+            return Err(ExtraMemslotError::Overlap {
+                gpa: e.gpa,
+                size: e.size,
+                other: "KVM's TSS and identity-map pages".into(),
+                other_gpa: rs,
+                other_size: re - rs,
             });
         }
         used.push((slot, e.gpa, e.size));
@@ -1341,6 +1352,8 @@ mod tests {
         assert!(e.to_string().contains("overlaps guest RAM"), "{e}");
         let e = assign_slots(&ram, &[slot(Some(0), 1 << 30, 4096)]).unwrap_err();
         assert!(e.to_string().contains("already used by guest RAM"), "{e}");
+        let e = assign_slots(&ram, &[slot(None, 0xfff0_0000, 1 << 20)]).unwrap_err();
+        assert!(e.to_string().contains("TSS"), "{e}");
         let e = assign_slots(&ram, &[slot(None, 1 << 30, 100)]).unwrap_err();
         assert!(e.to_string().contains("4 KiB aligned"), "{e}");
         let got = assign_slots(
