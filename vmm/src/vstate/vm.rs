@@ -126,6 +126,17 @@ pub struct MemslotFlags {
     pub dirty_log: bool,
 }
 
+impl From<u32> for MemslotFlags {
+    /// From `KVM_MEM_*` bits (other bits, e.g. KVM_MEM_GUEST_MEMFD, are not supported and
+    /// dropped).
+    fn from(bits: u32) -> Self {
+        MemslotFlags {
+            readonly: bits & KVM_MEM_READONLY != 0,
+            dirty_log: bits & KVM_MEM_LOG_DIRTY_PAGES != 0,
+        }
+    }
+}
+
 impl MemslotFlags {
     /// The `kvm_userspace_memory_region.flags` bits.
     pub fn bits(self) -> u32 {
@@ -240,11 +251,11 @@ impl Vm {
         gpa: u64,
         size: u64,
         host_addr: u64,
-        flags: MemslotFlags,
+        flags: impl Into<MemslotFlags>,
     ) -> Result<(), VmError> {
         let r = kvm_userspace_memory_region {
             slot,
-            flags: flags.bits(),
+            flags: flags.into().bits(),
             guest_phys_addr: gpa,
             memory_size: size,
             userspace_addr: host_addr,
@@ -426,7 +437,8 @@ mod tests {
             assert!(e.contains("too short"), "{e}");
         }
         // A move (same size and hva, new gpa), then dirty logging off.
-        vm.set_memslot(3, 2 << 30, size, hva, log).unwrap();
+        vm.set_memslot(3, 2 << 30, size, hva, KVM_MEM_LOG_DIRTY_PAGES)
+            .unwrap();
         vm.set_memslot(3, 2 << 30, size, hva, MemslotFlags::default())
             .unwrap();
         let e = vm.get_dirty_log(3, size).unwrap_err().to_string();
