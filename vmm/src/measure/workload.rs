@@ -332,13 +332,13 @@ impl FaultBench {
                 self.vcpus
             )));
         }
-        if self.stride < 8 || self.stride % 8 != 0 || self.stride > self.bytes_per_vcpu {
+        if self.stride < 8 || !self.stride.is_multiple_of(8) || self.stride > self.bytes_per_vcpu {
             return Err(BenchError::BadArgument(format!(
                 "--stride {}: use a multiple of 8 between 8 and --size (4096 = one access per page)",
                 self.stride
             )));
         }
-        if self.bytes_per_vcpu == 0 || self.bytes_per_vcpu % 4096 != 0 {
+        if self.bytes_per_vcpu == 0 || !self.bytes_per_vcpu.is_multiple_of(4096) {
             return Err(BenchError::BadArgument(format!(
                 "--size {}: use a non-zero multiple of 4K, e.g. 16M or 1G",
                 self.bytes_per_vcpu
@@ -354,7 +354,7 @@ impl FaultBench {
             });
         }
         for &b in &self.backings {
-            if self.bytes_per_vcpu % b.page_size() as u64 != 0 {
+            if !self.bytes_per_vcpu.is_multiple_of(b.page_size() as u64) {
                 return Err(BenchError::BadArgument(format!(
                     "--size {} is not a multiple of the {} page size ({} bytes)",
                     self.bytes_per_vcpu,
