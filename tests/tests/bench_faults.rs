@@ -173,6 +173,7 @@ fn hugetlb_1g_backing_runs_through_the_binary() {
         .filter(|l| l.starts_with("anonymous_hugetlb_1gb"))
         .collect();
     assert_eq!(rows.len(), 2, "{}", out.transcript());
+    eprintln!("{}", rows.join("\n"));
 }
 
 #[test]
