@@ -356,27 +356,30 @@ fn open_raw(flags: libc::c_int) -> Result<OwnedFd, UffdError> {
         return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
     }
     let syscall = io::Error::last_os_error();
-    let dev = (|| {
-        let dev = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/userfaultfd")?;
-        // SAFETY: USERFAULTFD_IOC_NEW takes the flags as its integer argument and returns
-        // a new fd (`userfaultfd_dev_ioctl()`, fs/userfaultfd.c).
-        let fd = unsafe {
-            libc::ioctl(
-                dev.as_raw_fd(),
-                libc::c_ulong::from(USERFAULTFD_IOC_NEW),
-                flags,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the ioctl returned a new fd that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    })();
-    dev.map_err(|dev| UffdError::Create { syscall, dev })
+    open_dev(flags).map_err(|dev| UffdError::Create { syscall, dev })
+}
+
+/// Opens a userfaultfd through /dev/userfaultfd (Linux 6.1+), whose file permissions, not
+/// `vm.unprivileged_userfaultfd`, decide who may handle kernel-mode faults.
+fn open_dev(flags: libc::c_int) -> io::Result<OwnedFd> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd")?;
+    // SAFETY: USERFAULTFD_IOC_NEW takes the flags as its integer argument and returns a new
+    // fd (`userfaultfd_dev_ioctl()`, fs/userfaultfd.c).
+    let fd = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            libc::c_ulong::from(USERFAULTFD_IOC_NEW),
+            flags,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Uffd {
@@ -830,5 +833,27 @@ mod tests {
             matches!(e, UffdError::FeaturesUnsupported { missing, .. } if missing == 1 << 62),
             "{e}"
         );
+    }
+
+    #[test]
+    fn dev_userfaultfd_route_gives_a_working_uffd() {
+        let fd = match open_dev(libc::O_CLOEXEC | libc::O_NONBLOCK) {
+            Ok(fd) => fd,
+            Err(e) => {
+                crate::testing::skip(
+                    "memory::uffd::sys::tests::dev_userfaultfd_route_gives_a_working_uffd",
+                    &format!("/dev/userfaultfd cannot be used here ({e}); it needs Linux 6.1+ and read-write access to it"),
+                );
+                return;
+            }
+        };
+        let mut api = uapi::uffdio_api {
+            api: u64::from(uapi::UFFD_API),
+            features: 0,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API takes a `struct uffdio_api`.
+        unsafe { ioctl(fd.as_fd(), nr::UFFDIO_API, &mut api) }.expect("UFFDIO_API");
+        assert_ne!(api.ioctls & (1 << uapi::_UFFDIO_REGISTER), 0);
     }
 }
