@@ -352,8 +352,11 @@ fn open_raw(flags: libc::c_int) -> Result<OwnedFd, UffdError> {
     // SAFETY: userfaultfd(2) takes one int of flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
     if fd >= 0 {
-        // SAFETY: the syscall returned a new fd that nothing else owns.
-        return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        // An fd always fits an int; the conversion cannot fail for a real answer.
+        if let Ok(fd) = RawFd::try_from(fd) {
+            // SAFETY: the syscall returned a new fd that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
     }
     let syscall = io::Error::last_os_error();
     open_dev(flags).map_err(|dev| UffdError::Create { syscall, dev })
@@ -642,9 +645,9 @@ mod tests {
 
     use super::*;
 
-    fn msg(event: u8, words: [u64; 3]) -> [u8; MSG_SIZE] {
+    fn msg(event: u32, words: [u64; 3]) -> [u8; MSG_SIZE] {
         let mut m = [0u8; MSG_SIZE];
-        m[0] = event;
+        m[0] = u8::try_from(event).expect("event types are one byte");
         for (i, w) in words.iter().enumerate() {
             m[8 + 8 * i..16 + 8 * i].copy_from_slice(&w.to_ne_bytes());
         }
@@ -655,7 +658,7 @@ mod tests {
     fn decodes_a_pagefault_with_its_flags_and_thread_id() {
         let flags = u64::from(uapi::UFFD_PAGEFAULT_FLAG_WRITE | uapi::UFFD_PAGEFAULT_FLAG_MINOR);
         let ev = UffdEvent::decode(&msg(
-            uapi::UFFD_EVENT_PAGEFAULT as u8,
+            uapi::UFFD_EVENT_PAGEFAULT,
             [flags, 0x7f00_1234_5000, 4321],
         ));
         assert_eq!(
@@ -669,7 +672,7 @@ mod tests {
             }
         );
         let ev = UffdEvent::decode(&msg(
-            uapi::UFFD_EVENT_PAGEFAULT as u8,
+            uapi::UFFD_EVENT_PAGEFAULT,
             [u64::from(uapi::UFFD_PAGEFAULT_FLAG_WP), 0x1000, 0],
         ));
         assert!(matches!(
@@ -686,11 +689,11 @@ mod tests {
     #[test]
     fn decodes_fork_remap_remove_unmap() {
         assert_eq!(
-            UffdEvent::decode(&msg(uapi::UFFD_EVENT_FORK as u8, [17, 0, 0])),
+            UffdEvent::decode(&msg(uapi::UFFD_EVENT_FORK, [17, 0, 0])),
             UffdEvent::Fork { ufd: 17 }
         );
         assert_eq!(
-            UffdEvent::decode(&msg(uapi::UFFD_EVENT_REMAP as u8, [0x1000, 0x9000, 0x2000])),
+            UffdEvent::decode(&msg(uapi::UFFD_EVENT_REMAP, [0x1000, 0x9000, 0x2000])),
             UffdEvent::Remap {
                 from: 0x1000,
                 to: 0x9000,
@@ -698,14 +701,14 @@ mod tests {
             }
         );
         assert_eq!(
-            UffdEvent::decode(&msg(uapi::UFFD_EVENT_REMOVE as u8, [0x1000, 0x3000, 0])),
+            UffdEvent::decode(&msg(uapi::UFFD_EVENT_REMOVE, [0x1000, 0x3000, 0])),
             UffdEvent::Remove {
                 start: 0x1000,
                 end: 0x3000
             }
         );
         assert_eq!(
-            UffdEvent::decode(&msg(uapi::UFFD_EVENT_UNMAP as u8, [0x4000, 0x5000, 0])),
+            UffdEvent::decode(&msg(uapi::UFFD_EVENT_UNMAP, [0x4000, 0x5000, 0])),
             UffdEvent::Unmap {
                 start: 0x4000,
                 end: 0x5000
@@ -716,18 +719,18 @@ mod tests {
     #[test]
     fn any_bytes_decode_without_panicking() {
         for event in 0..=u8::MAX {
-            let ev = UffdEvent::decode(&msg(event, [u64::MAX, u64::MAX, u64::MAX]));
+            let ev = UffdEvent::decode(&msg(u32::from(event), [u64::MAX, u64::MAX, u64::MAX]));
             if !(18..=22).contains(&event) {
                 assert_eq!(ev, UffdEvent::Unknown(event));
             }
         }
         // A fork whose fd does not fit an int is reported as -1, not wrapped.
-        let mut m = msg(uapi::UFFD_EVENT_FORK as u8, [0, 0, 0]);
+        let mut m = msg(uapi::UFFD_EVENT_FORK, [0, 0, 0]);
         m[8..12].copy_from_slice(&u32::MAX.to_ne_bytes());
         assert_eq!(UffdEvent::decode(&m), UffdEvent::Fork { ufd: -1 });
         // Whole messages only; a trailing partial one is dropped.
-        let mut bytes = msg(uapi::UFFD_EVENT_UNMAP as u8, [1, 2, 0]).to_vec();
-        bytes.extend_from_slice(&[uapi::UFFD_EVENT_PAGEFAULT as u8; 31]);
+        let mut bytes = msg(uapi::UFFD_EVENT_UNMAP, [1, 2, 0]).to_vec();
+        bytes.extend_from_slice(&[18u8; 31]);
         assert_eq!(UffdEvent::decode_all(&bytes).count(), 1);
     }
 
@@ -803,10 +806,8 @@ mod tests {
         assert_eq!(unsafe { uffd.zeropage(page + 4096, 4096) }.unwrap(), 4096);
         uffd.unregister(m.0, m.1).expect("unregister");
         // SAFETY: the page is mapped now.
-        assert_eq!(
-            unsafe { std::ptr::read_volatile((page + 4096) as *const u64) },
-            0
-        );
+        let second = unsafe { std::ptr::read_volatile((page + 4096) as *const u64) };
+        assert_eq!(second, 0);
     }
 
     #[test]
