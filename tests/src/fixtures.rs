@@ -141,9 +141,10 @@ pub fn kvm_available(test: &str) -> bool {
     vmm::testing::kvm_or_skip(test)
 }
 
-/// The `faultline` binary of this build (target/<profile>/faultline), built by `cargo test
-/// --workspace`; built here with `cargo build` when missing (e.g. `cargo test -p
-/// faultline-tests`).
+/// The `faultline` binary of this build (target/<profile>/faultline). `cargo test
+/// --workspace` builds it, but `cargo test -p faultline-tests` does not and would run a
+/// stale one, so the first call in a process runs `cargo build -p vmm --bin faultline`
+/// (a no-op when it is up to date).
 pub fn faultline_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -154,18 +155,25 @@ pub fn faultline_bin() -> PathBuf {
             .and_then(Path::parent)
             .expect("test binary lives in target/<profile>/deps");
         let bin = profile_dir.join("faultline");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "vmm", "--bin", "faultline"])
-                .current_dir(repo_root())
-                .status()
-                .expect("run cargo build");
-            assert!(
-                status.success(),
-                "cargo build -p vmm --bin faultline failed"
-            );
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-q", "-p", "vmm", "--bin", "faultline"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
         }
+        let status = build
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p vmm --bin faultline failed"
+        );
+        assert!(
+            bin.exists(),
+            "cargo build did not produce {}",
+            bin.display()
+        );
         bin
     })
     .clone()
