@@ -147,8 +147,8 @@ impl Default for UffdConfig {
 /// Errors of [`UffdService::start`].
 #[derive(Debug, thiserror::Error)]
 pub enum UffdStartError {
-    /// Cannot create a userfaultfd ({0}); it needs root, CAP_SYS_PTRACE, access to /dev/userfaultfd or sysctl vm.unprivileged_userfaultfd=1, and a kernel with CONFIG_USERFAULTFD
-    #[error("Cannot create a userfaultfd ({0}); it needs root, CAP_SYS_PTRACE, access to /dev/userfaultfd or sysctl vm.unprivileged_userfaultfd=1, and a kernel with CONFIG_USERFAULTFD")]
+    /// The uffd service cannot start: {0}
+    #[error("The uffd service cannot start: {0}")]
     Create(#[source] UffdError),
     /// The kernel's userfaultfd lacks minor-fault support for shmem (UFFD_FEATURE_MINOR_SHMEM, Linux 5.14+): {0}
     #[error("The kernel's userfaultfd lacks minor-fault support for shmem (UFFD_FEATURE_MINOR_SHMEM, Linux 5.14+): {0}")]
