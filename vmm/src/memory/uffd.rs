@@ -885,6 +885,8 @@ mod tests {
 
     #[test]
     fn missing_copy_serves_every_page_once_in_every_wait_mode() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         for wait in [WaitMode::BusyPoll, WaitMode::Poll, WaitMode::Blocking] {
             let m = Mapping::anon(256 * PAGE);
             let cfg = UffdConfig {
@@ -902,6 +904,8 @@ mod tests {
 
     #[test]
     fn missing_zeropage_reads_zero() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::anon(64 * PAGE);
         let cfg = UffdConfig {
             resolve: MissingResolve::ZeroPage,
@@ -915,6 +919,8 @@ mod tests {
 
     #[test]
     fn larger_chunk_takes_fewer_faults() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::anon(256 * PAGE);
         let cfg = UffdConfig {
             chunk: 16 * PAGE,
@@ -929,6 +935,8 @@ mod tests {
 
     #[test]
     fn single_uffd_with_several_readers_serves_every_page_once() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::anon(512 * PAGE);
         let cfg = UffdConfig {
             readers: 2,
@@ -945,6 +953,8 @@ mod tests {
 
     #[test]
     fn minor_on_shmem_maps_what_the_alias_wrote() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::memfd(128 * PAGE);
         let alias = m.alias.unwrap();
         // SAFETY: the alias mapping is live and `m.len` bytes long.
@@ -962,6 +972,8 @@ mod tests {
 
     #[test]
     fn delay_shows_in_service_time() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::anon(8 * PAGE);
         let cfg = UffdConfig {
             delay: Duration::from_micros(200),
@@ -977,6 +989,8 @@ mod tests {
 
     #[test]
     fn bad_configs_are_rejected_with_clear_errors() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::anon(16 * PAGE);
         let region = [UffdRegion {
             addr: m.addr,

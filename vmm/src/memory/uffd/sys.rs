@@ -761,6 +761,8 @@ mod tests {
 
     #[test]
     fn real_uffd_fault_copy_eexist_zeropage() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(Uffd::new(0, true).map(drop));
         let uffd = Uffd::new(FEATURE_THREAD_ID, true).expect("create a userfaultfd");
         assert_eq!(uffd.features(), FEATURE_THREAD_ID);
         assert_ne!(uffd.available_features() & FEATURE_THREAD_ID, 0);
@@ -812,6 +814,8 @@ mod tests {
 
     #[test]
     fn misuse_gets_named_errors() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(Uffd::new(0, true).map(drop));
         let uffd = Uffd::new(0, true).unwrap();
         let e = uffd
             .register(0x1001, 4096, RegisterModes::MISSING)
