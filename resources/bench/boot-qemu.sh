@@ -31,7 +31,7 @@ die() { echo "boot-qemu: error: $*" >&2; exit 1; }
 [ $# -ge 1 ] && [ $# -le 2 ] || die "usage: boot-qemu.sh KERNEL [INITRD]"
 kernel="$1"
 [ -r "$kernel" ] || die "cannot read kernel $kernel (build one: resources/guest-kernel/build.sh)"
-command -v "$qemu" >/dev/null || die "$qemu not found: apt-get install qemu-system-x86"
+command -v "$qemu" >/dev/null || die "$qemu not found: missing Debian package(s) qemu-system-x86; install them with: sudo apt-get install -y qemu-system-x86"
 
 if [ $# -eq 2 ]; then
   initrd="$2"

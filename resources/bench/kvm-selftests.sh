@@ -27,7 +27,7 @@ build() {
         return 0
     fi
     if [ ! -r "$tarball" ]; then
-        echo "kvm-selftests: $tarball is missing; install it with: apt-get install linux-source-6.12" >&2
+        echo "kvm-selftests: $tarball is missing: missing Debian package(s) linux-source-6.12; install them with: sudo apt-get install -y linux-source-6.12" >&2
         exit 1
     fi
     mkdir -p "$cache"

@@ -44,9 +44,9 @@ if [ -f "$out/done" ]; then
   exit 0
 fi
 
-[ -r "$tarball" ] || die "$tarball not found: install the Debian package linux-source-6.12 (apt-get install linux-source-6.12) or set LINUX_SOURCE_TARBALL"
+[ -r "$tarball" ] || die "$tarball not found: missing Debian package(s) linux-source-6.12; install them with: sudo apt-get install -y linux-source-6.12 (or set LINUX_SOURCE_TARBALL)"
 for tool in make gcc flex bison bc lz4 patch xz strip; do
-  command -v "$tool" >/dev/null || die "'$tool' is missing: apt-get install build-essential bc flex bison libelf-dev libssl-dev lz4 xz-utils"
+  command -v "$tool" >/dev/null || die "'$tool' is missing: missing Debian package(s) for the kernel build; install them with: sudo apt-get install -y build-essential bc flex bison libelf-dev libssl-dev lz4 xz-utils cpio"
 done
 
 rm -rf "$out"

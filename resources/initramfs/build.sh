@@ -35,11 +35,11 @@ while [ $# -gt 0 ]; do
 done
 [ $# -eq 0 ] || [ -n "$out" ] || die "a command needs -o OUT to write the initramfs to"
 
-[ -x "$busybox" ] || die "$busybox not found: apt-get install busybox-static (or set FAULTLINE_BUSYBOX)"
+[ -x "$busybox" ] || die "$busybox not found: missing Debian package(s) busybox-static; install them with: sudo apt-get install -y busybox-static (or set FAULTLINE_BUSYBOX)"
 if readelf -l "$busybox" 2>/dev/null | grep -q "program interpreter"; then
-  die "$busybox is dynamically linked: apt-get install busybox-static"
+  die "$busybox is dynamically linked: missing Debian package(s) busybox-static; install them with: sudo apt-get install -y busybox-static"
 fi
-command -v cpio >/dev/null || die "cpio not found: apt-get install cpio"
+command -v cpio >/dev/null || die "cpio not found: missing Debian package(s) cpio; install them with: sudo apt-get install -y cpio"
 
 key="$(cat "$here/init" "$here/build.sh" "$busybox" | sha256sum | cut -c1-16)"
 base="$cache/initramfs-$key.cpio"

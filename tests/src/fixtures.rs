@@ -5,6 +5,11 @@
 //! stderr and its results on stdout, and is what a developer runs by hand; this module only
 //! calls it (once per test process) and parses the paths it prints.
 //!
+//! Before a script runs, [`require_packages`] installs the Debian packages it needs (as
+//! root on Debian; elsewhere the error is the command to run), so `cargo test --workspace`
+//! needs nothing installed by hand. [`reserve_huge_pages`] does the same for huge pages.
+//! Both live in [`vmm::testing`] so that vmm's unit tests use the same ones.
+//!
 //! Also here: finding the `faultline` binary and running it with a time limit, so a guest
 //! that hangs fails its test instead of the whole run.
 
@@ -21,6 +26,28 @@ pub fn repo_root() -> PathBuf {
         .expect("tests/ has a parent")
         .to_path_buf()
 }
+
+pub use vmm::testing::{apt_command, require_packages, reserve_huge_pages, HugePages};
+
+/// What `resources/guest-kernel/build.sh` needs: the Linux 6.12 source and its toolchain.
+pub const KERNEL_BUILD_PACKAGES: &[&str] = &[
+    "linux-source-6.12",
+    "build-essential",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+    "libssl-dev",
+    "lz4",
+    "xz-utils",
+    "cpio",
+];
+
+/// What `resources/initramfs/build.sh` needs.
+pub const INITRAMFS_PACKAGES: &[&str] = &["busybox-static", "cpio"];
+
+/// What `faultline bench faults --plot` needs for its labels.
+pub const PLOT_PACKAGES: &[&str] = &["fonts-dejavu-core"];
 
 /// Runs a resources/ script with stderr passed through (its progress) and returns its stdout.
 fn run_script(script: &str, args: &[&str]) -> Result<String, String> {
@@ -59,6 +86,15 @@ pub fn guest_kernel() -> Result<GuestKernel, String> {
     static KERNEL: OnceLock<Result<GuestKernel, String>> = OnceLock::new();
     KERNEL
         .get_or_init(|| {
+            // LINUX_SOURCE_TARBALL points the script at a source tree of the user's choosing.
+            if std::env::var_os("LINUX_SOURCE_TARBALL").is_none() {
+                require_packages(KERNEL_BUILD_PACKAGES)?;
+            } else {
+                require_packages(&KERNEL_BUILD_PACKAGES[1..])?;
+            }
+            // Every user of the kernel boots it through `faultline run --kernel -- CMD`,
+            // whose initramfs is built from the static busybox.
+            require_packages(INITRAMFS_PACKAGES)?;
             let out = run_script("resources/guest-kernel/build.sh", &[])?;
             let get = |key: &str| {
                 out.lines()
@@ -90,30 +126,25 @@ pub fn debian_kernel() -> Result<PathBuf, String> {
 pub fn base_initramfs() -> Result<PathBuf, String> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BASE.get_or_init(|| {
+        if std::env::var_os("FAULTLINE_BUSYBOX").is_none() {
+            require_packages(INITRAMFS_PACKAGES)?;
+        }
         let out = run_script("resources/initramfs/build.sh", &[])?;
         Ok(PathBuf::from(out.trim()))
     })
     .clone()
 }
 
-/// True if /dev/kvm can be opened; otherwise prints why the caller skips.
+/// True if KVM is usable; otherwise skips `test` through [`vmm::testing::skip`] (which
+/// panics instead under `FAULTLINE_REQUIRE_KVM=1`).
 pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIPPED {test}: /dev/kvm is not usable ({e}); this test needs KVM");
-            false
-        }
-    }
+    vmm::testing::kvm_or_skip(test)
 }
 
-/// The `faultline` binary of this build (target/<profile>/faultline), built by `cargo test
-/// --workspace`; built here with `cargo build` when missing (e.g. `cargo test -p
-/// faultline-tests`).
+/// The `faultline` binary of this build (target/<profile>/faultline). `cargo test
+/// --workspace` builds it, but `cargo test -p faultline-tests` does not and would run a
+/// stale one, so the first call in a process runs `cargo build -p vmm --bin faultline`
+/// (a no-op when it is up to date).
 pub fn faultline_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -124,18 +155,25 @@ pub fn faultline_bin() -> PathBuf {
             .and_then(Path::parent)
             .expect("test binary lives in target/<profile>/deps");
         let bin = profile_dir.join("faultline");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "vmm", "--bin", "faultline"])
-                .current_dir(repo_root())
-                .status()
-                .expect("run cargo build");
-            assert!(
-                status.success(),
-                "cargo build -p vmm --bin faultline failed"
-            );
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-q", "-p", "vmm", "--bin", "faultline"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
         }
+        let status = build
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p vmm --bin faultline failed"
+        );
+        assert!(
+            bin.exists(),
+            "cargo build did not produce {}",
+            bin.display()
+        );
         bin
     })
     .clone()

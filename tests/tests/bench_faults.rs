@@ -19,7 +19,6 @@
 //! need reserved huge pages: without them the test asserts the "how to reserve" error
 //! instead (.ci/run reserves 128).
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -33,15 +32,6 @@ const SIZE: u64 = 16 << 20;
 
 /// One VM at a time: on 2 cores parallel runs only slow each other down.
 static VM_LOCK: Mutex<()> = Mutex::new(());
-
-fn kvm_available() -> bool {
-    if Path::new("/dev/kvm").exists() {
-        true
-    } else {
-        eprintln!("skipped: /dev/kvm is not available");
-        false
-    }
-}
 
 fn bench(backing: RegionBacking, uffd: Option<UffdMode>) -> FaultBench {
     FaultBench {
@@ -108,9 +98,7 @@ fn check_kvm_worked_per_page(b: &FaultBench, r: &RunResult) {
 
 #[test]
 fn each_4k_backing_first_touch_maps_every_page() {
-    if !kvm_available() {
-        return;
-    }
+    vmm::require_kvm!();
     for backing in [
         RegionBacking::Anonymous,
         RegionBacking::Shmem,
@@ -126,9 +114,7 @@ fn each_4k_backing_first_touch_maps_every_page() {
 
 #[test]
 fn thp_backing_touches_every_page() {
-    if !kvm_available() {
-        return;
-    }
+    vmm::require_kvm!();
     let b = bench(RegionBacking::AnonymousThp, None);
     let r = run(&b);
     check_common(&b, &r);
@@ -138,32 +124,61 @@ fn thp_backing_touches_every_page() {
 }
 
 #[test]
-fn hugetlb_backings_run_or_say_how_to_reserve_pages() {
-    if !kvm_available() {
-        return;
-    }
+fn hugetlb_2m_backings_touch_every_page() {
+    vmm::require_kvm!();
+    // One region of SIZE per run, one run at a time.
+    let _pages = vmm::skip_unless!(fixtures::reserve_huge_pages(2048, SIZE / (2 << 20)));
     for backing in [
         RegionBacking::AnonymousHugetlb,
         RegionBacking::SharedHugetlb,
     ] {
         let b = bench(backing, None);
-        let _one = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        match b.run_one(backing, None) {
-            Ok(r) => check_common(&b, &r),
-            Err(e) => {
-                let m = e.to_string();
-                assert!(m.contains("nr_hugepages") && m.contains("echo"), "{m}");
-                eprintln!("hugetlb not testable here: {m}");
-            }
-        }
+        let r = run(&b);
+        check_common(&b, &r);
     }
 }
 
 #[test]
+fn hugetlb_1g_backing_runs_through_the_binary() {
+    vmm::require_kvm!();
+    // `-b 1G -v 1`: one 1G page for the one vCPU's region.
+    let _pages = vmm::skip_unless!(fixtures::reserve_huge_pages(1 << 20, 1));
+    let out = {
+        let _one = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        fixtures::run_with_timeout(
+            {
+                let mut c = Command::new(fixtures::faultline_bin());
+                c.args([
+                    "bench",
+                    "faults",
+                    "-q",
+                    "-b",
+                    "1G",
+                    "-v",
+                    "1",
+                    "-s",
+                    "anonymous_hugetlb_1gb",
+                    "-u",
+                    "none,MISSING",
+                ]);
+                c
+            },
+            std::time::Duration::from_secs(300),
+        )
+    };
+    assert_eq!(out.code(), 0, "{}", out.transcript());
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("anonymous_hugetlb_1gb"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", out.transcript());
+    eprintln!("{}", rows.join("\n"));
+}
+
+#[test]
 fn uffd_missing_copy_serves_each_page_once_and_the_guest_reads_the_pattern() {
-    if !kvm_available() {
-        return;
-    }
+    vmm::require_kvm!();
     for access in [Access::Read, Access::Write] {
         let mut b = bench(RegionBacking::Anonymous, Some(UffdMode::Missing));
         b.access = access;
@@ -180,9 +195,7 @@ fn uffd_missing_copy_serves_each_page_once_and_the_guest_reads_the_pattern() {
 
 #[test]
 fn uffd_missing_zeropage_reads_zero() {
-    if !kvm_available() {
-        return;
-    }
+    vmm::require_kvm!();
     let mut b = bench(RegionBacking::Anonymous, Some(UffdMode::Missing));
     b.access = Access::Read;
     b.uffd.resolve = MissingResolve::ZeroPage;
@@ -195,9 +208,7 @@ fn uffd_missing_zeropage_reads_zero() {
 
 #[test]
 fn uffd_missing_on_shmem_and_minor_on_shmem_read_the_pattern() {
-    if !kvm_available() {
-        return;
-    }
+    vmm::require_kvm!();
     for mode in [UffdMode::Missing, UffdMode::Minor] {
         let mut b = bench(RegionBacking::Shmem, Some(mode));
         b.access = Access::ReadWrite;
@@ -213,9 +224,7 @@ fn uffd_missing_on_shmem_and_minor_on_shmem_read_the_pattern() {
 
 #[test]
 fn uffd_two_vcpus_one_uffd_two_readers_in_each_wait_mode() {
-    if !kvm_available() {
-        return;
-    }
+    vmm::require_kvm!();
     for wait in [WaitMode::BusyPoll, WaitMode::Poll, WaitMode::Blocking] {
         let mut b = bench(RegionBacking::Anonymous, Some(UffdMode::Missing));
         b.vcpus = 2;
@@ -233,9 +242,7 @@ fn uffd_two_vcpus_one_uffd_two_readers_in_each_wait_mode() {
 
 #[test]
 fn uffd_larger_chunks_take_fewer_faults() {
-    if !kvm_available() {
-        return;
-    }
+    vmm::require_kvm!();
     let mut b = bench(RegionBacking::Anonymous, Some(UffdMode::Missing));
     b.uffd.chunk = 64 << 10;
     let r = run(&b);
@@ -246,9 +253,9 @@ fn uffd_larger_chunks_take_fewer_faults() {
 
 #[test]
 fn cli_prints_the_table_and_writes_json_and_plots() {
-    if !kvm_available() {
-        return;
-    }
+    vmm::require_kvm!();
+    // The plots' labels need a TrueType font.
+    vmm::skip_unless!(fixtures::require_packages(fixtures::PLOT_PACKAGES));
     let dir = std::env::temp_dir().join(format!("faultline-bench-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("out.json");

@@ -11,6 +11,8 @@ pub mod launch;
 pub mod measure;
 pub mod memory;
 pub mod sim;
+#[doc(hidden)]
+pub mod testing;
 pub mod vstate;
 
 pub use config::{KernelConfig, VmConfig};

@@ -695,10 +695,7 @@ mod tests {
 
     #[test]
     fn small_anonymous_run_touches_every_page() {
-        if !std::path::Path::new("/dev/kvm").exists() {
-            eprintln!("skipped: /dev/kvm is not available");
-            return;
-        }
+        crate::require_kvm!();
         let b = FaultBench {
             bytes_per_vcpu: 4 << 20,
             ..FaultBench::default()

@@ -38,17 +38,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod region;
+pub mod sys;
 
 use hdrhistogram::Histogram;
-use userfaultfd::{Event, EventBuffer, FeatureFlags, RegisterMode, Uffd, UffdBuilder};
+use sys::{RegisterModes, Uffd, UffdError, UffdEvent};
 use vmm_sys_util::eventfd::EventFd;
 
 /// XOR-ed with the tag of every 8-byte word the handler copies in ("faultlin").
 pub use faultline_abi::PATTERN_MAGIC;
-
-/// `UFFD_FEATURE_MINOR_SHMEM` (include/uapi/linux/userfaultfd.h); the crate's `FeatureFlags`
-/// does not name it.
-const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 
 /// The 8-byte word the handler writes at a location with tag `tag` (the region's
 /// `pattern_base` plus the byte offset into the region, e.g. the guest physical address).
@@ -150,12 +147,12 @@ impl Default for UffdConfig {
 /// Errors of [`UffdService::start`].
 #[derive(Debug, thiserror::Error)]
 pub enum UffdStartError {
-    /// Cannot create a userfaultfd ({0}); it needs root, CAP_SYS_PTRACE, access to /dev/userfaultfd or sysctl vm.unprivileged_userfaultfd=1, and a kernel with CONFIG_USERFAULTFD
-    #[error("Cannot create a userfaultfd ({0}); it needs root, CAP_SYS_PTRACE, access to /dev/userfaultfd or sysctl vm.unprivileged_userfaultfd=1, and a kernel with CONFIG_USERFAULTFD")]
-    Create(#[source] userfaultfd::Error),
+    /// The uffd service cannot start: {0}
+    #[error("The uffd service cannot start: {0}")]
+    Create(#[source] UffdError),
     /// The kernel's userfaultfd lacks minor-fault support for shmem (UFFD_FEATURE_MINOR_SHMEM, Linux 5.14+): {0}
     #[error("The kernel's userfaultfd lacks minor-fault support for shmem (UFFD_FEATURE_MINOR_SHMEM, Linux 5.14+): {0}")]
-    MinorUnsupported(#[source] userfaultfd::Error),
+    MinorUnsupported(#[source] UffdError),
     /// Cannot register {len:#x} bytes at {addr:#x} with userfaultfd in {mode:?} mode: {source} (MINOR needs a shmem or hugetlbfs mapping; the range must be page aligned)
     #[error("Cannot register {len:#x} bytes at {addr:#x} with userfaultfd in {mode:?} mode: {source} (MINOR needs a shmem or hugetlbfs mapping; the range must be page aligned)")]
     Register {
@@ -167,7 +164,7 @@ pub enum UffdStartError {
         mode: UffdMode,
         /// The kernel's answer.
         #[source]
-        source: userfaultfd::Error,
+        source: UffdError,
     },
     /// Chunk size {chunk} is not a non-zero multiple of the page size {page_size}
     #[error("Chunk size {chunk} is not a non-zero multiple of the page size {page_size}")]
@@ -209,7 +206,7 @@ pub enum UffdStartError {
 pub enum UffdHandlerError {
     /// Reading uffd events failed: {0}
     #[error("Reading uffd events failed: {0}")]
-    Read(#[source] userfaultfd::Error),
+    Read(#[source] UffdError),
     /// Fault at {addr:#x} is outside every registered region
     #[error("Fault at {addr:#x} is outside every registered region")]
     Stray {
@@ -225,7 +222,7 @@ pub enum UffdHandlerError {
         len: usize,
         /// The ioctl's error.
         #[source]
-        source: userfaultfd::Error,
+        source: UffdError,
     },
     /// Unexpected uffd event {0}
     #[error("Unexpected uffd event {0}")]
@@ -380,35 +377,27 @@ impl UffdService {
         } else {
             regions.len().max(1)
         };
-        let mut features = FeatureFlags::empty();
-        if cfg.mode == UffdMode::Minor {
-            features |= FeatureFlags::from_bits_retain(UFFD_FEATURE_MINOR_SHMEM);
-        }
+        let features = if cfg.mode == UffdMode::Minor {
+            sys::FEATURE_MINOR_SHMEM
+        } else {
+            0
+        };
         let mut uffds = Vec::with_capacity(n_uffds);
         for _ in 0..n_uffds {
-            let uffd = UffdBuilder::new()
-                .close_on_exec(true)
-                .non_blocking(cfg.wait != WaitMode::Blocking)
-                .user_mode_only(false)
-                .require_features(features)
-                .create()
-                .map_err(|e| match e {
-                    userfaultfd::Error::SystemError(errno)
-                        if cfg.mode == UffdMode::Minor && errno as i32 == libc::EINVAL =>
-                    {
-                        UffdStartError::MinorUnsupported(e)
-                    }
+            let uffd =
+                Uffd::new(features, cfg.wait != WaitMode::Blocking).map_err(|e| match e {
+                    UffdError::FeaturesUnsupported { .. } => UffdStartError::MinorUnsupported(e),
                     e => UffdStartError::Create(e),
                 })?;
             uffds.push(Arc::new(uffd));
         }
         let reg_mode = match cfg.mode {
-            UffdMode::Missing => RegisterMode::MISSING,
-            UffdMode::Minor => RegisterMode::MINOR,
+            UffdMode::Missing => RegisterModes::MISSING,
+            UffdMode::Minor => RegisterModes::MINOR,
         };
         for (i, r) in regions.iter().enumerate() {
             let uffd = &uffds[if cfg.single_uffd { 0 } else { i }];
-            uffd.register_with_mode(r.addr as *mut libc::c_void, r.len, reg_mode)
+            uffd.register(r.addr, r.len, reg_mode)
                 .map_err(|source| UffdStartError::Register {
                     addr: r.addr,
                     len: r.len,
@@ -437,17 +426,13 @@ impl UffdService {
                 len: len * uffds.len(),
             };
             for (i, uffd) in uffds.iter().enumerate() {
-                uffd.register_with_mode(
-                    (pages.addr + i * len) as *mut libc::c_void,
-                    len,
-                    RegisterMode::MISSING,
-                )
-                .map_err(|source| UffdStartError::Register {
-                    addr: pages.addr + i * len,
-                    len,
-                    mode: UffdMode::Missing,
-                    source,
-                })?;
+                uffd.register(pages.addr + i * len, len, RegisterModes::MISSING)
+                    .map_err(|source| UffdStartError::Register {
+                        addr: pages.addr + i * len,
+                        len,
+                        mode: UffdMode::Missing,
+                        source,
+                    })?;
             }
             Some(pages)
         } else {
@@ -596,7 +581,7 @@ fn reader(shared: &Shared, uffds: &[Arc<Uffd>]) -> ReaderResult {
         error: None,
     };
     let mut buf = vec![0u8; shared.cfg.chunk];
-    let mut events = EventBuffer::new(64);
+    let mut events = vec![0u8; 64 * sys::MSG_SIZE];
     if let Err(e) = reader_loop(shared, uffds, &mut res, &mut buf, &mut events) {
         res.error = Some(e);
         // Let the other readers and the stopper know; faults of this uffd are now unserved.
@@ -610,7 +595,7 @@ fn reader_loop(
     uffds: &[Arc<Uffd>],
     res: &mut ReaderResult,
     buf: &mut [u8],
-    events: &mut EventBuffer,
+    events: &mut [u8],
 ) -> Result<(), UffdHandlerError> {
     let mut next = 0;
     let mut sweep_events = 0;
@@ -651,23 +636,22 @@ fn reader_loop(
         let mut got = 0;
         for ev in uffd.read_events(events).map_err(UffdHandlerError::Read)? {
             got += 1;
-            let ev = ev.map_err(UffdHandlerError::Read)?;
             let t0 = Instant::now();
             let addr = match ev {
-                Event::Pagefault { addr, .. } => addr as usize,
+                UffdEvent::Pagefault { addr, .. } => addr,
                 other => return Err(UffdHandlerError::UnexpectedEvent(format!("{other:?}"))),
             };
             if let Some(pages) = &shared.stop_pages {
                 if addr >= pages.addr && addr < pages.addr + pages.len {
                     let page = addr & !4095;
                     // SAFETY: the stop page is inside the stop mapping this service owns.
-                    unsafe { uffd.zeropage(page as *mut libc::c_void, 4096, true) }.map_err(
-                        |source| UffdHandlerError::Resolve {
+                    unsafe { uffd.zeropage(page, 4096) }.map_err(|source| {
+                        UffdHandlerError::Resolve {
                             addr: page,
                             len: 4096,
                             source,
-                        },
-                    )?;
+                        }
+                    })?;
                     return Ok(());
                 }
             }
@@ -692,17 +676,6 @@ fn reader_loop(
     }
 }
 
-/// Is `e` the kernel saying the range is already mapped (another reader, or a larger chunk
-/// installed earlier, got there first)?
-fn is_eexist(e: &userfaultfd::Error) -> bool {
-    match e {
-        userfaultfd::Error::CopyFailed(errno)
-        | userfaultfd::Error::ZeropageFailed(errno)
-        | userfaultfd::Error::SystemError(errno) => *errno as i32 == libc::EEXIST,
-        _ => false,
-    }
-}
-
 fn resolve(
     shared: &Shared,
     uffd: &Uffd,
@@ -723,20 +696,21 @@ fn resolve(
     if !cfg.delay.is_zero() {
         delay(cfg.delay);
     }
-    let dst = start as *mut libc::c_void;
+    let dst = start;
     let outcome = match (cfg.mode, cfg.resolve) {
         (UffdMode::Missing, MissingResolve::Copy) => {
             let buf = &mut buf[..len];
             fill_pattern(buf, region.pattern_base + (start - region.addr) as u64);
             // SAFETY: `dst..dst+len` lies in a registered region the caller of `start` handed
             // over for the service to fill; `buf` holds `len` readable bytes.
-            unsafe { uffd.copy(buf.as_ptr().cast(), dst, len, true) }.map(|_| ())
+            unsafe { uffd.copy(dst, buf, false) }.map(|_| ())
         }
         (UffdMode::Missing, MissingResolve::ZeroPage) => {
             // SAFETY: as above; installs zero pages.
-            unsafe { uffd.zeropage(dst, len, true) }.map(|_| ())
+            unsafe { uffd.zeropage(dst, len) }.map(|_| ())
         }
-        (UffdMode::Minor, _) => uffd.r#continue(dst, len, true).map(|_| ()),
+        // SAFETY: as above; maps the page-cache pages the caller filled through its alias.
+        (UffdMode::Minor, _) => unsafe { uffd.continue_(dst, len) }.map(|_| ()),
     };
     match outcome {
         Ok(()) => {
@@ -749,7 +723,8 @@ fn resolve(
             }
             Ok(())
         }
-        Err(e) if is_eexist(&e) => {
+        // Another reader, or a larger chunk installed earlier, got there first.
+        Err(UffdError::Exists { .. }) => {
             res.already_resolved += 1;
             uffd.wake(dst, len)
                 .map_err(|source| UffdHandlerError::Resolve {
@@ -910,6 +885,8 @@ mod tests {
 
     #[test]
     fn missing_copy_serves_every_page_once_in_every_wait_mode() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         for wait in [WaitMode::BusyPoll, WaitMode::Poll, WaitMode::Blocking] {
             let m = Mapping::anon(256 * PAGE);
             let cfg = UffdConfig {
@@ -927,6 +904,8 @@ mod tests {
 
     #[test]
     fn missing_zeropage_reads_zero() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::anon(64 * PAGE);
         let cfg = UffdConfig {
             resolve: MissingResolve::ZeroPage,
@@ -940,6 +919,8 @@ mod tests {
 
     #[test]
     fn larger_chunk_takes_fewer_faults() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::anon(256 * PAGE);
         let cfg = UffdConfig {
             chunk: 16 * PAGE,
@@ -954,6 +935,8 @@ mod tests {
 
     #[test]
     fn single_uffd_with_several_readers_serves_every_page_once() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::anon(512 * PAGE);
         let cfg = UffdConfig {
             readers: 2,
@@ -970,6 +953,8 @@ mod tests {
 
     #[test]
     fn minor_on_shmem_maps_what_the_alias_wrote() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::memfd(128 * PAGE);
         let alias = m.alias.unwrap();
         // SAFETY: the alias mapping is live and `m.len` bytes long.
@@ -987,6 +972,8 @@ mod tests {
 
     #[test]
     fn delay_shows_in_service_time() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::anon(8 * PAGE);
         let cfg = UffdConfig {
             delay: Duration::from_micros(200),
@@ -1002,6 +989,8 @@ mod tests {
 
     #[test]
     fn bad_configs_are_rejected_with_clear_errors() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
         let m = Mapping::anon(16 * PAGE);
         let region = [UffdRegion {
             addr: m.addr,

@@ -36,10 +36,8 @@ mod tests {
 
     #[test]
     fn stats_fd_of_a_real_vm_and_vcpu_opens() {
-        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
-            eprintln!("skipped: /dev/kvm is not available");
-            return;
-        };
+        crate::require_kvm!();
+        let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
         let vm = kvm.create_vm().expect("create VM");
         let vcpu = vm.create_vcpu(0).expect("create vCPU");
         let vm_stats = crate::measure::kvm_stats::StatsReader::new(stats_fd(&vm).unwrap())

@@ -368,14 +368,10 @@ impl Vm {
 mod tests {
     use super::*;
 
+    /// KVM, or `None` after a skip (see [`crate::testing::skip`]).
     fn kvm() -> Option<Kvm> {
-        match Kvm::new() {
-            Ok(k) => Some(k),
-            Err(e) => {
-                eprintln!("SKIPPED: /dev/kvm is not usable ({e})");
-                None
-            }
-        }
+        let test = crate::testing::current_test_name(module_path!());
+        crate::testing::kvm_or_skip(&test).then(|| Kvm::new().expect("open /dev/kvm"))
     }
 
     #[test]
