@@ -64,6 +64,7 @@ pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
                 .map_err(|e| format!("Cannot read directory {}: {e}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+                .filter(|f| f.file_name().is_some_and(|n| n != "known-divergences.toml"))
                 .collect();
             v.sort();
             if v.is_empty() {
@@ -134,7 +135,7 @@ pub fn run(args: &CheckArgs) -> i32 {
                 }
                 report.scenarios.push(c);
             }
-            Err(e @ (CheckError::Scenario { .. } | CheckError::Read { .. } | CheckError::NoKvm(_))) => {
+            Err(e @ (CheckError::Scenario { .. } | CheckError::Read { .. } | CheckError::Known(_) | CheckError::NoKvm(_))) => {
                 bar.finish_and_clear();
                 eprintln!("faultline check: {e}");
                 return 2;

@@ -78,6 +78,9 @@ pub enum CheckError {
         #[source]
         source: ScenarioError,
     },
+    /// known-divergences.toml is invalid.
+    #[error("{0}")]
+    Known(String),
     /// /dev/kvm cannot be used.
     #[error("{0}")]
     NoKvm(String),
@@ -215,7 +218,21 @@ pub fn check_file(path: &Path, opts: &CheckOptions, env: &CheckEnv) -> Result<Sc
         path: name.clone(),
         source,
     })?;
-    Ok(check_scenario(&name, &scenario, opts, env))
+    let known = path
+        .parent()
+        .map(super::known::load)
+        .transpose()
+        .map_err(|e| CheckError::Known(e.to_string()))?
+        .unwrap_or_default();
+    let mut check = check_scenario(&name, &scenario, opts, env);
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for st in &mut check.steps {
+        super::known::apply(&known, &file, st.step, &mut st.observations);
+    }
+    Ok(check)
 }
 
 /// Checks a parsed scenario.
@@ -374,7 +391,15 @@ fn run_real(
             }
         }
     }
-    let mut space = RealSpace::new(&specs).map_err(|e: SpaceError| e.to_string())?;
+    let reserve: Vec<(u64, u64)> = sc
+        .step
+        .iter()
+        .filter_map(|st| match st {
+            Step::Mremap(m) => Some((m.new_start.0, m.new_size.map_or(m.size.0, |n| n.0))),
+            _ => None,
+        })
+        .collect();
+    let mut space = RealSpace::new(&specs, &reserve).map_err(|e: SpaceError| e.to_string())?;
 
     let slots: Vec<Slot> = sc
         .memslot

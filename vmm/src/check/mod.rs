@@ -12,6 +12,7 @@ pub mod agent;
 pub mod cli;
 pub mod compare;
 pub mod exec;
+pub mod known;
 pub mod observe;
 pub mod report;
 pub mod space;

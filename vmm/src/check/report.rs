@@ -28,6 +28,9 @@ pub enum Verdict {
     Agree,
     /// Different values.
     Diverge,
+    /// Different values, and the difference is known and explained (the reason, from
+    /// `known-divergences.toml` next to the scenario): reported, not an error.
+    KnownDivergence(String),
     /// The host cannot show it.
     NotObservable(String),
     /// The step cannot be run for real here.
@@ -54,6 +57,7 @@ impl Verdict {
             self,
             Verdict::Agree
                 | Verdict::Diverge
+                | Verdict::KnownDivergence(_)
                 | Verdict::Conforms
                 | Verdict::KernelStronger(_)
                 | Verdict::Divergence(_)
@@ -65,6 +69,7 @@ impl Verdict {
         match self {
             Verdict::Agree => "agree".into(),
             Verdict::Diverge => "DIVERGE".into(),
+            Verdict::KnownDivergence(r) => format!("known divergence: {r}"),
             Verdict::NotObservable(r) => format!("not observable here: {r}"),
             Verdict::NotExecutable(r) => format!("not executable here: {r}"),
             Verdict::NotModelled(r) => format!("not modelled: {r}"),
@@ -150,6 +155,8 @@ pub struct Tally {
     pub agree: usize,
     /// Diverging.
     pub diverge: usize,
+    /// Diverging for a known, written-down reason.
+    pub known: usize,
     /// Not observable here.
     pub not_observable: usize,
     /// Not executable here.
@@ -163,6 +170,7 @@ impl Tally {
         match v {
             Verdict::Agree | Verdict::Conforms | Verdict::KernelStronger(_) => self.agree += 1,
             Verdict::Diverge | Verdict::Divergence(_) => self.diverge += 1,
+            Verdict::KnownDivergence(_) => self.known += 1,
             Verdict::NotObservable(_) => self.not_observable += 1,
             Verdict::NotExecutable(_) => self.not_executable += 1,
             Verdict::NotModelled(_) => self.not_modelled += 1,
@@ -172,6 +180,7 @@ impl Tally {
     fn merge(&mut self, o: &Tally) {
         self.agree += o.agree;
         self.diverge += o.diverge;
+        self.known += o.known;
         self.not_observable += o.not_observable;
         self.not_executable += o.not_executable;
         self.not_modelled += o.not_modelled;
@@ -179,7 +188,7 @@ impl Tally {
 
     /// Observables really compared.
     pub fn compared(&self) -> usize {
-        self.agree + self.diverge
+        self.agree + self.diverge + self.known
     }
 }
 
@@ -312,16 +321,17 @@ impl ScenarioCheck {
         let t = self.tally();
         let _ = writeln!(
             out,
-            "   {}: {} observables: {} agree, {} DIVERGE, {} not observable, {} not executable, {} not modelled ({:.2} s: set-up {:.2} s, steps {:.2} s)",
+            "   {}: {} observables: {} agree, {} DIVERGE, {} known divergences, {} not observable, {} not executable, {} not modelled ({:.2} s: set-up {:.2} s, steps {:.2} s)",
             match self.verdict() {
                 ScenarioVerdict::Agrees => "agrees",
                 ScenarioVerdict::Diverges => "DIVERGES",
                 ScenarioVerdict::ComparedNothing => "COMPARED NOTHING",
                 ScenarioVerdict::Error => "ERROR",
             },
-            t.agree + t.diverge + t.not_observable + t.not_executable + t.not_modelled,
+            t.agree + t.diverge + t.known + t.not_observable + t.not_executable + t.not_modelled,
             t.agree,
             t.diverge,
+            t.known,
             t.not_observable,
             t.not_executable,
             t.not_modelled,
@@ -384,7 +394,7 @@ impl CheckReport {
         let s = self.summary();
         let o = s.observables;
         format!(
-            "check: {} scenarios ({} agree, {} DIVERGE, {} compared nothing, {} errors), {} steps, observables: {} agree, {} DIVERGE, {} not observable, {} not executable, {} not modelled",
+            "check: {} scenarios ({} agree, {} DIVERGE, {} compared nothing, {} errors), {} steps, observables: {} agree, {} DIVERGE, {} known divergences, {} not observable, {} not executable, {} not modelled",
             s.scenarios,
             s.scenarios_agree,
             s.scenarios_diverge,
@@ -393,6 +403,7 @@ impl CheckReport {
             s.steps,
             o.agree,
             o.diverge,
+            o.known,
             o.not_observable,
             o.not_executable,
             o.not_modelled

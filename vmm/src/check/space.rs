@@ -132,6 +132,8 @@ pub struct RealSpace {
     offset: u64,
     /// Forked children holding the pages, released on drop.
     children: Vec<ForkChild>,
+    /// Real ranges kept reserved (PROT_NONE) for later steps, e.g. mremap targets.
+    reserved: Vec<(u64, u64)>,
 }
 
 /// What `/proc/self/maps` says about `[vvar]`.
@@ -157,8 +159,10 @@ pub fn free_huge_pages(size: u64) -> Option<u64> {
 }
 
 impl RealSpace {
-    /// Maps every VMA of `specs` for real.
-    pub fn new(specs: &[RealVmaSpec]) -> Result<RealSpace, SpaceError> {
+    /// Maps every VMA of `specs` for real, and keeps the model ranges `reserve` (targets of
+    /// later steps such as mremap) reserved as PROT_NONE, so that those steps can never land
+    /// on memory of the VMM's own.
+    pub fn new(specs: &[RealVmaSpec], reserve: &[(u64, u64)]) -> Result<RealSpace, SpaceError> {
         for (i, s) in specs.iter().enumerate() {
             let align = match s.kind {
                 RealKind::Hugetlb { page_size } => page_size,
@@ -206,10 +210,19 @@ impl RealSpace {
             vmas: Vec::new(),
             offset: 0,
             children: Vec::new(),
+            reserved: Vec::new(),
         };
         if let (Some(lo), Some(hi)) = (
-            ordinary.iter().map(|s| s.start).min(),
-            ordinary.iter().map(|s| s.start + s.size).max(),
+            ordinary
+                .iter()
+                .map(|s| s.start)
+                .chain(reserve.iter().map(|r| r.0))
+                .min(),
+            ordinary
+                .iter()
+                .map(|s| s.start + s.size)
+                .chain(reserve.iter().map(|r| r.0 + r.1))
+                .max(),
         ) {
             let lo_aligned = lo & !(GIB - 1);
             let span = hi - lo_aligned;
@@ -220,8 +233,20 @@ impl RealSpace {
                 .map(|s| map_one(s, s.start.wrapping_add(space.offset)))
                 .collect::<Result<Vec<_>, _>>();
             // Release the parts of the reservation no VMA took (a failed map releases all).
+            space.reserved = reserve
+                .iter()
+                .map(|&(s, len)| {
+                    let a = s & !(PAGE - 1);
+                    let e = (s + len + PAGE - 1) & !(PAGE - 1);
+                    (a.wrapping_add(space.offset), e - a)
+                })
+                .collect();
             let mut taken: Vec<(u64, u64)> = match &made {
-                Ok(v) => v.iter().map(|v| (v.real_start, v.spec.size)).collect(),
+                Ok(v) => v
+                    .iter()
+                    .map(|v| (v.real_start, v.spec.size))
+                    .chain(space.reserved.iter().copied())
+                    .collect(),
                 Err(_) => Vec::new(),
             };
             taken.sort_unstable();
@@ -336,6 +361,18 @@ impl RealSpace {
     pub fn mremap(&mut self, old: u64, size: u64, new: u64) -> Result<(), SpaceError> {
         let r_old = self.real(old)?;
         let r_new = new.wrapping_add(self.offset);
+        let inside = |(s, len): (u64, u64)| r_new >= s && r_new + size <= s + len;
+        if !self.reserved.iter().copied().any(inside)
+            && !self
+                .vmas
+                .iter()
+                .map(|v| (v.real_start, v.spec.size))
+                .any(inside)
+        {
+            return Err(SpaceError::Unsupported(format!(
+                "mremap target {new:#x}+{size:#x} is outside the scenario's address space (not reserved at set-up)"
+            )));
+        }
         // SAFETY: moves part of the scenario's own mapping to a target inside its window;
         // MREMAP_FIXED replaces what was there, which is scenario memory or nothing.
         let p = unsafe {
@@ -433,6 +470,10 @@ impl RealSpace {
 impl Drop for RealSpace {
     fn drop(&mut self) {
         self.children.clear();
+        for &(s, len) in &self.reserved {
+            // SAFETY: our own reservation (or what a step moved into it).
+            unsafe { libc::munmap(s as *mut libc::c_void, len as usize) };
+        }
         for v in &self.vmas {
             if v.spec.kind != RealKind::Vvar {
                 // SAFETY: our own mappings; the VM using them is gone before the space is
@@ -656,7 +697,7 @@ mod tests {
 
     #[test]
     fn offsets_keep_1g_alignment_and_translate_both_ways() {
-        let s = RealSpace::new(&[anon(0x7f00_0000_0000, 4 << 20), anon(0x7f00_0040_0000, 2 << 20)])
+        let s = RealSpace::new(&[anon(0x7f00_0000_0000, 4 << 20), anon(0x7f00_0040_0000, 2 << 20)], &[])
             .unwrap();
         assert_eq!(s.offset() % GIB, 0);
         let r = s.real(0x7f00_0000_1000).unwrap();
@@ -671,7 +712,7 @@ mod tests {
 
     #[test]
     fn gaps_between_vmas_are_unmapped() {
-        let s = RealSpace::new(&[anon(0x7f00_0000_0000, 1 << 20), anon(0x7f00_0100_0000, 1 << 20)])
+        let s = RealSpace::new(&[anon(0x7f00_0000_0000, 1 << 20), anon(0x7f00_0100_0000, 1 << 20)], &[])
             .unwrap();
         assert!(s.read_u64(0x7f00_0080_0000).is_err());
         let gap = s.real_any(0x7f00_0080_0000);
@@ -689,15 +730,15 @@ mod tests {
 
     #[test]
     fn bad_vmas_are_refused_with_the_reason() {
-        let e = RealSpace::new(&[anon(0x1000, 0x800)]).unwrap_err();
+        let e = RealSpace::new(&[anon(0x1000, 0x800)], &[]).unwrap_err();
         assert!(e.to_string().contains("multiples of 0x1000"), "{e}");
-        let e = RealSpace::new(&[anon(0x10000, 0x4000), anon(0x12000, 0x4000)]).unwrap_err();
+        let e = RealSpace::new(&[anon(0x10000, 0x4000), anon(0x12000, 0x4000)], &[]).unwrap_err();
         assert!(e.to_string().contains("overlaps"), "{e}");
     }
 
     #[test]
     fn munmap_mprotect_and_fork_act_on_the_real_mapping() {
-        let mut s = RealSpace::new(&[anon(0x7f10_0000_0000, 1 << 20)]).unwrap();
+        let mut s = RealSpace::new(&[anon(0x7f10_0000_0000, 1 << 20)], &[]).unwrap();
         let r = s.real(0x7f10_0000_0000).unwrap();
         // SAFETY: r is inside a fresh RW mapping of the space.
         unsafe { (r as *mut u64).write_volatile(7) };
@@ -715,14 +756,14 @@ mod tests {
             kind: RealKind::Memfd,
             shared: true,
             ..anon(0x7f20_0000_0000, 1 << 20)
-        }])
+        }], &[])
         .unwrap();
         let r = s.real(0x7f20_0000_0000).unwrap();
         // SAFETY: r is inside a fresh RW shared mapping of the space.
         unsafe { (r as *mut u64).write_volatile(9) };
         s.punch_hole(0x7f20_0000_0000, 0x1000).unwrap();
         assert_eq!(s.read_u64(0x7f20_0000_0000).unwrap(), 0);
-        let e = RealSpace::new(&[anon(0x7f30_0000_0000, 0x1000)])
+        let e = RealSpace::new(&[anon(0x7f30_0000_0000, 0x1000)], &[])
             .unwrap()
             .punch_hole(0x7f30_0000_0000, 0x1000)
             .unwrap_err();
@@ -737,7 +778,7 @@ mod tests {
             kind: RealKind::Vvar,
             prot: libc::PROT_READ,
             ..anon(0x7f40_0000_0000, 0x1000)
-        }])
+        }], &[])
         .unwrap();
         assert_eq!(s.real(0x7f40_0000_0000).unwrap(), a);
     }
