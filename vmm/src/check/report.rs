@@ -186,6 +186,11 @@ impl Tally {
         self.not_modelled += o.not_modelled;
     }
 
+    /// All observations.
+    pub fn total(&self) -> usize {
+        self.agree + self.diverge + self.known + self.not_observable + self.not_executable + self.not_modelled
+    }
+
     /// Observables really compared.
     pub fn compared(&self) -> usize {
         self.agree + self.diverge + self.known
@@ -235,6 +240,8 @@ pub enum ScenarioVerdict {
     Diverges,
     /// Nothing was compared: not a pass.
     ComparedNothing,
+    /// No step can run on this host (each says why): reported, like a kselftest SKIP.
+    NotExecutable,
     /// The scenario could not be run.
     Error,
 }
@@ -259,6 +266,8 @@ impl ScenarioCheck {
         let t = self.tally();
         if t.diverge > 0 {
             ScenarioVerdict::Diverges
+        } else if t.compared() == 0 && t.not_executable > 0 && t.not_executable == t.total() {
+            ScenarioVerdict::NotExecutable
         } else if t.compared() == 0 {
             ScenarioVerdict::ComparedNothing
         } else {
@@ -326,6 +335,7 @@ impl ScenarioCheck {
                 ScenarioVerdict::Agrees => "agrees",
                 ScenarioVerdict::Diverges => "DIVERGES",
                 ScenarioVerdict::ComparedNothing => "COMPARED NOTHING",
+                ScenarioVerdict::NotExecutable => "not executable here",
                 ScenarioVerdict::Error => "ERROR",
             },
             t.agree + t.diverge + t.known + t.not_observable + t.not_executable + t.not_modelled,
@@ -361,6 +371,8 @@ pub struct Summary {
     pub scenarios_diverge: usize,
     /// Scenarios that compared nothing.
     pub scenarios_compared_nothing: usize,
+    /// Scenarios no step of which can run here.
+    pub scenarios_not_executable: usize,
     /// Scenarios that could not run.
     pub scenarios_error: usize,
     /// Steps.
@@ -381,6 +393,7 @@ impl CheckReport {
                 ScenarioVerdict::Agrees => s.scenarios_agree += 1,
                 ScenarioVerdict::Diverges => s.scenarios_diverge += 1,
                 ScenarioVerdict::ComparedNothing => s.scenarios_compared_nothing += 1,
+                ScenarioVerdict::NotExecutable => s.scenarios_not_executable += 1,
                 ScenarioVerdict::Error => s.scenarios_error += 1,
             }
             s.steps += c.steps.len();
@@ -394,11 +407,12 @@ impl CheckReport {
         let s = self.summary();
         let o = s.observables;
         format!(
-            "check: {} scenarios ({} agree, {} DIVERGE, {} compared nothing, {} errors), {} steps, observables: {} agree, {} DIVERGE, {} known divergences, {} not observable, {} not executable, {} not modelled",
+            "check: {} scenarios ({} agree, {} DIVERGE, {} compared nothing, {} not executable here, {} errors), {} steps, observables: {} agree, {} DIVERGE, {} known divergences, {} not observable, {} not executable, {} not modelled",
             s.scenarios,
             s.scenarios_agree,
             s.scenarios_diverge,
             s.scenarios_compared_nothing,
+            s.scenarios_not_executable,
             s.scenarios_error,
             s.steps,
             o.agree,
@@ -410,8 +424,9 @@ impl CheckReport {
         )
     }
 
-    /// The exit status: 0 when nothing diverged and every scenario compared something, 1
-    /// otherwise (a divergence, a scenario that compared nothing or could not run).
+    /// The exit status: 0 when nothing diverged and every scenario either compared something
+    /// or could not run at all here (every step saying why); 1 otherwise (a divergence, a
+    /// scenario that compared nothing, a scenario that failed to run).
     pub fn status(&self) -> i32 {
         let s = self.summary();
         if s.scenarios_diverge + s.scenarios_compared_nothing + s.scenarios_error > 0 {
@@ -483,6 +498,22 @@ mod tests {
         assert_eq!(r.scenarios[0].verdict(), ScenarioVerdict::ComparedNothing);
         assert_eq!(r.status(), 1);
         assert!(r.summary_line().contains("1 compared nothing"));
+    }
+
+    #[test]
+    fn a_scenario_no_step_of_which_can_run_is_reported_not_failed() {
+        let r = CheckReport {
+            scenarios: vec![scenario(vec![Observation::uncompared(
+                "step",
+                "-",
+                None,
+                None,
+                Verdict::NotExecutable("needs a device".into()),
+            )])],
+        };
+        assert_eq!(r.scenarios[0].verdict(), ScenarioVerdict::NotExecutable);
+        assert_eq!(r.status(), 0);
+        assert!(r.summary_line().contains("1 not executable here"));
     }
 
     #[test]
