@@ -655,7 +655,7 @@ fn to_usize(v: u64) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const fn kpf(bits: &[u32]) -> KpageFlags {
@@ -769,6 +769,14 @@ VmFlags: rd mr mw me
     }
 
     // ---- real tests on this host ----
+
+    /// A leaked anon mapping of `len` bytes for other modules' tests; its address.
+    pub(crate) fn anon_for_tests(len: usize) -> u64 {
+        let m = Mapping::anon(len, 0).expect("mmap");
+        let a = m.addr();
+        std::mem::forget(m);
+        a
+    }
 
     struct Mapping {
         base: *mut u8,
