@@ -888,7 +888,7 @@ VmFlags: rd mr mw me
         };
         const MB2: usize = 2 << 20;
         let m = Mapping::anon(3 * MB2, 0).unwrap();
-        let off = (MB2 - (m.addr() as usize % MB2)) % MB2;
+        let off = (MB2 - (m.base as usize % MB2)) % MB2;
         let a = m.addr() + off as u64;
         m.madvise(off, MB2, libc::MADV_HUGEPAGE);
         assert_eq!(m.read(off + 5000), 0);

@@ -1314,14 +1314,12 @@ CPU:1 [LOST 6354 EVENTS]
         let vmm = crate::launch::Vmm::new(config, crate::launch::VmIo::captured().0).unwrap();
         let region = vmm.guest_memory().iter().next().unwrap();
         let (base, len) = (region.as_ptr() as u64, region.len());
-        s.set_hva_ranges(vec![base..base + len]);
+        s.set_hva_ranges(std::iter::once(base..base + len).collect());
         s.drain().unwrap(); // set-up noise
-        let dontneed = |hva: u64, len: u64| {
+        let dontneed = |hva: u64, len: usize| {
             // SAFETY: [hva, hva + len) lies in guest RAM (owned by `vmm`, alive) or in
             // `other` below; no vCPU runs, and DONTNEED only drops pages.
-            let rc = unsafe {
-                libc::madvise(hva as *mut libc::c_void, len as usize, libc::MADV_DONTNEED)
-            };
+            let rc = unsafe { libc::madvise(hva as *mut libc::c_void, len, libc::MADV_DONTNEED) };
             assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
         };
         let page = |i: u64| base + (16 << 20) + i * 4096;
