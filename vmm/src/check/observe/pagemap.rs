@@ -18,6 +18,7 @@
 //! give a smaller size). A PMD mapping and a PTE-mapped THP look the same here. Each reading
 //! is a snapshot; the page may change right after.
 
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -58,7 +59,7 @@ fn io(path: &str) -> impl FnOnce(std::io::Error) -> PagemapError + '_ {
 }
 
 /// One /proc/self/pagemap entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PagemapEntry(pub u64);
 
 impl PagemapEntry {
@@ -125,7 +126,7 @@ impl PagemapEntry {
 }
 
 /// One /proc/kpageflags entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KpageFlags(pub u64);
 
 #[allow(missing_docs)]
@@ -214,7 +215,7 @@ impl KpageFlags {
 }
 
 /// What kind of memory backs a page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PageKind {
     /// Nothing mapped (no pagemap present/swap bit).
     NotPresent,
@@ -297,7 +298,7 @@ pub fn classify(entry: PagemapEntry, flags: Option<KpageFlags>, pfnmap_vma: bool
 }
 
 /// The state of one page.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageState {
     /// The address asked about.
     pub addr: u64,
@@ -327,7 +328,7 @@ pub struct PageState {
 }
 
 /// A VMA from /proc/self/smaps.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Vma {
     /// Start address.
     pub start: u64,
@@ -377,7 +378,7 @@ impl Vma {
 }
 
 /// A parsed /proc/self/smaps.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Smaps {
     /// VMAs in address order.
     pub vmas: Vec<Vma>,

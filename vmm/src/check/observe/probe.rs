@@ -57,7 +57,7 @@ pub enum ProbeError {
 }
 
 /// What this host offers, as found by [`probe_observables`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Observables {
     /// The tracefs mount used.
     pub tracefs: PathBuf,

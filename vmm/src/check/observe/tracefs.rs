@@ -37,6 +37,7 @@
 //!   arch/x86/kvm/trace.h, arch/x86/kvm/mmu/mmutrace.h); a line that does not parse is kept
 //!   verbatim in [`Batch::unparsed`].
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -67,7 +68,7 @@ pub const WANTED_EVENTS: &[(&str, &str)] = &[
 ];
 
 /// A tracepoint, `system:name`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EventId {
     /// Subsystem (`kvm`, `kvmmmu`).
     pub system: String,
@@ -92,7 +93,7 @@ impl fmt::Display for EventId {
 }
 
 /// Which tasks' events a session records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PidFilter {
     /// Every thread of this process now, and (event-fork) every thread they create.
     ThisProcess,
@@ -244,8 +245,34 @@ pub fn this_process_threads() -> Result<Vec<u32>, TraceError> {
     Ok(tids)
 }
 
+/// Kernel threads that invalidate or age a process's memory on its behalf (comm prefixes):
+/// THP collapse, KSM, reclaim, compaction. [`PidFilter::ThisProcess`] misses their events.
+pub const MM_DAEMONS: &[&str] = &["khugepaged", "ksmd", "kswapd", "kcompactd"];
+
+/// The (comm, pid) of every running kernel thread named by [`MM_DAEMONS`] (`kswapd0`,
+/// `kcompactd0`, ...), for [`PidFilter::ThisProcessAnd`].
+pub fn mm_daemon_pids() -> Vec<(String, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, u32)> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            MM_DAEMONS
+                .iter()
+                .any(|d| comm.starts_with(d))
+                .then(|| (comm.to_string(), pid))
+        })
+        .collect();
+    out.sort_by_key(|(_, p)| *p);
+    out
+}
+
 /// What one [`TraceSession::drain`] returns.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     /// Parsed records, in the kernel's (timestamp) order.
     pub records: Vec<TraceRecord>,
@@ -446,7 +473,7 @@ fn parse_lost(line: &str) -> Option<u64> {
 }
 
 /// One line of trace text: the task/pid/cpu/timestamp prefix and the event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceRecord {
     /// Task name (`comm`; `<...>` when the kernel no longer knows it).
     pub task: String,
@@ -463,7 +490,7 @@ pub struct TraceRecord {
 }
 
 /// Which async-PF tracepoint a [`TraceEvent::AsyncPf`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AsyncPfKind {
     /// `kvm_try_async_get_page`: KVM tries to queue an async fault for a gfn.
     TryGetPage,
@@ -478,7 +505,7 @@ pub enum AsyncPfKind {
 }
 
 /// A parsed event. Numbers are as the kernel printed them (hex in the formats that say so).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TraceEvent {
     /// `kvm:kvm_unmap_hva_range`: an mmu-notifier invalidation of `[start, end)`.
     UnmapHvaRange {
@@ -1371,5 +1398,33 @@ CPU:1 [LOST 6354 EVENTS]
         assert!(b.records.is_empty(), "{b:?}");
         assert!(b.filtered_out >= 1);
         drop(vmm);
+    }
+
+    #[test]
+    fn real_session_can_follow_the_mm_daemons_too() {
+        let daemons = mm_daemon_pids();
+        eprintln!("mm daemons: {daemons:?}");
+        let pids: Vec<u32> = daemons.iter().map(|(_, p)| *p).collect();
+        let s = match TraceSession::start(PidFilter::ThisProcessAnd(pids.clone())) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("SKIPPED real_session_can_follow_the_mm_daemons_too: {e}");
+                return;
+            }
+        };
+        let listed = std::fs::read_to_string(s.instance().join("set_event_pid")).unwrap();
+        let listed: Vec<u32> = listed
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        for p in pids.iter().chain([std::process::id()].iter()) {
+            assert!(
+                listed.contains(p),
+                "pid {p} not in set_event_pid {listed:?}"
+            );
+        }
+        let none = TraceSession::start(PidFilter::None).unwrap();
+        let listed = std::fs::read_to_string(none.instance().join("set_event_pid")).unwrap();
+        assert!(listed.trim().is_empty(), "{listed}");
     }
 }
