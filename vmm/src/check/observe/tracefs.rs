@@ -271,6 +271,34 @@ pub fn mm_daemon_pids() -> Vec<(String, u32)> {
     out
 }
 
+/// Removes `instances/faultline-<pid>-<n>` left by processes that no longer exist (killed
+/// before their session's Drop ran); returns how many it removed.
+pub fn remove_stale_instances(root: &Path) -> usize {
+    let Ok(dir) = std::fs::read_dir(root.join("instances")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("faultline-"))
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = write_file(&e.path().join("events/enable"), "0");
+        if std::fs::remove_dir(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// What one [`TraceSession::drain`] returns.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
@@ -307,6 +335,7 @@ impl TraceSession {
         if enabled.is_empty() {
             return Err(TraceError::NoKvmEvents(root));
         }
+        remove_stale_instances(&root);
         let n = INSTANCE_COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = root
             .join("instances")
@@ -1426,5 +1455,35 @@ CPU:1 [LOST 6354 EVENTS]
         let none = TraceSession::start(PidFilter::None).unwrap();
         let listed = std::fs::read_to_string(none.instance().join("set_event_pid")).unwrap();
         assert!(listed.trim().is_empty(), "{listed}");
+    }
+
+    #[test]
+    fn real_stale_instances_of_dead_processes_are_removed() {
+        let Ok(root) = find_or_mount_tracefs() else {
+            eprintln!("SKIPPED real_stale_instances: no tracefs");
+            return;
+        };
+        // A pid that does not exist: above pid_max.
+        let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4_194_304);
+        let dead = root
+            .join("instances")
+            .join(format!("faultline-{}-0", max + 1));
+        let mine = TraceSession::start(PidFilter::ThisProcess).unwrap();
+        if std::fs::create_dir(&dead).is_err() {
+            eprintln!(
+                "SKIPPED real_stale_instances: cannot create {}",
+                dead.display()
+            );
+            return;
+        }
+        assert!(remove_stale_instances(&root) >= 1);
+        assert!(!dead.exists());
+        assert!(
+            mine.instance().exists(),
+            "a live session's instance must stay"
+        );
     }
 }
