@@ -575,6 +575,7 @@ impl PageMap {
         addr: u64,
         entry: PagemapEntry,
         vma: Option<&Vma>,
+        folio_cache: &mut Option<(u64, u64)>,
     ) -> Result<PageState, PagemapError> {
         let pfn = entry.pfn();
         let flags = match pfn {
@@ -591,8 +592,12 @@ impl PageMap {
                 .and_then(|v| v.kernel_page_size)
                 .unwrap_or(MAX_THP_PAGES * PAGE_SIZE),
             _ => match (pfn, flags) {
-                (Some(p), Some(f)) if f.compound() => match self.folio_of(p, f)? {
+                (Some(p), Some(f)) if f.compound() => match folio_cache
+                    .filter(|&(h, n)| f.has(KpageFlags::COMPOUND_TAIL) && (h..h + n).contains(&p))
+                    .map_or_else(|| self.folio_of(p, f), |c| Ok(Some(c)))?
+                {
                     Some((h, n)) => {
+                        *folio_cache = Some((h, n));
                         head_pfn = Some(h);
                         n * PAGE_SIZE
                     }
@@ -621,7 +626,7 @@ impl PageMap {
     pub fn state(&self, addr: u64) -> Result<PageState, PagemapError> {
         let smaps = Smaps::read()?;
         let entry = self.entries(addr, 1)?[0];
-        self.state_with(addr, entry, smaps.find(addr))
+        self.state_with(addr, entry, smaps.find(addr), &mut None)
     }
 
     /// The states of `addr`, `addr + step`, ... below `addr + len` (one smaps read).
@@ -639,15 +644,85 @@ impl PageMap {
         let entries = self.entries(addr, to_usize(last - first + 1))?;
         let mut out = Vec::new();
         let mut a = addr;
+        let mut folio = None;
         while a < end {
             let e = entries[to_usize(a / PAGE_SIZE - first)];
-            out.push(self.state_with(a, e, smaps.find(a))?);
+            out.push(self.state_with(a, e, smaps.find(a), &mut folio)?);
             a = match a.checked_add(step) {
                 Some(n) => n,
                 None => break,
             };
         }
         Ok(out)
+    }
+}
+
+impl PageKind {
+    /// A short name without the head/tail detail: `anon-thp`, `huge-zero`, `hugetlb`, ...
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NotPresent => "not-present",
+            Self::Swapped => "swapped",
+            Self::Zero => "zero",
+            Self::HugeZero => "huge-zero",
+            Self::Anon => "anon",
+            Self::AnonThp { .. } => "anon-thp",
+            Self::Shmem => "shmem",
+            Self::File => "file",
+            Self::Hugetlb { .. } => "hugetlb",
+            Self::Ksm => "ksm",
+            Self::Pfnmap => "pfnmap",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Base pages of one (kind, folio size) in a [`PageSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageCount {
+    /// [`PageKind::label`].
+    pub kind: String,
+    /// Folio (or hugetlb page) size in bytes; 0 for not present.
+    pub size: u64,
+    /// Base (4K) pages.
+    pub pages: u64,
+}
+
+/// How many base pages of a range are backed by each (kind, folio size): the host page sizes
+/// behind guest RAM, for reports where KVM's own level stats do not move.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PageSummary {
+    /// Sorted by kind, then size.
+    pub counts: Vec<PageCount>,
+}
+
+impl PageSummary {
+    /// Base pages of `kind` (a label) in folios of `size` bytes.
+    pub fn get(&self, kind: &str, size: u64) -> u64 {
+        self.counts
+            .iter()
+            .find(|c| c.kind == kind && c.size == size)
+            .map_or(0, |c| c.pages)
+    }
+}
+
+impl PageMap {
+    /// Counts every base page of `[addr, addr + len)` by kind and folio size.
+    pub fn summary(&self, addr: u64, len: u64) -> Result<PageSummary, PagemapError> {
+        let mut m = std::collections::BTreeMap::<(&'static str, u64), u64>::new();
+        for st in self.states(addr & !(PAGE_SIZE - 1), len, PAGE_SIZE)? {
+            *m.entry((st.kind.label(), st.size)).or_insert(0) += 1;
+        }
+        Ok(PageSummary {
+            counts: m
+                .into_iter()
+                .map(|((kind, size), pages)| PageCount {
+                    kind: kind.to_string(),
+                    size,
+                    pages,
+                })
+                .collect(),
+        })
     }
 }
 
@@ -927,6 +1002,12 @@ VmFlags: rd mr mw me
             assert_eq!(s.head_pfn, Some(head));
         }
         assert!(st.iter().all(|s| s.size == MB2 as u64 && s.exclusive));
+        let t = std::time::Instant::now();
+        let sum = pm.summary(a, MB2 as u64).unwrap();
+        eprintln!("summary of one THP in {:?}: {sum:?}", t.elapsed());
+        assert_eq!(sum.get("anon-thp", MB2 as u64), 512);
+        assert_eq!(sum.counts.len(), 1);
+        assert!(serde_json::to_string(&sum).unwrap().contains("anon-thp"));
         let vma = Smaps::vma_at(a).unwrap();
         assert!(vma.is_hugepage_advised());
         assert!(vma.anon_huge_pages.unwrap() >= MB2 as u64);
