@@ -260,7 +260,8 @@ mod tests {
             ..VmConfig::default()
         };
         let vmm = Vmm::new(config, VmIo::captured().0).unwrap();
-        let len = 2 * MB2 as usize;
+        const SZ: usize = 2 << 20;
+        let len = 2 * SZ;
         // SAFETY: a fresh private anonymous mapping, unmapped at the end of the test.
         let p = unsafe {
             libc::mmap(
@@ -275,7 +276,7 @@ mod tests {
         assert_ne!(p, libc::MAP_FAILED);
         let base = p as u64;
         let a = (base + MB2 - 1) & !(MB2 - 1);
-        let (sz, ptr) = (MB2 as usize, a as *mut u8);
+        let (sz, ptr) = (SZ, a as *mut u8);
         // SAFETY: [a, a + 2M) lies inside the mapping (2 x 2M, `a` the first 2M boundary).
         unsafe {
             assert_eq!(libc::madvise(ptr.cast(), sz, libc::MADV_HUGEPAGE), 0);
@@ -288,14 +289,12 @@ mod tests {
             unsafe { libc::munmap(p, len) };
             return;
         }
-        s.set_hva_ranges(vec![base..base + len as u64]);
+        s.set_hva_ranges(std::iter::once(base..base + 2 * MB2).collect());
         s.drain().unwrap();
         let hole = a + 3 * PAGE_SIZE;
         // SAFETY: one page inside the mapping; nothing else uses it.
-        assert_eq!(
-            unsafe { libc::madvise(hole as *mut libc::c_void, 4096, libc::MADV_DONTNEED) },
-            0
-        );
+        let rc = unsafe { libc::madvise(hole as *mut libc::c_void, 4096, libc::MADV_DONTNEED) };
+        assert_eq!(rc, 0);
         let got: Vec<TraceEvent> = s
             .drain()
             .unwrap()
