@@ -1353,8 +1353,12 @@ CPU:1 [LOST 6354 EVENTS]
             eprintln!("SKIPPED real_drain: no /dev/kvm");
             return;
         }
+        let t = std::time::Instant::now();
         let mut s = match TraceSession::start(PidFilter::ThisProcess) {
-            Ok(s) => s,
+            Ok(s) => {
+                eprintln!("session start: {:?}", t.elapsed());
+                s
+            }
             Err(e) => {
                 eprintln!("SKIPPED real_drain: {e}");
                 return;
@@ -1420,6 +1424,21 @@ CPU:1 [LOST 6354 EVENTS]
                 .all(|w| w[0].timestamp_ns <= w[1].timestamp_ns));
             assert_eq!(b.lost, 0);
         }
+        // Cost of a step's drain when nothing happened, and of one DONTNEED + drain.
+        let t = std::time::Instant::now();
+        for _ in 0..1000 {
+            s.drain().unwrap();
+        }
+        let empty = t.elapsed() / 1000;
+        let t = std::time::Instant::now();
+        for i in 0..200 {
+            dontneed(page(100 + i % 50), 4096);
+            assert!(!s.drain().unwrap().records.is_empty());
+        }
+        eprintln!(
+            "drain: {empty:?} empty; {:?} per DONTNEED + drain of its event",
+            t.elapsed() / 200
+        );
         // Outside guest RAM: traced (same mm), but fenced off.
         let other = crate::check::observe::pagemap::tests::anon_for_tests(1 << 20);
         dontneed(other, 4096);
