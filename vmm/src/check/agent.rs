@@ -1540,4 +1540,46 @@ mod tests {
         assert_eq!(after, AccessOutcome::Completed { value: 0 });
         assert_eq!(rw.read_u64(0x40), 6);
     }
+
+    /// Measures the loop rate (run by hand: `cargo test -p vmm --lib loop_rate -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn kvm_loop_rate() {
+        let rw = Mapping::new(M2 as usize, libc::PROT_READ | libc::PROT_WRITE);
+        let agent = Agent::new(1, &[(W, M2)]).unwrap();
+        let (io, _out) = crate::launch::VmIo::captured();
+        let vmm = agent
+            .attach(VmBuilder::new(agent.config(), io).memslot(slot(W, &rw)))
+            .build()
+            .unwrap();
+        agent.prepare(&vmm).unwrap();
+        let a = &agent;
+        let (_o, got) = agent
+            .run_with(vmm, move |_vm| {
+                let mut out = Vec::new();
+                for (kind, gva) in [
+                    (AccessKind::Read, 0x40_0000),
+                    (AccessKind::Read, W),
+                    (AccessKind::Write, W),
+                ] {
+                    let n = 20_000;
+                    let t = Instant::now();
+                    a.start_loop(0, kind, gva, 1, Some(n), T).unwrap();
+                    let c = a.stop_loop(0, Duration::from_secs(120)).unwrap();
+                    out.push((kind, c.iterations as f64 / t.elapsed().as_secs_f64()));
+                }
+                let t = Instant::now();
+                for _ in 0..2000 {
+                    a.access(0, AccessKind::Read, W, 0, T).unwrap();
+                }
+                out.push((AccessKind::Exec, 2000.0 / t.elapsed().as_secs_f64()));
+                out
+            })
+            .unwrap();
+        eprintln!(
+            "loop accesses/s (low read, window read, window write), then single accesses/s: {:?}; vCPU exits {:?}",
+            got.unwrap(),
+            _o.vcpu_stats
+        );
+    }
 }
