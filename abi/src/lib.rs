@@ -169,7 +169,9 @@ pub mod agent {
     /// vCPU `i` rings port `DOORBELL_PORT_BASE + i` (an 8-bit `out` of `i`).
     pub const DOORBELL_PORT_BASE: u16 = 0x600;
     /// Ports in the doorbell range (one per possible vCPU).
+    #[allow(clippy::cast_possible_truncation)] // checked just below
     pub const DOORBELL_PORTS: u16 = super::MAX_VCPUS as u16;
+    const _: () = assert!(super::MAX_VCPUS <= 256 && DOORBELL_PORT_BASE as usize + 256 <= 0x10000);
     /// The host writes the page tables mapping scenario windows (gva == gpa) from here on.
     pub const PT_POOL_GPA: u64 = 0x100_0000;
     /// End of the page-table pool: the agent needs at least this much RAM.

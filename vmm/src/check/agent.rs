@@ -302,7 +302,7 @@ impl Agent {
                     "below 4 GiB, where the agent's identity map and RAM are; use gpa >= 64 GiB",
                 ));
             }
-            if gpa.checked_add(size).map_or(true, |e| e > WINDOW_MAX_END) {
+            if gpa.checked_add(size).is_none_or(|e| e > WINDOW_MAX_END) {
                 return Err(bad(gpa, size, "ends above 128 TiB, beyond 4-level paging"));
             }
         }
@@ -1018,7 +1018,7 @@ impl<'a> PageTables<'a> {
         while a < end {
             let pdpt = self.child(self.pml4, (a >> 39) & 511, a)?;
             let pd = self.child(pdpt, (a >> 30) & 511, a)?;
-            if a % M2 == 0 && a + M2 <= end {
+            if a.is_multiple_of(M2) && a + M2 <= end {
                 self.write(pd + ((a >> 21) & 511) * 8, a | PTE_PW | PTE_AD | PTE_PS)?;
                 a += M2;
             } else {
