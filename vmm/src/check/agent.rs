@@ -1445,6 +1445,19 @@ mod tests {
     }
 
     #[test]
+    fn kvm_agent_without_its_driver_ends_with_a_message() {
+        if !kvm() {
+            return;
+        }
+        let agent = Agent::new(1, &[]).unwrap();
+        let (io, out) = crate::launch::VmIo::captured();
+        let outcome = Vmm::new(agent.config(), io).unwrap().run().unwrap();
+        assert_eq!(outcome.exit, devices::exit::VmExit::Done(3), "{outcome:?}");
+        let text = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+        assert!(text.contains("no host driver"), "{text}");
+    }
+
+    #[test]
     fn kvm_exceptions_are_reported_and_loops_count_them() {
         if !kvm() {
             return;

@@ -9,7 +9,8 @@
 //! 2. ring the doorbell `DOORBELL_PORT_BASE + index`; the host returns from that `out` only
 //!    once it has written the next command into the mailbox;
 //! 3. perform the command, write the result, go to 2. EXIT ends the loop: vCPU 0 returns
-//!    (the runtime reports done(0)), the others halt.
+//!    (the runtime reports done(0)), the others halt. A zero command means nobody answered
+//!    the doorbell (run without the host driver): vCPU 0 says so and ends with status 3.
 //!
 //! # The accesses
 //!
@@ -40,7 +41,10 @@ use guest::abi::agent::{
     mailbox_gpa, op, status, AccessCode, AgentResult, Command, Mailbox, DOORBELL_PORT_BASE,
     EXEC_POISON, MAILBOX_MAGIC, MAILBOX_STRIDE, SCRATCH_OFFSET,
 };
-use guest::{guest_main, halt, Cpu, MAX_VCPUS};
+use guest::{guest_main, halt, println, Cpu, MAX_VCPUS};
+
+/// vCPU 0's status when no host driver answers the doorbell.
+const NO_DRIVER: u64 = 3;
 
 /// What `agent_access` returns (RAX, RDX in the SysV ABI).
 #[repr(C)]
@@ -339,6 +343,15 @@ fn main(cpu: &Cpu) -> u64 {
         ring(cpu.index);
         // SAFETY: the host wrote the command during the `out`.
         let cmd = unsafe { addr_of!((*mb).command).read_volatile() };
+        if cmd.op == 0 {
+            // Nobody answered the doorbell (`faultline run --guest agent` alone): say so
+            // instead of spinning.
+            if cpu.index == 0 {
+                println!("agent: no host driver answered the doorbell; the agent is driven by vmm::check::agent (faultline check)");
+                return NO_DRIVER;
+            }
+            halt();
+        }
         if cmd.op == op::EXIT {
             if cpu.index == 0 {
                 return 0;
