@@ -297,6 +297,9 @@ pub mod agent {
         pub cr2: u64,
         /// Last faulting RIP.
         pub rip: u64,
+        /// Accesses the last `agent_access` call completed (it repeats a read or write
+        /// in a tight loop, so a race loop costs a few instructions per access).
+        pub completed: u64,
     }
 
     /// One vCPU's mailbox at [`mailbox_gpa`].
@@ -339,6 +342,8 @@ pub mod agent {
         "mailboxes must stay below the guest image"
     );
     const _: () = assert!(SCRATCH_OFFSET == 26 * 8);
+    /// Offset of [`Scratch::completed`] in the scratch area.
+    pub const SCRATCH_COMPLETED: u64 = core::mem::offset_of!(Scratch, completed) as u64;
 
     /// Reads `N` little-endian words from `bytes` (host side; short input gives zeros).
     pub fn words<const N: usize>(bytes: &[u8]) -> [u64; N] {

@@ -1566,10 +1566,18 @@ mod tests {
             .build()
             .unwrap();
         agent.prepare(&vmm).unwrap();
+        let files = vmm.vcpu_stats_files().unwrap();
+        let reader =
+            crate::measure::kvm_stats::StatsReader::new(files.into_iter().next().unwrap()).unwrap();
         let a = &agent;
         let (_o, got) = agent
             .run_with(vmm, move |_vm| {
                 let mut out = Vec::new();
+                let before = reader.read().unwrap();
+                a.start_loop(0, AccessKind::Read, 0x40_0000, 1, Some(5000), T).unwrap();
+                a.stop_loop(0, Duration::from_secs(120)).unwrap();
+                let d = reader.read().unwrap().delta(&before);
+                eprintln!("vCPU stats moved by 5000 loop reads: {d:?}");
                 for (kind, gva) in [
                     (AccessKind::Read, 0x40_0000),
                     (AccessKind::Read, W),
