@@ -14,8 +14,9 @@
 //!
 //! # The accesses
 //!
-//! One routine, `agent_access(op, gva, value, mailbox)`, in assembly so its instructions are
-//! fixed and published:
+//! One routine, `agent_access(op, gva, value, mailbox, count)`, in assembly so its
+//! instructions are fixed and published (reads and writes repeat `count` times, or until the
+//! mailbox's stop flag, in a 6-instruction loop, so a race loop stays cheap):
 //!
 //! - read: `mov rax, [rbx]` at `agent_read_insn` (rbx = gva);
 //! - write: `mov [rbx], rax` at `agent_write_insn` (rax = value);
