@@ -530,7 +530,6 @@ impl Agent {
             .map_err(|(_, e)| with_waited(e, timeout))?;
         let snap = SlotSnapshot {
             efaults: st.efaults.clone(),
-            efault_count: st.efault_count,
             mmio: st.mmio.first().copied(),
             mmio_count: st.mmio_count,
             crash: st.crash.clone(),
@@ -709,8 +708,6 @@ fn with_waited(e: AgentError, timeout: Duration) -> AgentError {
 
 struct SlotSnapshot {
     efaults: Vec<Option<MemoryFault>>,
-    #[allow(dead_code)]
-    efault_count: u64,
     mmio: Option<MmioAccess>,
     mmio_count: u64,
     crash: Option<String>,
