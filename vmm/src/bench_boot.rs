@@ -2,7 +2,8 @@
 //! itself uses.
 //!
 //! Each run spawns `faultline run --guest G` as a fresh process (so exec, dynamic loading
-//! and KVM setup are all counted) with [`TIMELINE_ENV`] set; the child then prints one
+//! and KVM setup are all counted; its VM comes from `launch::VmBuilder`, the one launch
+//! path, and this module sets up no VM of its own) with [`TIMELINE_ENV`] set; the child then prints one
 //! line `faultline-timeline {json}` on stderr with CLOCK_MONOTONIC timestamps of its first
 //! vCPU exit and of the VM's end, and its RSS split into guest RAM and the rest. The
 //! parent takes CLOCK_MONOTONIC right before spawning, so:

@@ -21,7 +21,7 @@ use crate::memory::{create_guest_memory, GuestRamError};
 pub use crate::vstate::hook::{ExitHook, HookAction, MemoryFault, VcpuControl, VcpuControlError};
 use crate::vstate::kvm::{open_kvm, KvmOpenError};
 use crate::vstate::vcpu::{self, ExitContext, VcpuSetupError, VcpuStats};
-use crate::vstate::vm::{MemslotFlags, Vm, VmError};
+use crate::vstate::vm::{MemslotFlags, Vm, VmError, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::vstate::{ApStartup, EntryPoint};
 use devices::bus::Bus;
 use devices::console::Console;
@@ -210,6 +210,17 @@ fn assign_slots(
                 other_size: u.2,
             });
         }
+        // KVM's identity-map page and 3 TSS pages (Vm::create sets them; KVM_SET_TSS_ADDR).
+        let (rs, re) = (KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS + 3 * PAGE);
+        if e.gpa < re && rs < end {
+            return Err(ExtraMemslotError::Overlap {
+                gpa: e.gpa,
+                size: e.size,
+                other: "KVM's TSS and identity-map pages".into(),
+                other_gpa: rs,
+                other_size: re - rs,
+            });
+        }
         used.push((slot, e.gpa, e.size));
         out.push((slot, *e));
     }
@@ -391,7 +402,7 @@ impl VmIo {
 /// Host-side timestamps of one run (for `faultline bench boot`).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeline {
-    /// `Vmm::new` was called.
+    /// [`VmBuilder::build`] (or `Vmm::new`) started.
     pub start: Instant,
     /// The vCPUs were about to enter the guest.
     pub vcpus_started: Instant,
@@ -642,6 +653,12 @@ impl Vmm {
         let tids: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
         let ktids: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
         let controller_stopped = AtomicBool::new(false);
+        // The vCPU fds move to their threads: a controller gets their stats files now.
+        let vcpu_stats: Vec<std::fs::File> = if controller.is_some() {
+            self.vcpu_stats_files().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let vcpus = std::mem::take(&mut self.vcpus);
         let vcpus_started = Instant::now();
         let this = &self;
@@ -679,6 +696,7 @@ impl Vmm {
             };
             let control = controller.map(|f| {
                 let (ktids, finished, stopped) = (&ktids, &finished, &controller_stopped);
+                let vcpu_stats = &vcpu_stats;
                 std::thread::Builder::new()
                     .name("vm-controller".into())
                     .spawn_scoped(s, move || {
@@ -696,6 +714,7 @@ impl Vmm {
                             ktids,
                             extra_slots: &this.extra_slots,
                             controller_stopped: stopped,
+                            vcpu_stats,
                         };
                         let r =
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&handle)));
@@ -800,6 +819,7 @@ pub struct VmHandle<'a> {
     ktids: &'a [AtomicU32],
     extra_slots: &'a [u32],
     controller_stopped: &'a AtomicBool,
+    vcpu_stats: &'a [std::fs::File],
 }
 
 impl std::fmt::Debug for VmHandle<'_> {
@@ -854,6 +874,18 @@ impl VmHandle<'_> {
     /// The extra memslots' KVM slot ids, in the order they were given to the builder.
     pub fn extra_memslots(&self) -> &[u32] {
         self.extra_slots
+    }
+
+    /// A new binary stats file of the VM (KVM_GET_STATS_FD; parse it with
+    /// `measure::kvm_stats::StatsReader`).
+    pub fn vm_stats_file(&self) -> Result<std::fs::File, crate::vstate::stats::StatsFdError> {
+        crate::vstate::stats::stats_fd(self.vm.fd())
+    }
+
+    /// The vCPUs' binary stats files, in vCPU order (opened before the vCPUs started; empty
+    /// if KVM_GET_STATS_FD failed).
+    pub fn vcpu_stats_files(&self) -> &[std::fs::File] {
+        self.vcpu_stats
     }
 }
 
@@ -913,4 +945,432 @@ fn load_payload(
 /// Launches `config` and waits for it: `VmBuilder::new(config, io).build()?.run()`.
 pub fn run(config: VmConfig, io: VmIo) -> Result<RunOutcome, VmmError> {
     VmBuilder::new(config, io).build()?.run()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Builder extension points on real KVM with the `touch` guest (skipped without
+    //! /dev/kvm): an extra memslot and PIO device, an exit hook seeing KVM_RUN's EFAULT, and
+    //! a run_with controller deleting a memslot while the guest runs.
+    use super::*;
+    use crate::config::{Backing, MemoryConfig};
+    use crate::measure::workload::{
+        Access, TouchParams, MARK_PORT, PATTERN_MAGIC, REGION_GPA, STAGE_START, STAGE_VERIFIED,
+    };
+    use devices::bus::BusDevice;
+    use std::sync::mpsc;
+    use vm_memory::MmapRegion;
+
+    fn kvm_present() -> bool {
+        let ok = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if !ok {
+            eprintln!("SKIPPED: /dev/kvm is not usable");
+        }
+        ok
+    }
+
+    fn touch_config() -> VmConfig {
+        VmConfig {
+            memory: MemoryConfig {
+                size: 32 << 20,
+                backing: Backing::Anon,
+            },
+            vcpus: 1,
+            payload: Payload::Guest("touch".into()),
+            ..VmConfig::default()
+        }
+    }
+
+    fn touch_params(bytes: u64, access: Access) -> TouchParams {
+        TouchParams {
+            region_gpa: REGION_GPA,
+            bytes_per_vcpu: bytes,
+            stride: 4096,
+            access,
+            random: false,
+            expect: 0,
+            seed: 1,
+        }
+    }
+
+    /// Records the stages written to the mark port; optionally holds the vCPU at
+    /// STAGE_START until `release` says go.
+    #[derive(Default)]
+    struct Stages {
+        seen: Vec<u32>,
+        at_start: Option<mpsc::Sender<()>>,
+        release: Option<mpsc::Receiver<()>>,
+    }
+    impl BusDevice for Stages {
+        fn read(&mut self, _: usize, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&mut self, _: usize, _: u64, data: &[u8]) {
+            let mut b = [0u8; 4];
+            let n = data.len().min(4);
+            b[..n].copy_from_slice(&data[..n]);
+            let stage = u32::from_le_bytes(b);
+            self.seen.push(stage);
+            if stage == STAGE_START {
+                if let Some(tx) = self.at_start.take() {
+                    let _ = tx.send(());
+                }
+                if let Some(rx) = self.release.take() {
+                    let _ = rx.recv_timeout(std::time::Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn anon(size: usize, prot: i32) -> MmapRegion {
+        MmapRegion::build(None, size, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS).unwrap()
+    }
+
+    fn region_slot(r: &MmapRegion) -> ExtraMemslot {
+        ExtraMemslot {
+            slot: None,
+            gpa: REGION_GPA,
+            size: r.size() as u64,
+            host_addr: r.as_ptr() as u64,
+            readonly: false,
+            dirty_log: false,
+        }
+    }
+
+    #[test]
+    fn extra_memslot_and_pio_device_serve_the_touch_guest() {
+        if !kvm_present() {
+            return;
+        }
+        let size = 1 << 20;
+        let region = anon(size, libc::PROT_READ | libc::PROT_WRITE);
+        let stages = Arc::new(Mutex::new(Stages::default()));
+        let (io, _out) = VmIo::captured();
+        let vmm = VmBuilder::new(touch_config(), io)
+            .memslot(ExtraMemslot {
+                dirty_log: true,
+                ..region_slot(&region)
+            })
+            .pio_device(MARK_PORT, 4, stages.clone())
+            .build()
+            .unwrap();
+        // Guest RAM is one region (slot 0): the extra slot is the next free id.
+        assert_eq!(vmm.extra_memslots(), &[1]);
+        touch_params(size as u64, Access::Write)
+            .write(vmm.guest_memory())
+            .unwrap();
+        let (outcome, bitmap) = vmm
+            .run_with(|h| {
+                while !h.stopped() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                h.vm().get_dirty_log(1, size as u64)
+            })
+            .unwrap();
+        assert_eq!(outcome.exit, VmExit::Done(0), "{:?}", outcome.exit);
+        assert!(!outcome.stopped_by_controller);
+        assert_eq!(stages.lock().unwrap().seen, vec![1, 2, STAGE_VERIFIED]);
+        // The guest's writes landed in the caller's mapping ...
+        for page in 0..(size / 4096) {
+            let off = page * 4096;
+            // SAFETY: `off` is inside the live `region` mapping; u64-aligned.
+            let v = unsafe { (region.as_ptr().add(off) as *const u64).read_volatile() };
+            assert_eq!(v, (REGION_GPA + off as u64) ^ PATTERN_MAGIC, "page {page}");
+        }
+        // ... and KVM logged every page of the slot dirty.
+        let bitmap = bitmap.unwrap().unwrap();
+        let dirty: u32 = bitmap.iter().map(|w| w.count_ones()).sum();
+        assert_eq!(dirty as usize, size / 4096, "{bitmap:x?}");
+    }
+
+    /// (vCPU, errno, memory fault, RIP) of one on_run_error call.
+    type RunError = (usize, i32, Option<MemoryFault>, u64);
+
+    /// Records what the hook saw and stops the VM.
+    #[derive(Default)]
+    struct RecordingHook {
+        run_errors: Mutex<Vec<RunError>>,
+        unhandled: Mutex<Vec<(usize, String, u64)>>,
+    }
+    impl ExitHook for RecordingHook {
+        fn on_run_error(
+            &self,
+            vcpu: &mut VcpuControl<'_>,
+            errno: i32,
+            fault: Option<MemoryFault>,
+        ) -> HookAction {
+            let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+            self.run_errors
+                .lock()
+                .unwrap()
+                .push((vcpu.index(), errno, fault, rip));
+            HookAction::Stop(VmExit::Done(77))
+        }
+        fn on_unhandled_exit(&self, vcpu: &mut VcpuControl<'_>, what: &str) -> HookAction {
+            let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+            self.unhandled
+                .lock()
+                .unwrap()
+                .push((vcpu.index(), what.to_string(), rip));
+            HookAction::Stop(VmExit::Done(55))
+        }
+    }
+
+    /// This development host's KVM is PVM (module kvm_pvm), see platform.md.
+    fn pvm_host() -> bool {
+        std::path::Path::new("/sys/module/kvm_pvm").exists()
+    }
+
+    /// A writable memslot over a PROT_READ mapping, written by the guest. Upstream KVM's
+    /// fault path (hva_to_pfn() -> KVM_PFN_ERR_FAULT, kvm_handle_error_pfn() in
+    /// arch/x86/kvm/mmu/mmu.c) ends KVM_RUN with -EFAULT (6.12 fills no
+    /// KVM_EXIT_MEMORY_FAULT for it; a kernel that does must name the region's gpa).
+    /// Measured on this PVM host (shadow MMU, host 6.18): no EFAULT at all; KVM emulates
+    /// the access, the emulator's guest write fails, and emulator_read_write_onepage()
+    /// (arch/x86/kvm/x86.c) hands it to userspace as KVM_EXIT_MMIO. Reads of PROT_NONE or
+    /// unmapped hvas likewise became MMIO reads (checked by hand, not tested here).
+    #[test]
+    fn a_write_to_a_read_only_mapping_is_efault_upstream_and_mmio_on_pvm() {
+        if !kvm_present() {
+            return;
+        }
+        let size = 64 << 10;
+        let region = anon(size, libc::PROT_READ);
+        let hook = Arc::new(RecordingHook::default());
+        let (io, _out) = VmIo::captured();
+        let vmm = VmBuilder::new(touch_config(), io)
+            .memslot(region_slot(&region))
+            .pio_device(MARK_PORT, 4, Arc::new(Mutex::new(Stages::default())))
+            .exit_hook(hook.clone())
+            .build()
+            .unwrap();
+        let info = vmm.vm().memory_fault_info();
+        touch_params(size as u64, Access::Write)
+            .write(vmm.guest_memory())
+            .unwrap();
+        let outcome = vmm.run().unwrap();
+        let errors = hook.run_errors.lock().unwrap().clone();
+        eprintln!(
+            "KVM_CAP_MEMORY_FAULT_INFO: {info}; run errors {errors:?}; exit {:?}; MMIO {:x?}",
+            outcome.exit, outcome.unknown_mmio
+        );
+        if pvm_host() {
+            assert!(errors.is_empty(), "{errors:?}");
+            let pages: Vec<u64> = (0..(size as u64 / 4096))
+                .map(|p| REGION_GPA + p * 4096)
+                .collect();
+            assert_eq!(outcome.unknown_mmio, pages);
+            // The writes went nowhere: the guest's check reads back the zero page.
+            let VmExit::AssertFailed { msg, .. } = &outcome.exit else {
+                panic!("{:?}", outcome.exit)
+            };
+            assert!(msg.contains("reads back 0x0"), "{msg}");
+        } else {
+            assert_eq!(outcome.exit, VmExit::Done(77), "{:?}", outcome.exit);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            let (vcpu, errno, fault, rip) = errors[0];
+            assert_eq!((vcpu, errno), (0, libc::EFAULT), "{errors:?}");
+            assert!(rip > 0, "{errors:?}");
+            if let Some(f) = fault {
+                assert!(
+                    info,
+                    "memory fault info without KVM_CAP_MEMORY_FAULT_INFO: {f:?}"
+                );
+                assert_eq!(f.gpa, REGION_GPA, "{f:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn exit_hook_sees_a_triple_fault_and_chooses_the_exit() {
+        if !kvm_present() {
+            return;
+        }
+        let config = VmConfig {
+            payload: Payload::Guest("triple-fault".into()),
+            ..touch_config()
+        };
+        let hook = Arc::new(RecordingHook::default());
+        let (io, _out) = VmIo::captured();
+        let outcome = VmBuilder::new(config, io)
+            .exit_hook(hook.clone())
+            .build()
+            .unwrap()
+            .run()
+            .unwrap();
+        assert_eq!(outcome.exit, VmExit::Done(55));
+        let seen = hook.unhandled.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!((seen[0].0, seen[0].1.as_str()), (0, "KVM_EXIT_SHUTDOWN"));
+        assert!(seen[0].2 > 0, "{seen:?}");
+    }
+
+    #[test]
+    fn controller_deletes_a_memslot_and_the_guest_then_sees_mmio() {
+        if !kvm_present() {
+            return;
+        }
+        let size = 64 << 10;
+        let region = anon(size, libc::PROT_READ | libc::PROT_WRITE);
+        let (at_start_tx, at_start) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let stages = Arc::new(Mutex::new(Stages {
+            seen: Vec::new(),
+            at_start: Some(at_start_tx),
+            release: Some(release_rx),
+        }));
+        let (io, _out) = VmIo::captured();
+        let vmm = VmBuilder::new(touch_config(), io)
+            .memslot(region_slot(&region))
+            .pio_device(MARK_PORT, 4, stages.clone())
+            .build()
+            .unwrap();
+        touch_params(size as u64, Access::Read)
+            .write(vmm.guest_memory())
+            .unwrap();
+        let (outcome, deleted) = vmm
+            .run_with(move |h| {
+                assert_eq!(h.vcpu_thread_ids().len(), 1);
+                assert!(h.vcpu_thread_ids()[0] != 0);
+                // The guest is parked in its STAGE_START port write.
+                at_start.recv().unwrap();
+                let slot = h.extra_memslots()[0];
+                let r = h.vm().delete_memslot(slot);
+                release.send(()).unwrap();
+                while !h.stopped() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                r.is_ok()
+            })
+            .unwrap();
+        assert_eq!(deleted, Some(true));
+        // With the slot gone the reads become MMIO exits (unclaimed: all ones), so the
+        // guest's zero check fails on the region's first word.
+        let VmExit::AssertFailed { msg, .. } = &outcome.exit else {
+            panic!("{:?}", outcome.exit)
+        };
+        assert!(outcome.unknown_mmio.contains(&REGION_GPA), "{outcome:?}");
+        assert!(!outcome.stopped_by_controller);
+        eprintln!("guest: {msg}");
+    }
+
+    #[test]
+    fn controller_return_stops_a_running_vm() {
+        if !kvm_present() {
+            return;
+        }
+        // serial-echo polls the UART for a line forever without stdin: only the
+        // controller can end this VM.
+        let config = VmConfig {
+            payload: Payload::Guest("serial-echo".into()),
+            ..touch_config()
+        };
+        let (io, out) = VmIo::captured();
+        let vmm = VmBuilder::new(config, io).build().unwrap();
+        let (outcome, v) = vmm
+            .run_with(|h| {
+                let t = Instant::now();
+                while out.lock().unwrap().is_empty() && t.elapsed().as_secs() < 30 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                assert!(!h.stopped());
+                assert_eq!(h.vcpu_stats_files().len(), 1);
+                let vm_stats =
+                    crate::measure::kvm_stats::StatsReader::new(h.vm_stats_file().unwrap())
+                        .unwrap();
+                let vcpu_stats = crate::measure::kvm_stats::StatsReader::new(
+                    h.vcpu_stats_files()[0].try_clone().unwrap(),
+                )
+                .unwrap();
+                assert!(vm_stats.read().is_ok());
+                // serial-echo polls the UART: the vCPU's exits count up. (This PVM host
+                // counts them in `exits` and `insn_emulation`; `io_exits` stays 0.)
+                let exits = vcpu_stats.read().unwrap().get("exits");
+                assert!(exits.is_some_and(|n| n > 0), "{exits:?}");
+                h.guest_memory().num_regions()
+            })
+            .unwrap();
+        assert_eq!(v, Some(1));
+        assert!(outcome.stopped_by_controller);
+        assert_eq!(outcome.exit, VmExit::Reset);
+    }
+
+    /// Counts MMIO reads and answers zero.
+    #[derive(Default)]
+    struct ZeroMmio(Vec<u64>);
+    impl BusDevice for ZeroMmio {
+        fn read(&mut self, _: usize, offset: u64, data: &mut [u8]) {
+            self.0.push(offset);
+            data.fill(0);
+        }
+        fn write(&mut self, _: usize, _: u64, _: &[u8]) {}
+    }
+
+    #[test]
+    fn mmio_device_answers_guest_reads_where_no_memslot_is() {
+        if !kvm_present() {
+            return;
+        }
+        let size = 16 * 4096u64;
+        let dev = Arc::new(Mutex::new(ZeroMmio::default()));
+        let (io, _out) = VmIo::captured();
+        let vmm = VmBuilder::new(touch_config(), io)
+            .mmio_device(REGION_GPA, size, dev.clone())
+            .pio_device(MARK_PORT, 4, Arc::new(Mutex::new(Stages::default())))
+            .build()
+            .unwrap();
+        assert!(vmm.extra_memslots().is_empty());
+        touch_params(size, Access::Read)
+            .write(vmm.guest_memory())
+            .unwrap();
+        let outcome = vmm.run().unwrap();
+        assert_eq!(outcome.exit, VmExit::Done(0), "{:?}", outcome.exit);
+        assert!(outcome.unknown_mmio.is_empty(), "{outcome:?}");
+        let reads = dev.lock().unwrap().0.clone();
+        // One 8-byte read per page, at each page's offset in the device.
+        let pages: Vec<u64> = (0..16).map(|p| p * 4096).collect();
+        assert!(reads.starts_with(&pages), "{reads:x?}");
+        assert!(outcome.vcpu_stats[0].exit_mmio >= 16);
+    }
+
+    #[test]
+    fn overlapping_or_taken_memslots_are_refused_before_any_vm() {
+        let ram = [(0u64, 32u64 << 20)];
+        let slot = |slot, gpa, size| ExtraMemslot {
+            slot,
+            gpa,
+            size,
+            host_addr: 0x7f00_0000_0000,
+            readonly: false,
+            dirty_log: false,
+        };
+        let e = assign_slots(&ram, &[slot(None, 16 << 20, 4096)]).unwrap_err();
+        assert!(e.to_string().contains("overlaps guest RAM"), "{e}");
+        let e = assign_slots(&ram, &[slot(Some(0), 1 << 30, 4096)]).unwrap_err();
+        assert!(e.to_string().contains("already used by guest RAM"), "{e}");
+        let e = assign_slots(&ram, &[slot(None, 0xfff0_0000, 1 << 20)]).unwrap_err();
+        assert!(e.to_string().contains("TSS"), "{e}");
+        let e = assign_slots(&ram, &[slot(None, 1 << 30, 100)]).unwrap_err();
+        assert!(e.to_string().contains("4 KiB aligned"), "{e}");
+        let got = assign_slots(
+            &ram,
+            &[slot(None, 1 << 30, 4096), slot(Some(1), 2 << 30, 4096)],
+        )
+        .unwrap();
+        // The explicit id 1 is kept free: the None slot takes 2.
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![2, 1]);
+        let e = assign_slots(
+            &ram,
+            &[
+                slot(None, 1 << 30, 8192),
+                slot(None, (1 << 30) + 4096, 4096),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("overlaps memslot 1"), "{e}");
+    }
 }

@@ -24,7 +24,8 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
     let outcome = args
         .to_config()
         .map_err(vmm::VmmError::from)
-        .and_then(|config| vmm::run(config, vmm::VmIo::stdio()));
+        .and_then(|config| vmm::VmBuilder::new(config, vmm::VmIo::stdio()).build())
+        .and_then(vmm::Vmm::run);
     match outcome {
         Ok(o) => {
             let status = o.exit.status();

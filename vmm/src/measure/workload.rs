@@ -15,26 +15,23 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use devices::bus::{Bus, BusDevice};
-use devices::console::Console;
-use devices::exit::{ExitSignal, VmExit};
-use devices::ucall::{UcallPort, UCALL_PORT};
+use devices::bus::BusDevice;
+use devices::exit::VmExit;
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::kvm_stats::{StatsReader, StatsSnapshot};
 use super::report::{BenchReport, RunResult, UffdSummary, VcpuResult};
-use crate::config::{Backing, MemoryConfig};
+use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
+use crate::launch::{ExtraMemslot, VmBuilder, VmIo};
 use crate::memory::uffd::region::{MeasuredRegion, RegionBacking, RegionError};
 use crate::memory::uffd::{
     MissingResolve, UffdConfig, UffdMode, UffdRegion, UffdService, UffdStartError, UffdStopError,
 };
 use crate::vstate::stats::stats_fd;
-use crate::vstate::ApStartup;
 
 /// Guest-physical start of the measured region.
 pub const REGION_GPA: u64 = 1 << 30;
@@ -48,8 +45,10 @@ pub const PARAMS_GPA: u64 = 0x10_0000;
 pub const MARK_PORT: u16 = 0xe8;
 /// `Params::magic` of the guest.
 const PARAMS_MAGIC: u64 = 0x4d52_5068_6375_6f74;
-const STAGE_START: u32 = 1;
-const STAGE_END: u32 = 2;
+/// The guest's stage right before its timed loop.
+pub const STAGE_START: u32 = 1;
+/// The guest's stage right after its timed loop.
+pub const STAGE_END: u32 = 2;
 /// Offset of `Params::touched` in the guest's parameter block.
 const TOUCHED_OFFSET: u64 = 9 * 8;
 
@@ -212,6 +211,51 @@ pub enum BenchError {
     },
 }
 
+/// The `touch` guest's parameter block (its `Params`, at [`PARAMS_GPA`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TouchParams {
+    /// First byte of vCPU 0's region.
+    pub region_gpa: u64,
+    /// Bytes per vCPU.
+    pub bytes_per_vcpu: u64,
+    /// Bytes between accesses.
+    pub stride: u64,
+    /// Access kind.
+    pub access: Access,
+    /// Random order.
+    pub random: bool,
+    /// 0: first reads see zero; 1: they see `PATTERN_MAGIC ^ gpa`.
+    pub expect: u64,
+    /// Seed of the random order.
+    pub seed: u64,
+}
+
+impl TouchParams {
+    /// Writes the block (and zeroes the guest's counters) into guest RAM.
+    pub fn write(&self, mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryError> {
+        let params = [
+            PARAMS_MAGIC,
+            self.region_gpa,
+            self.bytes_per_vcpu,
+            self.stride,
+            self.access.code(),
+            u64::from(self.random),
+            self.expect,
+            self.seed,
+            0,
+        ];
+        for (i, v) in params.iter().enumerate() {
+            mem.write_obj(*v, GuestAddress(PARAMS_GPA + 8 * i as u64))?;
+        }
+        Ok(())
+    }
+}
+
+/// `PATTERN_MAGIC` of the guest: writes store `PATTERN_MAGIC ^ gpa`.
+pub const PATTERN_MAGIC: u64 = 0x6661_756c_746c_696e;
+/// The guest's stage after its verification pass.
+pub const STAGE_VERIFIED: u32 = 3;
+
 /// Timestamps of the guest's stage marks, and KVM stats read at the first start and last end.
 struct Marks {
     vcpus: usize,
@@ -288,13 +332,13 @@ impl FaultBench {
                 self.vcpus
             )));
         }
-        if self.stride < 8 || self.stride % 8 != 0 || self.stride > self.bytes_per_vcpu {
+        if self.stride < 8 || !self.stride.is_multiple_of(8) || self.stride > self.bytes_per_vcpu {
             return Err(BenchError::BadArgument(format!(
                 "--stride {}: use a multiple of 8 between 8 and --size (4096 = one access per page)",
                 self.stride
             )));
         }
-        if self.bytes_per_vcpu == 0 || self.bytes_per_vcpu % 4096 != 0 {
+        if self.bytes_per_vcpu == 0 || !self.bytes_per_vcpu.is_multiple_of(4096) {
             return Err(BenchError::BadArgument(format!(
                 "--size {}: use a non-zero multiple of 4K, e.g. 16M or 1G",
                 self.bytes_per_vcpu
@@ -310,7 +354,7 @@ impl FaultBench {
             });
         }
         for &b in &self.backings {
-            if self.bytes_per_vcpu % b.page_size() as u64 != 0 {
+            if !self.bytes_per_vcpu.is_multiple_of(b.page_size() as u64) {
                 return Err(BenchError::BadArgument(format!(
                     "--size {} is not a multiple of the {} page size ({} bytes)",
                     self.bytes_per_vcpu,
@@ -374,84 +418,66 @@ impl FaultBench {
             region.fill_alias(REGION_GPA);
         }
 
-        // Guest memory: ordinary RAM plus the measured region as its own memslot.
-        let base = crate::memory::backing::create_guest_memory(&MemoryConfig {
-            size: BASE_RAM,
-            backing: Backing::Anon,
-        })
-        .map_err(|e| BenchError::GuestRam(e.to_string()))?;
-        let flags = if backing.is_shared() {
-            libc::MAP_SHARED
-        } else {
-            libc::MAP_PRIVATE
+        // The VM: ordinary RAM for the guest, the measured region as its own memslot over
+        // `region` (which outlives the Vmm: it is dropped at the end of this function), and
+        // the mark port.
+        crate::guests::find("touch").ok_or(BenchError::NoGuest)?;
+        let kvm_err = |e: &dyn std::fmt::Display| BenchError::Kvm(e.to_string());
+        let config = VmConfig {
+            memory: MemoryConfig {
+                size: BASE_RAM,
+                backing: Backing::Anon,
+            },
+            vcpus: self.vcpus,
+            payload: Payload::Guest("touch".into()),
+            kvm_device: self.kvm_device.clone(),
         };
-        // SAFETY: `region` is a live mapping of `total` bytes that outlives `mem` and the VM
-        // (both are dropped at the end of this function, before `region`). The MmapRegion
-        // does not own it (build_raw never unmaps).
-        let mapping = unsafe {
-            MmapRegion::build_raw(
-                region.addr() as *mut u8,
-                total,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-            )
-        }
-        .map_err(|e| BenchError::GuestRam(e.to_string()))?;
-        let measured = GuestRegionMmap::new(mapping, GuestAddress(REGION_GPA))
-            .ok_or_else(|| BenchError::GuestRam("measured region overflows".into()))?;
-        let mem: GuestMemoryMmap = base
-            .insert_region(Arc::new(measured))
-            .map_err(|e| BenchError::GuestRam(e.to_string()))?;
-
-        let guest = crate::guests::find("touch").ok_or(BenchError::NoGuest)?;
-        let entry = crate::guests::load(&mem, guest, self.vcpus)
-            .map_err(|e| BenchError::Kvm(e.to_string()))?;
+        let (io, output) = VmIo::captured();
+        let marks = Arc::new(Mutex::new(Marks {
+            vcpus,
+            marks: Vec::new(),
+            started: 0,
+            ended: 0,
+            readers: Vec::new(),
+            before: None,
+            after: None,
+        }));
+        let vmm = VmBuilder::new(config, io)
+            .memslot(ExtraMemslot {
+                slot: None,
+                gpa: REGION_GPA,
+                size: total as u64,
+                host_addr: region.addr() as u64,
+                readonly: false,
+                dirty_log: false,
+            })
+            .pio_device(MARK_PORT, 4, marks.clone())
+            .build()
+            .map_err(|e| kvm_err(&e))?;
+        let mem = vmm.guest_memory().clone();
         let expect = match (mode, self.uffd.resolve) {
             (Some(UffdMode::Missing), MissingResolve::Copy) | (Some(UffdMode::Minor), _) => 1u64,
             _ => 0,
         };
-        let params = [
-            PARAMS_MAGIC,
-            REGION_GPA,
-            self.bytes_per_vcpu,
-            self.stride,
-            self.access.code(),
-            u64::from(self.random),
+        TouchParams {
+            region_gpa: REGION_GPA,
+            bytes_per_vcpu: self.bytes_per_vcpu,
+            stride: self.stride,
+            access: self.access,
+            random: self.random,
             expect,
-            self.seed,
-            0,
-        ];
-        for (i, v) in params.iter().enumerate() {
-            mem.write_obj(*v, GuestAddress(PARAMS_GPA + 8 * i as u64))
-                .map_err(|e| BenchError::GuestRam(e.to_string()))?;
+            seed: self.seed,
         }
-
-        let kvm_err = |e: &dyn std::fmt::Display| BenchError::Kvm(e.to_string());
-        let kvm = crate::vstate::kvm::open_kvm(&self.kvm_device).map_err(|e| kvm_err(&e))?;
-        let vm = crate::vstate::vm::Vm::new(&kvm, self.vcpus, &mem).map_err(|e| kvm_err(&e))?;
-        crate::vstate::vcpu::write_entry_tables(&mem).map_err(|e| kvm_err(&e))?;
-        let cpuid = crate::vstate::vcpu::supported_cpuid(&kvm).map_err(|e| kvm_err(&e))?;
+        .write(&mem)
+        .map_err(|e| BenchError::GuestRam(e.to_string()))?;
         let mut readers = vec![
-            StatsReader::new(stats_fd(vm.fd()).map_err(|e| kvm_err(&e))?)
+            StatsReader::new(stats_fd(vmm.vm().fd()).map_err(|e| kvm_err(&e))?)
                 .map_err(|e| kvm_err(&e))?,
         ];
-        let mut vcpu_fds = Vec::with_capacity(vcpus);
-        for i in 0..self.vcpus {
-            let fd = crate::vstate::vcpu::create_vcpu(
-                vm.fd(),
-                &cpuid,
-                i,
-                self.vcpus,
-                &entry,
-                ApStartup::SameEntry,
-            )
-            .map_err(|e| kvm_err(&e))?;
-            readers.push(
-                StatsReader::new(stats_fd(&fd).map_err(|e| kvm_err(&e))?)
-                    .map_err(|e| kvm_err(&e))?,
-            );
-            vcpu_fds.push(fd);
+        for f in vmm.vcpu_stats_files().map_err(|e| kvm_err(&e))? {
+            readers.push(StatsReader::new(f).map_err(|e| kvm_err(&e))?);
         }
+        marks.lock().unwrap_or_else(|e| e.into_inner()).readers = readers;
 
         // The uffd service, registered before anything can touch the region.
         let service = match mode {
@@ -481,72 +507,20 @@ impl FaultBench {
             }
         };
 
-        let exit = Arc::new(ExitSignal::new().map_err(|e| kvm_err(&e))?);
-        let (console, output) = Console::buffer();
-        let marks = Arc::new(Mutex::new(Marks {
-            vcpus,
-            marks: Vec::new(),
-            started: 0,
-            ended: 0,
-            readers,
-            before: None,
-            after: None,
-        }));
-        let mut pio = Bus::new("port");
-        pio.insert(
-            u64::from(UCALL_PORT),
-            4,
-            Arc::new(Mutex::new(UcallPort::new(
-                mem.clone(),
-                console,
-                exit.clone(),
-            ))),
-        )
-        .map_err(|e| kvm_err(&e))?;
-        pio.insert(u64::from(MARK_PORT), 4, marks.clone())
-            .map_err(|e| kvm_err(&e))?;
-        let pio = Arc::new(pio);
-        let mmio = Arc::new(Bus::new("MMIO"));
-        crate::vstate::vcpu::install_kick_handler().map_err(|e| kvm_err(&e))?;
-
-        let tids: Vec<AtomicU64> = (0..vcpus).map(|_| AtomicU64::new(0)).collect();
-        let finished: Vec<AtomicBool> = (0..vcpus).map(|_| AtomicBool::new(false)).collect();
-        let (pio_ref, mmio_ref, exit_ref, mem_ref) = (&*pio, &*mmio, &*exit, &mem);
-        std::thread::scope(|scope| -> Result<(), BenchError> {
-            for (i, fd) in vcpu_fds.into_iter().enumerate() {
-                let (tid, done) = (&tids[i], &finished[i]);
-                std::thread::Builder::new()
-                    .name(format!("vcpu{i}"))
-                    .spawn_scoped(scope, move || {
-                        tid.store(crate::vstate::vcpu::current_thread_id(), Ordering::Release);
-                        let ctx = crate::vstate::vcpu::ExitContext {
-                            vcpu: i,
-                            pio: pio_ref,
-                            mmio: mmio_ref,
-                            exit: exit_ref,
-                        };
-                        crate::vstate::vcpu::run_vcpu(fd, ctx, mem_ref, done, None)
-                    })
-                    .map_err(|e| kvm_err(&e))?;
-            }
-            while !exit_ref.fired() {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            crate::vstate::vcpu::stop_vcpus(&tids, &finished);
-            Ok(())
-        })?;
+        let outcome = vmm.run().map_err(|e| kvm_err(&e));
         let uffd_stats = match service {
             Some((cfg, s)) => Some((cfg, s.stop()?)),
             None => None,
         };
-        match exit.reason() {
-            Some(VmExit::Done(0)) => {}
-            Some(VmExit::AssertFailed {
+        let outcome = outcome?;
+        match outcome.exit {
+            VmExit::Done(0) => {}
+            VmExit::AssertFailed {
                 vcpu,
                 file,
                 line,
                 msg,
-            }) => {
+            } => {
                 return Err(BenchError::GuestAssert {
                     vcpu,
                     file,
@@ -657,9 +631,6 @@ impl FaultBench {
             }
         };
         drop(marks);
-        drop(pio);
-        drop(mmio);
-        drop(vm);
         drop(mem);
         drop(region);
         Ok(RunResult {

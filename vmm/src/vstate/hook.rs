@@ -7,8 +7,10 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 
 /// `KVM_EXIT_MEMORY_FAULT`'s payload (`kvm_run.memory_fault`, include/uapi/linux/kvm.h), which
-/// KVM fills when KVM_RUN fails with EFAULT or EHWPOISON on a guest memory access it could not
-/// resolve (`kvm_prepare_memory_fault_exit()`, include/linux/kvm_host.h).
+/// KVM fills when KVM_RUN fails with EFAULT or EHWPOISON on a guest memory access, from the
+/// paths that call `kvm_mmu_prepare_memory_fault_exit()` (arch/x86/kvm/mmu/mmu.c; in 6.12
+/// only private/shared-attribute mismatches and guest_memfd faults, not a plain unresolvable
+/// hva, which returns a bare -EFAULT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryFault {
     /// Guest-physical address of the faulting range.

@@ -673,14 +673,7 @@ pub fn run_vcpu(
                 (ExitAction::Crash(CrashKind::Unexpected(what)), said)
             }
         };
-        let action = match hook_said {
-            None | Some(HookAction::Default) => action,
-            Some(HookAction::Continue) => ExitAction::Continue,
-            Some(HookAction::Stop(reason)) => {
-                ctx.exit.request(reason);
-                ExitAction::Stop
-            }
-        };
+        let action = apply_hook(action, hook_said, ctx.exit);
         match action {
             ExitAction::Continue => {}
             ExitAction::Stop => break,
@@ -698,6 +691,20 @@ pub fn run_vcpu(
     finished.store(true, Ordering::Release);
     drop(vcpu);
     stats
+}
+
+/// What the loop does with `action` (the default for a crash or a KVM_RUN error) once the
+/// hook answered `said` (`None`: no hook): Default keeps it, Continue re-enters KVM_RUN, Stop
+/// ends the VM with the hook's reason (if the VM has not ended already).
+pub fn apply_hook(action: ExitAction, said: Option<HookAction>, exit: &ExitSignal) -> ExitAction {
+    match said {
+        None | Some(HookAction::Default) => action,
+        Some(HookAction::Continue) => ExitAction::Continue,
+        Some(HookAction::Stop(reason)) => {
+            exit.request(reason);
+            ExitAction::Stop
+        }
+    }
 }
 
 /// The calling thread's kernel thread id (gettid(2); what tracefs `set_event_pid` takes).
@@ -861,6 +868,28 @@ mod tests {
             dispatch_exit(VcpuExit::IoOut(0x3f8, &[1]), &ctx),
             ExitAction::Stop
         );
+    }
+
+    #[test]
+    fn hook_answers_override_the_default_action() {
+        let crash = || ExitAction::Crash(CrashKind::Unexpected("KVM_RUN failed: EFAULT".into()));
+        let exit = ExitSignal::new().unwrap();
+        assert_eq!(apply_hook(crash(), None, &exit), crash());
+        assert_eq!(
+            apply_hook(crash(), Some(HookAction::Default), &exit),
+            crash()
+        );
+        assert_eq!(
+            apply_hook(crash(), Some(HookAction::Continue), &exit),
+            ExitAction::Continue
+        );
+        assert!(!exit.fired());
+        assert_eq!(
+            apply_hook(crash(), Some(HookAction::Stop(VmExit::Done(9))), &exit),
+            ExitAction::Stop
+        );
+        assert_eq!(exit.reason(), Some(VmExit::Done(9)));
+        assert_eq!(CrashKind::Shutdown.name(), "KVM_EXIT_SHUTDOWN");
     }
 
     #[test]
