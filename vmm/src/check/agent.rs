@@ -1073,7 +1073,11 @@ mod tests {
 
     #[test]
     fn page_tables_map_windows_with_2m_where_aligned_and_4k_elsewhere() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), PT_POOL_END as usize)]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(
+            GuestAddress(0),
+            usize::try_from(PT_POOL_END).unwrap(),
+        )])
+        .unwrap();
         crate::vstate::vcpu::write_entry_tables(&mem).unwrap();
         let mut pt = PageTables::new(
             &mem,
@@ -1168,7 +1172,11 @@ mod tests {
 
     #[test]
     fn a_full_pool_is_an_error_not_a_panic() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), PT_POOL_END as usize)]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(
+            GuestAddress(0),
+            usize::try_from(PT_POOL_END).unwrap(),
+        )])
+        .unwrap();
         crate::vstate::vcpu::write_entry_tables(&mem).unwrap();
         let mut pt = PageTables::new(
             &mem,
@@ -1244,6 +1252,7 @@ mod tests {
 
     const W: u64 = 64 << 30;
     const M2: u64 = 2 << 20;
+    const M2U: usize = 2 << 20;
     const T: Duration = Duration::from_secs(20);
 
     fn slot(gpa: u64, m: &Mapping) -> crate::launch::ExtraMemslot {
@@ -1258,17 +1267,18 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::vec_init_then_push)] // one push per step reads as the scenario
     fn kvm_read_write_mmio_efault_exec_on_one_vcpu() {
         if !kvm() {
             return;
         }
         // Window: [W, W+2M) anon RW; [W+2M, W+4M) no memslot; [W+4M, W+6M) over PROT_READ.
-        let rw = Mapping::new(M2 as usize, libc::PROT_READ | libc::PROT_WRITE);
-        let ro = Mapping::new(M2 as usize, libc::PROT_READ | libc::PROT_WRITE);
+        let rw = Mapping::new(M2U, libc::PROT_READ | libc::PROT_WRITE);
+        let ro = Mapping::new(M2U, libc::PROT_READ | libc::PROT_WRITE);
         rw.write_byte(0x3000, 0xc3); // `ret` for the exec test
         ro.write_byte(0, 0x5a);
         ro.protect(libc::PROT_READ);
-        let none = Mapping::new(M2 as usize, libc::PROT_NONE);
+        let none = Mapping::new(M2U, libc::PROT_NONE);
         let agent = Agent::new(1, &[(W, 4 * M2)]).unwrap();
         let (io, _out) = crate::launch::VmIo::captured();
         let builder = VmBuilder::new(agent.config(), io)
@@ -1406,7 +1416,7 @@ mod tests {
         if !kvm() {
             return;
         }
-        let rw = Mapping::new(M2 as usize, libc::PROT_READ | libc::PROT_WRITE);
+        let rw = Mapping::new(M2U, libc::PROT_READ | libc::PROT_WRITE);
         let agent = Agent::new(2, &[(W, M2)]).unwrap();
         let (io, _out) = crate::launch::VmIo::captured();
         let builder = VmBuilder::new(agent.config(), io).memslot(slot(W, &rw));
@@ -1467,7 +1477,7 @@ mod tests {
         if !kvm() {
             return;
         }
-        let rw = Mapping::new(M2 as usize, libc::PROT_READ | libc::PROT_WRITE);
+        let rw = Mapping::new(M2U, libc::PROT_READ | libc::PROT_WRITE);
         rw.write_byte(0x5000, 0x0f); // ud2
         rw.write_byte(0x5001, 0x0b);
         let agent = Agent::new(1, &[(W, M2)]).unwrap();
@@ -1526,7 +1536,7 @@ mod tests {
         if !kvm() {
             return;
         }
-        let rw = Mapping::new(M2 as usize, libc::PROT_READ | libc::PROT_WRITE);
+        let rw = Mapping::new(M2U, libc::PROT_READ | libc::PROT_WRITE);
         let agent = Agent::new(1, &[(W, M2)]).unwrap();
         let (io, _out) = crate::launch::VmIo::captured();
         let vmm = agent
@@ -1563,7 +1573,7 @@ mod tests {
     #[test]
     #[ignore]
     fn kvm_loop_rate() {
-        let rw = Mapping::new(M2 as usize, libc::PROT_READ | libc::PROT_WRITE);
+        let rw = Mapping::new(M2U, libc::PROT_READ | libc::PROT_WRITE);
         let agent = Agent::new(1, &[(W, M2)]).unwrap();
         let (io, _out) = crate::launch::VmIo::captured();
         let vmm = agent
