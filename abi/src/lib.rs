@@ -169,7 +169,9 @@ pub mod agent {
     /// vCPU `i` rings port `DOORBELL_PORT_BASE + i` (an 8-bit `out` of `i`).
     pub const DOORBELL_PORT_BASE: u16 = 0x600;
     /// Ports in the doorbell range (one per possible vCPU).
+    #[allow(clippy::cast_possible_truncation)] // checked just below
     pub const DOORBELL_PORTS: u16 = super::MAX_VCPUS as u16;
+    const _: () = assert!(super::MAX_VCPUS <= 256 && DOORBELL_PORT_BASE as usize + 256 <= 0x10000);
     /// The host writes the page tables mapping scenario windows (gva == gpa) from here on.
     pub const PT_POOL_GPA: u64 = 0x100_0000;
     /// End of the page-table pool: the agent needs at least this much RAM.
@@ -295,6 +297,9 @@ pub mod agent {
         pub cr2: u64,
         /// Last faulting RIP.
         pub rip: u64,
+        /// Accesses the last `agent_access` call completed (it repeats a read or write
+        /// in a tight loop, so a race loop costs a few instructions per access).
+        pub completed: u64,
     }
 
     /// One vCPU's mailbox at [`mailbox_gpa`].
@@ -337,6 +342,8 @@ pub mod agent {
         "mailboxes must stay below the guest image"
     );
     const _: () = assert!(SCRATCH_OFFSET == 26 * 8);
+    /// Offset of [`Scratch::completed`] in the scratch area.
+    pub const SCRATCH_COMPLETED: u64 = core::mem::offset_of!(Scratch, completed) as u64;
 
     /// Reads `N` little-endian words from `bytes` (host side; short input gives zeros).
     pub fn words<const N: usize>(bytes: &[u8]) -> [u64; N] {

@@ -9,12 +9,14 @@
 //! 2. ring the doorbell `DOORBELL_PORT_BASE + index`; the host returns from that `out` only
 //!    once it has written the next command into the mailbox;
 //! 3. perform the command, write the result, go to 2. EXIT ends the loop: vCPU 0 returns
-//!    (the runtime reports done(0)), the others halt.
+//!    (the runtime reports done(0)), the others halt. A zero command means nobody answered
+//!    the doorbell (run without the host driver): vCPU 0 says so and ends with status 3.
 //!
 //! # The accesses
 //!
-//! One routine, `agent_access(op, gva, value, mailbox)`, in assembly so its instructions are
-//! fixed and published:
+//! One routine, `agent_access(op, gva, value, mailbox, count)`, in assembly so its
+//! instructions are fixed and published (reads and writes repeat `count` times, or until the
+//! mailbox's stop flag, in a 6-instruction loop, so a race loop stays cheap):
 //!
 //! - read: `mov rax, [rbx]` at `agent_read_insn` (rbx = gva);
 //! - write: `mov [rbx], rax` at `agent_write_insn` (rax = value);
@@ -38,9 +40,12 @@
 use core::ptr::{addr_of, addr_of_mut};
 use guest::abi::agent::{
     mailbox_gpa, op, status, AccessCode, AgentResult, Command, Mailbox, DOORBELL_PORT_BASE,
-    EXEC_POISON, MAILBOX_MAGIC, MAILBOX_STRIDE, SCRATCH_OFFSET,
+    EXEC_POISON, MAILBOX_MAGIC, MAILBOX_STRIDE, SCRATCH_COMPLETED, SCRATCH_OFFSET, STOP_OFFSET,
 };
-use guest::{guest_main, halt, Cpu, MAX_VCPUS};
+use guest::{guest_main, halt, println, Cpu, MAX_VCPUS};
+
+/// vCPU 0's status when no host driver answers the doorbell.
+const NO_DRIVER: u64 = 3;
 
 /// What `agent_access` returns (RAX, RDX in the SysV ABI).
 #[repr(C)]
@@ -50,9 +55,11 @@ struct AccessRet {
 }
 
 extern "sysv64" {
-    /// One access: `op` READ8/WRITE8/EXEC at `gva`, writing `value`; `mb` is this vCPU's
-    /// mailbox (its scratch area holds the saved RSP and the exception details).
-    fn agent_access(op: u64, gva: u64, value: u64, mb: *mut Mailbox) -> AccessRet;
+    /// `count` accesses (0: until `mb.stop`; exec: always one): `op` READ8/WRITE8/EXEC at
+    /// `gva`, writing `value`, ending at the first that does not complete; `mb` is this
+    /// vCPU's mailbox (its scratch area holds the saved RSP, the exception details and
+    /// how many accesses completed).
+    fn agent_access(op: u64, gva: u64, value: u64, mb: *mut Mailbox, count: u64) -> AccessRet;
     /// Writes the addresses of the access instructions to `code`.
     fn agent_publish(code: *mut AccessCode);
     /// First exception stub; stub `v` is at `agent_vectors + 16 * v`.
@@ -64,7 +71,10 @@ const EXC_VECTORS: usize = 32;
 
 core::arch::global_asm!(
     ".section .text.agent, \"ax\"",
-    // agent_access(rdi = op, rsi = gva, rdx = value, rcx = mailbox) -> (rax, rdx)
+    // agent_access(rdi = op, rsi = gva, rdx = value, rcx = mailbox, r8 = count)
+    //   -> (rax = value, rdx = status); scratch.completed = accesses completed.
+    // Reads and writes repeat `count` times (0: until the mailbox's stop flag is set) and
+    // stop at the first that does not complete; exec runs once.
     ".global agent_access",
     "agent_access:",
     "    push rbx",
@@ -76,22 +86,40 @@ core::arch::global_asm!(
     "    push rcx",                          // [saved_rsp] = mailbox, for the epilogue
     "    mov [rcx + {scratch}], rsp",        // scratch.saved_rsp
     "    mov rbx, rsi",
+    "    mov r12, r8",                       // r12 = count (0 = until stop)
+    "    xor r13d, r13d",                    // r13 = completed
+    "    mov r14, rcx",                      // r14 = mailbox
     "    cmp rdi, {op_write}",
     "    je 2f",
     "    cmp rdi, {op_exec}",
     "    je 3f",
-    "    xor eax, eax",
+    "1:  xor eax, eax",
     ".global agent_read_insn",
     "agent_read_insn:",
     "    mov rax, [rbx]",
-    "    mov edx, {st_ok}",
-    "    jmp 9f",
+    "    inc r13",
+    "    test r12, r12",
+    "    jz 4f",
+    "    cmp r13, r12",
+    "    jb 1b",
+    "    jmp 7f",
+    "4:  cmp qword ptr [r14 + {stop}], 0",
+    "    je 1b",
+    "    jmp 7f",
     "2:  mov rax, rdx",
     ".global agent_write_insn",
     "agent_write_insn:",
     "    mov [rbx], rax",
-    "    xor eax, eax",
-    "    mov edx, {st_ok}",
+    "    inc r13",
+    "    test r12, r12",
+    "    jz 5f",
+    "    cmp r13, r12",
+    "    jb agent_write_insn",
+    "    jmp 6f",
+    "5:  cmp qword ptr [r14 + {stop}], 0",
+    "    je agent_write_insn",
+    "6:  xor eax, eax",
+    "7:  mov edx, {st_ok}",
     "    jmp 9f",
     "3:  mov r11, rsi",
     "    movabs rax, {poison}",
@@ -114,6 +142,7 @@ core::arch::global_asm!(
     ".global agent_exec_return",
     "agent_exec_return:",
     "    xor eax, eax",
+    "    mov r13d, 1",
     "    mov edx, {st_ok}",
     "    jmp 9f",
     ".global agent_efault_resume",
@@ -124,9 +153,11 @@ core::arch::global_asm!(
     "agent_exc_resume:",
     "    xor eax, eax",
     "    mov edx, {st_exc}",
-    // Here RSP is the saved one again, whichever way the access ended.
+    // Here RSP is the saved one again, whichever way the access ended. After an exec that
+    // did not return, r13 is poison: the caller counts an exec from its status.
     "9:  mov rcx, [rsp]",
     "    mov qword ptr [rcx + {scratch}], 0",
+    "    mov [rcx + {scratch} + {completed}], r13",
     "    add rsp, 8",
     "    pop r15",
     "    pop r14",
@@ -189,6 +220,8 @@ core::arch::global_asm!(
     "8:  lidt [rip + {null_idtr}]",
     "    ud2",
     scratch = const SCRATCH_OFFSET,
+    completed = const SCRATCH_COMPLETED,
+    stop = const STOP_OFFSET,
     op_write = const op::WRITE8,
     op_exec = const op::EXEC,
     st_ok = const status::COMPLETED,
@@ -264,18 +297,31 @@ fn ring(index: u64) {
     };
 }
 
-fn access(op: u64, gva: u64, value: u64, mb: *mut Mailbox) -> (AccessRet, [u64; 4]) {
+/// `count` accesses (see `agent_access`): the last status and value, the exception
+/// details if it raised one, and how many completed.
+fn access(
+    op: u64,
+    gva: u64,
+    value: u64,
+    mb: *mut Mailbox,
+    count: u64,
+) -> (AccessRet, [u64; 4], u64) {
     // SAFETY: agent_access follows the SysV ABI; exceptions and host skips come back
     // through its epilogue; gva is whatever the host asked for (faults are the point).
-    let r = unsafe { agent_access(op, gva, value, mb) };
+    let r = unsafe { agent_access(op, gva, value, mb, count) };
+    // SAFETY: mb is this vCPU's mailbox; agent_access and the handler wrote the scratch area.
+    let s = unsafe { addr_of!((*mb).scratch).read_volatile() };
     let exc = if r.status == status::EXCEPTION {
-        // SAFETY: mb is this vCPU's mailbox; the handler wrote the scratch area.
-        let s = unsafe { addr_of!((*mb).scratch).read_volatile() };
         [s.vector, s.error_code, s.cr2, s.rip]
     } else {
         [0; 4]
     };
-    (r, exc)
+    let completed = if op == op::EXEC {
+        u64::from(r.status == status::COMPLETED)
+    } else {
+        s.completed
+    };
+    (r, exc, completed)
 }
 
 fn one(cmd: &Command, mb: *mut Mailbox) -> AgentResult {
@@ -285,7 +331,7 @@ fn one(cmd: &Command, mb: *mut Mailbox) -> AgentResult {
     };
     match cmd.op {
         op::READ8 | op::WRITE8 | op::EXEC => {
-            let (r, e) = access(cmd.op, cmd.gva, cmd.value, mb);
+            let (r, e, _) = access(cmd.op, cmd.gva, cmd.value, mb, 1);
             res.status = r.status;
             res.value = r.value;
             [res.vector, res.error_code, res.cr2, res.rip] = e;
@@ -300,16 +346,23 @@ fn one(cmd: &Command, mb: *mut Mailbox) -> AgentResult {
                 if cmd.iterations == 0 && unsafe { addr_of!((*mb).stop).read_volatile() } != 0 {
                     break;
                 }
-                let (r, e) = access(cmd.loop_op, cmd.gva, cmd.value, mb);
-                res.iterations += 1;
+                // The rest of a counted loop, or until stop, in one call.
+                let count = cmd.iterations.saturating_sub(res.iterations);
+                let (r, e, done) = access(cmd.loop_op, cmd.gva, cmd.value, mb, count);
+                res.iterations += done;
+                res.completed += done;
                 res.value = r.value;
                 match r.status {
-                    status::COMPLETED => res.completed += 1,
+                    status::COMPLETED => {}
                     status::EXCEPTION => {
+                        res.iterations += 1;
                         res.exceptions += 1;
                         [res.vector, res.error_code, res.cr2, res.rip] = e;
                     }
-                    _ => res.skipped += 1,
+                    _ => {
+                        res.iterations += 1;
+                        res.skipped += 1;
+                    }
                 }
             }
         }
@@ -339,6 +392,15 @@ fn main(cpu: &Cpu) -> u64 {
         ring(cpu.index);
         // SAFETY: the host wrote the command during the `out`.
         let cmd = unsafe { addr_of!((*mb).command).read_volatile() };
+        if cmd.op == 0 {
+            // Nobody answered the doorbell (`faultline run --guest agent` alone): say so
+            // instead of spinning.
+            if cpu.index == 0 {
+                println!("agent: no host driver answered the doorbell; the agent is driven by vmm::check::agent (faultline check)");
+                return NO_DRIVER;
+            }
+            halt();
+        }
         if cmd.op == op::EXIT {
             if cpu.index == 0 {
                 return 0;

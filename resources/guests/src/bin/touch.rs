@@ -156,7 +156,7 @@ fn main(cpu: &Cpu) -> u64 {
         Dec(cpu.index)
     );
     guest_assert!(
-        prm.stride >= 8 && prm.stride % 8 == 0,
+        prm.stride >= 8 && prm.stride.is_multiple_of(8),
         "stride {} must be a multiple of 8",
         Dec(prm.stride)
     );

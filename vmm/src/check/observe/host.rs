@@ -125,6 +125,63 @@ pub struct HostConditions {
     pub ksm_run: Observed<u32>,
     /// Swap.
     pub swap: Observed<Swap>,
+    /// PMD THP size in bytes (hpage_pmd_size).
+    pub hpage_pmd_size: Observed<u64>,
+    /// Per-size anon THP (mTHP) modes, `hugepages-<size>kB/enabled`: `always`, `inherit`,
+    /// `madvise` or `never` (6.8+; empty before).
+    pub mthp: Observed<Vec<MthpSize>>,
+    /// khugepaged/max_ptes_none: how many empty PTEs a collapse may fill.
+    pub khugepaged_max_ptes_none: Observed<u64>,
+    /// Other files of /sys/kernel/mm/transparent_hugepage this reader does not interpret
+    /// (e.g. a vendor kernel's `anon_beside_full`), raw, so a report can show them.
+    pub thp_other: Observed<Vec<(String, String)>>,
+}
+
+/// One mTHP size's mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MthpSize {
+    /// Folio size in KiB.
+    pub size_kb: u64,
+    /// Its mode.
+    pub enabled: String,
+}
+
+/// Reads the per-size mTHP modes and the uninterpreted files under `dir`.
+fn read_thp_dir(dir: &str) -> (Option<Vec<MthpSize>>, Option<Vec<(String, String)>>) {
+    const KNOWN: [&str; 6] = [
+        "enabled",
+        "defrag",
+        "use_zero_page",
+        "shmem_enabled",
+        "hpage_pmd_size",
+        "khugepaged",
+    ];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (None, None);
+    };
+    let (mut mthp, mut other) = (Vec::new(), Vec::new());
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(kb) = name
+            .strip_prefix("hugepages-")
+            .and_then(|n| n.strip_suffix("kB"))
+            .and_then(|n| n.parse().ok())
+        {
+            if let Some(v) = read_trim(&format!("{dir}/{name}/enabled")) {
+                mthp.push(MthpSize {
+                    size_kb: kb,
+                    enabled: bracketed(&v),
+                });
+            }
+        } else if !KNOWN.contains(&name.as_str()) && e.path().is_file() {
+            if let Some(v) = read_trim(&format!("{dir}/{name}")) {
+                other.push((name, v));
+            }
+        }
+    }
+    mthp.sort_by_key(|m| m.size_kb);
+    other.sort();
+    (Some(mthp), Some(other))
 }
 
 /// Reads a file, trimmed.
@@ -237,6 +294,7 @@ impl HostConditions {
             "/sys/module/{kvm_pvm,kvm_intel/parameters/ept,kvm_amd/parameters/npt,kvm/parameters/tdp_mmu}",
         );
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+        let (mthp, thp_other) = read_thp_dir(THP);
         let swap = meminfo.as_deref().and_then(|m| {
             Some(Swap {
                 total_kb: meminfo_kb(m, "SwapTotal")?,
@@ -273,6 +331,16 @@ impl HostConditions {
                 "/sys/kernel/mm/ksm/run",
             ),
             swap: Observed::new(swap, "/proc/meminfo SwapTotal+SwapFree"),
+            hpage_pmd_size: Observed::new(
+                read_u64(&format!("{THP}/hpage_pmd_size")),
+                format!("{THP}/hpage_pmd_size"),
+            ),
+            mthp: Observed::new(mthp, format!("{THP}/hugepages-*kB/enabled")),
+            khugepaged_max_ptes_none: Observed::new(
+                read_u64(&format!("{THP}/khugepaged/max_ptes_none")),
+                format!("{THP}/khugepaged/max_ptes_none"),
+            ),
+            thp_other: Observed::new(thp_other, format!("{THP}/*")),
         }
     }
 }
@@ -352,6 +420,18 @@ mod tests {
         }
         assert!(h.hugetlb_2m.value.is_some());
         assert!(h.swap.value.is_some());
+        if let Some(m) = &h.mthp.value {
+            let pmd = m.iter().find(|m| m.size_kb == 2048);
+            assert!(m.is_empty() || pmd.is_some(), "{m:?}");
+            assert!(!h
+                .thp_other
+                .value
+                .clone()
+                .unwrap()
+                .iter()
+                .any(|(n, _)| n == "enabled"));
+        }
+        assert_eq!(h.hpage_pmd_size.value, Some(2 << 20));
         eprintln!("{}", serde_json::to_string_pretty(&h).unwrap());
     }
 }

@@ -18,6 +18,7 @@
 //! give a smaller size). A PMD mapping and a PTE-mapped THP look the same here. Each reading
 //! is a snapshot; the page may change right after.
 
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -58,7 +59,7 @@ fn io(path: &str) -> impl FnOnce(std::io::Error) -> PagemapError + '_ {
 }
 
 /// One /proc/self/pagemap entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PagemapEntry(pub u64);
 
 impl PagemapEntry {
@@ -125,7 +126,7 @@ impl PagemapEntry {
 }
 
 /// One /proc/kpageflags entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KpageFlags(pub u64);
 
 #[allow(missing_docs)]
@@ -214,7 +215,7 @@ impl KpageFlags {
 }
 
 /// What kind of memory backs a page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PageKind {
     /// Nothing mapped (no pagemap present/swap bit).
     NotPresent,
@@ -297,7 +298,7 @@ pub fn classify(entry: PagemapEntry, flags: Option<KpageFlags>, pfnmap_vma: bool
 }
 
 /// The state of one page.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageState {
     /// The address asked about.
     pub addr: u64,
@@ -327,7 +328,7 @@ pub struct PageState {
 }
 
 /// A VMA from /proc/self/smaps.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Vma {
     /// Start address.
     pub start: u64,
@@ -377,7 +378,7 @@ impl Vma {
 }
 
 /// A parsed /proc/self/smaps.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Smaps {
     /// VMAs in address order.
     pub vmas: Vec<Vma>,
@@ -574,6 +575,7 @@ impl PageMap {
         addr: u64,
         entry: PagemapEntry,
         vma: Option<&Vma>,
+        folio_cache: &mut Option<(u64, u64)>,
     ) -> Result<PageState, PagemapError> {
         let pfn = entry.pfn();
         let flags = match pfn {
@@ -590,8 +592,12 @@ impl PageMap {
                 .and_then(|v| v.kernel_page_size)
                 .unwrap_or(MAX_THP_PAGES * PAGE_SIZE),
             _ => match (pfn, flags) {
-                (Some(p), Some(f)) if f.compound() => match self.folio_of(p, f)? {
+                (Some(p), Some(f)) if f.compound() => match folio_cache
+                    .filter(|&(h, n)| f.has(KpageFlags::COMPOUND_TAIL) && (h..h + n).contains(&p))
+                    .map_or_else(|| self.folio_of(p, f), |c| Ok(Some(c)))?
+                {
                     Some((h, n)) => {
+                        *folio_cache = Some((h, n));
                         head_pfn = Some(h);
                         n * PAGE_SIZE
                     }
@@ -620,7 +626,7 @@ impl PageMap {
     pub fn state(&self, addr: u64) -> Result<PageState, PagemapError> {
         let smaps = Smaps::read()?;
         let entry = self.entries(addr, 1)?[0];
-        self.state_with(addr, entry, smaps.find(addr))
+        self.state_with(addr, entry, smaps.find(addr), &mut None)
     }
 
     /// The states of `addr`, `addr + step`, ... below `addr + len` (one smaps read).
@@ -638,9 +644,10 @@ impl PageMap {
         let entries = self.entries(addr, to_usize(last - first + 1))?;
         let mut out = Vec::new();
         let mut a = addr;
+        let mut folio = None;
         while a < end {
             let e = entries[to_usize(a / PAGE_SIZE - first)];
-            out.push(self.state_with(a, e, smaps.find(a))?);
+            out.push(self.state_with(a, e, smaps.find(a), &mut folio)?);
             a = match a.checked_add(step) {
                 Some(n) => n,
                 None => break,
@@ -650,12 +657,81 @@ impl PageMap {
     }
 }
 
+impl PageKind {
+    /// A short name without the head/tail detail: `anon-thp`, `huge-zero`, `hugetlb`, ...
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NotPresent => "not-present",
+            Self::Swapped => "swapped",
+            Self::Zero => "zero",
+            Self::HugeZero => "huge-zero",
+            Self::Anon => "anon",
+            Self::AnonThp { .. } => "anon-thp",
+            Self::Shmem => "shmem",
+            Self::File => "file",
+            Self::Hugetlb { .. } => "hugetlb",
+            Self::Ksm => "ksm",
+            Self::Pfnmap => "pfnmap",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Base pages of one (kind, folio size) in a [`PageSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageCount {
+    /// [`PageKind::label`].
+    pub kind: String,
+    /// Folio (or hugetlb page) size in bytes; 0 for not present.
+    pub size: u64,
+    /// Base (4K) pages.
+    pub pages: u64,
+}
+
+/// How many base pages of a range are backed by each (kind, folio size): the host page sizes
+/// behind guest RAM, for reports where KVM's own level stats do not move.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PageSummary {
+    /// Sorted by kind, then size.
+    pub counts: Vec<PageCount>,
+}
+
+impl PageSummary {
+    /// Base pages of `kind` (a label) in folios of `size` bytes.
+    pub fn get(&self, kind: &str, size: u64) -> u64 {
+        self.counts
+            .iter()
+            .find(|c| c.kind == kind && c.size == size)
+            .map_or(0, |c| c.pages)
+    }
+}
+
+impl PageMap {
+    /// Counts every base page of `[addr, addr + len)` by kind and folio size.
+    pub fn summary(&self, addr: u64, len: u64) -> Result<PageSummary, PagemapError> {
+        let mut m = std::collections::BTreeMap::<(&'static str, u64), u64>::new();
+        for st in self.states(addr & !(PAGE_SIZE - 1), len, PAGE_SIZE)? {
+            *m.entry((st.kind.label(), st.size)).or_insert(0) += 1;
+        }
+        Ok(PageSummary {
+            counts: m
+                .into_iter()
+                .map(|((kind, size), pages)| PageCount {
+                    kind: kind.to_string(),
+                    size,
+                    pages,
+                })
+                .collect(),
+        })
+    }
+}
+
 fn to_usize(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const fn kpf(bits: &[u32]) -> KpageFlags {
@@ -770,6 +846,14 @@ VmFlags: rd mr mw me
 
     // ---- real tests on this host ----
 
+    /// A leaked anon mapping of `len` bytes for other modules' tests; its address.
+    pub(crate) fn anon_for_tests(len: usize) -> u64 {
+        let m = Mapping::anon(len, 0).expect("mmap");
+        let a = m.addr();
+        std::mem::forget(m);
+        a
+    }
+
     struct Mapping {
         base: *mut u8,
         len: usize,
@@ -880,7 +964,7 @@ VmFlags: rd mr mw me
         };
         const MB2: usize = 2 << 20;
         let m = Mapping::anon(3 * MB2, 0).unwrap();
-        let off = (MB2 - (m.addr() as usize % MB2)) % MB2;
+        let off = (MB2 - (m.base as usize % MB2)) % MB2;
         let a = m.addr() + off as u64;
         m.madvise(off, MB2, libc::MADV_HUGEPAGE);
         assert_eq!(m.read(off + 5000), 0);
@@ -918,6 +1002,12 @@ VmFlags: rd mr mw me
             assert_eq!(s.head_pfn, Some(head));
         }
         assert!(st.iter().all(|s| s.size == MB2 as u64 && s.exclusive));
+        let t = std::time::Instant::now();
+        let sum = pm.summary(a, MB2 as u64).unwrap();
+        eprintln!("summary of one THP in {:?}: {sum:?}", t.elapsed());
+        assert_eq!(sum.get("anon-thp", MB2 as u64), 512);
+        assert_eq!(sum.counts.len(), 1);
+        assert!(serde_json::to_string(&sum).unwrap().contains("anon-thp"));
         let vma = Smaps::vma_at(a).unwrap();
         assert!(vma.is_hugepage_advised());
         assert!(vma.anon_huge_pages.unwrap() >= MB2 as u64);

@@ -57,7 +57,7 @@ pub enum ProbeError {
 }
 
 /// What this host offers, as found by [`probe_observables`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Observables {
     /// The tracefs mount used.
     pub tracefs: PathBuf,
@@ -226,5 +226,109 @@ mod tests {
             assert!(!o.spte_observable(), "{o:#?}");
         }
         assert!(o.pagemap_pfns && o.kpageflags, "run as root");
+    }
+
+    /// Measured on the real kernel (the model's seed: MADV_DONTNEED of one 4K page inside a
+    /// PMD-mapped THP). With a VM in the process, the trace shows the 4K range and the whole
+    /// 2M range (the PMD split's own invalidation), and pagemap shows the rest of the folio
+    /// still mapped, now by PTEs, as tails of the same large folio.
+    #[test]
+    fn real_dontneed_4k_inside_a_thp_invalidates_the_whole_2m() {
+        use crate::check::observe::pagemap::{PageKind, PAGE_SIZE};
+        const MB2: u64 = 2 << 20;
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("SKIPPED real_dontneed_4k_inside_a_thp: no /dev/kvm");
+            return;
+        }
+        let host = crate::check::observe::host::HostConditions::read();
+        if host.thp_enabled.value.as_deref() == Some("never") {
+            eprintln!("SKIPPED real_dontneed_4k_inside_a_thp: THP is never");
+            return;
+        }
+        let mut s = match TraceSession::start(PidFilter::ThisProcess) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("SKIPPED real_dontneed_4k_inside_a_thp: {e}");
+                return;
+            }
+        };
+        let config = VmConfig {
+            memory: MemoryConfig {
+                size: 32 << 20,
+                ..MemoryConfig::default()
+            },
+            ..VmConfig::default()
+        };
+        let vmm = Vmm::new(config, VmIo::captured().0).unwrap();
+        const SZ: usize = 2 << 20;
+        let len = 2 * SZ;
+        // SAFETY: a fresh private anonymous mapping, unmapped at the end of the test.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let base = p as u64;
+        let a = (base + MB2 - 1) & !(MB2 - 1);
+        let (sz, ptr) = (SZ, a as *mut u8);
+        // SAFETY: [a, a + 2M) lies inside the mapping (2 x 2M, `a` the first 2M boundary).
+        unsafe {
+            assert_eq!(libc::madvise(ptr.cast(), sz, libc::MADV_HUGEPAGE), 0);
+            std::ptr::write_bytes(ptr, 1, sz);
+        }
+        let pm = PageMap::open().unwrap();
+        if pm.state(a).unwrap().kind != (PageKind::AnonThp { head: true }) {
+            eprintln!("SKIPPED real_dontneed_4k_inside_a_thp: no THP was allocated");
+            // SAFETY: unmaps exactly the mapping made above.
+            unsafe { libc::munmap(p, len) };
+            return;
+        }
+        s.set_hva_ranges(std::iter::once(base..base + 2 * MB2).collect());
+        s.drain().unwrap();
+        let hole = a + 3 * PAGE_SIZE;
+        // SAFETY: one page inside the mapping; nothing else uses it.
+        let rc = unsafe { libc::madvise(hole as *mut libc::c_void, 4096, libc::MADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        let got: Vec<TraceEvent> = s
+            .drain()
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| r.event)
+            .collect();
+        eprintln!("DONTNEED 4K inside a THP traced: {got:x?}");
+        let small = TraceEvent::UnmapHvaRange {
+            start: hole,
+            end: hole + PAGE_SIZE,
+        };
+        let whole = TraceEvent::UnmapHvaRange {
+            start: a,
+            end: a + MB2,
+        };
+        assert!(got.contains(&small), "{got:x?}");
+        assert!(
+            got.contains(&whole),
+            "the PMD split invalidates the whole 2M: {got:x?}"
+        );
+        let st = pm.states(a, MB2, PAGE_SIZE).unwrap();
+        assert_eq!(st[3].kind, PageKind::NotPresent);
+        let head = st[0].pfn.unwrap();
+        eprintln!(
+            "after: page 0 {:?} size {}, page 4 {:?} size {}",
+            st[0].kind, st[0].size, st[4].kind, st[4].size
+        );
+        for (i, p) in st.iter().enumerate().filter(|(i, _)| *i != 3) {
+            assert!(p.present, "page {i}");
+            assert_eq!(p.pfn, Some(head + i as u64), "page {i} moved");
+        }
+        // SAFETY: unmaps exactly the mapping made above.
+        unsafe { libc::munmap(p, len) };
+        drop(vmm);
     }
 }
