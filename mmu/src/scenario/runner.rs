@@ -750,6 +750,13 @@ pub fn host_op(
         }
         Step::Mremap(m) => {
             let new_len = m.new_size.map_or(m.size.0, |n| n.0);
+            // mremap_to() (mm/mremap.c): MREMAP_FIXED first unmaps whatever is mapped at the
+            // target (do_munmap()).
+            let (ns, ne) = (m.new_start.0, m.new_start.0.saturating_add(new_len));
+            if mm.vmas().any(|v| v.start.0 < ne && ns < v.end.0) {
+                mm.munmap(Hva(ns), new_len, kvm)
+                    .map_err(|x| e(format!("unmapping the mremap target: {x}")))?;
+            }
             mm.mremap(
                 Hva(m.start.0),
                 m.size.0,
@@ -953,4 +960,245 @@ pub fn render_table(run: &ScenarioRun) -> String {
         st.gup.remapped
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[memslot]]
+id = 0
+gpa = 0
+size = "4M"
+hva = "0x7f0000000000"
+[[vma]]
+start = "0x7f0000000000"
+size = "4M"
+"#;
+
+    fn runner(steps: &str, opts: ModelOptions) -> ScenarioRunner {
+        let sc = Scenario::from_toml(&format!("{BASE}{steps}")).unwrap();
+        ScenarioRunner::new(&sc, &opts).unwrap()
+    }
+
+    fn step(op: &str, keys: &str) -> String {
+        format!("[[step]]\nop = \"{op}\"\n{keys}\n")
+    }
+
+    const PAGE: Hva = Hva(0x7f00_0000_1000);
+
+    #[test]
+    fn steps_run_in_order_and_carry_access_and_range() {
+        let mut r = runner(
+            &(step("write", "gpa = \"0x1000\"\nvcpu = 2")
+                + &step(
+                    "madvise",
+                    "start = \"0x7f0000001000\"\nsize = \"4K\"\nadvice = \"dontneed\"",
+                )),
+            ModelOptions::default(),
+        );
+        let e = r.step(1).unwrap_err().to_string();
+        assert!(e.contains("next step to run is 0"), "{e}");
+        let w = r.step(0).unwrap();
+        assert_eq!(
+            (w.access, w.vcpu, w.hva),
+            (Some(Access::Write), Some(2), Some(PAGE))
+        );
+        let p = r.host_page(PAGE).unwrap();
+        assert_eq!(
+            (p.kind, p.leaf, p.writable),
+            (HostPageKind::Anon, Level::Pte4K, true)
+        );
+        let m = r.step(1).unwrap();
+        assert_eq!(m.range, Some((PAGE, 4096)));
+        assert_eq!(m.access, None);
+        assert_eq!(m.notifiers.len(), 1);
+        assert!(r.host_page(PAGE).is_none());
+        assert!(r.step(2).is_err());
+    }
+
+    #[test]
+    fn the_dontneed_bug_drops_the_notifier_and_leaves_the_spte() {
+        let steps = step("write", "gpa = \"0x1000\"")
+            + &step(
+                "madvise",
+                "start = \"0x7f0000001000\"\nsize = \"4K\"\nadvice = \"dontneed\"",
+            );
+        let mut good = runner(&steps, ModelOptions::default());
+        let mut bad = runner(
+            &steps,
+            ModelOptions {
+                bug: Some(ModelBug::SkipDontneedNotifier),
+                ..ModelOptions::default()
+            },
+        );
+        for r in [&mut good, &mut bad] {
+            r.step(0).unwrap();
+        }
+        let (g, b) = (good.step(1).unwrap(), bad.step(1).unwrap());
+        assert_eq!(g.notifiers.len(), 1);
+        assert!(b.notifiers.is_empty() && b.zapped.is_empty());
+        assert!(good.kvm().spte_at(Gpa(0x1000)).is_none());
+        assert!(
+            bad.kvm().spte_at(Gpa(0x1000)).is_some(),
+            "the bug keeps a stale SPTE"
+        );
+    }
+
+    #[test]
+    fn clear_flush_young_runs_now() {
+        let mut r = runner(
+            &(step("read", "gpa = \"0x1000\"")
+                + &step(
+                    "clear-flush-young",
+                    "start = \"0x7f0000001000\"\nsize = \"4K\"",
+                )),
+            ModelOptions::default(),
+        );
+        r.step(0).unwrap();
+        let rec = r.step(1).unwrap();
+        assert_eq!(rec.result, "ok");
+        assert!(rec.young.is_some());
+    }
+
+    #[test]
+    fn conditions_override_the_file() {
+        // THP never: a read of a MADV_HUGEPAGE range maps the 4K zero page, not the huge one.
+        let sc = Scenario::from_toml(
+            "thp = \"always\"\n[[memslot]]\nid = 0\ngpa = 0\nsize = \"2M\"\nhva = \"0x7f0000000000\"\n\
+             [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\nthp = true\n\
+             [[step]]\nop = \"read\"\ngpa = 0\n",
+        )
+        .unwrap();
+        let mut file = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+        file.step(0).unwrap();
+        assert_eq!(
+            file.host_page(Hva(0x7f00_0000_0000)).unwrap().kind,
+            HostPageKind::HugeZero
+        );
+        let opts = ModelOptions {
+            kernel: Some(KernelVersion::V6_18),
+            conditions: HostConditions {
+                thp: Some(ThpMode::Never),
+                ..HostConditions::default()
+            },
+            bug: None,
+        };
+        let mut host = ScenarioRunner::new(&sc, &opts).unwrap();
+        assert_eq!(host.kernel(), KernelVersion::V6_18);
+        host.step(0).unwrap();
+        let p = host.host_page(Hva(0x7f00_0000_0000)).unwrap();
+        assert_eq!((p.kind, p.leaf), (HostPageKind::Zero, Level::Pte4K));
+    }
+
+    #[test]
+    fn hugetlb_steps_are_not_modelled_with_a_reason() {
+        let sc = Scenario::from_toml(
+            "[[memslot]]\nid = 0\ngpa = 0\nsize = \"2M\"\nhva = \"0x7f0000000000\"\n\
+             [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\nkind = \"hugetlb\"\n\
+             [[step]]\nop = \"write\"\ngpa = 0\n\
+             [[step]]\nop = \"munmap\"\nstart = \"0x7f0000000000\"\nsize = \"2M\"\n",
+        )
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+        for i in 0..2 {
+            let rec = r.step(i).unwrap();
+            assert_eq!(rec.result, "not-modelled");
+            assert!(rec
+                .not_modelled
+                .as_deref()
+                .unwrap()
+                .contains("hugetlb_fault()"));
+        }
+    }
+
+    #[test]
+    fn steps_without_machinery_say_not_modelled() {
+        for (op, keys) in [
+            ("ksm-scan", ""),
+            (
+                "fallocate-punch-hole",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"",
+            ),
+            ("uffdio-continue", "start = \"0x7f0000000000\""),
+            (
+                "madvise",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"pageout\"",
+            ),
+            (
+                "madvise",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"mergeable\"",
+            ),
+            (
+                "uffd-register",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nmode = [\"minor\"]",
+            ),
+        ] {
+            let mut r = runner(&step(op, keys), ModelOptions::default());
+            let rec = r.step(0).unwrap();
+            assert_eq!(rec.result, "not-modelled", "{op}");
+            assert!(rec.not_modelled.unwrap().contains("not modelled"), "{op}");
+        }
+    }
+
+    #[test]
+    fn memslot_steps_create_move_and_change_flags() {
+        let mut r = runner(
+            &(step(
+                "memslot-create",
+                "id = 1\ngpa = \"1G\"\nsize = \"2M\"\nhva = \"0x7f0000200000\"",
+            ) + &step("write", "gpa = \"0x40001000\"")
+                + &step("memslot-move", "memslot = 1\ngpa = \"2G\"")
+                + &step("read", "gpa = \"0x40001000\"")
+                + &step("memslot-flags", "memslot = 0\nflags = [\"dirty-log\"]")
+                + &step("memslot-flags", "memslot = 0\nflags = [\"readonly\"]")),
+            ModelOptions::default(),
+        );
+        r.step(0).unwrap();
+        let w = r.step(1).unwrap();
+        assert_eq!(w.result, "fixed");
+        assert_eq!(w.hva, Some(Hva(0x7f00_0020_1000)));
+        let mv = r.step(2).unwrap();
+        assert!(!mv.zapped.is_empty(), "the move zaps the old range");
+        assert_eq!(r.step(3).unwrap().result, "mmio");
+        r.step(4).unwrap();
+        assert!(r.kvm().slots.by_id(0).unwrap().dirty_logging());
+        let e = r.step(5).unwrap_err().to_string();
+        assert!(e.contains("KVM_MEM_READONLY"), "{e}");
+    }
+
+    #[test]
+    fn mremap_populate_and_writeprotect_are_modelled() {
+        let mut r = runner(
+            &(step(
+                "madvise",
+                "start = \"0x7f0000000000\"\nsize = \"8K\"\nadvice = \"populate-write\"",
+            ) + &step(
+                "mremap",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nnew_start = \"0x7f0000300000\"",
+            ) + &step(
+                "uffd-register",
+                "start = \"0x7f0000001000\"\nsize = \"4K\"\nmode = [\"wp\"]",
+            ) + &step(
+                "uffdio-writeprotect",
+                "start = \"0x7f0000001000\"\nsize = \"4K\"",
+            )),
+            ModelOptions::default(),
+        );
+        r.step(0).unwrap();
+        assert_eq!(
+            r.host_page(Hva(0x7f00_0000_0000)).unwrap().kind,
+            HostPageKind::Anon
+        );
+        let pfn = r.host_page(Hva(0x7f00_0000_0000)).unwrap().pfn;
+        let m = r.step(1).unwrap();
+        assert!(!m.notifiers.is_empty());
+        assert!(r.host_page(Hva(0x7f00_0000_0000)).is_none());
+        assert_eq!(r.host_page(Hva(0x7f00_0030_0000)).unwrap().pfn, pfn);
+        r.step(2).unwrap();
+        r.step(3).unwrap();
+        let p = r.host_page(PAGE).unwrap();
+        assert!(p.uffd_wp && !p.writable, "{p:?}");
+    }
 }
