@@ -6,6 +6,7 @@ use super::device::DeviceKind;
 use super::fault::{FaultFlags, FaultOutcome, FaultReport, HostFault};
 use super::folio::{ff, RAM_BASE_PFN, RAM_MAX_PAGES};
 use super::numa::ChangeKind;
+use super::pagetable::set_leaf;
 use super::pagetable::{PageTable, PmdSlot, PudSlot};
 use super::pte::Entry;
 use super::vma::{vm_flags_for, Backing, Prot, VmFlags, Vma};
@@ -1725,35 +1726,6 @@ impl Mm {
             report.changed += 1;
         }
         Ok(report)
-    }
-}
-
-/// Writes a leaf at `level` (the slot must already exist for huge leaves).
-pub(crate) fn set_leaf(pt: &mut PageTable, va: Hva, level: Level, e: Entry) {
-    match level {
-        Level::Pte4K => {
-            if let Some(p) = pt.pte_mut(va, true) {
-                *p = e;
-            }
-        }
-        Level::Pmd2M => {
-            if let Some(s) = pt.pmd_slot_mut(va, !e.is_none()) {
-                *s = if e.is_none() {
-                    PmdSlot::None
-                } else {
-                    PmdSlot::Leaf(e)
-                };
-            }
-        }
-        Level::Pud1G => {
-            if let Some(s) = pt.pud_slot_mut(va, !e.is_none()) {
-                *s = if e.is_none() {
-                    PudSlot::None
-                } else {
-                    PudSlot::Leaf(e)
-                };
-            }
-        }
     }
 }
 
