@@ -275,34 +275,6 @@ impl PageTable {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn walk_finds_leaves_at_each_level() {
-        let mut pt = PageTable::new();
-        let a = Hva(0x7f00_0000_0000);
-        *pt.pte_mut(a.add(0x1000), true).unwrap() = Entry(0x5000 | Entry::PRESENT);
-        assert!(matches!(
-            pt.walk(a.add(0x1000)),
-            Walk::Leaf(Level::Pte4K, _)
-        ));
-        assert_eq!(pt.walk(a), Walk::None(Level::Pte4K));
-        let b = a.add(Level::Pmd2M.size());
-        *pt.pmd_slot_mut(b, true).unwrap() = PmdSlot::Leaf(Entry(Entry::PRESENT | Entry::HUGE));
-        assert!(matches!(
-            pt.walk(b.add(0x3000)),
-            Walk::Leaf(Level::Pmd2M, _)
-        ));
-        assert!(pt.pte_mut(b, true).is_none(), "a PMD leaf has no PTE table");
-        let mut n = 0;
-        pt.for_each_leaf(a, a.add(Level::Pud1G.size()), |_, _, _| n += 1);
-        assert_eq!(n, 2);
-        assert_eq!(pt.tables, [1, 1, 1]);
-    }
-}
-
 /// Writes a leaf at `level` (the slot must already exist for huge leaves).
 pub(crate) fn set_leaf(pt: &mut PageTable, va: Hva, level: Level, e: Entry) {
     match level {
@@ -329,5 +301,33 @@ pub(crate) fn set_leaf(pt: &mut PageTable, va: Hva, level: Level, e: Entry) {
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_finds_leaves_at_each_level() {
+        let mut pt = PageTable::new();
+        let a = Hva(0x7f00_0000_0000);
+        *pt.pte_mut(a.add(0x1000), true).unwrap() = Entry(0x5000 | Entry::PRESENT);
+        assert!(matches!(
+            pt.walk(a.add(0x1000)),
+            Walk::Leaf(Level::Pte4K, _)
+        ));
+        assert_eq!(pt.walk(a), Walk::None(Level::Pte4K));
+        let b = a.add(Level::Pmd2M.size());
+        *pt.pmd_slot_mut(b, true).unwrap() = PmdSlot::Leaf(Entry(Entry::PRESENT | Entry::HUGE));
+        assert!(matches!(
+            pt.walk(b.add(0x3000)),
+            Walk::Leaf(Level::Pmd2M, _)
+        ));
+        assert!(pt.pte_mut(b, true).is_none(), "a PMD leaf has no PTE table");
+        let mut n = 0;
+        pt.for_each_leaf(a, a.add(Level::Pud1G.size()), |_, _, _| n += 1);
+        assert_eq!(n, 2);
+        assert_eq!(pt.tables, [1, 1, 1]);
     }
 }
