@@ -95,6 +95,7 @@
 //! print!("{}", run.render_table());
 //! ```
 
+pub mod contents;
 mod runner;
 pub mod step;
 

@@ -2,6 +2,8 @@
 //! record per step, all at once ([`run`]) or step by step ([`ScenarioRunner`], what
 //! `faultline check` drives against real KVM).
 
+use super::contents::{uffdio_copy_value, Contents};
+use super::step::default_value;
 use super::step::{MadviseAdvice, SignalKind, UffdModeName};
 use super::{memslot_flags, Scenario, ScenarioError, Step, VmaKind};
 use crate::host::{Advice, Mm, PendingSignal, ThpMode, UffdMode};
@@ -101,6 +103,10 @@ pub struct StepRecord {
     /// Host steps: the range the step names, `[start, start + size)` (not serialized).
     #[serde(skip)]
     pub range: Option<(Hva, u64)>,
+    /// Guest steps that completed (hit, fixed, spurious): the first 8 bytes of the page,
+    /// read or written (see [`super::contents`]); not serialized.
+    #[serde(skip)]
+    pub value: Option<u64>,
     /// Why the model cannot run this step (result "not-modelled"); not serialized unless
     /// set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +134,7 @@ impl StepRecord {
             vcpu: st.guest_access().and_then(|a| a.2),
             hva: None,
             range: st.host_range(),
+            value: None,
             not_modelled: None,
         }
     }
@@ -273,6 +280,7 @@ pub struct ScenarioRunner {
     mm: Mm,
     kvm: Kvm,
     next: usize,
+    contents: Contents,
 }
 
 impl ScenarioRunner {
@@ -285,6 +293,7 @@ impl ScenarioRunner {
             mm,
             kvm,
             next: 0,
+            contents: Contents::default(),
         })
     }
 
@@ -373,6 +382,12 @@ impl ScenarioRunner {
         })
     }
 
+    /// The model's prediction of the first 8 bytes of the page mapped at `hva` (0 for a page
+    /// never written); `None` when nothing is mapped there.
+    pub fn page_value(&self, hva: Hva) -> Option<u64> {
+        self.contents.read(&self.mm, hva)
+    }
+
     /// The final counters.
     pub fn stats(&self) -> KvmStats {
         self.kvm.stats()
@@ -439,7 +454,26 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
         rec.not_modelled = Some(HUGETLB_NOT_MODELLED.into());
         return Ok(rec);
     }
-    run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec)
+    let before = r.contents.snapshot(&r.mm);
+    let mut rec = run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec)?;
+    r.contents.after_step(&r.mm, &before);
+    let completed = matches!(rec.result.as_str(), "hit" | "fixed" | "spurious");
+    match (st, rec.hva) {
+        (Step::Write(w), Some(hva)) if completed => {
+            let v = w.value.map_or_else(|| default_value(w.gpa.0), |n| n.0);
+            r.contents.write(&r.mm, hva, v);
+            rec.value = Some(v);
+        }
+        (Step::Read(_) | Step::Exec(_), Some(hva)) if completed => {
+            rec.value = r.contents.read(&r.mm, hva);
+        }
+        (Step::UffdioCopy(a), _) => {
+            r.contents
+                .write(&r.mm, Hva(a.start.0), uffdio_copy_value(a.start.0));
+        }
+        _ => {}
+    }
+    Ok(rec)
 }
 
 /// Runs one step on `mm` and `kvm` and records it (no hugetlb check, no model bug).
@@ -1200,5 +1234,126 @@ size = "4M"
         r.step(3).unwrap();
         let p = r.host_page(PAGE).unwrap();
         assert!(p.uffd_wp && !p.writable, "{p:?}");
+    }
+
+    fn values(vma: &str, steps: &str) -> Vec<Option<u64>> {
+        let sc = Scenario::from_toml(&format!(
+            "[[memslot]]\nid = 0\ngpa = 0\nsize = \"4M\"\nhva = \"0x7f0000000000\"\n\
+             [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"4M\"\n{vma}\n{steps}"
+        ))
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+        r.run_all().unwrap().into_iter().map(|x| x.value).collect()
+    }
+
+    const DONTNEED: &str = "start = \"0x7f0000001000\"\nsize = \"4K\"\nadvice = \"dontneed\"";
+
+    #[test]
+    fn reads_see_zero_then_the_written_value() {
+        let v = values(
+            "",
+            &(step("read", "gpa = \"0x1000\"")
+                + &step("write", "gpa = \"0x1000\"\nvalue = 42")
+                + &step("read", "gpa = \"0x1000\"")
+                + &step("write", "gpa = \"0x2000\"")
+                + &step("read", "gpa = \"0x2000\"")),
+        );
+        let d = default_value(0x2000);
+        assert_eq!(v, vec![Some(0), Some(42), Some(42), Some(d), Some(d)]);
+    }
+
+    #[test]
+    fn dontneed_zeroes_private_anon_but_not_shmem() {
+        let steps = step("write", "gpa = \"0x1000\"\nvalue = 7")
+            + &step("madvise", DONTNEED)
+            + &step("read", "gpa = \"0x1000\"");
+        assert_eq!(values("", &steps)[2], Some(0));
+        assert_eq!(
+            values("kind = \"shmem\"\nshared = true", &steps)[2],
+            Some(7)
+        );
+        assert_eq!(
+            values("kind = \"memfd\"\nshared = true", &steps)[2],
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn cow_after_fork_copies_then_overwrites_and_migration_copies() {
+        let v = values(
+            "",
+            &(step("write", "gpa = \"0x1000\"\nvalue = 1")
+                + &step("fork", "")
+                + &step("read", "gpa = \"0x1000\"")
+                + &step("write", "gpa = \"0x1000\"\nvalue = 2")
+                + &step(
+                    "migrate",
+                    "start = \"0x7f0000001000\"\nsize = \"4K\"\nnode = 1",
+                )
+                + &step("read", "gpa = \"0x1000\"")),
+        );
+        assert_eq!(v[2], Some(1));
+        assert_eq!(v[3], Some(2));
+        assert_eq!(v[5], Some(2), "migration copies the page");
+        // The copy rule was really exercised: migration moved the page to a new pfn.
+        let mut r = runner(
+            &(step("write", "gpa = \"0x1000\"\nvalue = 3")
+                + &step(
+                    "migrate",
+                    "start = \"0x7f0000001000\"\nsize = \"4K\"\nnode = 1",
+                )),
+            ModelOptions::default(),
+        );
+        r.step(0).unwrap();
+        let before = r.host_page(PAGE).unwrap().pfn;
+        r.step(1).unwrap();
+        assert_ne!(r.host_page(PAGE).unwrap().pfn, before);
+        assert_eq!(r.page_value(PAGE), Some(3));
+    }
+
+    #[test]
+    fn thp_split_keeps_values_and_uffd_fills_pages() {
+        let v = values(
+            "thp = true",
+            &(step("write", "gpa = \"0x3000\"\nvalue = 9")
+                + &step("read", "gpa = \"0x4000\"")
+                + &step("thp-split", "start = \"0x7f0000000000\"\nsize = \"2M\"")
+                + &step("read", "gpa = \"0x3000\"")),
+        );
+        assert_eq!((v[1], v[3]), (Some(0), Some(9)));
+        // The split was really exercised: the write mapped a THP, the split left 4K PTEs.
+        let sc = Scenario::from_toml(&format!(
+            "{}thp = true\n{}{}",
+            BASE,
+            step("write", "gpa = \"0x3000\""),
+            step("thp-split", "start = \"0x7f0000000000\"\nsize = \"2M\"")
+        ))
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+        r.step(0).unwrap();
+        let p = r.host_page(Hva(0x7f00_0000_3000)).unwrap();
+        assert_eq!((p.kind, p.leaf), (HostPageKind::AnonThp, Level::Pmd2M));
+        r.step(1).unwrap();
+        assert_eq!(
+            r.host_page(Hva(0x7f00_0000_3000)).unwrap().leaf,
+            Level::Pte4K
+        );
+        assert_eq!(
+            r.page_value(Hva(0x7f00_0000_3000)),
+            Some(default_value(0x3000))
+        );
+        let v = values(
+            "",
+            &(step("uffd-register", "start = \"0x7f0000200000\"\nsize = \"8K\"")
+                + &step("uffdio-copy", "start = \"0x7f0000200000\"")
+                + &step("uffdio-zeropage", "start = \"0x7f0000201000\"")
+                + &step("read", "gpa = \"0x200000\"")
+                + &step("read", "gpa = \"0x201000\"")),
+        );
+        assert_eq!(
+            v[3],
+            Some(super::super::contents::uffdio_copy_value(0x7f00_0020_0000))
+        );
+        assert_eq!(v[4], Some(0));
     }
 }
