@@ -13,6 +13,7 @@
 //!                         ZONE_DEVICE pgmaps, allocator with failure injection }
 //! ```
 
+pub(crate) mod cold;
 pub mod device;
 pub(crate) mod fault;
 pub mod folio;
@@ -28,6 +29,7 @@ pub(crate) mod testutil;
 pub mod uffd;
 pub mod vma;
 
+pub use cold::ColdOutcome;
 pub use device::{DeviceKind, DeviceSpec};
 pub use fault::{FaultFlags, FaultOutcome, FaultReport, HostFault};
 pub use folio::{AllocFailure, FolioInfo, Zone};

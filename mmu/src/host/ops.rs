@@ -180,6 +180,9 @@ pub enum MadviseError {
         /// The advice.
         advice: Advice,
     },
+    /// MADV_COLD/MADV_PAGEOUT on a VM_PFNMAP|VM_LOCKED vma (EINVAL, `can_madv_lru_vma()`)
+    #[error("MADV_COLD and MADV_PAGEOUT are not allowed on a VM_PFNMAP or VM_LOCKED vma (EINVAL): age the range with clear-young instead")]
+    NotLru,
     /// MADV_COLLAPSE failed: {reason}
     #[error("MADV_COLLAPSE failed: {reason}")]
     Collapse {
@@ -280,7 +283,7 @@ pub enum AccessError {
 const MMAP_BASE: u64 = 0x7f00_0000_0000;
 
 #[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
-fn check_range(start: Hva, len: u64) -> Result<Hva, RangeError> {
+pub(crate) fn check_range(start: Hva, len: u64) -> Result<Hva, RangeError> {
     let err = |problem| RangeError {
         start,
         len,
@@ -336,7 +339,7 @@ impl Mm {
     }
 
     /// True when `[start, end)` is fully covered by VMAs.
-    fn covered(&self, start: Hva, end: Hva) -> bool {
+    pub(crate) fn covered(&self, start: Hva, end: Hva) -> bool {
         let mut at = start;
         for v in self.vmas_in(start, end) {
             if v.start > at {

@@ -748,11 +748,12 @@ pub fn host_op(
                     ))
                 }
                 MadviseAdvice::Cold => {
-                    return Ok(not_modelled(
-                        "MADV_COLD is not modelled (madvise_cold_or_pageout_pte_range(): \
-                         young bits cleared without a notifier, partial THPs split, folios \
-                         deactivated)",
-                    ))
+                    return match mm.madvise_cold(s, z).map_err(|x| e(x.to_string()))? {
+                        crate::host::ColdOutcome::Done(_) => Ok(out),
+                        crate::host::ColdOutcome::NeedsSplit(why) => Ok(not_modelled(&format!(
+                            "MADV_COLD of part of a large folio is not modelled: {why}"
+                        ))),
+                    };
                 }
                 MadviseAdvice::PopulateRead | MadviseAdvice::PopulateWrite => None,
                 MadviseAdvice::Mergeable | MadviseAdvice::Unmergeable => {
@@ -1355,5 +1356,46 @@ size = "4M"
             Some(super::super::contents::uffdio_copy_value(0x7f00_0020_0000))
         );
         assert_eq!(v[4], Some(0));
+    }
+
+    #[test]
+    fn madv_cold_makes_pages_old_without_a_notifier() {
+        let mut r = runner(
+            &(step("write", "gpa = \"0x1000\"")
+                + &step(
+                    "madvise",
+                    "start = \"0x7f0000000000\"\nsize = \"8K\"\nadvice = \"cold\"",
+                )),
+            ModelOptions::default(),
+        );
+        r.step(0).unwrap();
+        assert!(r.host_page(PAGE).unwrap().young);
+        let rec = r.step(1).unwrap();
+        assert_eq!(rec.result, "ok");
+        assert!(rec.notifiers.is_empty() && rec.zapped.is_empty());
+        assert!(!r.host_page(PAGE).unwrap().young);
+        assert!(r.kvm().spte_at(Gpa(0x1000)).is_some(), "KVM is not told");
+    }
+
+    #[test]
+    fn madv_cold_of_part_of_a_thp_is_not_modelled() {
+        let sc = Scenario::from_toml(&format!(
+            "{BASE}thp = true\n{}{}",
+            step("write", "gpa = 0"),
+            step(
+                "madvise",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"cold\""
+            )
+        ))
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+        r.step(0).unwrap();
+        let rec = r.step(1).unwrap();
+        assert_eq!(rec.result, "not-modelled");
+        assert!(rec.not_modelled.unwrap().contains("split_folio()"));
+        assert!(
+            r.host_page(Hva(0x7f00_0000_0000)).unwrap().young,
+            "nothing changed"
+        );
     }
 }
