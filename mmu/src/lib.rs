@@ -52,9 +52,13 @@
 //! [`gup`] with its fast/slow/remapped paths and async-PF pass, post-check,
 //! `is_page_fault_stale()`, mapping level from lpage_info and the host page table, map,
 //! reference release by kernel version) and the mmu-notifier handlers (it implements
-//! [`notifier::MmuNotifier`]; the event type is ignored, as KVM does). [`scenario`] replays
-//! TOML scenario files (`faultline sim`) into per-step records; [`explore`] runs every
-//! interleaving of a few faults and invalidations and checks that no SPTE is ever stale.
+//! [`notifier::MmuNotifier`]; the event type is ignored, as KVM does). [`scenario`] parses
+//! TOML scenario files into typed steps ([`scenario::Step`]) and replays them into per-step
+//! records, all at once (`faultline sim`) or one step at a time
+//! ([`scenario::ScenarioRunner`], with host conditions overriding the file, for `faultline
+//! check`), predicting page contents too; [`explore`] (which uses `scenario`, never the
+//! reverse) runs every interleaving of a few faults and invalidations and checks that no
+//! SPTE is ever stale.
 //!
 //! Left out on that side: shadow paging and rmaps, private/guest_memfd memory, write
 //! tracking, NX huge pages, the dirty ring and PML, multiple address spaces and vCPUs.

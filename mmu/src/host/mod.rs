@@ -13,9 +13,11 @@
 //!                         ZONE_DEVICE pgmaps, allocator with failure injection }
 //! ```
 
+pub(crate) mod cold;
 pub mod device;
 pub(crate) mod fault;
 pub mod folio;
+pub mod gup_state;
 pub(crate) mod numa;
 pub mod ops;
 pub(crate) mod pagetable;
@@ -27,6 +29,7 @@ pub(crate) mod testutil;
 pub mod uffd;
 pub mod vma;
 
+pub use cold::ColdOutcome;
 pub use device::{DeviceKind, DeviceSpec};
 pub use fault::{FaultFlags, FaultOutcome, FaultReport, HostFault};
 pub use folio::{AllocFailure, FolioInfo, Zone};
@@ -38,10 +41,10 @@ pub use pte::Entry;
 pub use uffd::{MemoryFailureError, UffdError, UffdMode};
 pub use vma::{Backing, Prot, VmFlags, Vma};
 
-use crate::gup::GupReport;
 use crate::notifier::{MmuNotifier, NotifierRange};
 use crate::types::{Hva, KernelVersion, Level, NodeId, Pfn};
 use folio::Frames;
+use gup_state::GupReport;
 use pagetable::{PageTable, Walk};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -408,7 +411,7 @@ impl Mm {
     /// what it held (no notifier: the point is GUP-fast's re-check, not KVM).
     pub(crate) fn race_zap(&mut self, hva: Hva) {
         if let Some(m) = self.lookup(hva) {
-            ops::set_leaf(&mut self.space.pt, m.leaf_start, m.level, Entry::NONE);
+            pagetable::set_leaf(&mut self.space.pt, m.leaf_start, m.level, Entry::NONE);
             self.drop_leaf_ref(m.entry);
         }
     }

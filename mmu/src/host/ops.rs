@@ -6,6 +6,7 @@ use super::device::DeviceKind;
 use super::fault::{FaultFlags, FaultOutcome, FaultReport, HostFault};
 use super::folio::{ff, RAM_BASE_PFN, RAM_MAX_PAGES};
 use super::numa::ChangeKind;
+use super::pagetable::set_leaf;
 use super::pagetable::{PageTable, PmdSlot, PudSlot};
 use super::pte::Entry;
 use super::vma::{vm_flags_for, Backing, Prot, VmFlags, Vma};
@@ -179,6 +180,9 @@ pub enum MadviseError {
         /// The advice.
         advice: Advice,
     },
+    /// MADV_COLD/MADV_PAGEOUT on a VM_PFNMAP|VM_LOCKED vma (EINVAL, `can_madv_lru_vma()`)
+    #[error("MADV_COLD and MADV_PAGEOUT are not allowed on a VM_PFNMAP or VM_LOCKED vma (EINVAL): age the range with clear-young instead")]
+    NotLru,
     /// MADV_COLLAPSE failed: {reason}
     #[error("MADV_COLLAPSE failed: {reason}")]
     Collapse {
@@ -279,7 +283,7 @@ pub enum AccessError {
 const MMAP_BASE: u64 = 0x7f00_0000_0000;
 
 #[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of needs Rust 1.87; rust-version is 1.80.
-fn check_range(start: Hva, len: u64) -> Result<Hva, RangeError> {
+pub(crate) fn check_range(start: Hva, len: u64) -> Result<Hva, RangeError> {
     let err = |problem| RangeError {
         start,
         len,
@@ -335,7 +339,7 @@ impl Mm {
     }
 
     /// True when `[start, end)` is fully covered by VMAs.
-    fn covered(&self, start: Hva, end: Hva) -> bool {
+    pub(crate) fn covered(&self, start: Hva, end: Hva) -> bool {
         let mut at = start;
         for v in self.vmas_in(start, end) {
             if v.start > at {
@@ -1725,35 +1729,6 @@ impl Mm {
             report.changed += 1;
         }
         Ok(report)
-    }
-}
-
-/// Writes a leaf at `level` (the slot must already exist for huge leaves).
-pub(crate) fn set_leaf(pt: &mut PageTable, va: Hva, level: Level, e: Entry) {
-    match level {
-        Level::Pte4K => {
-            if let Some(p) = pt.pte_mut(va, true) {
-                *p = e;
-            }
-        }
-        Level::Pmd2M => {
-            if let Some(s) = pt.pmd_slot_mut(va, !e.is_none()) {
-                *s = if e.is_none() {
-                    PmdSlot::None
-                } else {
-                    PmdSlot::Leaf(e)
-                };
-            }
-        }
-        Level::Pud1G => {
-            if let Some(s) = pt.pud_slot_mut(va, !e.is_none()) {
-                *s = if e.is_none() {
-                    PudSlot::None
-                } else {
-                    PudSlot::Leaf(e)
-                };
-            }
-        }
     }
 }
 

@@ -275,6 +275,35 @@ impl PageTable {
     }
 }
 
+/// Writes a leaf at `level` (the slot must already exist for huge leaves).
+pub(crate) fn set_leaf(pt: &mut PageTable, va: Hva, level: Level, e: Entry) {
+    match level {
+        Level::Pte4K => {
+            if let Some(p) = pt.pte_mut(va, true) {
+                *p = e;
+            }
+        }
+        Level::Pmd2M => {
+            if let Some(s) = pt.pmd_slot_mut(va, !e.is_none()) {
+                *s = if e.is_none() {
+                    PmdSlot::None
+                } else {
+                    PmdSlot::Leaf(e)
+                };
+            }
+        }
+        Level::Pud1G => {
+            if let Some(s) = pt.pud_slot_mut(va, !e.is_none()) {
+                *s = if e.is_none() {
+                    PudSlot::None
+                } else {
+                    PudSlot::Leaf(e)
+                };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

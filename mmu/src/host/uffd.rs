@@ -3,7 +3,8 @@
 
 use super::folio::ff;
 use super::numa::ChangeKind;
-use super::ops::{set_leaf, OpReport, RangeError};
+use super::ops::{OpReport, RangeError};
+use super::pagetable::set_leaf;
 use super::pte::Entry;
 use super::vma::VmFlags;
 use super::Mm;

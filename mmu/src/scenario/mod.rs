@@ -47,7 +47,8 @@
 //! demand-paging service uses it; `memslot-create` (the keys of a `[[memslot]]`),
 //! `memslot-move` (`memslot`, `gpa`), `memslot-flags` (`memslot`, `flags`). Guest steps
 //! and the invalidating host steps take `race = true`; guest steps take `vcpu`, `write`
-//! takes `value`. A step the model has no machinery for returns the result
+//! takes `value`; a guest step whose gpa is outside every memslot the file declares is an
+//! error unless it says `mmio = true`. A step the model has no machinery for returns the result
 //! "not-modelled" with the reason ([`StepRecord::not_modelled`]).
 //!
 //! Guest results: "hit", "fixed", "spurious", "retry" (gave up after
@@ -94,6 +95,7 @@
 //! print!("{}", run.render_table());
 //! ```
 
+pub mod contents;
 mod runner;
 pub mod step;
 
@@ -634,12 +636,13 @@ impl Scenario {
         }
         for (i, s) in self.step.iter().enumerate() {
             if let Some((_, gpa, _)) = s.guest_access() {
-                if !ranges.iter().any(|(a, b)| gpa >= *a && gpa < *b) {
+                if !s.declared_mmio() && !ranges.iter().any(|(a, b)| gpa >= *a && gpa < *b) {
                     return Err(ScenarioError::StepParse {
                         step: i,
                         message: format!(
                             "{} at gpa {gpa:#x} is outside every memslot the scenario declares: \
-                             add a [[memslot]] covering it or fix the gpa",
+                             add a [[memslot]] covering it, fix the gpa, or add mmio = true \
+                             if the access is meant to exit as MMIO",
                             s.name()
                         ),
                     });

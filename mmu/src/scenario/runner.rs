@@ -2,6 +2,8 @@
 //! record per step, all at once ([`run`]) or step by step ([`ScenarioRunner`], what
 //! `faultline check` drives against real KVM).
 
+use super::contents::{uffdio_copy_value, Contents};
+use super::step::default_value;
 use super::step::{MadviseAdvice, SignalKind, UffdModeName};
 use super::{memslot_flags, Scenario, ScenarioError, Step, VmaKind};
 use crate::host::{Advice, Mm, PendingSignal, ThpMode, UffdMode};
@@ -101,6 +103,10 @@ pub struct StepRecord {
     /// Host steps: the range the step names, `[start, start + size)` (not serialized).
     #[serde(skip)]
     pub range: Option<(Hva, u64)>,
+    /// Guest steps that completed (hit, fixed, spurious): the first 8 bytes of the page,
+    /// read or written (see [`super::contents`]); not serialized.
+    #[serde(skip)]
+    pub value: Option<u64>,
     /// Why the model cannot run this step (result "not-modelled"); not serialized unless
     /// set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +134,7 @@ impl StepRecord {
             vcpu: st.guest_access().and_then(|a| a.2),
             hva: None,
             range: st.host_range(),
+            value: None,
             not_modelled: None,
         }
     }
@@ -273,6 +280,7 @@ pub struct ScenarioRunner {
     mm: Mm,
     kvm: Kvm,
     next: usize,
+    contents: Contents,
 }
 
 impl ScenarioRunner {
@@ -285,6 +293,7 @@ impl ScenarioRunner {
             mm,
             kvm,
             next: 0,
+            contents: Contents::default(),
         })
     }
 
@@ -386,6 +395,12 @@ impl ScenarioRunner {
         })
     }
 
+    /// The model's prediction of the first 8 bytes of the page mapped at `hva` (0 for a page
+    /// never written); `None` when nothing is mapped there.
+    pub fn page_value(&self, hva: Hva) -> Option<u64> {
+        self.contents.read(&self.mm, hva)
+    }
+
     /// The final counters.
     pub fn stats(&self) -> KvmStats {
         self.kvm.stats()
@@ -452,7 +467,26 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
         rec.not_modelled = Some(HUGETLB_NOT_MODELLED.into());
         return Ok(rec);
     }
-    run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec)
+    let before = r.contents.snapshot(&r.mm);
+    let mut rec = run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec)?;
+    r.contents.after_step(&r.mm, &before);
+    let completed = matches!(rec.result.as_str(), "hit" | "fixed" | "spurious");
+    match (st, rec.hva) {
+        (Step::Write(w), Some(hva)) if completed => {
+            let v = w.value.map_or_else(|| default_value(w.gpa.0), |n| n.0);
+            r.contents.write(&r.mm, hva, v);
+            rec.value = Some(v);
+        }
+        (Step::Read(_) | Step::Exec(_), Some(hva)) if completed => {
+            rec.value = r.contents.read(&r.mm, hva);
+        }
+        (Step::UffdioCopy(a), _) => {
+            r.contents
+                .write(&r.mm, Hva(a.start.0), uffdio_copy_value(a.start.0));
+        }
+        _ => {}
+    }
+    Ok(rec)
 }
 
 /// Runs one step on `mm` and `kvm` and records it (no hugetlb check, no model bug).
@@ -727,11 +761,12 @@ pub fn host_op(
                     ))
                 }
                 MadviseAdvice::Cold => {
-                    return Ok(not_modelled(
-                        "MADV_COLD is not modelled (madvise_cold_or_pageout_pte_range(): \
-                         young bits cleared without a notifier, partial THPs split, folios \
-                         deactivated)",
-                    ))
+                    return match mm.madvise_cold(s, z).map_err(|x| e(x.to_string()))? {
+                        crate::host::ColdOutcome::Done(_) => Ok(out),
+                        crate::host::ColdOutcome::NeedsSplit(why) => Ok(not_modelled(&format!(
+                            "MADV_COLD of part of a large folio is not modelled: {why}"
+                        ))),
+                    };
                 }
                 MadviseAdvice::PopulateRead | MadviseAdvice::PopulateWrite => None,
                 MadviseAdvice::Mergeable | MadviseAdvice::Unmergeable => {
@@ -763,6 +798,13 @@ pub fn host_op(
         }
         Step::Mremap(m) => {
             let new_len = m.new_size.map_or(m.size.0, |n| n.0);
+            // mremap_to() (mm/mremap.c): MREMAP_FIXED first unmaps whatever is mapped at the
+            // target (do_munmap()).
+            let (ns, ne) = (m.new_start.0, m.new_start.0.saturating_add(new_len));
+            if mm.vmas().any(|v| v.start.0 < ne && ns < v.end.0) {
+                mm.munmap(Hva(ns), new_len, kvm)
+                    .map_err(|x| e(format!("unmapping the mremap target: {x}")))?;
+            }
             mm.mremap(
                 Hva(m.start.0),
                 m.size.0,
@@ -966,4 +1008,407 @@ pub fn render_table(run: &ScenarioRun) -> String {
         st.gup.remapped
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[memslot]]
+id = 0
+gpa = 0
+size = "4M"
+hva = "0x7f0000000000"
+[[vma]]
+start = "0x7f0000000000"
+size = "4M"
+"#;
+
+    fn runner(steps: &str, opts: ModelOptions) -> ScenarioRunner {
+        let sc = Scenario::from_toml(&format!("{BASE}{steps}")).unwrap();
+        ScenarioRunner::new(&sc, &opts).unwrap()
+    }
+
+    fn step(op: &str, keys: &str) -> String {
+        format!("[[step]]\nop = \"{op}\"\n{keys}\n")
+    }
+
+    const PAGE: Hva = Hva(0x7f00_0000_1000);
+
+    #[test]
+    fn steps_run_in_order_and_carry_access_and_range() {
+        let mut r = runner(
+            &(step("write", "gpa = \"0x1000\"\nvcpu = 2")
+                + &step(
+                    "madvise",
+                    "start = \"0x7f0000001000\"\nsize = \"4K\"\nadvice = \"dontneed\"",
+                )),
+            ModelOptions::default(),
+        );
+        let e = r.step(1).unwrap_err().to_string();
+        assert!(e.contains("next step to run is 0"), "{e}");
+        let w = r.step(0).unwrap();
+        assert_eq!(
+            (w.access, w.vcpu, w.hva),
+            (Some(Access::Write), Some(2), Some(PAGE))
+        );
+        let p = r.host_page(PAGE).unwrap();
+        assert_eq!(
+            (p.kind, p.leaf, p.writable),
+            (HostPageKind::Anon, Level::Pte4K, true)
+        );
+        let m = r.step(1).unwrap();
+        assert_eq!(m.range, Some((PAGE, 4096)));
+        assert_eq!(m.access, None);
+        assert_eq!(m.notifiers.len(), 1);
+        assert!(r.host_page(PAGE).is_none());
+        assert!(r.step(2).is_err());
+    }
+
+    #[test]
+    fn the_dontneed_bug_drops_the_notifier_and_leaves_the_spte() {
+        let steps = step("write", "gpa = \"0x1000\"")
+            + &step(
+                "madvise",
+                "start = \"0x7f0000001000\"\nsize = \"4K\"\nadvice = \"dontneed\"",
+            );
+        let mut good = runner(&steps, ModelOptions::default());
+        let mut bad = runner(
+            &steps,
+            ModelOptions {
+                bug: Some(ModelBug::SkipDontneedNotifier),
+                ..ModelOptions::default()
+            },
+        );
+        for r in [&mut good, &mut bad] {
+            r.step(0).unwrap();
+        }
+        let (g, b) = (good.step(1).unwrap(), bad.step(1).unwrap());
+        assert_eq!(g.notifiers.len(), 1);
+        assert!(b.notifiers.is_empty() && b.zapped.is_empty());
+        assert!(good.kvm().spte_at(Gpa(0x1000)).is_none());
+        assert!(
+            bad.kvm().spte_at(Gpa(0x1000)).is_some(),
+            "the bug keeps a stale SPTE"
+        );
+    }
+
+    #[test]
+    fn clear_flush_young_runs_now() {
+        let mut r = runner(
+            &(step("read", "gpa = \"0x1000\"")
+                + &step(
+                    "clear-flush-young",
+                    "start = \"0x7f0000001000\"\nsize = \"4K\"",
+                )),
+            ModelOptions::default(),
+        );
+        r.step(0).unwrap();
+        let rec = r.step(1).unwrap();
+        assert_eq!(rec.result, "ok");
+        assert!(rec.young.is_some());
+    }
+
+    #[test]
+    fn conditions_override_the_file() {
+        // THP never: a read of a MADV_HUGEPAGE range maps the 4K zero page, not the huge one.
+        let sc = Scenario::from_toml(
+            "thp = \"always\"\n[[memslot]]\nid = 0\ngpa = 0\nsize = \"2M\"\nhva = \"0x7f0000000000\"\n\
+             [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\nthp = true\n\
+             [[step]]\nop = \"read\"\ngpa = 0\n",
+        )
+        .unwrap();
+        let mut file = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+        file.step(0).unwrap();
+        assert_eq!(
+            file.host_page(Hva(0x7f00_0000_0000)).unwrap().kind,
+            HostPageKind::HugeZero
+        );
+        let opts = ModelOptions {
+            kernel: Some(KernelVersion::V6_18),
+            conditions: HostConditions {
+                thp: Some(ThpMode::Never),
+                ..HostConditions::default()
+            },
+            bug: None,
+        };
+        let mut host = ScenarioRunner::new(&sc, &opts).unwrap();
+        assert_eq!(host.kernel(), KernelVersion::V6_18);
+        host.step(0).unwrap();
+        let p = host.host_page(Hva(0x7f00_0000_0000)).unwrap();
+        assert_eq!((p.kind, p.leaf), (HostPageKind::Zero, Level::Pte4K));
+    }
+
+    #[test]
+    fn hugetlb_steps_are_not_modelled_with_a_reason() {
+        let sc = Scenario::from_toml(
+            "[[memslot]]\nid = 0\ngpa = 0\nsize = \"2M\"\nhva = \"0x7f0000000000\"\n\
+             [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\nkind = \"hugetlb\"\n\
+             [[step]]\nop = \"write\"\ngpa = 0\n\
+             [[step]]\nop = \"munmap\"\nstart = \"0x7f0000000000\"\nsize = \"2M\"\n",
+        )
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+        for i in 0..2 {
+            let rec = r.step(i).unwrap();
+            assert_eq!(rec.result, "not-modelled");
+            assert!(rec
+                .not_modelled
+                .as_deref()
+                .unwrap()
+                .contains("hugetlb_fault()"));
+        }
+    }
+
+    #[test]
+    fn steps_without_machinery_say_not_modelled() {
+        for (op, keys) in [
+            ("ksm-scan", ""),
+            (
+                "fallocate-punch-hole",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"",
+            ),
+            ("uffdio-continue", "start = \"0x7f0000000000\""),
+            (
+                "madvise",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"pageout\"",
+            ),
+            (
+                "madvise",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"mergeable\"",
+            ),
+            (
+                "uffd-register",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nmode = [\"minor\"]",
+            ),
+        ] {
+            let mut r = runner(&step(op, keys), ModelOptions::default());
+            let rec = r.step(0).unwrap();
+            assert_eq!(rec.result, "not-modelled", "{op}");
+            assert!(rec.not_modelled.unwrap().contains("not modelled"), "{op}");
+        }
+    }
+
+    #[test]
+    fn memslot_steps_create_move_and_change_flags() {
+        let mut r = runner(
+            &(step(
+                "memslot-create",
+                "id = 1\ngpa = \"1G\"\nsize = \"2M\"\nhva = \"0x7f0000200000\"",
+            ) + &step("write", "gpa = \"0x40001000\"")
+                + &step("memslot-move", "memslot = 1\ngpa = \"2G\"")
+                + &step("read", "gpa = \"0x40001000\"")
+                + &step("memslot-flags", "memslot = 0\nflags = [\"dirty-log\"]")
+                + &step("memslot-flags", "memslot = 0\nflags = [\"readonly\"]")),
+            ModelOptions::default(),
+        );
+        r.step(0).unwrap();
+        let w = r.step(1).unwrap();
+        assert_eq!(w.result, "fixed");
+        assert_eq!(w.hva, Some(Hva(0x7f00_0020_1000)));
+        let mv = r.step(2).unwrap();
+        assert!(!mv.zapped.is_empty(), "the move zaps the old range");
+        assert_eq!(r.step(3).unwrap().result, "mmio");
+        r.step(4).unwrap();
+        assert!(r.kvm().slots.by_id(0).unwrap().dirty_logging());
+        let e = r.step(5).unwrap_err().to_string();
+        assert!(e.contains("KVM_MEM_READONLY"), "{e}");
+    }
+
+    #[test]
+    fn mremap_populate_and_writeprotect_are_modelled() {
+        let mut r = runner(
+            &(step(
+                "madvise",
+                "start = \"0x7f0000000000\"\nsize = \"8K\"\nadvice = \"populate-write\"",
+            ) + &step(
+                "mremap",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nnew_start = \"0x7f0000300000\"",
+            ) + &step(
+                "uffd-register",
+                "start = \"0x7f0000001000\"\nsize = \"4K\"\nmode = [\"wp\"]",
+            ) + &step(
+                "uffdio-writeprotect",
+                "start = \"0x7f0000001000\"\nsize = \"4K\"",
+            )),
+            ModelOptions::default(),
+        );
+        r.step(0).unwrap();
+        assert_eq!(
+            r.host_page(Hva(0x7f00_0000_0000)).unwrap().kind,
+            HostPageKind::Anon
+        );
+        let pfn = r.host_page(Hva(0x7f00_0000_0000)).unwrap().pfn;
+        let m = r.step(1).unwrap();
+        assert!(!m.notifiers.is_empty());
+        assert!(r.host_page(Hva(0x7f00_0000_0000)).is_none());
+        assert_eq!(r.host_page(Hva(0x7f00_0030_0000)).unwrap().pfn, pfn);
+        r.step(2).unwrap();
+        r.step(3).unwrap();
+        let p = r.host_page(PAGE).unwrap();
+        assert!(p.uffd_wp && !p.writable, "{p:?}");
+    }
+
+    fn values(vma: &str, steps: &str) -> Vec<Option<u64>> {
+        let sc = Scenario::from_toml(&format!(
+            "[[memslot]]\nid = 0\ngpa = 0\nsize = \"4M\"\nhva = \"0x7f0000000000\"\n\
+             [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"4M\"\n{vma}\n{steps}"
+        ))
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+        r.run_all().unwrap().into_iter().map(|x| x.value).collect()
+    }
+
+    const DONTNEED: &str = "start = \"0x7f0000001000\"\nsize = \"4K\"\nadvice = \"dontneed\"";
+
+    #[test]
+    fn reads_see_zero_then_the_written_value() {
+        let v = values(
+            "",
+            &(step("read", "gpa = \"0x1000\"")
+                + &step("write", "gpa = \"0x1000\"\nvalue = 42")
+                + &step("read", "gpa = \"0x1000\"")
+                + &step("write", "gpa = \"0x2000\"")
+                + &step("read", "gpa = \"0x2000\"")),
+        );
+        let d = default_value(0x2000);
+        assert_eq!(v, vec![Some(0), Some(42), Some(42), Some(d), Some(d)]);
+    }
+
+    #[test]
+    fn dontneed_zeroes_private_anon_but_not_shmem() {
+        let steps = step("write", "gpa = \"0x1000\"\nvalue = 7")
+            + &step("madvise", DONTNEED)
+            + &step("read", "gpa = \"0x1000\"");
+        assert_eq!(values("", &steps)[2], Some(0));
+        assert_eq!(
+            values("kind = \"shmem\"\nshared = true", &steps)[2],
+            Some(7)
+        );
+        assert_eq!(
+            values("kind = \"memfd\"\nshared = true", &steps)[2],
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn cow_after_fork_copies_then_overwrites_and_migration_copies() {
+        let v = values(
+            "",
+            &(step("write", "gpa = \"0x1000\"\nvalue = 1")
+                + &step("fork", "")
+                + &step("read", "gpa = \"0x1000\"")
+                + &step("write", "gpa = \"0x1000\"\nvalue = 2")
+                + &step(
+                    "migrate",
+                    "start = \"0x7f0000001000\"\nsize = \"4K\"\nnode = 1",
+                )
+                + &step("read", "gpa = \"0x1000\"")),
+        );
+        assert_eq!(v[2], Some(1));
+        assert_eq!(v[3], Some(2));
+        assert_eq!(v[5], Some(2), "migration copies the page");
+        // The copy rule was really exercised: migration moved the page to a new pfn.
+        let mut r = runner(
+            &(step("write", "gpa = \"0x1000\"\nvalue = 3")
+                + &step(
+                    "migrate",
+                    "start = \"0x7f0000001000\"\nsize = \"4K\"\nnode = 1",
+                )),
+            ModelOptions::default(),
+        );
+        r.step(0).unwrap();
+        let before = r.host_page(PAGE).unwrap().pfn;
+        r.step(1).unwrap();
+        assert_ne!(r.host_page(PAGE).unwrap().pfn, before);
+        assert_eq!(r.page_value(PAGE), Some(3));
+    }
+
+    #[test]
+    fn thp_split_keeps_values_and_uffd_fills_pages() {
+        let v = values(
+            "thp = true",
+            &(step("write", "gpa = \"0x3000\"\nvalue = 9")
+                + &step("read", "gpa = \"0x4000\"")
+                + &step("thp-split", "start = \"0x7f0000000000\"\nsize = \"2M\"")
+                + &step("read", "gpa = \"0x3000\"")),
+        );
+        assert_eq!((v[1], v[3]), (Some(0), Some(9)));
+        // The split was really exercised: the write mapped a THP, the split left 4K PTEs.
+        let sc = Scenario::from_toml(&format!(
+            "{}thp = true\n{}{}",
+            BASE,
+            step("write", "gpa = \"0x3000\""),
+            step("thp-split", "start = \"0x7f0000000000\"\nsize = \"2M\"")
+        ))
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+        r.step(0).unwrap();
+        let p = r.host_page(Hva(0x7f00_0000_3000)).unwrap();
+        assert_eq!((p.kind, p.leaf), (HostPageKind::AnonThp, Level::Pmd2M));
+        r.step(1).unwrap();
+        assert_eq!(
+            r.host_page(Hva(0x7f00_0000_3000)).unwrap().leaf,
+            Level::Pte4K
+        );
+        assert_eq!(
+            r.page_value(Hva(0x7f00_0000_3000)),
+            Some(default_value(0x3000))
+        );
+        let v = values(
+            "",
+            &(step("uffd-register", "start = \"0x7f0000200000\"\nsize = \"8K\"")
+                + &step("uffdio-copy", "start = \"0x7f0000200000\"")
+                + &step("uffdio-zeropage", "start = \"0x7f0000201000\"")
+                + &step("read", "gpa = \"0x200000\"")
+                + &step("read", "gpa = \"0x201000\"")),
+        );
+        assert_eq!(
+            v[3],
+            Some(super::super::contents::uffdio_copy_value(0x7f00_0020_0000))
+        );
+        assert_eq!(v[4], Some(0));
+    }
+
+    #[test]
+    fn madv_cold_makes_pages_old_without_a_notifier() {
+        let mut r = runner(
+            &(step("write", "gpa = \"0x1000\"")
+                + &step(
+                    "madvise",
+                    "start = \"0x7f0000000000\"\nsize = \"8K\"\nadvice = \"cold\"",
+                )),
+            ModelOptions::default(),
+        );
+        r.step(0).unwrap();
+        assert!(r.host_page(PAGE).unwrap().young);
+        let rec = r.step(1).unwrap();
+        assert_eq!(rec.result, "ok");
+        assert!(rec.notifiers.is_empty() && rec.zapped.is_empty());
+        assert!(!r.host_page(PAGE).unwrap().young);
+        assert!(r.kvm().spte_at(Gpa(0x1000)).is_some(), "KVM is not told");
+    }
+
+    #[test]
+    fn madv_cold_of_part_of_a_thp_is_not_modelled() {
+        let sc = Scenario::from_toml(&format!(
+            "{BASE}thp = true\n{}{}",
+            step("write", "gpa = 0"),
+            step(
+                "madvise",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"cold\""
+            )
+        ))
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
+        r.step(0).unwrap();
+        let rec = r.step(1).unwrap();
+        assert_eq!(rec.result, "not-modelled");
+        assert!(rec.not_modelled.unwrap().contains("split_folio()"));
+        assert!(
+            r.host_page(Hva(0x7f00_0000_0000)).unwrap().young,
+            "nothing changed"
+        );
+    }
 }

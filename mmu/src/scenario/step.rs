@@ -21,6 +21,10 @@ pub struct GuestStep {
     /// vCPU performing it (recorded; the model has one set of fault state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpu: Option<u32>,
+    /// The gpa is deliberately outside every memslot (an MMIO access); without it such a
+    /// gpa is a load-time error.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mmio: bool,
     /// Explorer: races with the other `race = true` steps.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub race: bool,
@@ -35,6 +39,10 @@ pub struct WriteStep {
     /// vCPU performing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpu: Option<u32>,
+    /// The gpa is deliberately outside every memslot (an MMIO access); without it such a
+    /// gpa is a load-time error.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mmio: bool,
     /// Explorer: races with the other `race = true` steps.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub race: bool,
@@ -482,6 +490,15 @@ impl Step {
             Step::MemslotDelete(_) => "memslot-delete",
             Step::MemslotMove(_) => "memslot-move",
             Step::MemslotFlags(_) => "memslot-flags",
+        }
+    }
+
+    /// `mmio = true` on a guest step.
+    pub fn declared_mmio(&self) -> bool {
+        match self {
+            Step::Read(g) | Step::Exec(g) => g.mmio,
+            Step::Write(w) => w.mmio,
+            _ => false,
         }
     }
 

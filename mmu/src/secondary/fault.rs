@@ -864,7 +864,8 @@ mod tests {
 
     #[test]
     fn gpa_without_memslot_installs_an_mmio_spte_then_hits_it() {
-        let r = run(&(anon("") + &step("read", 0x1_0000_0000) + &step("read", 0x1_0000_0000)));
+        let mmio = step("read", 0x1_0000_0000) + "mmio = true\n";
+        let r = run(&(anon("") + &mmio + &mmio));
         assert_eq!(r[0].result, "mmio");
         assert_eq!(r[1].result, "mmio");
         assert!(
