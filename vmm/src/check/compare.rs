@@ -241,13 +241,21 @@ pub fn compare_step(
             a.class(),
         ));
         if let (RealAccess::Completed { value }, "read") = (a, rec.op.as_str()) {
-            out.push(Observation::uncompared(
-                "value",
-                "agent guest",
-                None,
-                Some(format!("{value:#x}")),
-                Verdict::NotModelled("the model does not track page contents".into()),
-            ));
+            out.push(match rec.value {
+                Some(mv) => Observation::compare(
+                    "value",
+                    "agent guest",
+                    format!("{mv:#x}"),
+                    format!("{value:#x}"),
+                ),
+                None => Observation::uncompared(
+                    "value",
+                    "agent guest",
+                    None,
+                    Some(format!("{value:#x}")),
+                    Verdict::NotModelled("the model has no contents for this page".into()),
+                ),
+            });
         }
     }
     let model_inv = model_invalidations(rec);
