@@ -96,6 +96,12 @@ pub struct RealStep {
     pub spte_levels: Option<Vec<Level>>,
     /// Host pages of interest after the step: (model hva, state).
     pub pages: Vec<(u64, Option<RealPage>)>,
+    /// Invalidations inside the scenario that a kernel thread (khugepaged, ksmd, kswapd,
+    /// kcompactd) made during the step: (thread, start, end) in model addresses.
+    pub by_daemon: Vec<(String, u64, u64)>,
+    /// Every such range since the scenario started: the model's state there is stale for
+    /// the rest of the scenario.
+    pub perturbed: Vec<(String, u64, u64)>,
 }
 
 /// Which real observables this host offers, found out by the executor.
@@ -297,8 +303,37 @@ pub fn compare_step(
             )),
         }
     }
+    if !real.by_daemon.is_empty() {
+        let what: Vec<String> = real
+            .by_daemon
+            .iter()
+            .map(|(t, s, e)| format!("{t} [{s:#x},{e:#x})"))
+            .collect();
+        out.push(Observation::uncompared(
+            "kernel threads",
+            NOTIFIERS_SRC,
+            None,
+            Some(what.join(" ")),
+            Verdict::NotModelled(
+                "an mm daemon invalidated part of the scenario during this step; the model has no kernel threads".into(),
+            ),
+        ));
+    }
     for ((hva, rp), mp) in real.pages.iter().zip(model_pages) {
         let name = format!("page {hva:#x}");
+        let touched_by_daemon = real.perturbed.iter().find(|(_, s, e)| hva >= s && hva < e);
+        if let Some((t, s, e)) = touched_by_daemon {
+            out.push(Observation::uncompared(
+                &name,
+                PAGE_SRC,
+                Some(model_page_text(mp.as_ref())),
+                Some(real_page_text(rp.as_ref())),
+                Verdict::NotObservable(format!(
+                    "{t} changed [{s:#x},{e:#x}) behind the model's back (see the step's kernel threads)"
+                )),
+            ));
+            continue;
+        }
         match &caps.pages {
             None => out.push(Observation::compare(
                 &name,

@@ -443,7 +443,12 @@ fn run_real(
 
     // Observers.
     let mut caps = Capabilities::default();
-    let mut trace = match TraceSession::start(PidFilter::ThisProcess) {
+    // The mm daemons too: khugepaged or ksmd acting on the scenario's range during a step is
+    // something the model does not do, and the report must say so rather than diverge.
+    let daemons = super::observe::tracefs::mm_daemon_pids();
+    let mut trace = match TraceSession::start(PidFilter::ThisProcessAnd(
+        daemons.iter().map(|d| d.1).collect(),
+    )) {
         Ok(mut t) => {
             if let Some((lo, hi)) = space.real_window() {
                 t.set_hva_ranges(vec![lo..hi]);
@@ -483,6 +488,7 @@ fn run_real(
             let mut out: Vec<StepCheck> = Vec::new();
             let mut interest: Vec<u64> = Vec::new();
             let mut skipped: Vec<usize> = Vec::new();
+            let mut perturbed: Vec<(String, u64, u64)> = Vec::new();
             if let Some(t) = trace.as_mut() {
                 let _ = t.drain();
             }
@@ -547,12 +553,16 @@ fn run_real(
                     match t.drain() {
                         Ok(batch) => {
                             let mut inv = Vec::new();
+                            let mut by_daemon = Vec::new();
                             let mut levels = Vec::new();
                             for r in &batch.records {
                                 match &r.event {
                                     TraceEvent::UnmapHvaRange { start, end } => {
                                         if let (Some(s), Some(_)) = (space.model(*start), space.model(end.saturating_sub(1))) {
-                                            inv.push((s, s + (end - start)));
+                                            match daemons.iter().find(|d| d.1 == r.pid) {
+                                                Some(d) => by_daemon.push((d.0.clone(), s, s + (end - start))),
+                                                None => inv.push((s, s + (end - start))),
+                                            }
                                         }
                                     }
                                     TraceEvent::SetSpte { level, .. } => {
@@ -565,6 +575,8 @@ fn run_real(
                                 }
                             }
                             real.invalidations = Some(inv);
+                            perturbed.extend(by_daemon.iter().cloned());
+                            real.by_daemon = by_daemon;
                             real.spte_levels = Some(levels);
                         }
                         Err(e) => caps.notifiers = Some(format!("reading the trace failed: {e}")),
@@ -604,6 +616,7 @@ fn run_real(
                         real.pages = pages.iter().map(|p| (*p, None)).collect();
                     }
                 }
+                real.perturbed = perturbed.clone();
                 let observations = compare::compare_step(&rec, &model_pages, &real, &caps);
                 out.push(StepCheck {
                     step: i,
