@@ -134,3 +134,41 @@ fn bad_scenario_files_are_refused_with_file_and_step() {
         }
     }
 }
+
+#[test]
+fn without_root_the_check_compares_what_it_can_and_names_what_it_cannot() {
+    if !vmm::testing::kvm_or_skip("without_root_the_check_compares_what_it_can") {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        vmm::testing::skip(
+            "without_root_the_check_compares_what_it_can",
+            "needs root to make a KVM node an unprivileged user may open",
+        );
+        return;
+    }
+    // A private KVM node (char 10:232) an unprivileged user may open, so the check runs as
+    // `nobody`: no tracefs, no /proc/kpageflags, but KVM and the agent guest still work.
+    let dir = std::env::temp_dir().join(format!("faultline-check-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = dir.join("kvm");
+    let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
+    // SAFETY: mknod with a valid path; the node is removed below.
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 232)) };
+    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+    // SAFETY: chmod with a valid path (mknod's mode is filtered by the umask).
+    unsafe { libc::chmod(c.as_ptr(), 0o666) };
+    let scenario = scenarios().join("kvm-anon-dontneed-2m-boundary.toml");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(faultline_bin())
+        .args(["check", "--kvm-device", node.to_str().unwrap(), scenario.to_str().unwrap()]);
+    let out = run_with_timeout(cmd, Duration::from_secs(300));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (code, stdout) = (out.code(), out.stdout.clone());
+    assert_eq!(code, 0, "{}", out.transcript());
+    assert!(stdout.contains("notifiers") && stdout.contains("not observable here"), "{stdout}");
+    let agree = stdout.lines().filter(|l| l.trim_end().ends_with("agree")).count();
+    assert!(agree >= 4, "outcomes and values are still compared:\n{stdout}");
+}

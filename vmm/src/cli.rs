@@ -65,6 +65,10 @@ pub enum BenchCommand {
         faultline bench boot --runs 20 --baseline /tmp/old-faultline\n  \
         faultline bench boot --kernel vmlinux --runs 3 --json linux-boot.json")]
     Boot(BenchBootArgs),
+    /// Time `faultline check` per scenario and in all, and race rounds per second.
+    #[command(after_help = "Examples:\n  \
+        faultline bench check --runs 3 --json check-bench.json")]
+    Check(crate::check::bench::BenchCheckArgs),
 }
 
 /// Options of `faultline bench boot`.

@@ -13,6 +13,7 @@ fn main() {
             vmm::measure::cli::run_faults(&args)
         }
         Command::Bench(vmm::cli::BenchCommand::Boot(args)) => vmm::bench_boot::main(&args),
+        Command::Bench(vmm::cli::BenchCommand::Check(args)) => vmm::check::bench::run(&args),
     };
     std::process::exit(status);
 }

@@ -23,7 +23,7 @@ use super::space::{RealKind, RealSpace, RealVmaSpec, SpaceError};
 use crate::launch::{ExtraMemslot, VmBuilder, VmIo};
 use mmu::scenario::{
     HostConditions, ModelBug, ModelOptions, Scenario, ScenarioError,
-    ScenarioRunner, Step, StepRecord, VmaKind,
+    ScenarioRunner, Step, VmaKind,
 };
 use mmu::scenario::step::{default_value, MadviseAdvice};
 use mmu::types::{Hva, KernelVersion};
@@ -482,6 +482,11 @@ fn run_real(
     let t_steps = Instant::now();
 
     let steps = &sc.step;
+    let first_race = steps.iter().position(Step::race);
+    let race_allowed = match first_race {
+        Some(_) => super::race::model_allowed(sc, model_opts),
+        None => Ok(Default::default()),
+    };
     let mut spte_seen = false;
     let (_outcome, results) = agent
         .run_with(vmm, |h| {
@@ -489,10 +494,44 @@ fn run_real(
             let mut interest: Vec<u64> = Vec::new();
             let mut skipped: Vec<usize> = Vec::new();
             let mut perturbed: Vec<(String, u64, u64)> = Vec::new();
+            let mut race_rate = None;
             if let Some(t) = trace.as_mut() {
                 let _ = t.drain();
             }
             for (i, step) in steps.iter().enumerate() {
+                if let Some(first) = first_race {
+                    if i == first {
+                        let (st, rate) = run_race(
+                            steps, &race_allowed, &mut runner, &mut space, &agent, h, &slots, opts, env,
+                        );
+                        race_rate = rate;
+                        out.push(st);
+                        if let Some(t) = trace.as_mut() {
+                            let _ = t.drain();
+                        }
+                        continue;
+                    }
+                    if step.race() {
+                        continue;
+                    }
+                    if i > first {
+                        let _ = runner.skip(i);
+                        out.push(StepCheck {
+                            step: i,
+                            what: describe(step),
+                            observations: vec![Observation::uncompared(
+                                "step",
+                                "-",
+                                None,
+                                None,
+                                Verdict::NotExecutable(
+                                    "it follows a race, after which the real state is one of many".into(),
+                                ),
+                            )],
+                        });
+                        continue;
+                    }
+                }
                 // A step the host cannot perform is skipped on both sides, so the steps
                 // after it still compare like with like.
                 let touched = step
@@ -546,7 +585,7 @@ fn run_real(
                 };
                 let mut real = RealStep::default();
                 if rec.not_modelled.is_none() {
-                    execute(step, &rec, &mut space, &agent, h, &slots, opts, &mut real);
+                    execute(step, &rec.op, &mut space, &agent, h, &slots, opts, &mut real);
                 }
                 // Observers, after the step.
                 if let Some(t) = trace.as_mut() {
@@ -624,10 +663,11 @@ fn run_real(
                     observations,
                 });
             }
-            (out, skipped)
+            (out, skipped, race_rate)
         })
         .map_err(|e| format!("VM run: {e}"))?;
-    let (steps_checked, skipped) = results.unwrap_or_default();
+    let (steps_checked, skipped, race_rate) = results.unwrap_or_default();
+    check.timing.race_rounds_per_s = race_rate;
     check.steps = steps_checked;
     if let Some(first) = skipped.first() {
         if *first + 1 < sc.step.len() {
@@ -688,7 +728,7 @@ fn madvise_value(a: MadviseAdvice) -> (i32, &'static str) {
 #[allow(clippy::too_many_arguments)]
 fn execute(
     step: &Step,
-    rec: &StepRecord,
+    op: &str,
     space: &mut RealSpace,
     agent: &Agent,
     h: &crate::launch::VmHandle<'_>,
@@ -760,7 +800,7 @@ fn execute(
         }
         // Everything else was filtered out by `step_not_executable`.
         _ => {
-            real.not_executable = Some(format!("{} is not executable here", rec.op));
+            real.not_executable = Some(format!("{op} is not executable here"));
         }
     }
 }
@@ -776,4 +816,108 @@ fn access(agent: &Agent, vcpu: u32, kind: AccessKind, gpa: u64, value: u64, opts
         Ok(AccessOutcome::Crash(r)) => RealAccess::Crash(r),
         Err(e) => RealAccess::Crash(e.to_string()),
     }
+}
+
+/// How many times the host operations of a race run against the guest's loop.
+pub const RACE_ROUNDS: u64 = 500;
+
+/// The pause before each race round (see [`run_race`]).
+pub const RACE_GAP: Duration = Duration::from_micros(40);
+
+/// Runs the scenario's race group: one guest access, repeated by the agent in a loop, against
+/// the group's host operations, [`RACE_ROUNDS`] times; compares the outcome classes seen with
+/// the set the explorer allows.
+#[allow(clippy::too_many_arguments)]
+fn run_race(
+    steps: &[Step],
+    allowed: &Result<std::collections::BTreeSet<String>, String>,
+    runner: &mut ScenarioRunner,
+    space: &mut RealSpace,
+    agent: &Agent,
+    h: &crate::launch::VmHandle<'_>,
+    slots: &[Slot],
+    opts: &CheckOptions,
+    env: &CheckEnv,
+) -> (StepCheck, Option<f64>) {
+    let group: Vec<(usize, &Step)> = steps.iter().enumerate().filter(|(_, s)| s.race()).collect();
+    for (i, _) in &group {
+        let _ = runner.skip(*i);
+    }
+    let what = format!(
+        "race: {}",
+        group.iter().map(|(_, s)| describe(s)).collect::<Vec<_>>().join(" | ")
+    );
+    let step = group.first().map_or(0, |g| g.0);
+    let fail = |v: Verdict| {
+        (
+            StepCheck {
+                step,
+                what: what.clone(),
+                observations: vec![Observation::uncompared("race outcomes", "-", None, None, v)],
+            },
+            None,
+        )
+    };
+    let guests: Vec<&(usize, &Step)> = group.iter().filter(|(_, s)| s.guest_access().is_some()).collect();
+    let hosts: Vec<&(usize, &Step)> = group.iter().filter(|(_, s)| s.guest_access().is_none()).collect();
+    if guests.len() != 1 || hosts.is_empty() {
+        return fail(Verdict::NotExecutable(
+            "faultline check races one guest access against one or more host operations".into(),
+        ));
+    }
+    if let Some(reason) = hosts.iter().find_map(|(_, s)| step_not_executable(s, env)) {
+        return fail(Verdict::NotExecutable(reason));
+    }
+    let allowed = match allowed {
+        Ok(a) => a,
+        Err(e) => return fail(Verdict::NotModelled(format!("the explorer failed: {e}"))),
+    };
+    let Some((kind, gpa, vcpu)) = guests[0].1.guest_access() else {
+        return fail(Verdict::NotExecutable("no guest access".into()));
+    };
+    let value = match guests[0].1 {
+        Step::Write(w) => w.value.map_or_else(|| default_value(w.gpa.0), |v| v.0),
+        _ => 0,
+    };
+    let vcpu = vcpu.unwrap_or(0);
+    if let Err(e) = agent.start_loop(vcpu, kind, gpa + GPA_OFFSET, value, None, opts.access_timeout) {
+        return fail(Verdict::NotExecutable(format!("the agent's loop did not start: {e}")));
+    }
+    let t0 = Instant::now();
+    let mut host_error = None;
+    for _ in 0..RACE_ROUNDS {
+        // Give the guest's loop time to run into the new state before the next round (a few
+        // guest accesses at this host's ~5-40 us each), so every round is a race.
+        let gap = Instant::now();
+        while gap.elapsed() < RACE_GAP {
+            std::hint::spin_loop();
+        }
+        for (_, s) in &hosts {
+            let mut real = RealStep::default();
+            execute(s, s.name(), space, agent, h, slots, opts, &mut real);
+            if let Some(e) = real.host_error.or(real.not_executable) {
+                host_error.get_or_insert(e);
+            }
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let counts = match agent.stop_loop(vcpu, opts.access_timeout) {
+        Ok(c) => c,
+        Err(e) => return fail(Verdict::NotExecutable(format!("the agent's loop did not stop: {e}"))),
+    };
+    let mut obs = vec![super::race::verdict(
+        allowed,
+        &super::race::Observed::from_loop(&counts, RACE_ROUNDS, seconds),
+    )];
+    if let Some(e) = host_error {
+        obs.push(Observation::compare("result", "syscall", "ok", e));
+    }
+    (
+        StepCheck {
+            step,
+            what,
+            observations: obs,
+        },
+        (seconds > 0.0).then(|| RACE_ROUNDS as f64 / seconds),
+    )
 }

@@ -87,7 +87,10 @@ pub fn module_loaded(name: &str) -> bool {
 
 /// Turns the matching `DIVERGE` observations of `scenario`'s step `step` into known ones.
 pub fn apply(known: &[KnownDivergence], scenario: &str, step: usize, obs: &mut [Observation]) {
-    for o in obs.iter_mut().filter(|o| o.verdict == Verdict::Diverge) {
+    for o in obs
+        .iter_mut()
+        .filter(|o| matches!(o.verdict, Verdict::Diverge | Verdict::Divergence(_)))
+    {
         if let Some(k) = known.iter().find(|k| {
             k.scenario == scenario
                 && k.step == step

@@ -9,10 +9,12 @@
 //! - [`report`]: verdicts, tables, JSON; [`cli`]: `faultline check`.
 
 pub mod agent;
+pub mod bench;
 pub mod cli;
 pub mod compare;
 pub mod exec;
 pub mod known;
 pub mod observe;
+pub mod race;
 pub mod report;
 pub mod space;

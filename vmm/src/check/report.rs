@@ -226,6 +226,9 @@ pub struct Timing {
     pub steps_s: f64,
     /// The whole scenario.
     pub total_s: f64,
+    /// Race rounds (host operations against the guest's loop) per second, for race scenarios.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub race_rounds_per_s: Option<f64>,
 }
 
 impl Eq for Timing {}
