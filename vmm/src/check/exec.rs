@@ -587,7 +587,35 @@ fn run_real(
                 if rec.not_modelled.is_none() {
                     execute(step, &rec.op, &mut space, &agent, h, &slots, opts, &mut real);
                 }
-                // Observers, after the step.
+                // Observers, after the step: the pages first, then the trace, so that a
+                // kernel thread that changed a page before it was read is in this step's trace.
+                // Pages of interest.
+                if let Some(hva) = rec.hva {
+                    let page = hva.0 & !0xfff;
+                    if !interest.contains(&page) {
+                        interest.push(page);
+                    }
+                }
+                let pages: Vec<u64> = match (rec.hva, rec.range) {
+                    (Some(hva), _) => vec![hva.0 & !0xfff],
+                    (None, Some((s, len))) => interest
+                        .iter()
+                        .copied()
+                        .filter(|p| *p >= s.0 && *p < s.0 + len)
+                        .collect(),
+                    (None, None) => interest.clone(),
+                };
+                let model_pages: Vec<_> = pages.iter().map(|p| runner.host_page(Hva(*p))).collect();
+                if real.not_executable.is_none() {
+                    if let Some(pm) = pagemap.as_ref() {
+                        real.pages = pages
+                            .iter()
+                            .map(|p| (*p, space.real(*p).ok().and_then(|r| real_page(pm, r))))
+                            .collect();
+                    } else {
+                        real.pages = pages.iter().map(|p| (*p, None)).collect();
+                    }
+                }
                 if let Some(t) = trace.as_mut() {
                     match t.drain() {
                         Ok(batch) => {
@@ -627,33 +655,6 @@ fn run_real(
                     );
                 } else {
                     caps.levels = None;
-                }
-                // Pages of interest.
-                if let Some(hva) = rec.hva {
-                    let page = hva.0 & !0xfff;
-                    if !interest.contains(&page) {
-                        interest.push(page);
-                    }
-                }
-                let pages: Vec<u64> = match (rec.hva, rec.range) {
-                    (Some(hva), _) => vec![hva.0 & !0xfff],
-                    (None, Some((s, len))) => interest
-                        .iter()
-                        .copied()
-                        .filter(|p| *p >= s.0 && *p < s.0 + len)
-                        .collect(),
-                    (None, None) => interest.clone(),
-                };
-                let model_pages: Vec<_> = pages.iter().map(|p| runner.host_page(Hva(*p))).collect();
-                if real.not_executable.is_none() {
-                    if let Some(pm) = pagemap.as_ref() {
-                        real.pages = pages
-                            .iter()
-                            .map(|p| (*p, space.real(*p).ok().and_then(|r| real_page(pm, r))))
-                            .collect();
-                    } else {
-                        real.pages = pages.iter().map(|p| (*p, None)).collect();
-                    }
                 }
                 real.perturbed = perturbed.clone();
                 let observations = compare::compare_step(&rec, &model_pages, &real, &caps);
