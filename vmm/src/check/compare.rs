@@ -116,6 +116,10 @@ pub struct Capabilities {
 }
 
 const NOTIFIERS_SRC: &str = "tracefs kvm:kvm_unmap_hva_range";
+
+/// The kind of a real page whose flags could not be read (no /proc/kpageflags): only its
+/// presence is known, and only presence is compared.
+pub const PRESENT_ONLY: &str = "present";
 const PAGE_SRC: &str = "pagemap+kpageflags";
 
 fn size_name(size: u64) -> String {
@@ -331,6 +335,15 @@ pub fn compare_step(
                 Verdict::NotObservable(format!(
                     "{t} changed [{s:#x},{e:#x}) behind the model's back (see the step's kernel threads)"
                 )),
+            ));
+            continue;
+        }
+        if rp.as_ref().is_some_and(|p| p.kind == PRESENT_ONLY) {
+            out.push(Observation::compare(
+                &name,
+                "pagemap (no /proc/kpageflags here: kinds not observable)",
+                if mp.is_some() { "present" } else { "absent" },
+                "present",
             ));
             continue;
         }

@@ -14,7 +14,7 @@
 //! rule set and conditions, and [`super::compare::compare_step`] compares.
 
 use super::agent::{AccessKind, AccessOutcome, Agent};
-use super::compare::{self, Capabilities, RealAccess, RealPage, RealStep};
+use super::compare::{self, Capabilities, RealAccess, RealPage, RealStep, PRESENT_ONLY};
 use super::observe::host::HostConditions as RealConditions;
 use super::observe::pagemap::{PageKind, PageMap};
 use super::observe::tracefs::{PidFilter, TraceEvent, TraceSession};
@@ -332,6 +332,14 @@ fn real_page(pm: &PageMap, addr: u64) -> Option<RealPage> {
     }
     if !st.present {
         return None;
+    }
+    if st.flags.is_none() && !matches!(st.kind, PageKind::Pfnmap) {
+        // No /proc/kpageflags (it needs root): presence is all pagemap tells.
+        return Some(RealPage {
+            present: true,
+            kind: PRESENT_ONLY.into(),
+            size: 0,
+        });
     }
     let kind = match st.kind {
         PageKind::Zero => "zero",
