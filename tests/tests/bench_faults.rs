@@ -296,7 +296,25 @@ fn cli_prints_the_table_and_writes_json_and_plots() {
     assert_eq!(v["runs"].as_array().unwrap().len(), 4);
     assert_eq!(v["runs"][1]["uffd"], "MISSING");
     assert!(v["host"]["kernel"].as_str().is_some());
-    for name in ["pages_per_sec", "uffd_service_cdf", "kvm_mapping_levels"] {
+    // The levels plot exists exactly when KVM's level stats moved (not under a shadow MMU).
+    let levels_moved = v["runs"].as_array().unwrap().iter().any(|r| {
+        ["pages_4k", "pages_2m", "pages_1g"]
+            .iter()
+            .any(|n| r["kvm_vm"][n].as_u64().unwrap_or(0) != 0)
+    });
+    assert_eq!(
+        plots.join("kvm_mapping_levels.png").exists(),
+        levels_moved,
+        "a levels plot only where levels were measured:\n{stdout}"
+    );
+    if !levels_moved {
+        assert!(stdout.contains("KVM mapping levels: not observable here"), "{stdout}");
+    }
+    let mut names = vec!["pages_per_sec", "uffd_service_cdf"];
+    if levels_moved {
+        names.push("kvm_mapping_levels");
+    }
+    for name in names {
         let png = std::fs::read(plots.join(format!("{name}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}.png");
         let svg = std::fs::read_to_string(plots.join(format!("{name}.svg"))).unwrap();

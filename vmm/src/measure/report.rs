@@ -10,7 +10,8 @@
 //! # Plots (PNG and SVG, same name)
 //! - `pages_per_sec`: total pages/s per run (one bar per backing/uffd mode);
 //! - `uffd_service_cdf`: CDF of uffd fault service time, one line per uffd run;
-//! - `kvm_mapping_levels`: KVM's `pages_4k`/`pages_2m`/`pages_1g` after each run.
+//! - `kvm_mapping_levels`: KVM's `pages_4k`/`pages_2m`/`pages_1g` after each run, drawn only
+//!   when those stats moved (KVM's shadow MMU keeps them at 0: not observable there).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -394,11 +395,24 @@ impl BenchReport {
             let p = dir.join(format!("uffd_service_cdf.{ext}"));
             self.plot_cdf(&p)?;
             files.push(p);
-            let p = dir.join(format!("kvm_mapping_levels.{ext}"));
-            self.plot_levels(&p)?;
-            files.push(p);
+            // A plot shows only what was measured: on a host whose KVM keeps no level stats
+            // (the shadow MMU never moves pages_4k/2m/1g) there is no levels plot.
+            if self.levels_observable() {
+                let p = dir.join(format!("kvm_mapping_levels.{ext}"));
+                self.plot_levels(&p)?;
+                files.push(p);
+            }
         }
         Ok(files)
+    }
+
+    /// Whether KVM's mapping-level stats (`pages_4k`/`pages_2m`/`pages_1g`) moved in any run.
+    pub fn levels_observable(&self) -> bool {
+        self.runs.iter().any(|r| {
+            ["pages_4k", "pages_2m", "pages_1g"]
+                .iter()
+                .any(|n| r.stat(n).unwrap_or(0) != 0)
+        })
     }
 
     fn plot_rates(&self, path: &Path) -> Result<(), ReportError> {
