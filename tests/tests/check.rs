@@ -172,3 +172,24 @@ fn without_root_the_check_compares_what_it_can_and_names_what_it_cannot() {
     let agree = stdout.lines().filter(|l| l.trim_end().ends_with("agree")).count();
     assert!(agree >= 4, "outcomes and values are still compared:\n{stdout}");
 }
+
+#[test]
+fn record_writes_one_json_line_per_executed_step_with_model_addresses() {
+    if !vmm::testing::kvm_or_skip("record_writes_one_json_line_per_executed_step") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("faultline-check-rec-{}", std::process::id()));
+    let rec = dir.join("real.jsonl");
+    let file = scenarios().join("kvm-fork-then-write.toml");
+    let (code, stdout, stderr) = check(&[file.to_str().unwrap(), "--record", rec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let text = std::fs::read_to_string(&rec).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    // Step 1 (fork) invalidated the whole VMA, in the model's addresses.
+    let inv = &lines[1]["record"]["real"]["invalidations"][0];
+    assert_eq!(inv[0].as_u64(), Some(0x7f00_0000_0000), "{text}");
+    assert_eq!(inv[1].as_u64(), Some(0x7f00_0040_0000), "{text}");
+    assert_eq!(lines[0]["record"]["real"]["access"]["completed"]["value"], 0);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -21,6 +21,9 @@ pub struct CheckArgs {
     /// Write everything (model, real, verdict per observable) as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write what the real kernel showed, step by step, as JSON lines to this file.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// The model's rule set: 6.12, 6.13 or 6.18 (default: the host kernel's).
     #[arg(long, value_name = "VERSION", value_parser = parse_rules)]
     pub kernel_rules: Option<KernelVersion>,
@@ -145,6 +148,23 @@ pub fn run(args: &CheckArgs) -> i32 {
     }
     bar.finish_and_clear();
     println!("{}", report.summary_line());
+    if let Some(path) = &args.record {
+        let mut text = String::new();
+        for c in &report.scenarios {
+            for r in &c.real_trace {
+                let line = serde_json::json!({ "file": c.file, "record": r });
+                text.push_str(&line.to_string());
+                text.push('\n');
+            }
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("faultline check: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
     if let Some(path) = &args.json {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);

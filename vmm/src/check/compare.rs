@@ -26,7 +26,8 @@ use mmu::scenario::{HostPage, HostPageKind, StepRecord};
 use mmu::types::Level;
 
 /// What the agent saw of one guest access.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RealAccess {
     /// The access completed; a read's value.
     Completed {
@@ -66,7 +67,7 @@ impl RealAccess {
 }
 
 /// The real host page at an address, as the observers decoded it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RealPage {
     /// Present in the page table.
     pub present: bool,
@@ -77,8 +78,8 @@ pub struct RealPage {
     pub size: u64,
 }
 
-/// What the real kernel showed during one step.
-#[derive(Debug, Clone, Default)]
+/// What the real kernel showed during one step (what `faultline check --record` writes).
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RealStep {
     /// Why the step was not run for real, if it was not.
     pub not_executable: Option<String>,
@@ -101,6 +102,7 @@ pub struct RealStep {
     pub by_daemon: Vec<(String, u64, u64)>,
     /// Every such range since the scenario started: the model's state there is stale for
     /// the rest of the scenario.
+    #[serde(skip)]
     pub perturbed: Vec<(String, u64, u64)>,
 }
 

@@ -244,6 +244,7 @@ pub fn check_scenario(name: &str, sc: &Scenario, opts: &CheckOptions, env: &Chec
         notes: Vec::new(),
         observables: Vec::new(),
         steps: Vec::new(),
+        real_trace: Vec::new(),
         error: None,
         timing: Timing::default(),
     };
@@ -503,6 +504,7 @@ fn run_real(
             let mut skipped: Vec<usize> = Vec::new();
             let mut perturbed: Vec<(String, u64, u64)> = Vec::new();
             let mut race_rate = None;
+            let mut trace_out: Vec<serde_json::Value> = Vec::new();
             if let Some(t) = trace.as_mut() {
                 let _ = t.drain();
             }
@@ -665,6 +667,7 @@ fn run_real(
                     caps.levels = None;
                 }
                 real.perturbed = perturbed.clone();
+                trace_out.push(serde_json::json!({ "step": i, "what": describe(step), "real": &real }));
                 let observations = compare::compare_step(&rec, &model_pages, &real, &caps);
                 out.push(StepCheck {
                     step: i,
@@ -672,10 +675,11 @@ fn run_real(
                     observations,
                 });
             }
-            (out, skipped, race_rate)
+            (out, skipped, race_rate, trace_out)
         })
         .map_err(|e| format!("VM run: {e}"))?;
-    let (steps_checked, skipped, race_rate) = results.unwrap_or_default();
+    let (steps_checked, skipped, race_rate, trace_out) = results.unwrap_or_default();
+    check.real_trace = trace_out;
     check.timing.race_rounds_per_s = race_rate;
     check.steps = steps_checked;
     if let Some(first) = skipped.first() {

@@ -211,6 +211,9 @@ pub struct ScenarioCheck {
     pub observables: Vec<String>,
     /// Per step.
     pub steps: Vec<StepCheck>,
+    /// What the real kernel showed, one JSON object per executed step (`--record`).
+    #[serde(skip)]
+    pub real_trace: Vec<serde_json::Value>,
     /// Set when the scenario could not be run at all.
     pub error: Option<String>,
     /// Seconds: VM set-up, steps, total.
@@ -464,6 +467,7 @@ mod tests {
             rules: "6.18".into(),
             notes: vec![],
             observables: vec![],
+            real_trace: vec![],
             steps: vec![StepCheck {
                 step: 0,
                 what: "read 0x1000".into(),
