@@ -424,7 +424,12 @@ impl Mm {
                             flags |= VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND;
                             if d.remap {
                                 remap = d.base_pfn;
-                            } else if !req.shared {
+                            } else if !req.shared && req.prot.write {
+                                // A driver's fault-driven pfnmap must be shared (vfio-pci
+                                // refuses private maps: a private writable one would need COW of
+                                // pfns). A read-only private one is what
+                                // `_install_special_mapping()` makes for the vDSO's [vvar]
+                                // (no VM_MAYWRITE: nothing can COW it), so it is allowed.
                                 return Err(MmapError::PrivatePfnmap);
                             }
                         } else {

@@ -550,3 +550,18 @@ fn mremap_grows_in_place_without_notifier_but_not_driver_mappings() {
     );
     ok(&mm);
 }
+
+/// Models `_install_special_mapping()` of the vDSO's [vvar]: a private, read-only,
+/// fault-driven VM_PFNMAP is allowed (nothing can COW it); a private writable one is not
+/// (vfio-pci's rule).
+#[test]
+fn a_private_read_only_fault_driven_pfnmap_is_allowed() {
+    let mut mm = mm(KernelVersion::V6_18);
+    let mut req = MmapRequest::anon(BASE, 0x4000);
+    req.prot = Prot::R;
+    req.backing = Backing::Device(DeviceSpec::pfnmap(Pfn(0x100)));
+    assert!(mm.mmap(req).is_ok());
+    let mut req = MmapRequest::anon(Hva(BASE.0 + G1), 0x4000);
+    req.backing = Backing::Device(DeviceSpec::pfnmap(Pfn(0x200)));
+    assert_eq!(mm.mmap(req), Err(MmapError::PrivatePfnmap));
+}

@@ -93,6 +93,12 @@ impl Contents {
 
     /// The value of the page mapped at `hva`; `None` when nothing is mapped there.
     pub fn read(&self, mm: &Mm, hva: Hva) -> Option<u64> {
+        // Device memory behind a VM_PFNMAP / VM_MIXEDMAP mapping holds what the device puts
+        // there: the model has no contents for it.
+        let device = crate::host::VmFlags::PFNMAP | crate::host::VmFlags::MIXEDMAP;
+        if mm.find_vma(hva).is_some_and(|v| v.flags.intersects(device)) {
+            return None;
+        }
         let m = mm.lookup(hva).filter(|m| m.present)?;
         Some(self.data.get(&m.pfn.0).copied().unwrap_or(0))
     }

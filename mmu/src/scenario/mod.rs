@@ -472,6 +472,11 @@ pub struct VmaSpec {
     /// pfnmap populated at mmap with remap_pfn_range().
     #[serde(default)]
     pub remap: bool,
+    /// For `faultline check`: this pfnmap is the VMM's own `[vvar]` pages (a VM_PFNMAP|VM_IO
+    /// mapping every x86 Linux host has, filled by its fault handler), the one real pfnmap a
+    /// host without a device driver can run. The model ignores it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vvar: bool,
 }
 
 impl VmaSpec {
@@ -568,6 +573,12 @@ impl Scenario {
                      devdax vmas only, not to kind = {:?}: remove them or change the kind",
                     kind_name(v.kind)
                 )));
+            }
+            if v.vvar && (v.kind != VmaKind::Pfnmap || v.prot.write || v.remap) {
+                return Err(bad(
+                    "vvar = true needs kind = \"pfnmap\", prot = \"r\" and no remap: [vvar] is a read-only pfnmap filled on fault"
+                        .into(),
+                ));
             }
             if v.page_size.is_some() && v.kind != VmaKind::Hugetlb {
                 return Err(bad(

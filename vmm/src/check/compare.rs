@@ -104,6 +104,9 @@ pub struct RealStep {
     /// the rest of the scenario.
     #[serde(skip)]
     pub perturbed: Vec<(String, u64, u64)>,
+    /// Pages whose state the host cannot show, with the reason (e.g. pagemap skips
+    /// VM_PFNMAP VMAs).
+    pub unobservable_pages: Vec<(u64, String)>,
 }
 
 /// Which real observables this host offers, found out by the executor.
@@ -337,6 +340,16 @@ pub fn compare_step(
                 Verdict::NotObservable(format!(
                     "{t} changed [{s:#x},{e:#x}) behind the model's back (see the step's kernel threads)"
                 )),
+            ));
+            continue;
+        }
+        if let Some((_, why)) = real.unobservable_pages.iter().find(|(p, _)| p == hva) {
+            out.push(Observation::uncompared(
+                &name,
+                PAGE_SRC,
+                Some(model_page_text(mp.as_ref())),
+                None,
+                Verdict::NotObservable(why.clone()),
             ));
             continue;
         }

@@ -127,14 +127,15 @@ impl CheckEnv {
 }
 
 /// Why a VMA cannot be made for real here (None: it can).
-fn vma_real_kind(kind: VmaKind, page_size: u64) -> Result<RealKind, String> {
+fn vma_real_kind(kind: VmaKind, page_size: u64, vvar: bool) -> Result<RealKind, String> {
     match kind {
+        VmaKind::Pfnmap if vvar => Ok(RealKind::Vvar),
         VmaKind::Anon => Ok(RealKind::Anon),
         VmaKind::Shmem | VmaKind::Memfd => Ok(RealKind::Memfd),
         VmaKind::File => Ok(RealKind::File),
         VmaKind::Hugetlb => Ok(RealKind::Hugetlb { page_size }),
         VmaKind::Pfnmap => Err(
-            "a device VM_PFNMAP mapping needs a driver; the only pfnmap this host offers is [vvar] (kind = \"vvar\")"
+            "a device VM_PFNMAP mapping needs a driver; the only pfnmap this host offers is [vvar] (vvar = true)"
                 .into(),
         ),
         VmaKind::Mixedmap => Err("a VM_MIXEDMAP mapping needs a driver this host does not have".into()),
@@ -382,7 +383,7 @@ fn run_real(
     let mut specs = Vec::new();
     let mut absent: Vec<(u64, u64, String)> = Vec::new();
     for v in &sc.vma {
-        match vma_real_kind(v.kind, v.page_size.map_or(2 << 20, page_bytes)) {
+        match vma_real_kind(v.kind, v.page_size.map_or(2 << 20, page_bytes), v.vvar) {
             Ok(kind) => specs.push(RealVmaSpec {
                 start: v.start.0,
                 size: v.size.0,
@@ -616,6 +617,21 @@ fn run_real(
                     (None, None) => interest.clone(),
                 };
                 let model_pages: Vec<_> = pages.iter().map(|p| runner.host_page(Hva(*p))).collect();
+                real.unobservable_pages = pages
+                    .iter()
+                    .filter(|p| {
+                        space
+                            .vmas()
+                            .iter()
+                            .any(|v| v.spec.kind == RealKind::Vvar && **p >= v.spec.start && **p - v.spec.start < v.spec.size)
+                    })
+                    .map(|p| {
+                        (
+                            *p,
+                            "pagemap skips VM_PFNMAP VMAs (walk_page_test(), mm/pagewalk.c): it reports a hole whatever is mapped".to_string(),
+                        )
+                    })
+                    .collect();
                 if real.not_executable.is_none() {
                     if let Some(pm) = pagemap.as_ref() {
                         real.pages = pages
