@@ -34,7 +34,7 @@ pub struct CheckArgs {
     /// Seconds one guest access may take before the agent counts as hung.
     #[arg(long, default_value_t = 10)]
     pub access_timeout: u64,
-    /// Only print the summary line and the scenarios that did not agree.
+    /// Only print the summary line and the scenarios that diverged, compared nothing or failed.
     #[arg(long, short)]
     pub quiet: bool,
     /// KVM device node.
@@ -133,7 +133,11 @@ pub fn run(args: &CheckArgs) -> i32 {
         bar.set_message(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         match exec::check_file(f, &opts, &env) {
             Ok(c) => {
-                if !args.quiet || c.verdict() != super::report::ScenarioVerdict::Agrees {
+                let quiet_ok = matches!(
+                    c.verdict(),
+                    super::report::ScenarioVerdict::Agrees | super::report::ScenarioVerdict::NotExecutable
+                );
+                if !args.quiet || !quiet_ok {
                     bar.suspend(|| print!("{}", c.render()));
                 }
                 report.scenarios.push(c);
