@@ -96,6 +96,11 @@ pub enum SpaceError {
     Unsupported(String),
 }
 
+/// A byte count for a libc length argument (this crate targets 64-bit hosts).
+fn bytes(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
 fn sys(call: impl Into<String>) -> SpaceError {
     SpaceError::Sys {
         call: call.into(),
@@ -255,7 +260,7 @@ impl RealSpace {
                 if start > cursor {
                     // SAFETY: [cursor, start) is part of our own PROT_NONE reservation that no
                     // VMA took; nothing in this process refers to it.
-                    unsafe { libc::munmap(cursor as *mut libc::c_void, (start - cursor) as usize) };
+                    unsafe { libc::munmap(cursor as *mut libc::c_void, bytes(start - cursor)) };
                 }
                 cursor = cursor.max(start + size);
             }
@@ -330,7 +335,7 @@ impl RealSpace {
         let r = self.real_any(start);
         // SAFETY: the range is inside the scenario's own mappings (or already unmapped); no Rust
         // reference points into guest RAM, and KVM copes with memory vanishing under a memslot.
-        if unsafe { libc::munmap(r as *mut libc::c_void, size as usize) } != 0 {
+        if unsafe { libc::munmap(r as *mut libc::c_void, bytes(size)) } != 0 {
             return Err(sys(format!("munmap({start:#x}, {size:#x})")));
         }
         Ok(())
@@ -340,7 +345,7 @@ impl RealSpace {
     pub fn mprotect(&self, start: u64, size: u64, prot: i32) -> Result<(), SpaceError> {
         let r = self.real_any(start);
         // SAFETY: as for munmap: guest RAM only, never referenced from Rust.
-        if unsafe { libc::mprotect(r as *mut libc::c_void, size as usize, prot) } != 0 {
+        if unsafe { libc::mprotect(r as *mut libc::c_void, bytes(size), prot) } != 0 {
             return Err(sys(format!("mprotect({start:#x}, {size:#x}, {prot:#x})")));
         }
         Ok(())
@@ -350,7 +355,7 @@ impl RealSpace {
     pub fn madvise(&self, start: u64, size: u64, advice: i32, name: &str) -> Result<(), SpaceError> {
         let r = self.real_any(start);
         // SAFETY: as for munmap: guest RAM only, never referenced from Rust.
-        if unsafe { libc::madvise(r as *mut libc::c_void, size as usize, advice) } != 0 {
+        if unsafe { libc::madvise(r as *mut libc::c_void, bytes(size), advice) } != 0 {
             return Err(sys(format!("madvise({start:#x}, {size:#x}, {name})")));
         }
         Ok(())
@@ -378,8 +383,8 @@ impl RealSpace {
         let p = unsafe {
             libc::mremap(
                 r_old as *mut libc::c_void,
-                size as usize,
-                size as usize,
+                bytes(size),
+                bytes(size),
                 libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
                 r_new as *mut libc::c_void,
             )
@@ -472,13 +477,13 @@ impl Drop for RealSpace {
         self.children.clear();
         for &(s, len) in &self.reserved {
             // SAFETY: our own reservation (or what a step moved into it).
-            unsafe { libc::munmap(s as *mut libc::c_void, len as usize) };
+            unsafe { libc::munmap(s as *mut libc::c_void, bytes(len)) };
         }
         for v in &self.vmas {
             if v.spec.kind != RealKind::Vvar {
                 // SAFETY: our own mappings; the VM using them is gone before the space is
                 // dropped (the executor drops the Vmm first).
-                unsafe { libc::munmap(v.real_start as *mut libc::c_void, v.spec.size as usize) };
+                unsafe { libc::munmap(v.real_start as *mut libc::c_void, bytes(v.spec.size)) };
             }
         }
     }
@@ -494,7 +499,7 @@ fn read_process_memory(addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
 
 /// Reserves `size` bytes of PROT_NONE address space aligned to `align`.
 fn reserve_aligned(size: u64, align: u64) -> Result<u64, SpaceError> {
-    let len = (size + align) as usize;
+    let len = bytes(size + align);
     // SAFETY: a fresh anonymous PROT_NONE reservation at an address of the kernel's choosing.
     let p = unsafe {
         libc::mmap(
@@ -514,11 +519,11 @@ fn reserve_aligned(size: u64, align: u64) -> Result<u64, SpaceError> {
     // SAFETY: trimming the unaligned head and the tail of our own fresh reservation.
     unsafe {
         if base > raw {
-            libc::munmap(raw as *mut libc::c_void, (base - raw) as usize);
+            libc::munmap(raw as *mut libc::c_void, bytes(base - raw));
         }
         let end = raw + len as u64;
         if end > base + size {
-            libc::munmap((base + size) as *mut libc::c_void, (end - base - size) as usize);
+            libc::munmap((base + size) as *mut libc::c_void, bytes(end - base - size));
         }
     }
     Ok(base)
@@ -569,7 +574,7 @@ fn map_one(s: &RealVmaSpec, at: u64) -> Result<RealVma, SpaceError> {
     let p = unsafe {
         libc::mmap(
             at as *mut libc::c_void,
-            s.size as usize,
+            bytes(s.size),
             s.prot,
             flags | libc::MAP_FIXED,
             fd,
@@ -590,7 +595,7 @@ fn map_one(s: &RealVmaSpec, at: u64) -> Result<RealVma, SpaceError> {
     };
     if let Some((a, name)) = advice {
         // SAFETY: advice on the mapping just made.
-        if unsafe { libc::madvise(p, s.size as usize, a) } != 0 {
+        if unsafe { libc::madvise(p, bytes(s.size), a) } != 0 {
             return Err(sys(format!("madvise({:#x}, {:#x}, {name})", s.start, s.size)));
         }
     }
