@@ -19,20 +19,27 @@ const MAX_LINE: usize = 512;
 struct PanicWatch {
     line: Vec<u8>,
     panic: Option<String>,
+    /// The last [`TAIL_LINES`] complete lines (for reports of a stuck guest).
+    tail: std::collections::VecDeque<String>,
 }
+
+/// Console lines kept for [`Console::tail`].
+const TAIL_LINES: usize = 16;
 
 impl PanicWatch {
     fn feed(&mut self, data: &[u8]) {
-        if self.panic.is_some() {
-            return;
-        }
         for &b in data {
             if b == b'\n' {
-                let line = String::from_utf8_lossy(&self.line);
-                if let Some(at) = line.find(KERNEL_PANIC) {
-                    self.panic = Some(line[at..].trim_end().to_string());
-                    return;
+                let line = String::from_utf8_lossy(&self.line).trim_end().to_string();
+                if self.panic.is_none() {
+                    if let Some(at) = line.find(KERNEL_PANIC) {
+                        self.panic = Some(line[at..].to_string());
+                    }
                 }
+                if self.tail.len() == TAIL_LINES {
+                    self.tail.pop_front();
+                }
+                self.tail.push_back(line);
                 self.line.clear();
             } else if self.line.len() < MAX_LINE {
                 self.line.push(b);
@@ -60,6 +67,13 @@ impl Console {
             .unwrap_or_else(|e| e.into_inner())
             .panic
             .clone()
+    }
+
+    /// The last `n` (at most 16) complete lines the guest printed.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let w = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = w.tail.len().saturating_sub(n);
+        w.tail.iter().skip(skip).cloned().collect()
     }
 
     /// The process's stdout.
@@ -132,5 +146,7 @@ mod tests {
             .unwrap();
         assert_eq!(console.kernel_panic(), None);
         assert!(!buf.lock().unwrap().is_empty());
+        assert_eq!(console.tail(1), vec!["Kernel panic is only a phrase here".to_string()]);
+        assert_eq!(console.tail(5).len(), 2);
     }
 }

@@ -7,6 +7,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub const STATUS_GUEST_ASSERT: i32 = 101;
 /// Process exit status for a guest crash (KVM internal error, triple fault, failed entry).
 pub const STATUS_GUEST_CRASH: i32 = 102;
+/// Exit status when the watchdog found the guest stuck (no userspace exit for its limit).
+pub const STATUS_GUEST_STALLED: i32 = 103;
 
 /// Why the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,12 @@ pub enum VmExit {
         line: u32,
         /// Assertion message.
         msg: String,
+    },
+    /// The guest stopped making progress: no vCPU exited to userspace for the watchdog's
+    /// limit; the report says where each vCPU was.
+    Stalled {
+        /// The watchdog's report, already formatted for the user.
+        report: String,
     },
     /// The guest crashed: the text says how (exit reason, RIP, instruction bytes).
     Crash {
@@ -55,6 +63,7 @@ impl VmExit {
             VmExit::Done(v) => clamp(*v),
             VmExit::AssertFailed { .. } => STATUS_GUEST_ASSERT,
             VmExit::Crash { .. } => STATUS_GUEST_CRASH,
+            VmExit::Stalled { .. } => STATUS_GUEST_STALLED,
         }
     }
 }
@@ -75,6 +84,7 @@ impl std::fmt::Display for VmExit {
                 "guest assertion failed on vCPU {vcpu} at {file}:{line}: {msg}"
             ),
             VmExit::Crash { vcpu, reason } => write!(f, "guest crashed on vCPU {vcpu}: {reason}"),
+            VmExit::Stalled { report } => write!(f, "guest stalled: {report}"),
         }
     }
 }

@@ -74,16 +74,21 @@ fn boot(kernel: &Path, extra: &[&str], guest_cmd: &[&str]) -> RunOutput {
             out.status,
             out.elapsed.as_secs_f64()
         );
-        if out.status.is_some() || attempt == BOOT_ATTEMPTS {
+        // The watchdog (on by default with `-- CMD`) ends a stuck guest with status 103 and
+        // says where its vCPUs are: that is the same early-boot stall as a hang.
+        let stalled = out.status.and_then(|s| s.code()) == Some(devices::exit::STATUS_GUEST_STALLED);
+        if (out.status.is_some() && !stalled) || attempt == BOOT_ATTEMPTS {
             return out;
         }
-        // Only a hang is retried, and it is shown: a guest that exits wrongly fails at once.
+        // Only a hang or a stall is retried, and it is shown: a guest that exits wrongly fails
+        // at once.
         let tail: Vec<&str> = out.stdout.lines().rev().take(15).collect();
         eprintln!(
-            "linux: attempt {attempt} hung (no exit within {} s); its last serial lines:\n{}\n\
+            "linux: attempt {attempt} {} ; its last serial lines:\n{}\n{}\n\
              linux: retrying once (known early-boot stall on this nested host, see the module docs)",
-            BOOT_LIMIT.as_secs(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            if stalled { "stalled (the watchdog's report follows)".to_string() } else { format!("hung (no exit within {} s)", BOOT_LIMIT.as_secs()) },
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            if stalled { out.stderr.as_str() } else { "" }
         );
     }
     unreachable!("the last attempt always returns")

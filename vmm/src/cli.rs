@@ -154,6 +154,16 @@ pub struct RunArgs {
     /// With --kernel: the command to run in the guest (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+    /// Seconds without any vCPU exit to userspace (no port/MMIO access, so no console output
+    /// either) after which the guest counts as stuck: faultline prints each vCPU's RIP, RSP,
+    /// CR3, RFLAGS and instruction bytes, symbolized, and exits with status 103. Default: 180
+    /// with `-- CMD`, off otherwise; 0 turns it off.
+    #[arg(long, value_name = "SECS")]
+    pub watchdog: Option<u64>,
+    /// ELF file with the guest's symbols for the watchdog's report (default: the kernel when
+    /// it is an unstripped ELF, or the built-in guest).
+    #[arg(long, value_name = "PATH")]
+    pub symbols: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -191,6 +201,29 @@ impl RunArgs {
             kvm_device: self.kvm_device.clone().unwrap_or_else(default_kvm_device),
         })
     }
+}
+
+/// The watchdog `faultline run` asks for: its limit and the symbols to report with.
+pub fn watchdog_of(args: &RunArgs) -> Result<Option<(std::time::Duration, crate::vstate::watchdog::Symbols)>, String> {
+    let secs = match args.watchdog {
+        Some(0) => return Ok(None),
+        Some(s) => s,
+        None if !args.command.is_empty() => 180,
+        None => return Ok(None),
+    };
+    let file = args.symbols.clone().or_else(|| args.kernel.clone());
+    let syms = match (&file, &args.guest) {
+        (Some(f), _) => {
+            let bytes = std::fs::read(f).map_err(|e| {
+                format!("Cannot read symbols from {}: {e}; pass --symbols with the unstripped vmlinux", f.display())
+            })?;
+            crate::vstate::watchdog::Symbols::from_elf(&bytes)
+        }
+        (None, g) => crate::guests::find(g.as_deref().unwrap_or(crate::guests::DEFAULT_GUEST))
+            .map(|g| crate::vstate::watchdog::Symbols::from_elf(g.elf))
+            .unwrap_or_default(),
+    };
+    Ok(Some((std::time::Duration::from_secs(secs), syms)))
 }
 
 /// The `--list-guests` text.

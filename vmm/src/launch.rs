@@ -235,6 +235,7 @@ pub struct VmBuilder {
     pio: Vec<(u16, u16, devices::bus::SharedDevice)>,
     mmio: Vec<(u64, u64, devices::bus::SharedDevice)>,
     hook: Option<Arc<dyn ExitHook>>,
+    watchdog: Option<(std::time::Duration, crate::vstate::watchdog::Symbols)>,
 }
 
 impl std::fmt::Debug for VmBuilder {
@@ -265,7 +266,20 @@ impl VmBuilder {
             pio: Vec::new(),
             mmio: Vec::new(),
             hook: None,
+            watchdog: None,
         }
+    }
+
+    /// A watchdog: when no vCPU exits to userspace for `limit`, the VM ends with
+    /// `VmExit::Stalled` and each vCPU's RIP, RSP, CR3, RFLAGS and instruction bytes,
+    /// symbolized with `symbols` (see [`crate::vstate::watchdog`]).
+    pub fn watchdog(
+        mut self,
+        limit: std::time::Duration,
+        symbols: crate::vstate::watchdog::Symbols,
+    ) -> Self {
+        self.watchdog = Some((limit, symbols));
+        self
     }
 
     /// An extra KVM memslot over a mapping the caller made and keeps alive (it must outlive
@@ -313,6 +327,7 @@ impl VmBuilder {
             pio: extra_pio,
             mmio: extra_mmio,
             hook,
+            watchdog,
         } = self;
         config.validate()?;
         let kvm = open_kvm(&config.kvm_device)?;
@@ -364,6 +379,7 @@ impl VmBuilder {
             ucalls,
             hook,
             extra_slots: extra.iter().map(|e| e.0).collect(),
+            watchdog: watchdog.map(|(limit, syms)| (crate::vstate::watchdog::Watchdog::new(limit), syms)),
         })
     }
 }
@@ -492,6 +508,7 @@ pub struct Vmm {
     ucalls: Arc<Mutex<Vec<UcallRecord>>>,
     hook: Option<Arc<dyn ExitHook>>,
     extra_slots: Vec<u32>,
+    watchdog: Option<(crate::vstate::watchdog::Watchdog, crate::vstate::watchdog::Symbols)>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -680,7 +697,8 @@ impl Vmm {
                                 mmio: &this.mmio,
                                 exit: &this.exit,
                             };
-                            vcpu::run_vcpu(fd, ctx, &this.mem, fin, hook)
+                            let watch = this.watchdog.as_ref().map(|w| &w.0);
+                            vcpu::run_vcpu(fd, ctx, &this.mem, fin, hook, watch)
                         })
                 })
                 .collect::<Result<_, _>>();
@@ -744,7 +762,7 @@ impl Vmm {
                     None
                 }
             };
-            let loop_result = this.event_loop();
+            let loop_result = this.event_loop(&tids, &finished);
             // However the loop ended, the VM ends now.
             this.exit.request(VmExit::Crash {
                 vcpu: 0,
@@ -795,7 +813,7 @@ impl Vmm {
         Ok((outcome, value))
     }
 
-    fn event_loop(&self) -> Result<(), VmmError> {
+    fn event_loop(&self, tids: &[AtomicU64], finished: &[AtomicBool]) -> Result<(), VmmError> {
         let err = |e: event_manager::Error| VmmError::EventLoop(format!("{e:?}"));
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().map_err(err)?;
@@ -804,10 +822,46 @@ impl Vmm {
         if self.io.stdin {
             em.add_subscriber(Arc::new(Mutex::new(StdinToSerial(self.serial.clone()))));
         }
+        if let Some((w, _)) = &self.watchdog {
+            w.touch();
+        }
         while !self.exit.fired() {
             em.run_with_timeout(200).map_err(err)?;
+            if let Some((w, syms)) = &self.watchdog {
+                if w.expired() && !self.exit.fired() {
+                    self.report_stall(w, syms, tids, finished);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Kicks every vCPU out of KVM_RUN so each records where it is, waits up to 2 s for them,
+    /// and ends the VM with the report.
+    fn report_stall(
+        &self,
+        w: &crate::vstate::watchdog::Watchdog,
+        syms: &crate::vstate::watchdog::Symbols,
+        tids: &[AtomicU64],
+        finished: &[AtomicBool],
+    ) {
+        w.request_dump();
+        let n = tids.len();
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        while w.dumps().len() < n && Instant::now() < deadline {
+            vcpu::kick_vcpus(tids, finished);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut report = crate::vstate::watchdog::report(w.limit(), &w.dumps(), n, syms);
+        let tail = self.io.console.tail(10);
+        if !tail.is_empty() {
+            report.push_str("\n  last console lines:");
+            for l in tail {
+                report.push_str("\n    ");
+                report.push_str(&l);
+            }
+        }
+        self.exit.request(VmExit::Stalled { report });
     }
 }
 

@@ -23,10 +23,24 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
         print!("{}", vmm::cli::list_guests());
         return 0;
     }
+    let watchdog = match vmm::cli::watchdog_of(&args) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("faultline: error: {e}");
+            return 1;
+        }
+    };
     let outcome = args
         .to_config()
         .map_err(vmm::VmmError::from)
-        .and_then(|config| vmm::VmBuilder::new(config, vmm::VmIo::stdio()).build())
+        .and_then(|config| {
+            let b = vmm::VmBuilder::new(config, vmm::VmIo::stdio());
+            match watchdog {
+                Some((limit, syms)) => b.watchdog(limit, syms),
+                None => b,
+            }
+            .build()
+        })
         .and_then(vmm::Vmm::run);
     match outcome {
         Ok(o) => {

@@ -13,5 +13,6 @@ pub mod kvm;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;
+pub mod watchdog;
 
 pub use entry::{ApStartup, EntryPoint};

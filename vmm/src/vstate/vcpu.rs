@@ -611,7 +611,9 @@ pub fn run_vcpu(
     mem: &GuestMemoryMmap,
     finished: &AtomicBool,
     hook: Option<&dyn ExitHook>,
+    watch: Option<&super::watchdog::Watchdog>,
 ) -> VcpuStats {
+    let mut dumped = false;
     let mut stats = VcpuStats::default();
     let run_ptr: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
     KVM_RUN.with(|c| c.set(run_ptr));
@@ -623,6 +625,9 @@ pub fn run_vcpu(
         let res = vcpu.run();
         // Read right away: errno of a failed KVM_RUN (kvm-ioctls hides it for MemoryFault).
         let os_errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        if let (Some(w), true) = (watch, res.is_ok()) {
+            w.touch();
+        }
         if stats.first_exit.is_none() {
             stats.first_exit = Some(std::time::Instant::now());
         }
@@ -646,6 +651,11 @@ pub fn run_vcpu(
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
+                if let Some(w) = watch.filter(|w| w.dump_requested() && !dumped) {
+                    // Kicked by the watchdog: say where the guest is.
+                    w.record(super::watchdog::dump_vcpu(&vcpu, ctx.vcpu, mem));
+                    dumped = true;
+                }
                 Ok(ExitAction::Continue)
             }
             Err(e) => Err((e.errno(), None)),
@@ -718,6 +728,19 @@ pub fn current_kernel_tid() -> u32 {
 pub fn current_thread_id() -> u64 {
     // SAFETY: pthread_self has no preconditions.
     unsafe { libc::pthread_self() as u64 }
+}
+
+/// Kicks every vCPU thread that has not finished out of KVM_RUN once (KVM_RUN returns EINTR
+/// and the thread carries on).
+pub fn kick_vcpus(tids: &[std::sync::atomic::AtomicU64], finished: &[AtomicBool]) {
+    for (tid, f) in tids.iter().zip(finished) {
+        let t = tid.load(Ordering::Acquire);
+        if t != 0 && !f.load(Ordering::Acquire) {
+            // SAFETY: `t` is the pthread id of a scoped vCPU thread that has not finished
+            // (and so has not been joined): it is still valid.
+            unsafe { libc::pthread_kill(t as libc::pthread_t, kick_signal()) };
+        }
+    }
 }
 
 /// Kicks every vCPU thread (by the ids they stored with [`current_thread_id`]) whose
