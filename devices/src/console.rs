@@ -124,6 +124,27 @@ mod tests {
         );
     }
 
+    /// A guest printing megabytes without a newline through the UART: the console keeps at
+    /// most [`MAX_LINE`] bytes of it, and a panic line after the flood is still caught.
+    #[test]
+    fn serial_flood_without_newline_keeps_memory_bounded() {
+        use crate::bus::BusDevice;
+        let console = Console::new(Box::new(std::io::sink()));
+        let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let mut serial = crate::serial::SerialPort::new(irq, console.clone());
+        for i in 0..(4usize << 20) {
+            serial.write(0, 0, &[b'a' + (i % 26) as u8]);
+        }
+        assert_eq!(console.1.lock().unwrap().line.len(), MAX_LINE);
+        for b in b"\nKernel panic - not syncing: late\n" {
+            serial.write(0, 0, &[*b]);
+        }
+        assert_eq!(
+            console.kernel_panic().as_deref(),
+            Some("Kernel panic - not syncing: late")
+        );
+    }
+
     #[test]
     fn ordinary_output_is_no_panic() {
         let (mut console, buf) = Console::buffer();
