@@ -337,8 +337,11 @@ pub fn load_kernel(
     // the area the kernel decompresses itself into (pref_address + init_size).
     let mut kernel_end = result.kernel_end;
     if let Some(h) = hdr {
-        let decompressed_end =
-            h.pref_address.max(result.kernel_load.raw_value()) + u64::from(h.init_size);
+        // Both come from the image: saturate, so a hostile header reads as "too large".
+        let decompressed_end = h
+            .pref_address
+            .max(result.kernel_load.raw_value())
+            .saturating_add(u64::from(h.init_size));
         kernel_end = kernel_end.max(decompressed_end);
     }
     if kernel_end > mem.last_addr().raw_value() + 1 {
