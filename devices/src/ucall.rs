@@ -21,7 +21,7 @@
 //! and writes its guest-physical address as a 32-bit `out` to port [`UCALL_PORT`] (0xe0).
 //! The structure and the strings must lie below 4 GiB in guest RAM (guests run identity
 //! mapped, so their pointers are guest-physical addresses). Strings are UTF-8 (invalid
-//! bytes are replaced), at most [`MAX_STR`] bytes. The host handles the call before the
+//! bytes are replaced), at most [`MAX_STR`] bytes; an empty string reads no memory, whatever its address. The host handles the call before the
 //! `out` instruction completes, so the guest may reuse the structure right after.
 //!
 //! PRINT writes the string to the console. SYNC records the stage (and the calling vCPU).
