@@ -96,6 +96,8 @@
 //! ```
 
 pub mod contents;
+#[cfg(test)]
+mod fuzz;
 mod runner;
 pub mod step;
 
