@@ -251,3 +251,30 @@ fn mutated_scenarios_often_still_parse_and_run() {
     assert!(parsed >= 30 && ran >= 15, "parsed {parsed}/300, ran {ran}");
     eprintln!("mutated scenarios: {parsed}/300 parsed, {ran} ran to the end");
 }
+
+/// Regression (found by `fuzz_scenario_mutated`): a device vma at pfn 0xffff_ffff_ffff_ffff
+/// overflowed the model's pfn arithmetic on the first fault; it is now refused up front.
+#[test]
+fn device_pfn_past_the_physical_address_space_is_refused() {
+    let text = r#"
+[[memslot]]
+id = 0
+gpa = "0x0"
+size = "2M"
+hva = "0x7f0000000000"
+[[vma]]
+start = "0x7f0000000000"
+size = "2M"
+prot = "rw"
+kind = "mixedmap"
+shared = true
+pfn = "0xffffffffffffffff"
+[[step]]
+op = "read"
+gpa = "0x1000"
+"#;
+    let e = Scenario::from_toml(text).unwrap_err().to_string();
+    assert!(e.contains("52-bit physical address space"), "{e}");
+    let ok = text.replace("0xffffffffffffffff", "0xffffffe00");
+    run_scenario(&ok).unwrap();
+}

@@ -571,6 +571,20 @@ impl Scenario {
                     kind_name(v.kind)
                 )));
             }
+            if let Some(pfn) = v.pfn {
+                // x86-64's MAX_PHYSMEM_BITS (52, arch/x86/include/asm/sparsemem.h): a device
+                // pfn range past it cannot exist, and would overflow the model's pfn sums.
+                const MAX_PFN: u64 = 1 << (52 - 12);
+                let pages = v.size.0.div_ceil(4096);
+                if pfn.0.checked_add(pages).map_or(true, |end| end > MAX_PFN) {
+                    return Err(bad(format!(
+                        "pfn {:#x} + {pages} pages runs past the 52-bit physical address space \
+                         (last pfn {:#x}): use a smaller pfn",
+                        pfn.0,
+                        MAX_PFN - 1
+                    )));
+                }
+            }
             if v.page_size.is_some() && v.kind != VmaKind::Hugetlb {
                 return Err(bad(
                     "page_size applies to kind = \"hugetlb\" only: remove it (use thp = true for THP)"
