@@ -534,12 +534,20 @@ mod fuzz {
         ]
     }
 
-    fn initrd() -> impl Strategy<Value = Option<Vec<u8>>> {
+    /// An initrd: none, a few random bytes, or a sparse file (zeros) sized around what
+    /// still fits in RAM.
+    #[derive(Debug, Clone)]
+    enum Initrd {
+        Bytes(Vec<u8>),
+        Sparse(u64),
+    }
+
+    fn initrd() -> impl Strategy<Value = Option<Initrd>> {
         prop_oneof![
-            2 => Just(None),
-            2 => prop::collection::vec(any::<u8>(), 0..256).prop_map(Some),
-            1 => prop_oneof![Just(0usize), (RAM as usize - 0x20_0000)..(RAM as usize + 0x1000)]
-                .prop_map(|n| Some(vec![0x07; n])),
+            8 => Just(None),
+            8 => prop::collection::vec(any::<u8>(), 0..256).prop_map(|b| Some(Initrd::Bytes(b))),
+            1 => prop_oneof![Just(0u64), (RAM - 10 * MIB)..(RAM + 0x1000)]
+                .prop_map(|n| Some(Initrd::Sparse(n))),
         ]
     }
 
@@ -583,8 +591,15 @@ mod fuzz {
             std::fs::write(&kp, &img).unwrap();
             let mut c = cfg(&kp);
             c.cmdline = cl;
-            if let Some(rd) = &rd {
-                std::fs::write(&rp, rd).unwrap();
+            match &rd {
+                Some(Initrd::Bytes(b)) => std::fs::write(&rp, b).unwrap(),
+                Some(Initrd::Sparse(n)) => {
+                    let f = std::fs::File::create(&rp).unwrap();
+                    f.set_len(*n).unwrap();
+                }
+                None => {}
+            }
+            if rd.is_some() {
                 c.initrd = Some(rp.clone());
             }
             let m = mem(RAM);
@@ -605,6 +620,33 @@ mod fuzz {
                 }
             }
             let _ = initramfs::is_static_x86_64_elf(&b);
+        }
+    }
+
+    /// The generators must reach every format's success path, not only the header checks.
+    #[test]
+    fn generated_images_often_load() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (kp, _) = files("fuzz-reach");
+        let mut loaded = std::collections::BTreeMap::<String, u32>::new();
+        for _ in 0..400 {
+            let img = image().new_tree(&mut runner).unwrap().current();
+            std::fs::write(&kp, &img).unwrap();
+            let m = mem(RAM);
+            let key = match load_kernel(&m, &cfg(&kp), 1) {
+                Ok(k) => format!("{:?}", k.format),
+                Err(e) => format!("{e:?}")
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            };
+            *loaded.entry(key).or_default() += 1;
+        }
+        eprintln!("outcomes of 400 generated images: {loaded:?}");
+        for f in ["BzImage", "ElfPvh", "Elf64"] {
+            assert!(loaded.get(f).copied().unwrap_or(0) >= 10, "{f}: {loaded:?}");
         }
     }
 
