@@ -67,10 +67,14 @@ impl Console {
         Console::new(Box::new(std::io::stdout()))
     }
 
-    /// A console writing into a shared buffer, and the buffer.
+    /// A console writing into a shared buffer (the first [`MAX_CAPTURED`] bytes; a guest
+    /// printing without end cannot grow it further), and the buffer.
     pub fn buffer() -> (Self, Arc<Mutex<Vec<u8>>>) {
         let buf = Arc::new(Mutex::new(Vec::new()));
-        (Console::new(Box::new(SharedBuf(buf.clone()))), buf)
+        (
+            Console::new(Box::new(SharedBuf(buf.clone(), MAX_CAPTURED))),
+            buf,
+        )
     }
 }
 
@@ -88,16 +92,19 @@ impl Write for Console {
     }
 }
 
-/// A `Write` into a shared `Vec<u8>`.
+/// Most bytes [`Console::buffer`] keeps.
+pub const MAX_CAPTURED: usize = 64 << 20;
+
+/// A `Write` into a shared `Vec<u8>` that keeps at most `.1` bytes: later ones are
+/// accepted and dropped, so the writer (a vCPU) never blocks or fails on a full buffer.
 #[derive(Debug, Clone)]
-pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
+pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>, pub usize);
 
 impl Write for SharedBuf {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(data);
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let room = self.1.saturating_sub(buf.len());
+        buf.extend_from_slice(&data[..data.len().min(room)]);
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -143,6 +150,16 @@ mod tests {
             console.kernel_panic().as_deref(),
             Some("Kernel panic - not syncing: late")
         );
+    }
+
+    #[test]
+    fn a_captured_console_keeps_its_first_bytes_and_drops_the_rest() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let mut c = Console::new(Box::new(SharedBuf(buf.clone(), 10)));
+        for _ in 0..1000 {
+            c.write_all(b"0123456").unwrap();
+        }
+        assert_eq!(&*buf.lock().unwrap(), b"0123456012");
     }
 
     #[test]
