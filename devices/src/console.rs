@@ -140,7 +140,7 @@ mod tests {
         let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
         let mut serial = crate::serial::SerialPort::new(irq, console.clone());
         for i in 0..(4usize << 20) {
-            serial.write(0, 0, &[b'a' + (i % 26) as u8]);
+            serial.write(0, 0, &[b"abcdefghijklmnopqrstuvwxyz"[i % 26]]);
         }
         assert_eq!(console.1.lock().unwrap().line.len(), MAX_LINE);
         for b in b"\nKernel panic - not syncing: late\n" {

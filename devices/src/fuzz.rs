@@ -10,6 +10,9 @@
 //! guest RAM and the strings are at most `MAX_STR` bytes; the VM ends only through a
 //! device that ends it, with a reason that device gives; memory the devices keep is bounded.
 
+// Test code: sizes here are small constants.
+#![allow(clippy::cast_possible_truncation)]
+
 use crate::bus::{Bus, MAX_UNKNOWN_LOGGED};
 use crate::console::Console;
 use crate::debug_exit::{DebugExit, DEBUG_EXIT_PORT};

@@ -4,6 +4,9 @@
 //! the runner. Run many with
 //! `PROPTEST_CASES=100000 cargo test --profile fuzz -p mmu --lib fuzz_`.
 
+// Test code: sizes here are small constants.
+#![allow(clippy::cast_possible_truncation)]
+
 use super::step::KNOWN_OPS;
 use super::*;
 use proptest::prelude::*;

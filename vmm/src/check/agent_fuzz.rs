@@ -5,6 +5,9 @@
 //! published access code. Run many with
 //! `PROPTEST_CASES=100000 cargo test --profile fuzz -p vmm --lib fuzz_`.
 
+// Test code: sizes here are small constants.
+#![allow(clippy::cast_possible_truncation)]
+
 use super::*;
 use proptest::prelude::*;
 use vm_memory::GuestMemoryMmap;
