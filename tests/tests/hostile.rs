@@ -56,3 +56,14 @@ fn hostile_guest_through_the_library_keeps_its_logs_bounded() {
     assert_eq!(run.outcome.unknown_ports.len(), devices::bus::MAX_UNKNOWN_LOGGED);
     assert_eq!(run.outcome.unknown_mmio.len(), devices::bus::MAX_UNKNOWN_LOGGED);
 }
+
+#[test]
+fn hostile_is_a_listed_builtin_guest() {
+    let out = faultline(&["run", "--list-guests"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with("hostile")),
+        "{}",
+        out.stdout
+    );
+}
