@@ -104,7 +104,7 @@ fn read_zero_page(m: &GuestMemoryMmap) -> boot_params {
 }
 
 fn read_cstr(m: &GuestMemoryMmap, addr: u64) -> String {
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; CMDLINE_MAX_SIZE];
     m.read_slice(&mut buf, GuestAddress(addr)).unwrap();
     let end = buf.iter().position(|&b| b == 0).unwrap();
     String::from_utf8(buf[..end].to_vec()).unwrap()
@@ -577,6 +577,7 @@ mod fuzz {
             prop_assert!(addr + size <= FOUR_GIB);
         }
         prop_assert!(k.cmdline.chars().all(|c| (' '..='~').contains(&c)));
+        prop_assert!(k.cmdline.len() < CMDLINE_MAX_SIZE);
         prop_assert_eq!(read_cstr(m, CMDLINE_START), k.cmdline.clone());
         Ok(())
     }
@@ -658,6 +659,26 @@ mod fuzz {
         let k = tmpfile("bz-pref-max", &img);
         let e = load_kernel(&mem(RAM), &cfg(&k), 1).unwrap_err();
         assert!(matches!(e, BootError::KernelTooLarge { .. }), "{e}");
+    }
+
+    /// Regression (found by `fuzz_load_kernel`): a bzImage claiming `cmdline_size` =
+    /// 0xffff_ffff let a long `--cmdline` be written past 64 KiB from `CMDLINE_START`; the
+    /// limit is now capped at [`CMDLINE_MAX_SIZE`].
+    #[test]
+    fn bzimage_claiming_a_huge_cmdline_size_is_capped() {
+        let mut img = fake_bzimage(XLF_KERNEL_64, &[0x90; 512]);
+        img[0x238..0x23c].copy_from_slice(&u32::MAX.to_le_bytes());
+        let k = tmpfile("bz-cmdline-max", &img);
+        let mut c = cfg(&k);
+        c.cmdline = "x".repeat(CMDLINE_MAX_SIZE);
+        let e = load_kernel(&mem(RAM), &c, 1).unwrap_err();
+        assert!(
+            matches!(e, BootError::CmdlineTooLong { max, .. } if max == CMDLINE_MAX_SIZE - 1),
+            "{e}"
+        );
+        c.cmdline = "x".repeat(5000);
+        let k = load_kernel(&mem(RAM), &c, 1).unwrap();
+        assert!(k.cmdline.starts_with(&c.cmdline));
     }
 
     /// Regression (a case `fuzz_static_elf_check` generates): program headers at an offset that overflows.
