@@ -130,11 +130,11 @@ const NUDGES: &[fn(u64) -> u64] = &[
 fn edit() -> impl Strategy<Value = Edit> {
     let n = any::<usize>();
     prop_oneof![
-        8 => (n.clone(), 0..NUDGES.len()).prop_map(|(n, k)| Edit::Nudge(n, k)),
-        5 => (n.clone(), 0..VALUES.len()).prop_map(|(n, v)| Edit::Value(n, v)),
-        2 => (n.clone(), 0..KNOWN_OPS.len()).prop_map(|(n, o)| Edit::Op(n, o)),
-        1 => n.clone().prop_map(Edit::Delete),
-        1 => n.clone().prop_map(Edit::Duplicate),
+        8 => (n, 0..NUDGES.len()).prop_map(|(n, k)| Edit::Nudge(n, k)),
+        5 => (n, 0..VALUES.len()).prop_map(|(n, v)| Edit::Value(n, v)),
+        2 => (n, 0..KNOWN_OPS.len()).prop_map(|(n, o)| Edit::Op(n, o)),
+        1 => n.prop_map(Edit::Delete),
+        1 => n.prop_map(Edit::Duplicate),
         2 => (n, 0..KEYS.len() + 3, 0..VALUES.len()).prop_map(|(n, k, v)| Edit::Insert(n, k, v)),
     ]
 }

@@ -576,7 +576,7 @@ impl Scenario {
                 // pfn range past it cannot exist, and would overflow the model's pfn sums.
                 const MAX_PFN: u64 = 1 << (52 - 12);
                 let pages = v.size.0.div_ceil(4096);
-                if pfn.0.checked_add(pages).map_or(true, |end| end > MAX_PFN) {
+                if !matches!(pfn.0.checked_add(pages), Some(end) if end <= MAX_PFN) {
                     return Err(bad(format!(
                         "pfn {:#x} + {pages} pages runs past the 52-bit physical address space \
                          (last pfn {:#x}): use a smaller pfn",
