@@ -3,10 +3,17 @@
 //! Models what KVM leaves to userspace on `KVM_EXIT_IO` / `KVM_EXIT_MMIO`: find the device
 //! whose range holds the address, hand it the offset into its range. An access nobody
 //! claims is logged once per address (to stderr and to [`Bus::unknown_accesses`]) and is
-//! otherwise ignored; reads of it return all ones.
+//! otherwise ignored; reads of it return all ones. The guest picks the addresses, so only
+//! the first [`MAX_UNKNOWN_LOGGED`] distinct ones are kept and logged; the rest are counted
+//! ([`Bus::unknown_unlogged`]), so a guest probing every address cannot grow the VMM's
+//! memory or flood its stderr.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Most distinct unclaimed addresses a [`Bus`] records and logs.
+pub const MAX_UNKNOWN_LOGGED: usize = 64;
 
 /// A device on a [`Bus`].
 pub trait BusDevice: Send {
@@ -34,6 +41,7 @@ pub struct Bus {
     kind: &'static str,
     devices: BTreeMap<u64, (u64, SharedDevice)>,
     unknown: Mutex<BTreeSet<u64>>,
+    unlogged: AtomicU64,
 }
 
 impl std::fmt::Debug for Bus {
@@ -59,6 +67,7 @@ impl Bus {
             kind,
             devices: BTreeMap::new(),
             unknown: Mutex::new(BTreeSet::new()),
+            unlogged: AtomicU64::new(0),
         }
     }
 
@@ -81,17 +90,30 @@ impl Bus {
     fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
         let (&b, (l, dev)) = self.devices.range(..=addr).next_back()?;
         let off = addr - b;
-        (off + size as u64 <= *l).then_some((off, dev))
+        // Checked: a guest access near the top of the address space must not overflow.
+        let end = off.checked_add(u64::try_from(size).ok()?)?;
+        (end <= *l).then_some((off, dev))
     }
 
     fn note_unknown(&self, vcpu: usize, addr: u64, what: &str) {
         let mut seen = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.insert(addr) {
-            eprintln!(
-                "faultline: vCPU {vcpu}: {what} of unknown {} address {addr:#x} ignored (logged once per address)",
-                self.kind
-            );
+        if seen.contains(&addr) {
+            return;
         }
+        if seen.len() >= MAX_UNKNOWN_LOGGED {
+            if self.unlogged.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!(
+                    "faultline: vCPU {vcpu}: more than {MAX_UNKNOWN_LOGGED} unknown {} addresses accessed; further ones are not logged",
+                    self.kind
+                );
+            }
+            return;
+        }
+        seen.insert(addr);
+        eprintln!(
+            "faultline: vCPU {vcpu}: {what} of unknown {} address {addr:#x} ignored (logged once per address)",
+            self.kind
+        );
     }
 
     /// Dispatches a read; returns whether a device handled it.
@@ -127,7 +149,13 @@ impl Bus {
         }
     }
 
-    /// Every unclaimed address accessed so far.
+    /// Accesses to unclaimed addresses beyond the first [`MAX_UNKNOWN_LOGGED`] distinct
+    /// ones (not recorded, not logged).
+    pub fn unknown_unlogged(&self) -> u64 {
+        self.unlogged.load(Ordering::Relaxed)
+    }
+
+    /// The first [`MAX_UNKNOWN_LOGGED`] distinct unclaimed addresses accessed so far.
     pub fn unknown_accesses(&self) -> Vec<u64> {
         self.unknown
             .lock()
@@ -185,6 +213,35 @@ mod tests {
         assert!(!bus.write(0, 0x80, &[1]));
         assert!(!bus.write(0, 0x81, &[1]));
         assert_eq!(bus.unknown_accesses(), vec![0x80, 0x81]);
+    }
+
+    #[test]
+    fn unknown_addresses_are_recorded_up_to_the_cap_then_counted() {
+        let bus = Bus::new("MMIO");
+        let mut b = [0u8; 4];
+        for i in 0..10_000u64 {
+            bus.read(0, 0xd000_0000 + i * 4, &mut b);
+            bus.write(0, 0xd000_0000 + i * 4, &b);
+        }
+        let seen = bus.unknown_accesses();
+        assert_eq!(seen.len(), MAX_UNKNOWN_LOGGED);
+        assert_eq!(seen[0], 0xd000_0000);
+        assert_eq!(
+            bus.unknown_unlogged(),
+            2 * (10_000 - MAX_UNKNOWN_LOGGED as u64)
+        );
+    }
+
+    #[test]
+    fn access_at_the_top_of_the_address_space_does_not_overflow() {
+        let rec = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = Bus::new("MMIO");
+        bus.insert(0, u64::MAX, rec.clone()).unwrap();
+        let mut b = [0u8; 8];
+        assert!(!bus.read(0, u64::MAX, &mut b));
+        assert!(!bus.write(0, u64::MAX - 3, &b));
+        assert!(bus.write(0, u64::MAX - 8, &b));
+        assert_eq!(rec.lock().unwrap().0.len(), 1);
     }
 
     #[test]

@@ -81,10 +81,14 @@ impl Console {
         Console::new(Box::new(std::io::stdout()))
     }
 
-    /// A console writing into a shared buffer, and the buffer.
+    /// A console writing into a shared buffer (the first [`MAX_CAPTURED`] bytes; a guest
+    /// printing without end cannot grow it further), and the buffer.
     pub fn buffer() -> (Self, Arc<Mutex<Vec<u8>>>) {
         let buf = Arc::new(Mutex::new(Vec::new()));
-        (Console::new(Box::new(SharedBuf(buf.clone()))), buf)
+        (
+            Console::new(Box::new(SharedBuf(buf.clone(), MAX_CAPTURED))),
+            buf,
+        )
     }
 }
 
@@ -102,16 +106,19 @@ impl Write for Console {
     }
 }
 
-/// A `Write` into a shared `Vec<u8>`.
+/// Most bytes [`Console::buffer`] keeps.
+pub const MAX_CAPTURED: usize = 64 << 20;
+
+/// A `Write` into a shared `Vec<u8>` that keeps at most `.1` bytes: later ones are
+/// accepted and dropped, so the writer (a vCPU) never blocks or fails on a full buffer.
 #[derive(Debug, Clone)]
-pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
+pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>, pub usize);
 
 impl Write for SharedBuf {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(data);
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let room = self.1.saturating_sub(buf.len());
+        buf.extend_from_slice(&data[..data.len().min(room)]);
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -138,6 +145,37 @@ mod tests {
         );
     }
 
+    /// A guest printing megabytes without a newline through the UART: the console keeps at
+    /// most [`MAX_LINE`] bytes of it, and a panic line after the flood is still caught.
+    #[test]
+    fn serial_flood_without_newline_keeps_memory_bounded() {
+        use crate::bus::BusDevice;
+        let console = Console::new(Box::new(std::io::sink()));
+        let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let mut serial = crate::serial::SerialPort::new(irq, console.clone());
+        for i in 0..(4usize << 20) {
+            serial.write(0, 0, &[b"abcdefghijklmnopqrstuvwxyz"[i % 26]]);
+        }
+        assert_eq!(console.1.lock().unwrap().line.len(), MAX_LINE);
+        for b in b"\nKernel panic - not syncing: late\n" {
+            serial.write(0, 0, &[*b]);
+        }
+        assert_eq!(
+            console.kernel_panic().as_deref(),
+            Some("Kernel panic - not syncing: late")
+        );
+    }
+
+    #[test]
+    fn a_captured_console_keeps_its_first_bytes_and_drops_the_rest() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let mut c = Console::new(Box::new(SharedBuf(buf.clone(), 10)));
+        for _ in 0..1000 {
+            c.write_all(b"0123456").unwrap();
+        }
+        assert_eq!(&*buf.lock().unwrap(), b"0123456012");
+    }
+
     #[test]
     fn ordinary_output_is_no_panic() {
         let (mut console, buf) = Console::buffer();
@@ -146,7 +184,10 @@ mod tests {
             .unwrap();
         assert_eq!(console.kernel_panic(), None);
         assert!(!buf.lock().unwrap().is_empty());
-        assert_eq!(console.tail(1), vec!["Kernel panic is only a phrase here".to_string()]);
+        assert_eq!(
+            console.tail(1),
+            vec!["Kernel panic is only a phrase here".to_string()]
+        );
         assert_eq!(console.tail(5).len(), 2);
     }
 }

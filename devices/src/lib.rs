@@ -37,3 +37,6 @@ pub mod exit;
 pub mod i8042;
 pub mod serial;
 pub mod ucall;
+
+#[cfg(test)]
+mod fuzz;

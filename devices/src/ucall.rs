@@ -21,7 +21,7 @@
 //! and writes its guest-physical address as a 32-bit `out` to port [`UCALL_PORT`] (0xe0).
 //! The structure and the strings must lie below 4 GiB in guest RAM (guests run identity
 //! mapped, so their pointers are guest-physical addresses). Strings are UTF-8 (invalid
-//! bytes are replaced), at most [`MAX_STR`] bytes. The host handles the call before the
+//! bytes are replaced), at most [`MAX_STR`] bytes; an empty string reads no memory, whatever its address. The host handles the call before the
 //! `out` instruction completes, so the guest may reuse the structure right after.
 //!
 //! PRINT writes the string to the console. SYNC records the stage (and the calling vCPU).
@@ -29,17 +29,24 @@
 //! [`VmExit::AssertFailed`]. A call the host cannot decode (bad address, unknown command)
 //! ends the VM as a guest crash naming the problem. Every call is recorded
 //! ([`UcallPort::log`]) with the index of the vCPU that made it, which the host knows
-//! from the exit itself, so a test can check which vCPU ran what.
+//! from the exit itself, so a test can check which vCPU ran what. The guest chooses how
+//! many calls it makes, so the log keeps the first [`MAX_LOGGED`] and counts the rest
+//! ([`UcallPort::unlogged`]): a guest looping on ucalls cannot grow the VMM without bound.
 
 use crate::bus::BusDevice;
 use crate::console::Console;
 use crate::exit::{ExitSignal, VmExit};
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 // The wire format lives in the host-guest ABI crate, shared with the guests' runtime.
 pub use faultline_abi::ucall::{cmd, UcallRaw, MAX_STR, UCALL_LEN, UCALL_PORT, UCALL_SIZE};
+
+/// Most ucalls [`UcallPort::log`] keeps (each may hold two strings of up to [`MAX_STR`]
+/// bytes, so the log stays below 8 MiB whatever the guest does).
+pub const MAX_LOGGED: usize = 1024;
 
 /// A decoded ucall.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +144,7 @@ pub struct UcallPort<M> {
     console: Console,
     exit: Arc<ExitSignal>,
     log: Arc<Mutex<Vec<UcallRecord>>>,
+    unlogged: Arc<AtomicU64>,
 }
 
 impl<M> std::fmt::Debug for UcallPort<M> {
@@ -154,12 +162,18 @@ impl<M: GuestMemory + Send> UcallPort<M> {
             console,
             exit,
             log: Arc::new(Mutex::new(Vec::new())),
+            unlogged: Arc::default(),
         }
     }
 
-    /// The shared record of every ucall so far.
+    /// The shared record of the first [`MAX_LOGGED`] ucalls.
     pub fn log(&self) -> Arc<Mutex<Vec<UcallRecord>>> {
         self.log.clone()
+    }
+
+    /// How many ucalls were handled but not logged because the log was full.
+    pub fn unlogged(&self) -> u64 {
+        self.unlogged.load(Ordering::Relaxed)
     }
 
     fn handle(&mut self, vcpu: usize, gpa: u64) -> Result<(), UcallError> {
@@ -181,10 +195,12 @@ impl<M: GuestMemory + Send> UcallPort<M> {
                 });
             }
         }
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(UcallRecord { vcpu, call });
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() < MAX_LOGGED {
+            log.push(UcallRecord { vcpu, call });
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 }

@@ -308,7 +308,10 @@ fn cli_prints_the_table_and_writes_json_and_plots() {
         "a levels plot only where levels were measured:\n{stdout}"
     );
     if !levels_moved {
-        assert!(stdout.contains("KVM mapping levels: not observable here"), "{stdout}");
+        assert!(
+            stdout.contains("KVM mapping levels: not observable here"),
+            "{stdout}"
+        );
     }
     let mut names = vec!["pages_per_sec", "uffd_service_cdf"];
     if levels_moved {

@@ -33,12 +33,20 @@ fn shipped_suite_agrees_with_the_kernel_and_compares_something_in_every_scenario
     }
     let dir = std::env::temp_dir().join(format!("faultline-check-{}", std::process::id()));
     let json = dir.join("check.json");
-    let (code, stdout, stderr) = check(&[scenarios().to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    let (code, stdout, stderr) = check(&[
+        scenarios().to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "faultline check failed:\n{stdout}\n{stderr}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let scenarios = v["scenarios"].as_array().unwrap();
-    assert!(scenarios.len() >= 20, "only {} scenarios ran", scenarios.len());
+    assert!(
+        scenarios.len() >= 20,
+        "only {} scenarios ran",
+        scenarios.len()
+    );
     let mut compared_notifiers = 0;
     let mut compared_pages = 0;
     for s in scenarios {
@@ -52,18 +60,29 @@ fn shipped_suite_agrees_with_the_kernel_and_compares_something_in_every_scenario
             .collect();
         let compared = obs
             .iter()
-            .filter(|o| matches!(o["verdict"].as_str(), Some("agree" | "diverge" | "known-divergence")))
+            .filter(|o| {
+                matches!(
+                    o["verdict"].as_str(),
+                    Some("agree" | "diverge" | "known-divergence")
+                )
+            })
             .count();
         // Scenarios made only of what this host cannot do (device pfnmaps, NUMA) may compare
         // nothing; they must say so step by step.
         if compared == 0 {
             assert!(
-                obs.iter().all(|o| matches!(o["verdict"].as_str(), Some("not-executable" | "not-modelled"))),
+                obs.iter().all(|o| matches!(
+                    o["verdict"].as_str(),
+                    Some("not-executable" | "not-modelled")
+                )),
                 "{file} compared nothing: {obs:?}"
             );
         }
         for o in &obs {
-            assert_ne!(o["verdict"], "diverge", "{file}: unexplained divergence {o}");
+            assert_ne!(
+                o["verdict"], "diverge",
+                "{file}: unexplained divergence {o}"
+            );
             if o["observable"] == "notifiers" && o["verdict"] == "agree" {
                 compared_notifiers += 1;
             }
@@ -72,8 +91,14 @@ fn shipped_suite_agrees_with_the_kernel_and_compares_something_in_every_scenario
             }
         }
     }
-    assert!(compared_notifiers > 20, "notifier ranges compared only {compared_notifiers} times");
-    assert!(compared_pages > 20, "page states compared only {compared_pages} times");
+    assert!(
+        compared_notifiers > 20,
+        "notifier ranges compared only {compared_notifiers} times"
+    );
+    assert!(
+        compared_pages > 20,
+        "page states compared only {compared_pages} times"
+    );
     assert!(stdout.contains("check: "), "no summary line:\n{stdout}");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -85,15 +110,24 @@ fn a_model_that_skips_the_dontneed_notifier_is_caught() {
     }
     let file = scenarios().join("kvm-anon-dontneed-2m-boundary.toml");
     let (code, stdout, stderr) = check(&[file.to_str().unwrap()]);
-    assert_eq!(code, 0, "the true model must agree first:\n{stdout}\n{stderr}");
-    let (code, stdout, stderr) =
-        check(&[file.to_str().unwrap(), "--model-bug", "skip-dontneed-notifier"]);
+    assert_eq!(
+        code, 0,
+        "the true model must agree first:\n{stdout}\n{stderr}"
+    );
+    let (code, stdout, stderr) = check(&[
+        file.to_str().unwrap(),
+        "--model-bug",
+        "skip-dontneed-notifier",
+    ]);
     assert_eq!(code, 1, "a wrong model must diverge:\n{stdout}\n{stderr}");
     let line = stdout
         .lines()
         .find(|l| l.contains("notifiers") && l.contains("DIVERGE"))
         .unwrap_or_else(|| panic!("no notifier divergence:\n{stdout}"));
-    assert!(line.contains("none"), "the wrong model predicts no range: {line}");
+    assert!(
+        line.contains("none"),
+        "the wrong model predicts no range: {line}"
+    );
 }
 
 fn write_scenario(name: &str, text: &str) -> PathBuf {
@@ -125,7 +159,10 @@ fn bad_scenario_files_are_refused_with_file_and_step() {
         let p = write_scenario(name, &text);
         let (code, stdout, stderr) = check(&[p.to_str().unwrap()]);
         assert_eq!(code, 2, "{name}: want status 2\n{stdout}\n{stderr}");
-        assert!(stderr.contains(name), "{name}: the error names the file:\n{stderr}");
+        assert!(
+            stderr.contains(name),
+            "{name}: the error names the file:\n{stderr}"
+        );
         for n in needles {
             assert!(
                 stderr.to_lowercase().contains(&n.to_lowercase()),
@@ -163,14 +200,28 @@ fn without_root_the_check_compares_what_it_can_and_names_what_it_cannot() {
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(faultline_bin())
-        .args(["check", "--kvm-device", node.to_str().unwrap(), scenario.to_str().unwrap()]);
+        .args([
+            "check",
+            "--kvm-device",
+            node.to_str().unwrap(),
+            scenario.to_str().unwrap(),
+        ]);
     let out = run_with_timeout(cmd, Duration::from_secs(300));
     let _ = std::fs::remove_dir_all(&dir);
     let (code, stdout) = (out.code(), out.stdout.clone());
     assert_eq!(code, 0, "{}", out.transcript());
-    assert!(stdout.contains("notifiers") && stdout.contains("not observable here"), "{stdout}");
-    let agree = stdout.lines().filter(|l| l.trim_end().ends_with("agree")).count();
-    assert!(agree >= 4, "outcomes and values are still compared:\n{stdout}");
+    assert!(
+        stdout.contains("notifiers") && stdout.contains("not observable here"),
+        "{stdout}"
+    );
+    let agree = stdout
+        .lines()
+        .filter(|l| l.trim_end().ends_with("agree"))
+        .count();
+    assert!(
+        agree >= 4,
+        "outcomes and values are still compared:\n{stdout}"
+    );
 }
 
 #[test]
@@ -181,15 +232,22 @@ fn record_writes_one_json_line_per_executed_step_with_model_addresses() {
     let dir = std::env::temp_dir().join(format!("faultline-check-rec-{}", std::process::id()));
     let rec = dir.join("real.jsonl");
     let file = scenarios().join("kvm-fork-then-write.toml");
-    let (code, stdout, stderr) = check(&[file.to_str().unwrap(), "--record", rec.to_str().unwrap()]);
+    let (code, stdout, stderr) =
+        check(&[file.to_str().unwrap(), "--record", rec.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let text = std::fs::read_to_string(&rec).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 4, "{text}");
     // Step 1 (fork) invalidated the whole VMA, in the model's addresses.
     let inv = &lines[1]["record"]["real"]["invalidations"][0];
     assert_eq!(inv[0].as_u64(), Some(0x7f00_0000_0000), "{text}");
     assert_eq!(inv[1].as_u64(), Some(0x7f00_0040_0000), "{text}");
-    assert_eq!(lines[0]["record"]["real"]["access"]["completed"]["value"], 0);
+    assert_eq!(
+        lines[0]["record"]["real"]["access"]["completed"]["value"],
+        0
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

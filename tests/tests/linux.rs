@@ -76,7 +76,8 @@ fn boot(kernel: &Path, extra: &[&str], guest_cmd: &[&str]) -> RunOutput {
         );
         // The watchdog (on by default with `-- CMD`) ends a stuck guest with status 103 and
         // says where its vCPUs are: that is the same early-boot stall as a hang.
-        let stalled = out.status.and_then(|s| s.code()) == Some(devices::exit::STATUS_GUEST_STALLED);
+        let stalled =
+            out.status.and_then(|s| s.code()) == Some(devices::exit::STATUS_GUEST_STALLED);
         if (out.status.is_some() && !stalled) || attempt == BOOT_ATTEMPTS {
             return out;
         }

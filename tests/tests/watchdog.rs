@@ -15,7 +15,12 @@ fn a_guest_spinning_with_interrupts_off_is_reported_where_it_spins() {
     let mut cmd = Command::new(faultline_bin());
     cmd.args(["run", "--guest", "spin", "--vcpus", "2", "--watchdog", "2"]);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
-    assert_eq!(out.code(), devices::exit::STATUS_GUEST_STALLED, "{}", out.transcript());
+    assert_eq!(
+        out.code(),
+        devices::exit::STATUS_GUEST_STALLED,
+        "{}",
+        out.transcript()
+    );
     for v in ["vCPU 0: RIP", "vCPU 1: RIP"] {
         let line = out
             .stderr
@@ -23,8 +28,14 @@ fn a_guest_spinning_with_interrupts_off_is_reported_where_it_spins() {
             .find(|l| l.contains(v))
             .unwrap_or_else(|| panic!("no {v} line:\n{}", out.transcript()));
         assert!(line.contains("<spin_forever+"), "names the loop: {line}");
-        assert!(line.contains("RSP") && line.contains("CR3") && line.contains("RFLAGS"), "{line}");
-        assert!(line.contains("eb fe"), "the bytes at RIP are the jump to itself: {line}");
+        assert!(
+            line.contains("RSP") && line.contains("CR3") && line.contains("RFLAGS"),
+            "{line}"
+        );
+        assert!(
+            line.contains("eb fe"),
+            "the bytes at RIP are the jump to itself: {line}"
+        );
     }
     // Without the switch a built-in guest has no watchdog; with 0 it is off.
     let mut cmd = Command::new(faultline_bin());

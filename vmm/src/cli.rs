@@ -204,7 +204,9 @@ impl RunArgs {
 }
 
 /// The watchdog `faultline run` asks for: its limit and the symbols to report with.
-pub fn watchdog_of(args: &RunArgs) -> Result<Option<(std::time::Duration, crate::vstate::watchdog::Symbols)>, String> {
+pub fn watchdog_of(
+    args: &RunArgs,
+) -> Result<Option<(std::time::Duration, crate::vstate::watchdog::Symbols)>, String> {
     let secs = match args.watchdog {
         Some(0) => return Ok(None),
         Some(s) => s,
@@ -215,7 +217,10 @@ pub fn watchdog_of(args: &RunArgs) -> Result<Option<(std::time::Duration, crate:
     let syms = match (&file, &args.guest) {
         (Some(f), _) => {
             let bytes = std::fs::read(f).map_err(|e| {
-                format!("Cannot read symbols from {}: {e}; pass --symbols with the unstripped vmlinux", f.display())
+                format!(
+                    "Cannot read symbols from {}: {e}; pass --symbols with the unstripped vmlinux",
+                    f.display()
+                )
             })?;
             crate::vstate::watchdog::Symbols::from_elf(&bytes)
         }

@@ -379,7 +379,8 @@ impl VmBuilder {
             ucalls,
             hook,
             extra_slots: extra.iter().map(|e| e.0).collect(),
-            watchdog: watchdog.map(|(limit, syms)| (crate::vstate::watchdog::Watchdog::new(limit), syms)),
+            watchdog: watchdog
+                .map(|(limit, syms)| (crate::vstate::watchdog::Watchdog::new(limit), syms)),
         })
     }
 }
@@ -508,7 +509,10 @@ pub struct Vmm {
     ucalls: Arc<Mutex<Vec<UcallRecord>>>,
     hook: Option<Arc<dyn ExitHook>>,
     extra_slots: Vec<u32>,
-    watchdog: Option<(crate::vstate::watchdog::Watchdog, crate::vstate::watchdog::Symbols)>,
+    watchdog: Option<(
+        crate::vstate::watchdog::Watchdog,
+        crate::vstate::watchdog::Symbols,
+    )>,
 }
 
 impl std::fmt::Debug for Vmm {

@@ -96,6 +96,8 @@
 //! ```
 
 pub mod contents;
+#[cfg(test)]
+mod fuzz;
 mod runner;
 pub mod step;
 
@@ -579,6 +581,20 @@ impl Scenario {
                     "vvar = true needs kind = \"pfnmap\", prot = \"r\" and no remap: [vvar] is a read-only pfnmap filled on fault"
                         .into(),
                 ));
+            }
+            if let Some(pfn) = v.pfn {
+                // x86-64's MAX_PHYSMEM_BITS (52, arch/x86/include/asm/sparsemem.h): a device
+                // pfn range past it cannot exist, and would overflow the model's pfn sums.
+                const MAX_PFN: u64 = 1 << (52 - 12);
+                let pages = v.size.0.div_ceil(4096);
+                if !matches!(pfn.0.checked_add(pages), Some(end) if end <= MAX_PFN) {
+                    return Err(bad(format!(
+                        "pfn {:#x} + {pages} pages runs past the 52-bit physical address space \
+                         (last pfn {:#x}): use a smaller pfn",
+                        pfn.0,
+                        MAX_PFN - 1
+                    )));
+                }
             }
             if v.page_size.is_some() && v.kind != VmaKind::Hugetlb {
                 return Err(bad(

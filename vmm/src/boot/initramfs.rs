@@ -224,15 +224,13 @@ pub fn busybox_path() -> PathBuf {
 
 /// True if `elf` is a 64-bit x86 executable without a `PT_INTERP` program header (a static
 /// binary that needs no dynamic loader in the guest).
-fn is_static_x86_64_elf(elf: &[u8]) -> bool {
+pub(crate) fn is_static_x86_64_elf(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
-    let le16 = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let le32 = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let field = |o: usize, n: usize| elf.get(o..o.checked_add(n)?);
+    let le16 = |o: usize| field(o, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let le32 = |o: usize| field(o, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let le64 = |o: usize| {
-        elf.get(o..o + 8)
+        field(o, 8)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_le_bytes)
     };
@@ -246,9 +244,12 @@ fn is_static_x86_64_elf(elf: &[u8]) -> bool {
     let Ok(phoff) = usize::try_from(phoff) else {
         return false;
     };
+    // The offsets come from the file: an overflow means a header past its end.
     (0..usize::from(phnum)).all(|i| {
-        let off = phoff + i * usize::from(phentsize);
-        le32(off).is_some_and(|t| t != PT_INTERP)
+        i.checked_mul(usize::from(phentsize))
+            .and_then(|o| o.checked_add(phoff))
+            .and_then(le32)
+            .is_some_and(|t| t != PT_INTERP)
     })
 }
 

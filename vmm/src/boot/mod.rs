@@ -69,6 +69,10 @@ pub const PVH_MEMMAP_START: u64 = 0x6080;
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Where the command line goes.
 pub const CMDLINE_START: u64 = 0x2_0000;
+/// Most command-line bytes (with the NUL) faultline writes at [`CMDLINE_START`], whatever
+/// the image's `cmdline_size` claims: 64 KiB, far above any kernel's `COMMAND_LINE_SIZE`
+/// (2048 on x86), and well below the legacy hole at [`EBDA_START`].
+pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
 /// Start of the legacy hole: RAM below it is usable, 0x9fc00..1 MiB is not RAM in the e820
 /// map (EBDA, VGA, BIOS; our MP table sits in the BIOS area).
 pub const EBDA_START: u64 = 0x9_fc00;
@@ -337,8 +341,11 @@ pub fn load_kernel(
     // the area the kernel decompresses itself into (pref_address + init_size).
     let mut kernel_end = result.kernel_end;
     if let Some(h) = hdr {
-        let decompressed_end =
-            h.pref_address.max(result.kernel_load.raw_value()) + u64::from(h.init_size);
+        // Both come from the image: saturate, so a hostile header reads as "too large".
+        let decompressed_end = h
+            .pref_address
+            .max(result.kernel_load.raw_value())
+            .saturating_add(u64::from(h.init_size));
         kernel_end = kernel_end.max(decompressed_end);
     }
     if kernel_end > mem.last_addr().raw_value() + 1 {
@@ -383,10 +390,13 @@ pub fn load_kernel(
     if !cfg.init_command.is_empty() && !cmdline.contains("faultline.exit_port=") {
         cmdline.push_str(&format!(" faultline.exit_port={DEBUG_EXIT_PORT:#x}"));
     }
+    // The image says how long a line its kernel takes; a hostile header must not make us
+    // write over the memory after the command line.
     let max = hdr
         .map(|h| h.cmdline_size as usize)
         .filter(|&m| m != 0)
-        .unwrap_or(DEFAULT_CMDLINE_SIZE - 1);
+        .unwrap_or(DEFAULT_CMDLINE_SIZE - 1)
+        .min(CMDLINE_MAX_SIZE - 1);
     write_cmdline(mem, &cmdline, max)?;
 
     mptable::write(mem, vcpus)?;

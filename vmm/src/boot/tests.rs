@@ -104,7 +104,7 @@ fn read_zero_page(m: &GuestMemoryMmap) -> boot_params {
 }
 
 fn read_cstr(m: &GuestMemoryMmap, addr: u64) -> String {
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; CMDLINE_MAX_SIZE];
     m.read_slice(&mut buf, GuestAddress(addr)).unwrap();
     let end = buf.iter().position(|&b| b == 0).unwrap();
     String::from_utf8(buf[..end].to_vec()).unwrap()
@@ -398,4 +398,298 @@ fn command_is_appended_to_a_given_initrd_as_a_second_archive() {
         "{}",
         loaded.cmdline
     );
+}
+
+/// Fuzz targets for the boot code, run as property tests: kernel images (bzImage, ELF with
+/// and without a PVH note) mutated field by field from a valid header, raw bytes, initrds
+/// of any size and command lines of any bytes, all through [`load_kernel`]. Run many with
+/// `PROPTEST_CASES=100000 cargo test --profile fuzz -p vmm --lib fuzz_`.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Guest RAM of the fuzzed VM: small, so "too large" is reachable.
+    const RAM: u64 = 32 * MIB;
+
+    /// Header fields a bzImage mutation targets: (offset, width in bytes).
+    const BZ_FIELDS: &[(usize, usize)] = &[
+        (0x1f1, 1), // setup_sects
+        (0x1fe, 2), // boot_flag
+        (0x202, 4), // header
+        (0x206, 2), // version
+        (0x211, 1), // loadflags
+        (0x214, 4), // code32_start
+        (0x218, 4), // ramdisk_image
+        (0x21c, 4), // ramdisk_size
+        (0x22c, 4), // initrd_addr_max
+        (0x230, 4), // kernel_alignment
+        (0x234, 1), // relocatable_kernel
+        (0x236, 2), // xloadflags
+        (0x238, 4), // cmdline_size
+        (0x248, 4), // payload_offset
+        (0x24c, 4), // payload_length
+        (0x258, 8), // pref_address
+        (0x260, 4), // init_size
+        (0x264, 4), // handover_offset
+    ];
+
+    /// ELF fields: the header, both program headers and the PVH note.
+    const ELF_FIELDS: &[(usize, usize)] = &[
+        (0x10, 2),    // e_type
+        (0x12, 2),    // e_machine
+        (0x18, 8),    // e_entry
+        (0x20, 8),    // e_phoff
+        (0x28, 8),    // e_shoff
+        (0x36, 2),    // e_phentsize
+        (0x38, 2),    // e_phnum
+        (64, 4),      // p_type
+        (64 + 8, 8),  // p_offset
+        (64 + 16, 8), // p_vaddr
+        (64 + 24, 8), // p_paddr
+        (64 + 32, 8), // p_filesz
+        (64 + 40, 8), // p_memsz
+        (64 + 48, 8), // p_align
+        (120, 4),
+        (120 + 8, 8),
+        (120 + 32, 8),
+        (176, 4), // note namesz
+        (180, 4), // note descsz
+        (184, 4), // note type
+        (192, 4), // note desc: the PVH entry
+    ];
+
+    /// Values that hit edges: 0, all ones, around RAM's end and 4 GiB, random.
+    fn value() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(u64::MAX),
+            Just(u64::from(u32::MAX)),
+            (RAM - 0x1000)..(RAM + 0x1000),
+            0..0x20_0000u64,
+            (u64::MAX - 0x1000)..=u64::MAX,
+            any::<u64>(),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        /// Sets one known header field to a value.
+        Field(usize, u64),
+        /// Overwrites one byte anywhere.
+        Byte(usize, u8),
+        /// Cuts the file at this length.
+        Truncate(usize),
+    }
+
+    fn mutations(fields: &'static [(usize, usize)]) -> impl Strategy<Value = Vec<Mutation>> {
+        let m = prop_oneof![
+            6 => (0..fields.len(), value()).prop_map(|(i, v)| Mutation::Field(i, v)),
+            2 => (any::<usize>(), any::<u8>()).prop_map(|(o, b)| Mutation::Byte(o, b)),
+            1 => (0..2048usize).prop_map(Mutation::Truncate),
+        ];
+        prop::collection::vec(m, 0..6)
+    }
+
+    fn apply(img: &mut Vec<u8>, fields: &[(usize, usize)], muts: &[Mutation]) {
+        for m in muts {
+            match *m {
+                Mutation::Field(i, v) => {
+                    let (off, width) = fields[i];
+                    if off + width <= img.len() {
+                        img[off..off + width].copy_from_slice(&v.to_le_bytes()[..width]);
+                    }
+                }
+                Mutation::Byte(o, b) => {
+                    if !img.is_empty() {
+                        let o = o % img.len();
+                        img[o] = b;
+                    }
+                }
+                Mutation::Truncate(n) => img.truncate(n),
+            }
+        }
+    }
+
+    /// An image to load: one of the three valid kinds, mutated, or raw bytes.
+    fn image() -> impl Strategy<Value = Vec<u8>> {
+        let payload = prop::collection::vec(any::<u8>(), 0..600);
+        prop_oneof![
+            3 => (any::<u16>(), payload.clone(), mutations(BZ_FIELDS)).prop_map(|(x, p, m)| {
+                let mut img = fake_bzimage(x | XLF_KERNEL_64, &p);
+                apply(&mut img, BZ_FIELDS, &m);
+                img
+            }),
+            3 => (any::<bool>(), any::<u32>(), payload.clone(), mutations(ELF_FIELDS)).prop_map(
+                |(pvh, entry, p, m)| {
+                    let mut img = fake_elf(pvh.then_some(entry), &p);
+                    apply(&mut img, ELF_FIELDS, &m);
+                    img
+                }
+            ),
+            1 => prop::collection::vec(any::<u8>(), 0..2048),
+            1 => prop::collection::vec(any::<u8>(), 0..2048).prop_map(|mut b| {
+                b.splice(0..0, *b"\x7fELF\x02\x01\x01\0");
+                b
+            }),
+        ]
+    }
+
+    /// An initrd: none, a few random bytes, or a sparse file (zeros) sized around what
+    /// still fits in RAM.
+    #[derive(Debug, Clone)]
+    enum Initrd {
+        Bytes(Vec<u8>),
+        Sparse(u64),
+    }
+
+    fn initrd() -> impl Strategy<Value = Option<Initrd>> {
+        prop_oneof![
+            8 => Just(None),
+            8 => prop::collection::vec(any::<u8>(), 0..256).prop_map(|b| Some(Initrd::Bytes(b))),
+            1 => prop_oneof![Just(0u64), (RAM - 10 * MIB)..(RAM + 0x1000)]
+                .prop_map(|n| Some(Initrd::Sparse(n))),
+        ]
+    }
+
+    fn cmdline() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => Just("console=ttyS0 reboot=k panic=-1".to_string()),
+            2 => "[ -~]{0,64}",
+            1 => any::<String>(),
+            1 => (1000..5000usize).prop_map(|n| "x".repeat(n)),
+        ]
+    }
+
+    /// Where this test thread's files go (tests run in parallel).
+    fn files(tag: &str) -> (PathBuf, PathBuf) {
+        let t = format!("{tag}-{:?}", std::thread::current().id()).replace(['(', ')'], "");
+        (
+            tmpfile(&format!("{t}-kernel"), &[]),
+            tmpfile(&format!("{t}-initrd"), &[]),
+        )
+    }
+
+    /// What must hold whenever `load_kernel` accepts an image.
+    fn check_loaded(m: &GuestMemoryMmap, k: &LoadedKernel) -> Result<(), TestCaseError> {
+        if let Some((addr, size)) = k.initrd {
+            prop_assert!(addr % 4096 == 0);
+            prop_assert!(addr + size <= RAM, "initrd {addr:#x}+{size:#x} past RAM");
+            prop_assert!(addr + size <= FOUR_GIB);
+        }
+        prop_assert!(k.cmdline.chars().all(|c| (' '..='~').contains(&c)));
+        prop_assert!(k.cmdline.len() < CMDLINE_MAX_SIZE);
+        prop_assert_eq!(read_cstr(m, CMDLINE_START), k.cmdline.clone());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Kernel images, initrds and command lines of any shape: an answer, never a panic.
+        #[test]
+        fn fuzz_load_kernel(img in image(), rd in initrd(), cl in cmdline(), vcpus in 1..=4u32) {
+            let (kp, rp) = files("fuzz-load");
+            std::fs::write(&kp, &img).unwrap();
+            let mut c = cfg(&kp);
+            c.cmdline = cl;
+            match &rd {
+                Some(Initrd::Bytes(b)) => std::fs::write(&rp, b).unwrap(),
+                Some(Initrd::Sparse(n)) => {
+                    let f = std::fs::File::create(&rp).unwrap();
+                    f.set_len(*n).unwrap();
+                }
+                None => {}
+            }
+            if rd.is_some() {
+                c.initrd = Some(rp.clone());
+            }
+            let m = mem(RAM);
+            if let Ok(k) = load_kernel(&m, &c, vcpus) {
+                check_loaded(&m, &k)?;
+            }
+        }
+
+        /// Raw bytes as the busybox binary the initramfs checks.
+        #[test]
+        fn fuzz_static_elf_check(mut b in prop::collection::vec(any::<u8>(), 0..256), fields in prop::collection::vec((0..64usize, any::<u64>()), 0..4)) {
+            if b.len() >= 64 {
+                b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+                b[18..20].copy_from_slice(&62u16.to_le_bytes());
+                for (o, v) in fields {
+                    let o = o.min(56);
+                    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            let _ = initramfs::is_static_x86_64_elf(&b);
+        }
+    }
+
+    /// The generators must reach every format's success path, not only the header checks.
+    #[test]
+    fn generated_images_often_load() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (kp, _) = files("fuzz-reach");
+        let mut loaded = std::collections::BTreeMap::<String, u32>::new();
+        for _ in 0..400 {
+            let img = image().new_tree(&mut runner).unwrap().current();
+            std::fs::write(&kp, &img).unwrap();
+            let m = mem(RAM);
+            let key = match load_kernel(&m, &cfg(&kp), 1) {
+                Ok(k) => format!("{:?}", k.format),
+                Err(e) => format!("{e:?}")
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            };
+            *loaded.entry(key).or_default() += 1;
+        }
+        eprintln!("outcomes of 400 generated images: {loaded:?}");
+        for f in ["BzImage", "ElfPvh", "Elf64"] {
+            assert!(loaded.get(f).copied().unwrap_or(0) >= 10, "{f}: {loaded:?}");
+        }
+    }
+
+    /// Regression (a case `fuzz_load_kernel` generates): a bzImage whose pref_address + init_size overflows.
+    #[test]
+    fn bzimage_with_overflowing_pref_address_is_too_large_not_a_panic() {
+        let mut img = fake_bzimage(XLF_KERNEL_64, &[0x90; 512]);
+        img[0x258..0x260].copy_from_slice(&u64::MAX.to_le_bytes());
+        let k = tmpfile("bz-pref-max", &img);
+        let e = load_kernel(&mem(RAM), &cfg(&k), 1).unwrap_err();
+        assert!(matches!(e, BootError::KernelTooLarge { .. }), "{e}");
+    }
+
+    /// Regression (found by `fuzz_load_kernel`): a bzImage claiming `cmdline_size` =
+    /// 0xffff_ffff let a long `--cmdline` be written past 64 KiB from `CMDLINE_START`; the
+    /// limit is now capped at [`CMDLINE_MAX_SIZE`].
+    #[test]
+    fn bzimage_claiming_a_huge_cmdline_size_is_capped() {
+        let mut img = fake_bzimage(XLF_KERNEL_64, &[0x90; 512]);
+        img[0x238..0x23c].copy_from_slice(&u32::MAX.to_le_bytes());
+        let k = tmpfile("bz-cmdline-max", &img);
+        let mut c = cfg(&k);
+        c.cmdline = "x".repeat(CMDLINE_MAX_SIZE);
+        let e = load_kernel(&mem(RAM), &c, 1).unwrap_err();
+        assert!(
+            matches!(e, BootError::CmdlineTooLong { max, .. } if max == CMDLINE_MAX_SIZE - 1),
+            "{e}"
+        );
+        c.cmdline = "x".repeat(5000);
+        let k = load_kernel(&mem(RAM), &c, 1).unwrap();
+        assert!(k.cmdline.starts_with(&c.cmdline));
+    }
+
+    /// Regression (a case `fuzz_static_elf_check` generates): program headers at an offset that overflows.
+    #[test]
+    fn static_elf_check_with_overflowing_phoff_is_false_not_a_panic() {
+        let mut b = vec![0u8; 64];
+        b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        b[18..20].copy_from_slice(&62u16.to_le_bytes());
+        b[32..40].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&2u16.to_le_bytes());
+        assert!(!initramfs::is_static_x86_64_elf(&b));
+    }
 }

@@ -1620,3 +1620,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "agent_fuzz.rs"]
+mod fuzz;

@@ -122,7 +122,10 @@ pub fn run(args: &BenchCheckArgs) -> i32 {
         suite_s: suite,
         scenarios,
     };
-    println!("{:<60} {:>9} {:>9} {:>9} {:>12}", "scenario", "setup ms", "steps ms", "total ms", "race rnd/s");
+    println!(
+        "{:<60} {:>9} {:>9} {:>9} {:>12}",
+        "scenario", "setup ms", "steps ms", "total ms", "race rnd/s"
+    );
     for sc in &out.scenarios {
         println!(
             "{:<60} {:>9.1} {:>9.1} {:>9.1} {:>12}",
@@ -130,7 +133,8 @@ pub fn run(args: &BenchCheckArgs) -> i32 {
             sc.setup_s * 1e3,
             sc.steps_s * 1e3,
             sc.total_s * 1e3,
-            sc.race_rounds_per_s.map_or("-".into(), |r| format!("{r:.0}"))
+            sc.race_rounds_per_s
+                .map_or("-".into(), |r| format!("{r:.0}"))
         );
     }
     println!(

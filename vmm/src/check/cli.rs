@@ -47,14 +47,18 @@ fn parse_rules(s: &str) -> Result<KernelVersion, String> {
         "6.12" => Ok(KernelVersion::V6_12),
         "6.13" => Ok(KernelVersion::V6_13),
         "6.18" => Ok(KernelVersion::V6_18),
-        other => Err(format!("unknown rule set {other:?}: use 6.12, 6.13 or 6.18")),
+        other => Err(format!(
+            "unknown rule set {other:?}: use 6.12, 6.13 or 6.18"
+        )),
     }
 }
 
 fn parse_bug(s: &str) -> Result<ModelBug, String> {
     match s.trim() {
         "skip-dontneed-notifier" => Ok(ModelBug::SkipDontneedNotifier),
-        other => Err(format!("unknown model bug {other:?}: use skip-dontneed-notifier")),
+        other => Err(format!(
+            "unknown model bug {other:?}: use skip-dontneed-notifier"
+        )),
     }
 }
 
@@ -128,21 +132,33 @@ pub fn run(args: &CheckArgs) -> i32 {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut report = CheckReport { scenarios: Vec::new() };
+    let mut report = CheckReport {
+        scenarios: Vec::new(),
+    };
     for f in &files {
-        bar.set_message(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        bar.set_message(
+            f.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
         match exec::check_file(f, &opts, &env) {
             Ok(c) => {
                 let quiet_ok = matches!(
                     c.verdict(),
-                    super::report::ScenarioVerdict::Agrees | super::report::ScenarioVerdict::NotExecutable
+                    super::report::ScenarioVerdict::Agrees
+                        | super::report::ScenarioVerdict::NotExecutable
                 );
                 if !args.quiet || !quiet_ok {
                     bar.suspend(|| print!("{}", c.render()));
                 }
                 report.scenarios.push(c);
             }
-            Err(e @ (CheckError::Scenario { .. } | CheckError::Read { .. } | CheckError::Known(_) | CheckError::NoKvm(_))) => {
+            Err(
+                e @ (CheckError::Scenario { .. }
+                | CheckError::Read { .. }
+                | CheckError::Known(_)
+                | CheckError::NoKvm(_)),
+            ) => {
                 bar.finish_and_clear();
                 eprintln!("faultline check: {e}");
                 return 2;

@@ -239,7 +239,11 @@ pub fn compare_step(
     // A host operation: the model says "ok" (or an error result); the real call succeeded or
     // failed with an errno.
     if !guest {
-        let model = if rec.result == "ok" { "ok".to_string() } else { rec.result.clone() };
+        let model = if rec.result == "ok" {
+            "ok".to_string()
+        } else {
+            rec.result.clone()
+        };
         let realv = match &real.host_error {
             None => "ok".to_string(),
             Some(e) => e.clone(),
@@ -301,15 +305,17 @@ pub fn compare_step(
                 format!("{:?}", rec.level),
                 format!("{:?}", levels.last().copied()),
             )),
-            (_, reason) => out.push(Observation::uncompared(
-                "level",
-                "tracefs kvmmmu:kvm_mmu_set_spte",
-                rec.level.map(|l| size_name(l.size())),
-                None,
-                Verdict::NotObservable(reason.clone().unwrap_or_else(|| {
-                    "no kvm_mmu_set_spte event fired for this access".into()
-                })),
-            )),
+            (_, reason) => {
+                out.push(Observation::uncompared(
+                    "level",
+                    "tracefs kvmmmu:kvm_mmu_set_spte",
+                    rec.level.map(|l| size_name(l.size())),
+                    None,
+                    Verdict::NotObservable(reason.clone().unwrap_or_else(|| {
+                        "no kvm_mmu_set_spte event fired for this access".into()
+                    })),
+                ))
+            }
         }
     }
     if !real.by_daemon.is_empty() {

@@ -21,11 +21,10 @@ use super::observe::tracefs::{PidFilter, TraceEvent, TraceSession};
 use super::report::{Observation, ScenarioCheck, StepCheck, Timing, Verdict};
 use super::space::{RealKind, RealSpace, RealVmaSpec, SpaceError};
 use crate::launch::{ExtraMemslot, VmBuilder, VmIo};
-use mmu::scenario::{
-    HostConditions, ModelBug, ModelOptions, Scenario, ScenarioError,
-    ScenarioRunner, Step, VmaKind,
-};
 use mmu::scenario::step::{default_value, MadviseAdvice};
+use mmu::scenario::{
+    HostConditions, ModelBug, ModelOptions, Scenario, ScenarioError, ScenarioRunner, Step, VmaKind,
+};
 use mmu::types::{Hva, KernelVersion};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -209,7 +208,11 @@ struct Slot {
 }
 
 /// Checks one scenario file: runs it on the model and on real KVM and compares.
-pub fn check_file(path: &Path, opts: &CheckOptions, env: &CheckEnv) -> Result<ScenarioCheck, CheckError> {
+pub fn check_file(
+    path: &Path,
+    opts: &CheckOptions,
+    env: &CheckEnv,
+) -> Result<ScenarioCheck, CheckError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| CheckError::Read {
         path: name.clone(),
@@ -237,7 +240,12 @@ pub fn check_file(path: &Path, opts: &CheckOptions, env: &CheckEnv) -> Result<Sc
 }
 
 /// Checks a parsed scenario.
-pub fn check_scenario(name: &str, sc: &Scenario, opts: &CheckOptions, env: &CheckEnv) -> ScenarioCheck {
+pub fn check_scenario(
+    name: &str,
+    sc: &Scenario,
+    opts: &CheckOptions,
+    env: &CheckEnv,
+) -> ScenarioCheck {
     let t0 = Instant::now();
     let mut check = ScenarioCheck {
         file: name.to_string(),
@@ -262,7 +270,11 @@ pub fn check_scenario(name: &str, sc: &Scenario, opts: &CheckOptions, env: &Chec
 
 /// The model's options from the host's real conditions, and notes where the scenario
 /// assumes otherwise.
-fn model_options(sc: &Scenario, opts: &CheckOptions, env: &CheckEnv) -> (ModelOptions, String, Vec<String>) {
+fn model_options(
+    sc: &Scenario,
+    opts: &CheckOptions,
+    env: &CheckEnv,
+) -> (ModelOptions, String, Vec<String>) {
     let h = &env.host;
     let mut notes = Vec::new();
     let (kernel, why) = match (opts.kernel_rules, h.kernel_version.value) {
@@ -292,8 +304,15 @@ fn model_options(sc: &Scenario, opts: &CheckOptions, env: &CheckEnv) -> (ModelOp
             notes.push(format!("scenario assumes huge_zero_page={s}, host has {r}"));
         }
     }
-    let tdp = h.paging.value.map(|p| matches!(p, super::observe::host::PagingMode::Tdp { .. }));
-    let nodes = h.numa_nodes.value.as_ref().map(|n| u16::try_from(n.len()).unwrap_or(u16::MAX));
+    let tdp = h
+        .paging
+        .value
+        .map(|p| matches!(p, super::observe::host::PagingMode::Tdp { .. }));
+    let nodes = h
+        .numa_nodes
+        .value
+        .as_ref()
+        .map(|n| u16::try_from(n.len()).unwrap_or(u16::MAX));
     if let (Some(s), Some(r)) = (sc.nodes, nodes) {
         if s != r {
             notes.push(format!("scenario assumes {s} NUMA nodes, host has {r}"));
@@ -301,7 +320,9 @@ fn model_options(sc: &Scenario, opts: &CheckOptions, env: &CheckEnv) -> (ModelOp
     }
     let numa_balancing = h.numa_balancing.value.map(|v| v != 0);
     if sc.async_pf == Some(true) {
-        notes.push("scenario assumes async page faults; the agent guest does not enable them".into());
+        notes.push(
+            "scenario assumes async page faults; the agent guest does not enable them".into(),
+        );
     }
     let conditions = HostConditions {
         thp,
@@ -437,7 +458,12 @@ fn run_real(
     let (io, _console) = VmIo::captured();
     let mut builder = VmBuilder::new(config, io);
     for s in &slots {
-        let flags = &sc.memslot.iter().find(|m| m.id == s.id).map(|m| m.flags.clone()).unwrap_or_default();
+        let flags = &sc
+            .memslot
+            .iter()
+            .find(|m| m.id == s.id)
+            .map(|m| m.flags.clone())
+            .unwrap_or_default();
         builder = builder.memslot(ExtraMemslot {
             slot: None,
             gpa: s.gpa + GPA_OFFSET,
@@ -464,19 +490,27 @@ fn run_real(
                 t.set_hva_ranges(vec![lo..hi]);
             }
             let enabled: Vec<String> = t.enabled_events().iter().map(|e| e.to_string()).collect();
-            check.observables.push(format!("tracefs events enabled: {}", enabled.join(", ")));
+            check
+                .observables
+                .push(format!("tracefs events enabled: {}", enabled.join(", ")));
             if !t.absent_events().is_empty() {
                 let absent: Vec<String> = t.absent_events().iter().map(|e| e.to_string()).collect();
-                check.observables.push(format!("tracefs events this kernel lacks: {}", absent.join(", ")));
+                check.observables.push(format!(
+                    "tracefs events this kernel lacks: {}",
+                    absent.join(", ")
+                ));
             }
             if !enabled.iter().any(|e| e == "kvm:kvm_unmap_hva_range") {
-                caps.notifiers = Some("the host kernel has no kvm:kvm_unmap_hva_range event".into());
+                caps.notifiers =
+                    Some("the host kernel has no kvm:kvm_unmap_hva_range event".into());
             }
             Some(t)
         }
         Err(e) => {
             caps.notifiers = Some(format!("no tracefs: {e}"));
-            check.observables.push(format!("notifier ranges not observable: {e}"));
+            check
+                .observables
+                .push(format!("notifier ranges not observable: {e}"));
             None
         }
     };
@@ -484,7 +518,9 @@ fn run_real(
         Ok(p) => Some(p),
         Err(e) => {
             caps.pages = Some(format!("{e}"));
-            check.observables.push(format!("page states not observable: {e}"));
+            check
+                .observables
+                .push(format!("page states not observable: {e}"));
             None
         }
     };
@@ -729,7 +765,9 @@ pub fn describe(step: &Step) -> String {
         };
     }
     match step {
-        Step::Madvise(m) => format!("madvise {:?} {:#x}+{:#x}", m.advice, m.start.0, m.size.0).to_lowercase(),
+        Step::Madvise(m) => {
+            format!("madvise {:?} {:#x}+{:#x}", m.advice, m.start.0, m.size.0).to_lowercase()
+        }
         _ => match step.host_range() {
             Some((s, len)) => format!("{name} {:#x}+{len:#x}", s.0),
             None => name.to_string(),
@@ -780,10 +818,15 @@ fn execute(
             real.access = Some(access(agent, g.vcpu.unwrap_or(0), kind, g.gpa.0, 0, opts));
         }
         Step::Write(w) => {
-            let value = w
-                .value
-                .map_or_else(|| default_value(w.gpa.0), |v| v.0);
-            real.access = Some(access(agent, w.vcpu.unwrap_or(0), AccessKind::Write, w.gpa.0, value, opts));
+            let value = w.value.map_or_else(|| default_value(w.gpa.0), |v| v.0);
+            real.access = Some(access(
+                agent,
+                w.vcpu.unwrap_or(0),
+                AccessKind::Write,
+                w.gpa.0,
+                value,
+                opts,
+            ));
         }
         Step::Munmap(r) => host(space.munmap(r.start.0, r.size.0), real),
         Step::Mprotect(m) => host(space.mprotect(m.start.0, m.size.0, prot_bits(m.prot)), real),
@@ -794,18 +837,35 @@ fn execute(
         Step::Mremap(m) => host(space.mremap(m.start.0, m.size.0, m.new_start.0), real),
         Step::Fork(_) => host(space.fork(), real),
         Step::FallocatePunchHole(r) => host(space.punch_hole(r.start.0, r.size.0), real),
-        Step::DirtyLogEnable(s) | Step::DirtyLogGet(s) | Step::DirtyLogClear(s) | Step::MemslotDelete(s) => {
+        Step::DirtyLogEnable(s)
+        | Step::DirtyLogGet(s)
+        | Step::DirtyLogClear(s)
+        | Step::MemslotDelete(s) => {
             let Some(slot) = slots.iter().find(|x| x.id == s.memslot) else {
                 real.host_error = Some(format!("no memslot {}", s.memslot));
                 return;
             };
             let vm = h.vm();
             let r = match step {
-                Step::MemslotDelete(_) => vm.delete_memslot(slot.real_slot).map_err(|e| e.to_string()),
+                Step::MemslotDelete(_) => {
+                    vm.delete_memslot(slot.real_slot).map_err(|e| e.to_string())
+                }
                 Step::DirtyLogEnable(_) => vm
-                    .set_memslot(slot.real_slot, slot.gpa + GPA_OFFSET, slot.size, space.real_any(slot.hva), crate::vstate::vm::MemslotFlags { readonly: false, dirty_log: true })
+                    .set_memslot(
+                        slot.real_slot,
+                        slot.gpa + GPA_OFFSET,
+                        slot.size,
+                        space.real_any(slot.hva),
+                        crate::vstate::vm::MemslotFlags {
+                            readonly: false,
+                            dirty_log: true,
+                        },
+                    )
                     .map_err(|e| e.to_string()),
-                _ => vm.get_dirty_log(slot.real_slot, slot.size).map(|_| ()).map_err(|e| e.to_string()),
+                _ => vm
+                    .get_dirty_log(slot.real_slot, slot.size)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
             };
             if let Err(e) = r {
                 real.host_error = Some(e);
@@ -817,15 +877,22 @@ fn execute(
                 return;
             };
             let vm = h.vm();
-            let r = vm
-                .delete_memslot(slot.real_slot)
-                .and_then(|()| vm.set_memslot(slot.real_slot, m.gpa.0 + GPA_OFFSET, slot.size, space.real_any(slot.hva), crate::vstate::vm::MemslotFlags::default()));
+            let r = vm.delete_memslot(slot.real_slot).and_then(|()| {
+                vm.set_memslot(
+                    slot.real_slot,
+                    m.gpa.0 + GPA_OFFSET,
+                    slot.size,
+                    space.real_any(slot.hva),
+                    crate::vstate::vm::MemslotFlags::default(),
+                )
+            });
             if let Err(e) = r {
                 real.host_error = Some(e.to_string());
             }
         }
         Step::MemslotFlags(_) | Step::MemslotCreate(_) => {
-            real.not_executable = Some("memslot-flags/-create are not wired into the executor yet".into());
+            real.not_executable =
+                Some("memslot-flags/-create are not wired into the executor yet".into());
         }
         // Everything else was filtered out by `step_not_executable`.
         _ => {
@@ -834,7 +901,14 @@ fn execute(
     }
 }
 
-fn access(agent: &Agent, vcpu: u32, kind: AccessKind, gpa: u64, value: u64, opts: &CheckOptions) -> RealAccess {
+fn access(
+    agent: &Agent,
+    vcpu: u32,
+    kind: AccessKind,
+    gpa: u64,
+    value: u64,
+    opts: &CheckOptions,
+) -> RealAccess {
     match agent.access(vcpu, kind, gpa + GPA_OFFSET, value, opts.access_timeout) {
         Ok(AccessOutcome::Completed { value }) => RealAccess::Completed { value },
         Ok(AccessOutcome::Mmio { write, .. }) => RealAccess::Mmio { write },
@@ -874,7 +948,11 @@ fn run_race(
     }
     let what = format!(
         "race: {}",
-        group.iter().map(|(_, s)| describe(s)).collect::<Vec<_>>().join(" | ")
+        group
+            .iter()
+            .map(|(_, s)| describe(s))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     let step = group.first().map_or(0, |g| g.0);
     let fail = |v: Verdict| {
@@ -887,8 +965,14 @@ fn run_race(
             None,
         )
     };
-    let guests: Vec<&(usize, &Step)> = group.iter().filter(|(_, s)| s.guest_access().is_some()).collect();
-    let hosts: Vec<&(usize, &Step)> = group.iter().filter(|(_, s)| s.guest_access().is_none()).collect();
+    let guests: Vec<&(usize, &Step)> = group
+        .iter()
+        .filter(|(_, s)| s.guest_access().is_some())
+        .collect();
+    let hosts: Vec<&(usize, &Step)> = group
+        .iter()
+        .filter(|(_, s)| s.guest_access().is_none())
+        .collect();
     if guests.len() != 1 || hosts.is_empty() {
         return fail(Verdict::NotExecutable(
             "faultline check races one guest access against one or more host operations".into(),
@@ -909,8 +993,17 @@ fn run_race(
         _ => 0,
     };
     let vcpu = vcpu.unwrap_or(0);
-    if let Err(e) = agent.start_loop(vcpu, kind, gpa + GPA_OFFSET, value, None, opts.access_timeout) {
-        return fail(Verdict::NotExecutable(format!("the agent's loop did not start: {e}")));
+    if let Err(e) = agent.start_loop(
+        vcpu,
+        kind,
+        gpa + GPA_OFFSET,
+        value,
+        None,
+        opts.access_timeout,
+    ) {
+        return fail(Verdict::NotExecutable(format!(
+            "the agent's loop did not start: {e}"
+        )));
     }
     let t0 = Instant::now();
     let mut host_error = None;
@@ -932,7 +1025,11 @@ fn run_race(
     let seconds = t0.elapsed().as_secs_f64();
     let counts = match agent.stop_loop(vcpu, opts.access_timeout) {
         Ok(c) => c,
-        Err(e) => return fail(Verdict::NotExecutable(format!("the agent's loop did not stop: {e}"))),
+        Err(e) => {
+            return fail(Verdict::NotExecutable(format!(
+                "the agent's loop did not stop: {e}"
+            )))
+        }
     };
     let mut obs = vec![super::race::verdict(
         allowed,

@@ -87,7 +87,11 @@ fn set_text(s: &BTreeSet<String>) -> String {
 /// The herd-style verdict on one race.
 pub fn verdict(allowed: &BTreeSet<String>, seen: &Observed) -> Observation {
     let observed: BTreeSet<String> = seen.counts.keys().cloned().collect();
-    let histogram: Vec<String> = seen.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let histogram: Vec<String> = seen
+        .counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     let rate = if seen.seconds > 0.0 {
         seen.rounds as f64 / seen.seconds
     } else {
@@ -103,12 +107,20 @@ pub fn verdict(allowed: &BTreeSet<String>, seen: &Observed) -> Observation {
     let v = if !forbidden.is_empty() {
         Verdict::Divergence(format!(
             "seen but not allowed: {}",
-            forbidden.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            forbidden
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     } else if !never.is_empty() {
         Verdict::KernelStronger(format!(
             "allowed but never seen: {}",
-            never.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            never
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     } else {
         Verdict::Conforms

@@ -188,7 +188,12 @@ impl Tally {
 
     /// All observations.
     pub fn total(&self) -> usize {
-        self.agree + self.diverge + self.known + self.not_observable + self.not_executable + self.not_modelled
+        self.agree
+            + self.diverge
+            + self.known
+            + self.not_observable
+            + self.not_executable
+            + self.not_modelled
     }
 
     /// Observables really compared.
@@ -480,7 +485,10 @@ mod tests {
 
     #[test]
     fn equal_values_agree_and_different_values_diverge() {
-        assert_eq!(Observation::compare("outcome", "agent", "completed", "completed").verdict, Verdict::Agree);
+        assert_eq!(
+            Observation::compare("outcome", "agent", "completed", "completed").verdict,
+            Verdict::Agree
+        );
         let d = Observation::compare("outcome", "agent", "completed", "efault");
         assert_eq!(d.verdict, Verdict::Diverge);
         let r = CheckReport {
@@ -528,12 +536,21 @@ mod tests {
         let r = CheckReport {
             scenarios: vec![scenario(vec![
                 Observation::compare("outcome", "agent", "completed", "completed"),
-                Observation::uncompared("level", "t", None, None, Verdict::NotObservable("n".into())),
+                Observation::uncompared(
+                    "level",
+                    "t",
+                    None,
+                    None,
+                    Verdict::NotObservable("n".into()),
+                ),
             ])],
         };
         assert_eq!(r.status(), 0);
         let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
         assert_eq!(v["summary"]["observables"]["agree"], 1);
-        assert_eq!(v["scenarios"][0]["steps"][0]["observations"][1]["verdict"], "not-observable");
+        assert_eq!(
+            v["scenarios"][0]["steps"][0]["observations"][1]["verdict"],
+            "not-observable"
+        );
     }
 }

@@ -322,11 +322,7 @@ impl RealSpace {
     /// The model range `[lo, hi)` covered by the space's ordinary VMAs, translated to real.
     pub fn real_window(&self) -> Option<(u64, u64)> {
         let lo = self.vmas.iter().map(|v| v.real_start).min()?;
-        let hi = self
-            .vmas
-            .iter()
-            .map(|v| v.real_start + v.spec.size)
-            .max()?;
+        let hi = self.vmas.iter().map(|v| v.real_start + v.spec.size).max()?;
         Some((lo, hi))
     }
 
@@ -352,7 +348,13 @@ impl RealSpace {
     }
 
     /// `madvise()` of a model range with a raw `MADV_*` value.
-    pub fn madvise(&self, start: u64, size: u64, advice: i32, name: &str) -> Result<(), SpaceError> {
+    pub fn madvise(
+        &self,
+        start: u64,
+        size: u64,
+        advice: i32,
+        name: &str,
+    ) -> Result<(), SpaceError> {
         let r = self.real_any(start);
         // SAFETY: as for munmap: guest RAM only, never referenced from Rust.
         if unsafe { libc::madvise(r as *mut libc::c_void, bytes(size), advice) } != 0 {
@@ -582,7 +584,10 @@ fn map_one(s: &RealVmaSpec, at: u64) -> Result<RealVma, SpaceError> {
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(sys(format!("mmap of the VMA at {:#x}+{:#x}", s.start, s.size)));
+        return Err(sys(format!(
+            "mmap of the VMA at {:#x}+{:#x}",
+            s.start, s.size
+        )));
     }
     let advice = if s.thp {
         Some((libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"))
@@ -596,7 +601,10 @@ fn map_one(s: &RealVmaSpec, at: u64) -> Result<RealVma, SpaceError> {
     if let Some((a, name)) = advice {
         // SAFETY: advice on the mapping just made.
         if unsafe { libc::madvise(p, bytes(s.size), a) } != 0 {
-            return Err(sys(format!("madvise({:#x}, {:#x}, {name})", s.start, s.size)));
+            return Err(sys(format!(
+                "madvise({:#x}, {:#x}, {name})",
+                s.start, s.size
+            )));
         }
     }
     Ok(RealVma {
@@ -702,13 +710,22 @@ mod tests {
 
     #[test]
     fn offsets_keep_1g_alignment_and_translate_both_ways() {
-        let s = RealSpace::new(&[anon(0x7f00_0000_0000, 4 << 20), anon(0x7f00_0040_0000, 2 << 20)], &[])
-            .unwrap();
+        let s = RealSpace::new(
+            &[
+                anon(0x7f00_0000_0000, 4 << 20),
+                anon(0x7f00_0040_0000, 2 << 20),
+            ],
+            &[],
+        )
+        .unwrap();
         assert_eq!(s.offset() % GIB, 0);
         let r = s.real(0x7f00_0000_1000).unwrap();
         assert_eq!(r % (2 << 20), 0x1000);
         assert_eq!(s.model(r), Some(0x7f00_0000_1000));
-        assert!(matches!(s.real(0x7f00_0080_0000), Err(SpaceError::Outside(_))));
+        assert!(matches!(
+            s.real(0x7f00_0080_0000),
+            Err(SpaceError::Outside(_))
+        ));
         // The memory is really there and writable.
         // SAFETY: r is inside a fresh RW mapping of the space.
         unsafe { (r as *mut u64).write_volatile(42) };
@@ -717,13 +734,24 @@ mod tests {
 
     #[test]
     fn gaps_between_vmas_are_unmapped() {
-        let s = RealSpace::new(&[anon(0x7f00_0000_0000, 1 << 20), anon(0x7f00_0100_0000, 1 << 20)], &[])
-            .unwrap();
+        let s = RealSpace::new(
+            &[
+                anon(0x7f00_0000_0000, 1 << 20),
+                anon(0x7f00_0100_0000, 1 << 20),
+            ],
+            &[],
+        )
+        .unwrap();
         assert!(s.read_u64(0x7f00_0080_0000).is_err());
         let gap = s.real_any(0x7f00_0080_0000);
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let mapped = maps.lines().any(|l| {
-            let (a, b) = l.split_whitespace().next().unwrap().split_once('-').unwrap();
+            let (a, b) = l
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
             let (a, b) = (
                 u64::from_str_radix(a, 16).unwrap(),
                 u64::from_str_radix(b, 16).unwrap(),
@@ -748,8 +776,12 @@ mod tests {
         // SAFETY: r is inside a fresh RW mapping of the space.
         unsafe { (r as *mut u64).write_volatile(7) };
         s.fork().unwrap();
-        s.mprotect(0x7f10_0000_0000, 0x1000, libc::PROT_NONE).unwrap();
-        assert!(s.read_u64(0x7f10_0000_0000).is_ok(), "/proc/self/mem ignores protection");
+        s.mprotect(0x7f10_0000_0000, 0x1000, libc::PROT_NONE)
+            .unwrap();
+        assert!(
+            s.read_u64(0x7f10_0000_0000).is_ok(),
+            "/proc/self/mem ignores protection"
+        );
         s.munmap(0x7f10_0000_0000, 0x1000).unwrap();
         assert!(s.read_u64(0x7f10_0000_0000).is_err());
         s.release_children();
@@ -757,11 +789,14 @@ mod tests {
 
     #[test]
     fn memfd_punch_hole_drops_the_page_cache() {
-        let s = RealSpace::new(&[RealVmaSpec {
-            kind: RealKind::Memfd,
-            shared: true,
-            ..anon(0x7f20_0000_0000, 1 << 20)
-        }], &[])
+        let s = RealSpace::new(
+            &[RealVmaSpec {
+                kind: RealKind::Memfd,
+                shared: true,
+                ..anon(0x7f20_0000_0000, 1 << 20)
+            }],
+            &[],
+        )
         .unwrap();
         let r = s.real(0x7f20_0000_0000).unwrap();
         // SAFETY: r is inside a fresh RW shared mapping of the space.
@@ -779,11 +814,14 @@ mod tests {
     fn vvar_is_found() {
         let (a, b) = find_vvar().expect("x86 Linux has [vvar]");
         assert!(b > a);
-        let s = RealSpace::new(&[RealVmaSpec {
-            kind: RealKind::Vvar,
-            prot: libc::PROT_READ,
-            ..anon(0x7f40_0000_0000, 0x1000)
-        }], &[])
+        let s = RealSpace::new(
+            &[RealVmaSpec {
+                kind: RealKind::Vvar,
+                prot: libc::PROT_READ,
+                ..anon(0x7f40_0000_0000, 0x1000)
+            }],
+            &[],
+        )
         .unwrap();
         assert_eq!(s.real(0x7f40_0000_0000).unwrap(), a);
     }

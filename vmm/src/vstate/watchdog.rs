@@ -67,7 +67,10 @@ impl Watchdog {
 
     /// Time since the last userspace exit (or since the watchdog was made).
     pub fn idle(&self) -> Duration {
-        Duration::from_millis(self.now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+        )
     }
 
     /// Whether the limit has passed.
@@ -95,11 +98,7 @@ impl Watchdog {
 
     /// The dumps recorded so far, by vCPU.
     pub fn dumps(&self) -> Vec<VcpuDump> {
-        let mut v = self
-            .dumps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let mut v = self.dumps.lock().unwrap_or_else(|e| e.into_inner()).clone();
         v.sort_by_key(|d| d.vcpu);
         v
     }
@@ -122,7 +121,10 @@ pub fn dump_vcpu(vcpu: &VcpuFd, index: usize, mem: &GuestMemoryMmap) -> VcpuDump
     if let Ok(t) = vcpu.translate_gva(d.rip) {
         if t.valid != 0 {
             let mut buf = [0u8; 15];
-            if mem.read_slice(&mut buf, GuestAddress(t.physical_address)).is_ok() {
+            if mem
+                .read_slice(&mut buf, GuestAddress(t.physical_address))
+                .is_ok()
+            {
                 d.insn = buf.to_vec();
             }
         }
@@ -148,7 +150,12 @@ impl Symbols {
         };
         let mut syms: Vec<(u64, u64, String)> = file
             .symbols()
-            .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Data | SymbolKind::Unknown))
+            .filter(|s| {
+                matches!(
+                    s.kind(),
+                    SymbolKind::Text | SymbolKind::Data | SymbolKind::Unknown
+                )
+            })
             .filter(|s| s.address() != 0)
             .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?.to_string())))
             .filter(|(_, _, n)| !n.is_empty())
@@ -186,7 +193,8 @@ pub fn report(limit: Duration, dumps: &[VcpuDump], n: usize, syms: &Symbols) -> 
             "\n  vCPU {}: RIP {:#x}{} RSP {:#x} CR3 {:#x} RFLAGS {:#x} bytes at RIP [{}]",
             d.vcpu,
             d.rip,
-            syms.symbolize(d.rip).map_or(String::new(), |s| format!(" <{s}>")),
+            syms.symbolize(d.rip)
+                .map_or(String::new(), |s| format!(" <{s}>")),
             d.rsp,
             d.cr3,
             d.rflags,
@@ -217,9 +225,19 @@ mod tests {
         assert!(w.expired());
         w.touch();
         assert!(!w.expired());
-        w.record(VcpuDump { vcpu: 1, ..Default::default() });
-        w.record(VcpuDump { vcpu: 0, ..Default::default() });
-        w.record(VcpuDump { vcpu: 0, rip: 5, ..Default::default() });
+        w.record(VcpuDump {
+            vcpu: 1,
+            ..Default::default()
+        });
+        w.record(VcpuDump {
+            vcpu: 0,
+            ..Default::default()
+        });
+        w.record(VcpuDump {
+            vcpu: 0,
+            rip: 5,
+            ..Default::default()
+        });
         let d = w.dumps();
         assert_eq!((d.len(), d[0].vcpu, d[0].rip), (2, 0, 0));
     }
@@ -236,7 +254,20 @@ mod tests {
             .expect("_start in the symbol table");
         assert_eq!(syms.symbolize(start).as_deref(), Some("_start+0x0"));
         assert!(Symbols::from_elf(b"not an elf").is_empty());
-        let r = report(Duration::from_secs(3), &[VcpuDump { vcpu: 0, rip: start, insn: vec![0xeb, 0xfe], ..Default::default() }], 2, &syms);
-        assert!(r.contains("<_start+0x0>") && r.contains("eb fe") && r.contains("did not answer"), "{r}");
+        let r = report(
+            Duration::from_secs(3),
+            &[VcpuDump {
+                vcpu: 0,
+                rip: start,
+                insn: vec![0xeb, 0xfe],
+                ..Default::default()
+            }],
+            2,
+            &syms,
+        );
+        assert!(
+            r.contains("<_start+0x0>") && r.contains("eb fe") && r.contains("did not answer"),
+            "{r}"
+        );
     }
 }

@@ -10,6 +10,6 @@
 
 pub mod host;
 pub mod pagemap;
+pub mod pagemap_scan;
 pub mod probe;
 pub mod tracefs;
-pub mod pagemap_scan;

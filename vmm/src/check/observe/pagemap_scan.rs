@@ -43,7 +43,10 @@ struct PageRegion {
 }
 
 /// `PAGEMAP_SCAN = _IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: libc::c_ulong = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16) | ((b'f' as libc::c_ulong) << 8) | 16;
+const PAGEMAP_SCAN: libc::c_ulong = (3 << 30)
+    | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16)
+    | ((b'f' as libc::c_ulong) << 8)
+    | 16;
 
 /// Whether the page at `addr` (this process) is mapped by a huge leaf: `Some(true)` for a PMD
 /// or hugetlb mapping, `Some(false)` for a PTE or nothing, `None` when the kernel has no
@@ -122,7 +125,11 @@ mod tests {
         assert!(huge, "a written MADV_HUGEPAGE range maps a PMD THP");
         // SAFETY: split the PMD by protecting one 4K page, inside our own mapping.
         unsafe { libc::mprotect((al + 4096) as *mut libc::c_void, 4096, libc::PROT_READ) };
-        assert_eq!(mapping_is_huge(al), Some(false), "after split_huge_pmd the THP is PTE-mapped");
+        assert_eq!(
+            mapping_is_huge(al),
+            Some(false),
+            "after split_huge_pmd the THP is PTE-mapped"
+        );
         // SAFETY: our own mapping.
         unsafe { libc::munmap(p, len) };
     }
