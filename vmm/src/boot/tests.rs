@@ -663,6 +663,10 @@ mod fuzz {
             };
             *loaded.entry(key).or_default() += 1;
         }
+        let _ = std::fs::remove_file(&kp);
+        if let Some(dir) = kp.parent().filter(|d| d.starts_with("/dev/shm")) {
+            let _ = std::fs::remove_dir(dir);
+        }
         eprintln!("outcomes of 400 generated images: {loaded:?}");
         for f in ["BzImage", "ElfPvh", "Elf64"] {
             assert!(loaded.get(f).copied().unwrap_or(0) >= 10, "{f}: {loaded:?}");
