@@ -566,7 +566,8 @@ mod fuzz {
         let t = format!("{tag}-{:?}", std::thread::current().id()).replace(['(', ')'], "");
         let shm = Path::new("/dev/shm");
         if shm.is_dir() {
-            let dir = shm.join(format!("faultline-boot-fuzz-{}", std::process::id()));
+            // One directory per test thread: each removes its own when done.
+            let dir = shm.join(format!("faultline-boot-fuzz-{}-{t}", std::process::id()));
             if std::fs::create_dir_all(&dir).is_ok() {
                 return (
                     dir.join(format!("{t}-kernel")),
