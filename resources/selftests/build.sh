@@ -23,6 +23,8 @@ log() { echo "mm-selftests: $*" >&2; }
 die() { echo "mm-selftests: error: $*" >&2; exit 1; }
 
 [ -r "$tarball" ] || die "$tarball not found: install it with: sudo apt-get install -y linux-source-6.12 (or set LINUX_SOURCE_TARBALL)"
+# numa.h/libnuma.a (ksm_tests, migration) and sys/capability.h/libcap.a (memfd_secret,
+# mlock-random-test): without them those tests are listed as unavailable, not fatal.
 for tool in make gcc tar xz file; do
   command -v "$tool" >/dev/null || die "'$tool' is missing; install it with: sudo apt-get install -y build-essential xz-utils file"
 done
@@ -51,8 +53,9 @@ log "make headers (the uapi headers the tests include)"
 make -C "$src" -s headers >&2
 jobs="$(nproc)"
 log "building tools/testing/selftests/mm statically with -j$jobs (a few minutes on 2 cores)"
+# -static in EXTRA_CFLAGS too: the x86 pkey tests are linked by rules that ignore LDFLAGS.
 # -k: one test that does not build must not stop the others; what is missing is listed below.
-make -C "$src/tools/testing/selftests/mm" -j"$jobs" -k LDFLAGS=-static >"$out/build.log" 2>&1 \
+make -C "$src/tools/testing/selftests/mm" -j"$jobs" -k LDFLAGS=-static EXTRA_CFLAGS=-static >"$out/build.log" 2>&1 \
   || log "some tests did not build; see $out/build.log (they are listed in unavailable.txt)"
 sel="$src/tools/testing/selftests/mm"
 
@@ -69,10 +72,12 @@ print-targets:
 MK
 )"
 [ -n "$targets" ] || die "could not list the mm selftest targets from $sel/Makefile"
-for t in $targets; do
+for t in $(printf '%s\n' $targets | sort -u); do
   bin="$sel/$t"
   if [ ! -x "$bin" ]; then
-    reason="not built on this host (see build.log)"
+    # The first compiler error names what is missing (a header: a -dev package).
+    err="$(grep -m1 -E "^$t\.c:[0-9]+:[0-9]+: (fatal )?error:" "$out/build.log" | sed -E 's/^[^ ]+ (fatal )?error: //' || true)"
+    reason="did not build${err:+: $err}"
     case "$t" in
       *_32) reason="no 32-bit toolchain (gcc-multilib) on the build host" ;;
     esac

@@ -13,6 +13,7 @@ fn main() {
             vmm::measure::cli::run_faults(&args)
         }
         Command::Bench(vmm::cli::BenchCommand::Boot(args)) => vmm::bench_boot::main(&args),
+        Command::Test(vmm::cli::TestCommand::Mm(args)) => vmm::selftests::main(&args),
     };
     std::process::exit(status);
 }
