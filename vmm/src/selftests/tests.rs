@@ -34,16 +34,16 @@ fn plan_defaults_to_smoke_and_selects_by_program_category_and_skips() {
     assert_eq!(p[0].skip.as_deref(), Some("hangs"));
     assert_eq!(p[1].skip.as_deref(), Some("khugepaged did not build: x"));
     assert_eq!(p[2].test.name, "khugepaged -s 2");
-    assert!(p[2].skip.is_some(), "every variant of an unavailable program is skipped");
+    assert!(
+        p[2].skip.is_some(),
+        "every variant of an unavailable program is skipped"
+    );
     assert_eq!(
         (p[3].test.category.as_str(), p[3].test.command.as_str()),
         ("extra", "./'mine'")
     );
     let tf = tests_file(&p);
-    assert_eq!(
-        tf,
-        "mine\t30\tmine\t./'mine'\n"
-    );
+    assert_eq!(tf, "mine\t30\tmine\t./'mine'\n");
 }
 
 const CONSOLE: &str = "\
