@@ -396,12 +396,12 @@ pub fn evaluate(plan: &[Planned], console: &str, vm_end: Option<String>) -> Verd
 fn console_reason(log: &str) -> Option<String> {
     log.lines()
         .filter_map(|l| l.trim_start().strip_prefix("# "))
-        .filter(|l| {
+        .rfind(|l| {
             let low = l.to_ascii_lowercase();
-            low.contains("fail") || low.contains("error") || low.contains("unable")
+            (low.contains("fail") || low.contains("error") || low.contains("unable"))
+                && !l.starts_with("Totals")
+                && !l.starts_with("faultline-mm")
         })
-        .filter(|l| !l.starts_with("Totals") && !l.starts_with("faultline-mm"))
-        .last()
         .map(|s| s.chars().take(160).collect())
 }
 
@@ -446,7 +446,10 @@ pub fn plan(
                 name: want.clone(),
                 category: "extra".into(),
                 program: want.clone(),
-                command: format!("./{}", crate::boot::initramfs::shell_quote(&[want.clone()])),
+                command: format!(
+                    "./{}",
+                    crate::boot::initramfs::shell_quote(std::slice::from_ref(want))
+                ),
             };
             push(&custom, &mut chosen);
         } else {

@@ -121,7 +121,7 @@ pub fn json(v: &Verdict) -> String {
                     format!(
                         "{}",
                         if t.number == 0 {
-                            i as u32 + 1
+                            u32::try_from(i + 1).unwrap_or(u32::MAX)
                         } else {
                             t.number
                         }
