@@ -46,6 +46,25 @@ pub enum Command {
     /// Benchmarks (`faultline bench faults`).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Guest-side test suites (`faultline test mm`).
+    #[command(subcommand)]
+    Test(TestCommand),
+}
+
+/// `faultline test` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TestCommand {
+    /// The kernel's MM selftests (tools/testing/selftests/mm) in a faultline guest.
+    #[command(after_help = "Examples:\n  \
+        faultline test mm                         # the smoke set\n  \
+        faultline test mm --list\n  \
+        faultline test mm -t userfaultfd --json mm.json --junit mm.xml --output logs/\n  \
+        faultline test mm cow 'gup_test -u' --timeout 300\n  \
+        faultline test mm --all --memory 2G --vcpus 2\n\n\
+        Exit status: 0 every requested test passed or was skipped with a reason; 1 a test\n\
+        failed or timed out, or the guest kernel panicked, oopsed or stalled; 2 a requested\n\
+        test never reported (or the run could not start).")]
+    Mm(crate::selftests::MmArgs),
 }
 
 /// `faultline bench` subcommands.

@@ -14,6 +14,7 @@ fn main() {
         }
         Command::Bench(vmm::cli::BenchCommand::Boot(args)) => vmm::bench_boot::main(&args),
         Command::Bench(vmm::cli::BenchCommand::Check(args)) => vmm::check::bench::run(&args),
+        Command::Test(vmm::cli::TestCommand::Mm(args)) => vmm::selftests::main(&args),
     };
     std::process::exit(status);
 }
