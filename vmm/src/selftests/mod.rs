@@ -782,6 +782,8 @@ fn run(args: &MmArgs) -> Result<i32, MmTestError> {
         print!("{}", report::list(&planned));
         return Ok(0);
     }
+    // Bad options fail before minutes of kernel and selftest builds.
+    plan(args, &skips, &[], DEFAULT_TIMEOUT)?;
     let needed: Vec<&str> = PACKAGES
         .iter()
         .copied()
