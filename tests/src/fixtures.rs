@@ -27,21 +27,9 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-pub use vmm::testing::{apt_command, require_packages, reserve_huge_pages, HugePages};
-
-/// What `resources/guest-kernel/build.sh` needs: the Linux 6.12 source and its toolchain.
-pub const KERNEL_BUILD_PACKAGES: &[&str] = &[
-    "linux-source-6.12",
-    "build-essential",
-    "bc",
-    "flex",
-    "bison",
-    "libelf-dev",
-    "libssl-dev",
-    "lz4",
-    "xz-utils",
-    "cpio",
-];
+pub use vmm::testing::{
+    apt_command, require_packages, reserve_huge_pages, HugePages, KERNEL_BUILD_PACKAGES,
+};
 
 /// What `resources/initramfs/build.sh` needs.
 pub const INITRAMFS_PACKAGES: &[&str] = &["busybox-static", "cpio"];

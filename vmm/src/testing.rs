@@ -196,6 +196,21 @@ impl FileLock {
     }
 }
 
+/// What `resources/guest-kernel/build.sh` needs: the Linux 6.12 source and its toolchain
+/// (the tests' fixtures and `faultline test mm` both build the guest kernel).
+pub const KERNEL_BUILD_PACKAGES: &[&str] = &[
+    "linux-source-6.12",
+    "build-essential",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+    "libssl-dev",
+    "lz4",
+    "xz-utils",
+    "cpio",
+];
+
 /// Makes sure the Debian packages `pkgs` are installed. Where some are missing and we are
 /// root on Debian, runs `apt-get update` (once per process) and `apt-get install -y` for
 /// them, with apt's progress on stderr and the command printed first; test processes take

@@ -532,25 +532,15 @@ fn run_script(script: &Path) -> Result<String, MmTestError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Debian packages the build scripts and the initramfs need.
-pub const PACKAGES: &[&str] = &[
-    "linux-source-6.12",
-    "build-essential",
-    "bc",
-    "flex",
-    "bison",
-    "libelf-dev",
-    "libssl-dev",
-    "lz4",
-    "xz-utils",
-    "cpio",
+/// Debian packages the selftests and their initramfs need besides the guest kernel's
+/// ([`crate::testing::KERNEL_BUILD_PACKAGES`]).
+pub const SELFTEST_PACKAGES: &[&str] = &[
     "file",
     "busybox-static",
     "bash-static",
     "libcap-dev",
     "libnuma-dev",
 ];
-
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, MmTestError> {
     std::fs::read(path).map_err(|source| MmTestError::Io {
         what,
@@ -784,8 +774,9 @@ fn run(args: &MmArgs) -> Result<i32, MmTestError> {
     }
     // Bad options fail before minutes of kernel and selftest builds.
     plan(args, &skips, &[], DEFAULT_TIMEOUT)?;
-    let needed: Vec<&str> = PACKAGES
+    let needed: Vec<&str> = crate::testing::KERNEL_BUILD_PACKAGES
         .iter()
+        .chain(SELFTEST_PACKAGES)
         .copied()
         .filter(|p| match *p {
             "linux-source-6.12" => args.kernel.is_none() || args.selftests.is_none(),
