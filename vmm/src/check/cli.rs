@@ -94,17 +94,9 @@ pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 }
 
 fn kvm_usable(dev: &Path) -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "Cannot open {}: {e}. faultline check runs every scenario on real KVM: load kvm (modprobe kvm_intel or kvm_amd) and run as root or a member of the kvm group",
-                dev.display()
-            )
-        })
+    crate::vstate::kvm::open_kvm(dev)
+        .map(drop)
+        .map_err(|e| format!("{e} (faultline check runs every scenario on real KVM)"))
 }
 
 /// Runs `faultline check`; returns the exit status.

@@ -141,26 +141,17 @@ pub struct RealSpace {
     reserved: Vec<(u64, u64)>,
 }
 
-/// What `/proc/self/maps` says about `[vvar]`.
+/// Where this process's `[vvar]` is (`/proc/self/smaps`).
 pub fn find_vvar() -> Option<(u64, u64)> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find(|l| l.ends_with("[vvar]")).and_then(|l| {
-        let range = l.split_whitespace().next()?;
-        let (a, b) = range.split_once('-')?;
-        Some((
-            u64::from_str_radix(a, 16).ok()?,
-            u64::from_str_radix(b, 16).ok()?,
-        ))
-    })
+    let smaps = super::observe::pagemap::Smaps::read().ok()?;
+    smaps.named("[vvar]").map(|v| (v.start, v.end))
 }
 
-/// Free huge pages of `size` bytes (from sysfs), if the host has that pool.
+/// Free huge pages of `size` bytes, if the host has that pool.
 pub fn free_huge_pages(size: u64) -> Option<u64> {
-    let p = format!(
-        "/sys/kernel/mm/hugepages/hugepages-{}kB/free_hugepages",
-        size / 1024
-    );
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    super::observe::host::pool(&format!("{}kB", size / 1024))
+        .value
+        .map(|p| p.free)
 }
 
 impl RealSpace {

@@ -255,7 +255,8 @@ pub fn paging_mode(
     }
 }
 
-fn pool(size: &str) -> Observed<HugetlbPool> {
+/// The hugetlb pool of page size `size` (`"2048kB"`, `"1048576kB"`).
+pub(crate) fn pool(size: &str) -> Observed<HugetlbPool> {
     let dir = format!("/sys/kernel/mm/hugepages/hugepages-{size}");
     let nr = read_u64(&format!("{dir}/nr_hugepages"));
     let free = read_u64(&format!("{dir}/free_hugepages"));
