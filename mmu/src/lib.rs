@@ -86,6 +86,7 @@ pub mod explore;
 pub mod gup;
 pub mod host;
 pub mod notifier;
+pub mod record;
 pub mod scenario;
 pub mod secondary;
 pub mod types;
