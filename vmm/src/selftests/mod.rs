@@ -91,6 +91,14 @@ pub struct MmArgs {
     /// KVM device node [default: /dev/kvm].
     #[arg(long, value_name = "PATH")]
     pub kvm_device: Option<PathBuf>,
+    /// Then boot the same kernel, initramfs and command line in QEMU microvm (Debian's
+    /// qemu-system-x86, installed when missing) and print both runs side by side. The exit
+    /// status stays faultline's verdict.
+    #[arg(long)]
+    pub compare_qemu: bool,
+    /// QEMU binary for --compare-qemu (a path, or a name looked up in PATH).
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
 }
 
 /// `faultline test mm` could not run.
@@ -130,6 +138,14 @@ pub enum MmTestError {
     /// The VM could not be started.
     #[error(transparent)]
     Vmm(#[from] crate::VmmError),
+    /// QEMU could not be found or started for --compare-qemu.
+    #[error("--compare-qemu: cannot run {path:?}: {message} (apt-get install qemu-system-x86, or pass --qemu PATH)")]
+    Qemu {
+        /// The QEMU binary.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// One test chosen to run (or skipped before the boot).
@@ -673,6 +689,59 @@ impl Write for Tee {
     }
 }
 
+/// The guest kernel's command line before the VMM adds its platform options
+/// ([`crate::boot::full_cmdline`]).
+fn guest_cmdline() -> String {
+    format!(
+        "{} hugepages={GUEST_HUGEPAGES} faultline.exit_port={:#x}",
+        crate::config::DEFAULT_CMDLINE,
+        devices::debug_exit::DEBUG_EXIT_PORT
+    )
+}
+
+/// Boots the same kernel and initramfs in QEMU microvm with the command line faultline's
+/// guest gets (platform options included) and returns the console and, if QEMU did not end
+/// through the init's clean exit, why. QEMU is killed after `limit`.
+fn boot_qemu(
+    args: &MmArgs,
+    kernel: &Path,
+    initrd: &Path,
+    limit: Duration,
+) -> Result<(String, Option<String>), MmTestError> {
+    use crate::bench_boot::linux::{capture, find_program, qemu_args, QEMU_DEBUG_EXIT_OK};
+    let qemu = find_program(&args.qemu).ok_or_else(|| MmTestError::Qemu {
+        path: args.qemu.clone(),
+        message: "not found".into(),
+    })?;
+    let cmdline = crate::boot::full_cmdline(&guest_cmdline());
+    let mut cmd = std::process::Command::new(&qemu);
+    cmd.args(qemu_args(kernel, initrd, &cmdline, args.memory, args.vcpus));
+    let c = capture(cmd, limit).map_err(|(path, e)| MmTestError::Qemu {
+        path,
+        message: e.to_string(),
+    })?;
+    let mut console = String::new();
+    for l in &c.stdout {
+        console.push_str(&l.text);
+        console.push('\n');
+    }
+    let end = if c.timed_out {
+        Some(format!(
+            "faultline test mm killed QEMU after {} s (the tests' limits plus the boot allowance)",
+            limit.as_secs()
+        ))
+    } else if c.code == Some(QEMU_DEBUG_EXIT_OK) {
+        None
+    } else {
+        Some(format!(
+            "QEMU exited with status {:?}; its last lines:\n{}",
+            c.code,
+            c.tail()
+        ))
+    };
+    Ok((console, end))
+}
+
 /// Boots the guest with `initrd` and returns the console and, if it did not end cleanly,
 /// why. Stops the VM after `limit`.
 fn boot(
@@ -681,11 +750,7 @@ fn boot(
     initrd: &Path,
     limit: Duration,
 ) -> Result<(String, Option<String>), MmTestError> {
-    let cmdline = format!(
-        "{} hugepages={GUEST_HUGEPAGES} faultline.exit_port={:#x}",
-        crate::config::DEFAULT_CMDLINE,
-        devices::debug_exit::DEBUG_EXIT_PORT
-    );
+    let cmdline = guest_cmdline();
     let config = VmConfig {
         memory: MemoryConfig {
             size: args.memory,
@@ -783,6 +848,10 @@ fn run(args: &MmArgs) -> Result<i32, MmTestError> {
             "busybox-static" => std::env::var_os(crate::boot::initramfs::BUSYBOX_ENV).is_none(),
             _ => true,
         })
+        .chain(
+            (args.compare_qemu && crate::bench_boot::linux::find_program(&args.qemu).is_none())
+                .then_some("qemu-system-x86"),
+        )
         .collect();
     crate::testing::require_packages(&needed).map_err(MmTestError::Packages)?;
     let kernel = match &args.kernel {
@@ -835,9 +904,20 @@ fn run(args: &MmArgs) -> Result<i32, MmTestError> {
     );
     let started = Instant::now();
     let booted = boot(args, &kernel, &initrd, limit);
+    let wall = started.elapsed();
+    let qemu = match (&booted, args.compare_qemu) {
+        (Ok(_), true) => {
+            eprintln!(
+                "faultline test mm: booting the same kernel, initramfs and command line in QEMU microvm"
+            );
+            let started = Instant::now();
+            let q = boot_qemu(args, &kernel, &initrd, limit);
+            Some((q, started.elapsed()))
+        }
+        _ => None,
+    };
     let _ = std::fs::remove_file(&initrd);
     let (console, vm_end) = booted?;
-    let wall = started.elapsed();
     let verdict = evaluate(&planned, &console, vm_end);
     if let Some(dir) = &args.output {
         report::write_logs(dir, &verdict, &console)?;
@@ -849,6 +929,17 @@ fn run(args: &MmArgs) -> Result<i32, MmTestError> {
         report::write_file(p, &report::junit(&verdict))?;
     }
     print!("{}", report::table(&verdict, wall));
+    if let Some((q, q_wall)) = qemu {
+        let (q_console, q_end) = q?;
+        let q_verdict = evaluate(&planned, &q_console, q_end);
+        if let Some(p) = &args.json {
+            report::write_file(&report::qemu_path(p), &report::json(&q_verdict))?;
+        }
+        print!(
+            "{}",
+            report::compare_table(&verdict, wall, &q_verdict, q_wall)
+        );
+    }
     Ok(verdict.exit_code)
 }
 

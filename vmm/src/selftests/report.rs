@@ -53,6 +53,64 @@ pub fn table(v: &Verdict, wall: Duration) -> String {
     s
 }
 
+/// Where `--compare-qemu` writes QEMU's JSON next to `--json FILE`: `mm.json` -> `mm.qemu.json`.
+pub fn qemu_path(json: &Path) -> std::path::PathBuf {
+    let stem = json
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match json.extension() {
+        Some(ext) => format!("{stem}.qemu.{}", ext.to_string_lossy()),
+        None => format!("{stem}.qemu"),
+    };
+    json.with_file_name(name)
+}
+
+/// `--compare-qemu`: both runs of the same plan side by side, the tests whose results differ
+/// marked, and the wall times with their ratio.
+pub fn compare_table(fl: &Verdict, fl_wall: Duration, q: &Verdict, q_wall: Duration) -> String {
+    let w = fl
+        .cases
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut s = format!(
+        "\n{:w$}  {:9} {:>8}  {:9} {:>8}\n",
+        "test", "faultline", "seconds", "QEMU", "seconds"
+    );
+    let mut differ = 0;
+    for c in &fl.cases {
+        let other = q.cases.iter().find(|o| o.name == c.name);
+        let (qr, qs) = other.map_or(("-", 0.0), |o| (o.result.as_str(), o.seconds));
+        let mark = if qr != c.result {
+            differ += 1;
+            "  <- differs"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "{:w$}  {:9} {:>8.2}  {:9} {:>8.2}{mark}\n",
+            c.name, c.result, c.seconds, qr, qs
+        ));
+    }
+    let guest_total = |v: &Verdict| v.cases.iter().map(|c| c.seconds).sum::<f64>();
+    s.push_str(&format!(
+        "wall time: faultline {:.0} s, QEMU microvm {:.0} s (faultline/QEMU {:.2}); time in tests: {:.0} s vs {:.0} s; {differ} of {} results differ\n",
+        fl_wall.as_secs_f64(),
+        q_wall.as_secs_f64(),
+        fl_wall.as_secs_f64() / q_wall.as_secs_f64().max(1e-9),
+        guest_total(fl),
+        guest_total(q),
+        fl.cases.len()
+    ));
+    if let Some(end) = &q.vm_end {
+        s.push_str(&format!("QEMU did not end through the test init: {end}\n"));
+    }
+    s
+}
+
 /// `--list`: every test with its category and, if it is skipped, why.
 pub fn list(plan: &[Planned]) -> String {
     let w = plan

@@ -160,3 +160,34 @@ fn a_kernel_oops_fails_the_run_and_names_the_running_test() {
     let t = report::table(&v, Duration::from_secs(3));
     assert!(t.contains("while running mkdirty"), "{t}");
 }
+
+#[test]
+fn compare_qemu_marks_differing_results_and_names_the_json() {
+    let plan = custom(&["fails"]);
+    let fl = evaluate(&plan, CONSOLE, None);
+    // QEMU's run of the same plan: mkdirty failed there, fails failed too.
+    let qemu_console = CONSOLE
+        .replace("status 0 seconds 1.25", "status 1 seconds 2.50")
+        .replace("ok 1 mkdirty", "not ok 1 mkdirty # exit=1");
+    let q = evaluate(
+        &plan,
+        &qemu_console,
+        Some("QEMU exited with status Some(3)".into()),
+    );
+    assert_eq!(
+        (fl.cases[0].result.as_str(), q.cases[0].result.as_str()),
+        ("PASS", "FAIL")
+    );
+    let t = report::compare_table(&fl, Duration::from_secs(100), &q, Duration::from_secs(50));
+    let marked: Vec<&str> = t.lines().filter(|l| l.ends_with("<- differs")).collect();
+    assert_eq!(marked.len(), 1, "{t}");
+    assert!(marked[0].starts_with("mkdirty"), "{t}");
+    assert!(t.contains("faultline/QEMU 2.00"), "{t}");
+    assert!(t.contains("1 of 2 results differ"), "{t}");
+    assert!(t.contains("QEMU did not end through the test init"), "{t}");
+    assert_eq!(
+        report::qemu_path(Path::new("/tmp/mm.json")),
+        Path::new("/tmp/mm.qemu.json")
+    );
+    assert_eq!(report::qemu_path(Path::new("out")), Path::new("out.qemu"));
+}
