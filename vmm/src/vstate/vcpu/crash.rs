@@ -4,6 +4,7 @@
 #[cfg(doc)]
 use crate::vstate::hook::ExitHook;
 use kvm_bindings::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES;
+use crate::vstate::hook::DebugExit;
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -21,6 +22,8 @@ pub enum CrashKind {
         /// Physical CPU.
         cpu: u32,
     },
+    /// KVM_EXIT_DEBUG with no debugger to take it.
+    Debug(DebugExit),
     /// An exit faultline does not handle.
     Unexpected(String),
 }
@@ -32,6 +35,7 @@ impl CrashKind {
             CrashKind::InternalError => "KVM_EXIT_INTERNAL_ERROR".into(),
             CrashKind::Shutdown => "KVM_EXIT_SHUTDOWN".into(),
             CrashKind::FailEntry { .. } => "KVM_EXIT_FAIL_ENTRY".into(),
+            CrashKind::Debug(_) => "KVM_EXIT_DEBUG".into(),
             CrashKind::Unexpected(what) => what.clone(),
         }
     }
@@ -94,6 +98,10 @@ pub fn format_crash(kind: &CrashKind, st: &CrashState) -> String {
         CrashKind::FailEntry { reason, cpu } => format!(
             "KVM_EXIT_FAIL_ENTRY hardware reason {reason:#x} on host CPU {cpu} at RIP {:#x}",
             st.rip
+        ),
+        CrashKind::Debug(d) => format!(
+            "unhandled exit KVM_EXIT_DEBUG (exception {}, DR6 {:#x}) at RIP {:#x}",
+            d.exception, d.dr6, st.rip
         ),
         CrashKind::Unexpected(what) => format!("unhandled exit {what} at RIP {:#x}", st.rip),
     }

@@ -2,6 +2,7 @@
 //! with made-up exits and no `/dev/kvm` (like firecracker's `handle_kvm_exit`).
 
 use super::crash::CrashKind;
+use crate::vstate::hook::DebugExit;
 use devices::bus::Bus;
 use devices::exit::{ExitSignal, VmExit};
 use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
@@ -62,6 +63,12 @@ pub fn dispatch_exit(exit: VcpuExit<'_>, ctx: &ExitContext<'_>) -> ExitAction {
             ctx.exit.request(VmExit::Reset);
             ExitAction::Stop
         }
+        VcpuExit::Debug(d) => ExitAction::Crash(CrashKind::Debug(DebugExit {
+            exception: d.exception,
+            pc: d.pc,
+            dr6: d.dr6,
+            dr7: d.dr7,
+        })),
         other => ExitAction::Crash(CrashKind::Unexpected(format!("{other:?}"))),
     };
     if action == ExitAction::Continue && ctx.exit.fired() {

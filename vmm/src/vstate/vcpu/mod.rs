@@ -154,7 +154,9 @@ pub struct VcpuStats {
 /// Runs vCPU `index` until the VM ends; reports crashes through `ctx.exit`.
 ///
 /// `hook`, when given, sees KVM_RUN errors (EFAULT with or without `KVM_EXIT_MEMORY_FAULT`
-/// info, ...) and the exits [`dispatch_exit`] reports as crashes, before the default action.
+/// info, ...) and the exits [`dispatch_exit`] reports as crashes, before the default action;
+/// it is also asked before the first KVM_RUN ([`ExitHook::on_start`]), after a kick
+/// ([`ExitHook::on_kick`]) and on `KVM_EXIT_DEBUG` ([`ExitHook::on_debug_exit`]).
 pub fn run_vcpu(
     mut vcpu: VcpuFd,
     ctx: ExitContext<'_>,
@@ -167,7 +169,12 @@ pub fn run_vcpu(
     let mut stats = VcpuStats::default();
     let run_ptr: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
     kick::set_kick_target(run_ptr);
+    if let Some(h) = hook {
+        let said = h.on_start(&mut VcpuControl::new(&mut vcpu, ctx.vcpu));
+        apply_hook(ExitAction::Continue, Some(said), ctx.exit);
+    }
     while !ctx.exit.fired() {
+        let mut kicked = false;
         // KVM leaves exit_reason stale on errors that carry no KVM_EXIT_MEMORY_FAULT, so
         // clear it: kvm-ioctls reads it after an EFAULT to decide whether `memory_fault` is
         // valid.
@@ -206,6 +213,7 @@ pub fn run_vcpu(
                     w.record(super::watchdog::dump_vcpu(&vcpu, ctx.vcpu, mem));
                     dumped = true;
                 }
+                kicked = true;
                 Ok(ExitAction::Continue)
             }
             Err(e) => Err((e.errno(), None)),
@@ -213,9 +221,17 @@ pub fn run_vcpu(
         let (action, hook_said) = match outcome {
             Ok(ExitAction::Crash(kind)) => {
                 let said = hook.map(|h| {
-                    h.on_unhandled_exit(&mut VcpuControl::new(&mut vcpu, ctx.vcpu), &kind.name())
+                    let ctl = &mut VcpuControl::new(&mut vcpu, ctx.vcpu);
+                    match &kind {
+                        CrashKind::Debug(d) => h.on_debug_exit(ctl, *d),
+                        _ => h.on_unhandled_exit(ctl, &kind.name()),
+                    }
                 });
                 (ExitAction::Crash(kind), said)
+            }
+            Ok(ExitAction::Continue) if kicked && !ctx.exit.fired() => {
+                let said = hook.map(|h| h.on_kick(&mut VcpuControl::new(&mut vcpu, ctx.vcpu)));
+                (ExitAction::Continue, said)
             }
             Ok(a) => (a, None),
             Err((errno, fault)) => {
