@@ -1,10 +1,10 @@
 //! Crash decoding: what KVM said when a guest crashed, the state gathered from the vCPU,
 //! and the user-facing message.
 
+use crate::vstate::hook::DebugExit;
 #[cfg(doc)]
 use crate::vstate::hook::ExitHook;
 use kvm_bindings::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES;
-use crate::vstate::hook::DebugExit;
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
