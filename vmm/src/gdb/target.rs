@@ -51,6 +51,8 @@ pub struct GdbTarget<'a> {
     locked: bool,
     /// Told the user once that `break` cannot work here.
     warned_sw: bool,
+    /// Told the user once about watchpoints on this platform.
+    warned_watch: bool,
 }
 
 impl std::fmt::Debug for GdbTarget<'_> {
@@ -73,6 +75,7 @@ impl<'a> GdbTarget<'a> {
             actions: vec![None; n],
             locked: false,
             warned_sw: false,
+            warned_watch: false,
         }
     }
 
@@ -300,6 +303,11 @@ pub const SW_BREAKPOINT_REFUSED: &str = "software breakpoints (gdb's `break`) ar
 this host's KVM cannot run a guest int3 (it ends the VM with an emulation failure); \
 use `hbreak` (hardware breakpoint, 4 at most) instead";
 
+/// What faultline prints when gdb sets its first hardware watchpoint.
+pub const WATCHPOINT_CAVEAT: &str = "armed in a debug register; on nested, paravirtualised \
+KVM (kvm_pvm) data breakpoints were seen never to fire: if gdb does not stop, \
+`set can-use-hw-watchpoints 0` makes gdb single-step and compare instead (slow)";
+
 impl SwBreakpoint for GdbTarget<'_> {
     /// Refused (gdb reports that it cannot insert the breakpoint); answered as such rather
     /// than "unsupported", which would make gdb write an int3 into guest memory itself.
@@ -333,6 +341,10 @@ impl HwWatchpoint for GdbTarget<'_> {
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
+        if !self.warned_watch {
+            eprintln!("faultline: gdb: watchpoint at {addr:#x}: {WATCHPOINT_CAVEAT}");
+            self.warned_watch = true;
+        }
         Ok(self
             .vcpus
             .with_breakpoints(|b| b.add(Slot::Watch { addr, len, kind })))
