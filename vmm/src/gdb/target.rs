@@ -115,10 +115,7 @@ impl<'a> GdbTarget<'a> {
             mem.read_slice(&mut b[..size], GuestAddress(gpa)).ok()?;
             Some(u64::from_le_bytes(b))
         };
-        walk(&paging, gva, read).map_err(|e: WalkError| {
-            let _ = e;
-            TargetError::Errno(EFAULT)
-        })
+        walk(&paging, gva, read).map_err(|_: WalkError| TargetError::Errno(EFAULT))
     }
 
     /// Guest-virtual page-sized pieces of `[start, start + len)`.
@@ -129,7 +126,8 @@ impl<'a> GdbTarget<'a> {
                 return None;
             }
             let gva = start.wrapping_add(off as u64);
-            let in_page = (0x1000 - (gva & 0xfff)) as usize;
+            // At most 4096: fits any usize.
+            let in_page = usize::try_from(0x1000 - (gva & 0xfff)).unwrap_or(1);
             let n = in_page.min(len - off);
             let r = off..off + n;
             off += n;
