@@ -94,6 +94,13 @@ impl HwBreakpoints {
         self.slots.contains(&Some(Slot::Exec(rip)))
     }
 
+    /// These breakpoints without the instruction breakpoint at `rip` (to step over it).
+    pub fn without(&self, rip: u64) -> HwBreakpoints {
+        let mut b = self.clone();
+        b.remove(Slot::Exec(rip));
+        b
+    }
+
     /// DR7 for the armed slots: local enable L*n* (bit 2n), R/W*n* at bits 16+4n (00
     /// execute, 01 write, 11 read or write: x86 has no read-only watch) and LEN*n* at
     /// 18+4n (00 = 1, 01 = 2, 11 = 4, 10 = 8 bytes), the layout `ptrace_fill_bp_fields()`
@@ -259,5 +266,8 @@ mod tests {
         bp3.exception = 3;
         assert_eq!(bp.decode(&bp3), DebugStop::Other);
         assert!(bp.breaks_at(0x20_0090) && !bp.breaks_at(0x5000));
+        let over = bp.without(0x20_0090);
+        assert!(!over.breaks_at(0x20_0090) && bp.breaks_at(0x20_0090));
+        assert_eq!(over.dr7(), bp.dr7() & !0b1100, "slot 1 off, slot 0 kept");
     }
 }

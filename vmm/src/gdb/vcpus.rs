@@ -18,9 +18,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-/// RFLAGS.RF: the next instruction does not raise an instruction-breakpoint #DB.
-const RFLAGS_RF: u64 = 1 << 16;
-
 /// What gdb asks a parked vCPU.
 #[derive(Debug, Clone)]
 pub enum Request {
@@ -68,6 +65,8 @@ struct Slot {
     reply: Option<Reply>,
     action: Action,
     resumed: u64,
+    /// Stepping over an armed breakpoint at its own address before doing `action`.
+    over: Option<Action>,
 }
 
 #[derive(Debug)]
@@ -115,6 +114,7 @@ impl GdbVcpus {
                 reply: None,
                 action: Action::Stay,
                 resumed: 0,
+                over: None,
             })
             .collect();
         GdbVcpus {
@@ -174,32 +174,25 @@ impl GdbVcpus {
         }
         let generation = st.generation;
         let released = st.released || self.vm_ended();
-        let slot = &mut st.slots[i];
-        slot.resumed = generation;
-        slot.parked = false;
-        let step = slot.action == Action::Step && !released;
+        st.slots[i].resumed = generation;
+        st.slots[i].parked = false;
+        let action = st.slots[i].action;
         let debug = if released {
-            kvm_bindings::kvm_guest_debug::default()
+            HwBreakpoints::default().guest_debug(false)
         } else {
-            st.bps.guest_debug(step)
-        };
-        if vcpu.set_guest_debug(&debug).is_err() && step {
-            // A KVM without KVM_GUESTDBG_BLOCKIRQ: step with interrupts open.
-            let mut d = debug;
-            d.control &= !kvm_bindings::KVM_GUESTDBG_BLOCKIRQ;
-            if let Err(e) = vcpu.set_guest_debug(&d) {
-                eprintln!("faultline: gdb: {e}");
-            }
-        }
-        // Continuing from a breakpoint's own address: don't hit it again at once.
-        if !released {
-            if let Ok(mut regs) = vcpu.get_regs() {
-                if st.bps.breaks_at(regs.rip) {
-                    regs.rflags |= RFLAGS_RF;
-                    let _ = vcpu.set_regs(&regs);
+            // Resuming on an armed breakpoint's own address would hit it again at once
+            // (RFLAGS.RF is not honoured here): step over it with it disarmed first.
+            let rip = vcpu.get_regs().map(|r| r.rip).ok();
+            match rip.filter(|r| st.bps.breaks_at(*r)) {
+                Some(rip) => {
+                    st.slots[i].over = Some(action);
+                    st.bps.without(rip).guest_debug(true)
                 }
+                None => st.bps.guest_debug(action == Action::Step),
             }
-        }
+        };
+        drop(st);
+        arm(vcpu, &debug);
         self.cv.notify_all();
         HookAction::Continue
     }
@@ -293,6 +286,19 @@ impl GdbVcpus {
     }
 }
 
+/// KVM_SET_GUEST_DEBUG, retrying a single step without KVM_GUESTDBG_BLOCKIRQ for a KVM
+/// that lacks it.
+fn arm(vcpu: &mut VcpuControl<'_>, debug: &kvm_bindings::kvm_guest_debug) {
+    if vcpu.set_guest_debug(debug).is_ok() {
+        return;
+    }
+    let mut d = *debug;
+    d.control &= !kvm_bindings::KVM_GUESTDBG_BLOCKIRQ;
+    if let Err(e) = vcpu.set_guest_debug(&d) {
+        eprintln!("faultline: gdb: {e}");
+    }
+}
+
 /// Serves `req` on the vCPU's thread.
 fn serve(vcpu: &mut VcpuControl<'_>, req: Request) -> Reply {
     let r = (|| -> Result<Reply, crate::vstate::hook::VcpuControlError> {
@@ -361,10 +367,152 @@ impl ExitHook for GdbVcpus {
                 let _ = vcpu.set_guest_debug(&kvm_bindings::kvm_guest_debug::default());
                 return HookAction::Continue;
             }
-            let stop = st.bps.decode(&exit);
-            st.stops.push_back((vcpu.index(), stop));
+            let i = vcpu.index();
+            let mut stop = st.bps.decode(&exit);
+            if let Some(then) = st.slots.get_mut(i).and_then(|s| s.over.take()) {
+                // The step over a breakpoint finished.
+                if then == Action::Continue && !st.pause {
+                    let debug = st.bps.guest_debug(false);
+                    drop(st);
+                    arm(vcpu, &debug);
+                    return HookAction::Continue;
+                }
+                stop = DebugStop::Step;
+            }
+            st.stops.push_back((i, stop));
             st.pause = true;
         }
         self.park(vcpu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hook on real KVM, without gdb: the built-in `smp` guest with 2 vCPUs is held at
+    //! its start, a hardware breakpoint on its `__guest_main` stops a vCPU there
+    //! (KVM_EXIT_DEBUG), registers are read and written through the parked vCPU, the
+    //! other vCPU parks after a kick, a single step moves RIP, and after `release` the
+    //! guest finishes normally. Skips without /dev/kvm.
+    use super::*;
+    use crate::config::{MemoryConfig, Payload, VmConfig};
+    use crate::gdb::breakpoints::Slot;
+    use crate::launch::{VmBuilder, VmIo};
+
+    fn symbol(elf: &[u8], name: &str) -> u64 {
+        use object::{Object, ObjectSymbol};
+        let file = object::File::parse(elf).expect("guest ELF");
+        let sym = file.symbols().find(|s| s.name() == Ok(name));
+        sym.expect("symbol").address()
+    }
+
+    fn wait(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn regs(v: &GdbVcpus, i: usize) -> X86_64CoreRegs {
+        match v.request(i, Request::ReadRegs) {
+            Ok(Reply::Regs(r)) => *r,
+            other => panic!("vCPU {i}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vcpus_start_parked_stop_at_a_hardware_breakpoint_and_step() {
+        if !crate::testing::kvm_or_skip("vcpus_start_parked_stop_at_a_hardware_breakpoint_and_step")
+        {
+            return;
+        }
+        let guest = crate::guests::find("smp").expect("smp guest");
+        let main = symbol(guest.elf, "__guest_main");
+        let config = VmConfig {
+            memory: MemoryConfig {
+                size: 64 << 20,
+                ..MemoryConfig::default()
+            },
+            vcpus: 2,
+            payload: Payload::Guest("smp".into()),
+            ..VmConfig::default()
+        };
+        let hook = Arc::new(GdbVcpus::new(2));
+        let (io, out) = VmIo::captured();
+        let vmm = VmBuilder::new(config, io)
+            .exit_hook(hook.clone())
+            .build()
+            .unwrap();
+        hook.bind_exit(vmm.exit_signal());
+        let (outcome, _) = vmm
+            .run_with(|h| {
+                wait("both vCPUs parked at start", || {
+                    hook.all_parked(&h.vcpus_finished())
+                });
+                let entry = regs(&hook, 0).rip;
+                assert_eq!(regs(&hook, 1).rip, entry, "both at the entry point");
+                assert_ne!(entry, main);
+                assert!(hook.with_breakpoints(|b| b.add(Slot::Exec(main))));
+                // Only vCPU 0 runs (the other stays parked).
+                hook.resume(&[Action::Continue, Action::Stay]);
+                wait("the breakpoint", || hook.lock().stops.front().is_some());
+                assert_eq!(hook.take_stop(), Some((0, DebugStop::Break)));
+                wait("vCPU 0 parked", || hook.lock().slots[0].parked);
+                let at = regs(&hook, 0);
+                assert_eq!(at.rip, main, "stopped on the breakpoint");
+                // A register write goes through the parked vCPU.
+                let mut w = at.clone();
+                w.regs[1] = 0x1234; // rbx
+                hook.request(0, Request::WriteRegs(Box::new(w))).unwrap();
+                assert_eq!(regs(&hook, 0).regs[1], 0x1234);
+                hook.request(0, Request::WriteRegs(Box::new(at.clone())))
+                    .unwrap();
+                // The stack is guest-virtual = guest-physical here (identity map).
+                match hook.request(0, Request::Translate(at.regs[7])) {
+                    Ok(Reply::Translated { kvm, paging }) => {
+                        let gpa = kvm.unwrap_or_else(|| {
+                            crate::gdb::translate::walk(&paging, at.regs[7], |a, s| {
+                                let mut b = [0u8; 8];
+                                vm_memory::Bytes::read_slice(
+                                    h.guest_memory(),
+                                    &mut b[..s],
+                                    vm_memory::GuestAddress(a),
+                                )
+                                .ok()?;
+                                Some(u64::from_le_bytes(b))
+                            })
+                            .unwrap()
+                        });
+                        assert_eq!(gpa, at.regs[7]);
+                    }
+                    other => panic!("{other:?}"),
+                }
+                // One step, breakpoints still armed: RF keeps it from firing again.
+                hook.resume(&[Action::Step, Action::Stay]);
+                wait("the step", || hook.lock().stops.front().is_some());
+                assert_eq!(hook.take_stop(), Some((0, DebugStop::Step)));
+                wait("vCPU 0 parked", || hook.lock().slots[0].parked);
+                let stepped = regs(&hook, 0).rip;
+                assert!(stepped > main && stepped < main + 16, "{stepped:#x}");
+                // Both run: vCPU 1 (still at the entry) hits the breakpoint.
+                hook.resume(&[Action::Continue, Action::Continue]);
+                wait("vCPU 1's breakpoint", || {
+                    hook.lock().stops.front().is_some()
+                });
+                assert_eq!(hook.take_stop(), Some((1, DebugStop::Break)));
+                wait("vCPU 1 parked", || hook.lock().slots[1].parked);
+                // Continuing from the breakpoint's own address steps over it silently.
+                hook.resume(&[Action::Continue, Action::Continue]);
+                wait("both vCPUs done", || {
+                    h.stopped() || hook.lock().stops.front().is_some()
+                });
+                assert_eq!(hook.take_stop(), None, "no second hit");
+                hook.release();
+                wait("the guest's end", || h.stopped());
+            })
+            .unwrap();
+        let console = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+        assert_eq!(outcome.exit.status(), 0, "{} / {console}", outcome.exit);
+        assert!(console.contains("all 2 vCPUs reported"), "{console}");
     }
 }
