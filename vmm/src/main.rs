@@ -32,6 +32,11 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
         }
     };
     // Under gdb a stopped guest makes no exits: no watchdog.
+    if args.gdb.is_some() && args.watchdog.is_some_and(|s| s > 0) {
+        eprintln!(
+            "faultline: note: --watchdog is off under --gdb (a stopped guest makes no exits)"
+        );
+    }
     let watchdog = watchdog.filter(|_| args.gdb.is_none());
     let gdb = match args
         .gdb
