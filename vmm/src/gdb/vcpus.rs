@@ -487,7 +487,7 @@ mod tests {
                     }
                     other => panic!("{other:?}"),
                 }
-                // One step, breakpoints still armed: RF keeps it from firing again.
+                // One step, the breakpoint still armed: the stub steps over it.
                 hook.resume(&[Action::Step, Action::Stay]);
                 wait("the step", || hook.lock().stops.front().is_some());
                 assert_eq!(hook.take_stop(), Some((0, DebugStop::Step)));
