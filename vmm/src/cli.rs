@@ -183,6 +183,11 @@ pub struct RunArgs {
     /// it is an unstripped ELF, or the built-in guest).
     #[arg(long, value_name = "PATH")]
     pub symbols: Option<PathBuf>,
+    /// Wait for gdb on 127.0.0.1:PORT or a unix socket (`unix:PATH`) with the vCPUs held
+    /// before their first instruction (like QEMU's `-s -S`); gdb's `continue` starts the
+    /// guest. Breakpoints: `hbreak` (int3 cannot run here). Turns the watchdog off.
+    #[arg(long, value_name = "PORT|unix:PATH")]
+    pub gdb: Option<crate::gdb::connection::GdbAddr>,
 }
 
 impl RunArgs {

@@ -627,6 +627,12 @@ impl Vmm {
         &self.vm
     }
 
+    /// The VM's end signal (an [`ExitHook`] that blocks a vCPU thread watches it, so the
+    /// thread lets go when the VM ends).
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.exit.clone()
+    }
+
     /// The extra memslots' KVM slot ids, in the order they were given to the builder.
     pub fn extra_memslots(&self) -> &[u32] {
         &self.extra_slots
@@ -718,6 +724,7 @@ impl Vmm {
             };
             let control = controller.map(|f| {
                 let (ktids, finished, stopped) = (&ktids, &finished, &controller_stopped);
+                let tids = &tids;
                 let vcpu_stats = &vcpu_stats;
                 std::thread::Builder::new()
                     .name("vm-controller".into())
@@ -734,6 +741,8 @@ impl Vmm {
                             mem: &this.mem,
                             exit: &this.exit,
                             ktids,
+                            tids,
+                            finished,
                             extra_slots: &this.extra_slots,
                             controller_stopped: stopped,
                             vcpu_stats,
@@ -875,6 +884,8 @@ pub struct VmHandle<'a> {
     mem: &'a GuestMemoryMmap,
     exit: &'a ExitSignal,
     ktids: &'a [AtomicU32],
+    tids: &'a [AtomicU64],
+    finished: &'a [AtomicBool],
     extra_slots: &'a [u32],
     controller_stopped: &'a AtomicBool,
     vcpu_stats: &'a [std::fs::File],
@@ -932,6 +943,20 @@ impl VmHandle<'_> {
     /// The extra memslots' KVM slot ids, in the order they were given to the builder.
     pub fn extra_memslots(&self) -> &[u32] {
         self.extra_slots
+    }
+
+    /// Kicks every running vCPU thread out of KVM_RUN once (the thread's [`ExitHook::on_kick`]
+    /// runs, then it re-enters the guest unless the hook says otherwise).
+    pub fn kick_vcpus(&self) {
+        vcpu::kick_vcpus(self.tids, self.finished);
+    }
+
+    /// Which vCPU threads have finished (left their run loop), in vCPU order.
+    pub fn vcpus_finished(&self) -> Vec<bool> {
+        self.finished
+            .iter()
+            .map(|f| f.load(Ordering::Acquire))
+            .collect()
     }
 
     /// A new binary stats file of the VM (KVM_GET_STATS_FD; parse it with

@@ -6,6 +6,7 @@ pub mod boot;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod gdb;
 pub mod guests;
 pub mod launch;
 pub mod measure;

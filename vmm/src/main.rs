@@ -31,18 +31,40 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
             return 1;
         }
     };
+    // Under gdb a stopped guest makes no exits: no watchdog.
+    if args.gdb.is_some() && args.watchdog.is_some_and(|s| s > 0) {
+        eprintln!(
+            "faultline: note: --watchdog is off under --gdb (a stopped guest makes no exits)"
+        );
+    }
+    let watchdog = watchdog.filter(|_| args.gdb.is_none());
+    let gdb = match args
+        .gdb
+        .as_ref()
+        .map(vmm::gdb::connection::GdbListener::bind)
+    {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            eprintln!("faultline: error: {e}");
+            return 1;
+        }
+    };
     let outcome = args
         .to_config()
         .map_err(vmm::VmmError::from)
         .and_then(|config| {
+            let vcpus = config.vcpus as usize;
             let b = vmm::VmBuilder::new(config, vmm::VmIo::stdio());
-            match watchdog {
+            let b = match watchdog {
                 Some((limit, syms)) => b.watchdog(limit, syms),
                 None => b,
+            };
+            match gdb {
+                Some(listener) => vmm::gdb::run(b, vcpus, listener),
+                None => b.build().and_then(vmm::Vmm::run),
             }
-            .build()
-        })
-        .and_then(vmm::Vmm::run);
+        });
     match outcome {
         Ok(o) => {
             let status = o.exit.status();

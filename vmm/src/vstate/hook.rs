@@ -3,7 +3,7 @@
 //! [`VcpuControl`] over the vCPU.
 
 use devices::exit::VmExit;
-use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_fpu, kvm_guest_debug, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 
 /// `KVM_EXIT_MEMORY_FAULT`'s payload (`kvm_run.memory_fault`, include/uapi/linux/kvm.h), which
@@ -19,6 +19,21 @@ pub struct MemoryFault {
     pub size: u64,
     /// `KVM_MEMORY_EXIT_FLAG_*` (bit 3: private memory).
     pub flags: u64,
+}
+
+/// `KVM_EXIT_DEBUG`'s payload (`kvm_run.debug.arch`, `struct kvm_debug_exit_arch`,
+/// arch/x86/include/uapi/asm/kvm.h): which exception (1 = #DB, 3 = #BP), where, and the
+/// guest's DR6/DR7 at the exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugExit {
+    /// Exception vector.
+    pub exception: u32,
+    /// Guest RIP of the exit.
+    pub pc: u64,
+    /// DR6: bits 0-3 say which of DR0-DR3 fired, bit 14 (BS) a single step.
+    pub dr6: u64,
+    /// DR7 at the exit.
+    pub dr7: u64,
 }
 
 /// What the vCPU loop does after a hook ran.
@@ -53,6 +68,28 @@ pub trait ExitHook: Send + Sync {
     /// unhandled exit's debug form).
     fn on_unhandled_exit(&self, vcpu: &mut VcpuControl<'_>, what: &str) -> HookAction {
         let _ = (vcpu, what);
+        HookAction::Default
+    }
+
+    /// Before the vCPU's first KVM_RUN (a debugger holds the vCPU here until told to go).
+    /// `Continue` and `Default` run it; `Stop` ends the VM.
+    fn on_start(&self, vcpu: &mut VcpuControl<'_>) -> HookAction {
+        let _ = vcpu;
+        HookAction::Continue
+    }
+
+    /// KVM_RUN returned EINTR: the vCPU was kicked (by the stop path, the watchdog, or a
+    /// hook's owner that wants the vCPU out of the guest, e.g. a debugger's pause).
+    /// `Continue` and `Default` re-enter KVM_RUN; `Stop` ends the VM.
+    fn on_kick(&self, vcpu: &mut VcpuControl<'_>) -> HookAction {
+        let _ = vcpu;
+        HookAction::Continue
+    }
+
+    /// `KVM_EXIT_DEBUG` (a hardware breakpoint, watchpoint or single step armed with
+    /// KVM_SET_GUEST_DEBUG). `Default` reports it as an unexpected exit (a crash).
+    fn on_debug_exit(&self, vcpu: &mut VcpuControl<'_>, exit: DebugExit) -> HookAction {
+        let _ = (vcpu, exit);
         HookAction::Default
     }
 }
@@ -117,6 +154,24 @@ impl<'a> VcpuControl<'a> {
     /// KVM_GET_SREGS.
     pub fn get_sregs(&self) -> Result<kvm_sregs, VcpuControlError> {
         self.fd.get_sregs().map_err(self.err("KVM_GET_SREGS"))
+    }
+
+    /// KVM_SET_SREGS.
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VcpuControlError> {
+        self.fd.set_sregs(sregs).map_err(self.err("KVM_SET_SREGS"))
+    }
+
+    /// KVM_GET_FPU (x87 and SSE state).
+    pub fn get_fpu(&self) -> Result<kvm_fpu, VcpuControlError> {
+        self.fd.get_fpu().map_err(self.err("KVM_GET_FPU"))
+    }
+
+    /// KVM_SET_GUEST_DEBUG: hardware breakpoints (DR0-DR3 and DR7 in `arch.debugreg`),
+    /// single step, or `control` 0 to turn guest debugging off.
+    pub fn set_guest_debug(&self, debug: &kvm_guest_debug) -> Result<(), VcpuControlError> {
+        self.fd
+            .set_guest_debug(debug)
+            .map_err(self.err("KVM_SET_GUEST_DEBUG"))
     }
 
     /// KVM_TRANSLATE: the guest-physical address `gva` maps to in the vCPU's current page
