@@ -49,6 +49,11 @@ impl Mm {
             if !needs_copy {
                 continue;
             }
+            if v.hugetlb_level().is_some() {
+                // copy_page_range(): `if (is_vm_hugetlb_page(src_vma)) copy_hugetlb_page_range()`.
+                self.copy_hugetlb_page_range(&v, &mut child, notifier, &mut report.notifiers)?;
+                continue;
+            }
             let cow = v.is_cow_mapping();
             let range = NotifierRange::new(NotifierEvent::ProtectionPage, v.start, v.end);
             if cow {

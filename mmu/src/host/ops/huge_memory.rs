@@ -20,6 +20,10 @@ impl Mm {
         let end = check_range(start, len)?;
         let mut report = OpReport::new("thp-split", start, end);
         for v in self.vmas_in(start, end) {
+            if v.hugetlb_level().is_some() {
+                // hugetlb leaves are never split (`split_huge_pmd()` is for THPs).
+                continue;
+            }
             let mut leaves = Vec::new();
             self.space
                 .pt
@@ -65,7 +69,8 @@ impl Mm {
                 continue;
             };
             let f = &self.frames.folios[id];
-            if f.order == 0 || !f.has(ff::ANON) || !seen.insert(f.pfn) {
+            // A hugetlb folio is no THP: split_huge_pages_pid() skips hugetlb VMAs.
+            if f.order == 0 || !f.has(ff::ANON) || f.has(ff::HUGETLB) || !seen.insert(f.pfn) {
                 continue;
             }
             if f.refcount != f.mapcount || f.pincount > 0 {

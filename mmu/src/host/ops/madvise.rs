@@ -49,6 +49,22 @@ pub enum MadviseError {
     /// MADV_COLD/MADV_PAGEOUT on a VM_PFNMAP|VM_LOCKED vma (EINVAL, `can_madv_lru_vma()`)
     #[error("MADV_COLD and MADV_PAGEOUT are not allowed on a VM_PFNMAP or VM_LOCKED vma (EINVAL): age the range with clear-young instead")]
     NotLru,
+    /// {advice:?} on a hugetlb VMA (EINVAL, `madvise_dontneed_free_valid_vma()`): {problem}
+    #[error("{advice:?} on the hugetlb VMA at {start} is refused (EINVAL, madvise_dontneed_free_valid_vma()): {problem}")]
+    Hugetlb {
+        /// The advice.
+        advice: Advice,
+        /// Where the VMA piece starts.
+        start: Hva,
+        /// What is wrong and how to fix it.
+        problem: &'static str,
+    },
+    /// {addr} splits a hugetlb VMA off its huge page size (EINVAL, `hugetlb_vm_op_split()`)
+    #[error("{addr} is inside a hugetlb VMA but not on its huge page size (EINVAL, hugetlb_vm_op_split()): align the range to the huge page size")]
+    HugetlbSplit {
+        /// The unaligned address.
+        addr: Hva,
+    },
     /// MADV_COLLAPSE failed: {reason}
     #[error("MADV_COLLAPSE failed: {reason}")]
     Collapse {
@@ -87,13 +103,45 @@ impl Mm {
                     if v.flags.contains(VmFlags::PFNMAP) {
                         return Err(MadviseError::Pfnmap { advice });
                     }
-                    if advice == Advice::Free && !v.is_anonymous() {
+                    if let Some(level) = v.hugetlb_level() {
+                        let s = start.max(v.start);
+                        let problem = if advice == Advice::Free {
+                            Some("hugetlb supports MADV_DONTNEED only: use dontneed")
+                        } else if !s.is_aligned(level) {
+                            Some("the start is not aligned to the huge page size: align it")
+                        } else {
+                            None
+                        };
+                        if let Some(problem) = problem {
+                            return Err(MadviseError::Hugetlb {
+                                advice,
+                                start: s,
+                                problem,
+                            });
+                        }
+                    } else if advice == Advice::Free && !v.is_anonymous() {
                         return Err(MadviseError::Pfnmap { advice });
                     }
                 }
                 for v in vmas {
-                    let (s, e) = (start.max(v.start), end.min(v.end));
-                    let range = NotifierRange::new(NotifierEvent::Clear, s, e);
+                    let (s, mut e) = (start.max(v.start), end.min(v.end));
+                    if let Some(level) = v.hugetlb_level() {
+                        // madvise_dontneed_free_valid_vma(): the end is rounded down to the
+                        // huge page size (no partial huge page is freed); nothing left, no
+                        // zap and no notifier (`if (start == end) return 0`).
+                        e = e.align_down(level);
+                        if e <= s {
+                            continue;
+                        }
+                    }
+                    // zap_page_range_single() → hugetlb_zap_begin(): the notifier range is
+                    // widened where PMD sharing is possible.
+                    let (ns, ne) = if v.hugetlb_level().is_some() {
+                        crate::host::hugetlb::pmd_sharing_range(&v, s, e)
+                    } else {
+                        (s, e)
+                    };
+                    let range = NotifierRange::new(NotifierEvent::Clear, ns, ne);
                     let log = &mut report.notifiers;
                     report.changed += self.notify_nested(notifier, log, range, |mm, n, log| {
                         if advice == Advice::Dontneed {
@@ -105,6 +153,12 @@ impl Mm {
                 }
             }
             Advice::Hugepage | Advice::Nohugepage => {
+                if let Some(addr) = [start, end]
+                    .into_iter()
+                    .find(|&a| self.hugetlb_split_refused(a))
+                {
+                    return Err(MadviseError::HugetlbSplit { addr });
+                }
                 self.split_vma_at(start);
                 self.split_vma_at(end);
                 for mut v in self.vmas_in(start, end) {

@@ -120,9 +120,15 @@ impl Mm {
         self.space
             .pt
             .for_each_leaf(start, end, |va, level, e| leaves.push((va, level, e)));
+        let hugetlb = vma.hugetlb_level().is_some();
         for (va, level, e) in leaves {
             let leaf_end = va.add(level.size());
             let partial = va < start || leaf_end > end;
+            if hugetlb && partial {
+                // __unmap_hugepage_range() only sees huge-aligned ranges (its callers round
+                // or refuse); a partial huge leaf is never split.
+                continue;
+            }
             match level {
                 Level::Pud1G => {
                     if partial {

@@ -74,6 +74,16 @@ pub enum MmapError {
     /// Out of model RAM for the driver's pages
     #[error("Out of model RAM for the driver's pages: map less")]
     MissingPfn,
+    /// A hugetlb mapping must start and end on its huge page size (EINVAL)
+    #[error("A hugetlb mapping [{start}, +{len:#x}) must start and end on a {level:?} boundary (EINVAL): align it to the huge page size")]
+    HugetlbUnaligned {
+        /// Start.
+        start: Hva,
+        /// Length.
+        len: u64,
+        /// The huge page size (PMD 2M or PUD 1G; 4K is no hugetlb size).
+        level: Level,
+    },
     /// Device-dax mappings must be MAP_SHARED
     #[error("Device-dax mappings must be MAP_SHARED")]
     PrivateDevDax,
@@ -85,6 +95,12 @@ pub enum MunmapError {
     /// Bad range.
     #[error(transparent)]
     Range(#[from] RangeError),
+    /// {addr} splits a hugetlb VMA off its huge page size (EINVAL, `hugetlb_vm_op_split()`)
+    #[error("{addr} is inside a hugetlb VMA but not on its huge page size (EINVAL, hugetlb_vm_op_split()): align the range to the huge page size")]
+    HugetlbSplit {
+        /// The unaligned address.
+        addr: Hva,
+    },
 }
 
 impl Mm {
@@ -122,6 +138,22 @@ impl Mm {
                 }
             }
             Backing::Shmem => file = self.new_file(),
+            Backing::Hugetlb(level) => {
+                // hugetlbfs_file_mmap() / hugetlb_get_unmapped_area(): the address and the
+                // length must be huge-page aligned (EINVAL); the VMA gets
+                // VM_HUGETLB | VM_DONTEXPAND and its own hugetlbfs file.
+                let level = *level;
+                if level == Level::Pte4K || !start.is_aligned(level) || req.len % level.size() != 0
+                {
+                    return Err(MmapError::HugetlbUnaligned {
+                        start,
+                        len: req.len,
+                        level,
+                    });
+                }
+                flags |= VmFlags::HUGETLB | VmFlags::DONTEXPAND;
+                file = self.new_file();
+            }
             Backing::Device(d) => {
                 let pages = req.len / PAGE_SIZE;
                 match d.kind {
@@ -224,6 +256,12 @@ impl Mm {
         notifier: &mut dyn MmuNotifier,
     ) -> Result<OpReport, MunmapError> {
         let end = check_range(start, len)?;
+        if let Some(addr) = [start, end]
+            .into_iter()
+            .find(|&a| self.hugetlb_split_refused(a))
+        {
+            return Err(MunmapError::HugetlbSplit { addr });
+        }
         let mut report = OpReport::new("munmap", start, end);
         self.do_munmap(start, end, notifier, &mut report);
         Ok(report)

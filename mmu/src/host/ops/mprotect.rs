@@ -21,6 +21,12 @@ pub enum MprotectError {
         /// End.
         end: Hva,
     },
+    /// {addr} splits a hugetlb VMA off its huge page size (EINVAL, `hugetlb_vm_op_split()`)
+    #[error("{addr} is inside a hugetlb VMA but not on its huge page size (EINVAL, hugetlb_vm_op_split()): align the range to the huge page size")]
+    HugetlbSplit {
+        /// The unaligned address.
+        addr: Hva,
+    },
     /// PROT_WRITE on a shared mapping without VM_MAYWRITE (EACCES)
     #[error("PROT_WRITE on a mapping without VM_MAYWRITE (EACCES)")]
     NotMayWrite,
@@ -46,6 +52,12 @@ impl Mm {
                 return Err(MprotectError::NotMayWrite);
             }
         }
+        if let Some(addr) = [start, end]
+            .into_iter()
+            .find(|&a| self.hugetlb_split_refused(a))
+        {
+            return Err(MprotectError::HugetlbSplit { addr });
+        }
         self.split_vma_at(start);
         self.split_vma_at(end);
         let mut report = OpReport::new("mprotect", start, end);
@@ -64,6 +76,17 @@ impl Mm {
                 v.flags |= VmFlags::EXEC;
             }
             self.space.vmas.insert(v.start.0, v.clone());
+            if v.hugetlb_level().is_some() {
+                // change_protection(): `if (is_vm_hugetlb_page(vma)) hugetlb_change_protection()`.
+                report.changed += self.hugetlb_change_protection(
+                    &v,
+                    v.start,
+                    v.end,
+                    notifier,
+                    &mut report.notifiers,
+                );
+                continue;
+            }
             let try_writable = v.wants_manual_write_upgrade();
             let c = self.change_protection(
                 &v,

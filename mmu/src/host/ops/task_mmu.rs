@@ -20,6 +20,11 @@ impl Mm {
         let vmas: Vec<Vma> = self.space.vmas.values().cloned().collect();
         self.notify(notifier, &mut report.notifiers, range, |mm| {
             for mut v in vmas {
+                if v.hugetlb_level().is_some() {
+                    // clear_refs_pte_range() has no hugetlb_entry: hugetlb VMAs are walked
+                    // over untouched.
+                    continue;
+                }
                 v.flags = v.flags.without(VmFlags::SOFTDIRTY);
                 mm.space.vmas.insert(v.start.0, v.clone());
                 let mut leaves = Vec::new();
