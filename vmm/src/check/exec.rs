@@ -189,6 +189,31 @@ fn step_not_executable(step: &Step, env: &CheckEnv) -> Option<String> {
     }
 }
 
+/// Reserves the huge pages a scenario's hugetlb VMAs need (every huge page of each VMA, twice
+/// when the scenario forks, since the parent's writes then COW whole huge pages), with
+/// [`crate::testing::reserve_huge_pages`]: the guards put the pools back when dropped. The
+/// second value is why the pages could not be had (then the hugetlb VMAs are not made).
+fn reserve_scenario_huge_pages(sc: &Scenario) -> (Vec<crate::testing::HugePages>, Option<String>) {
+    let forks = sc.step.iter().any(|s| matches!(s, Step::Fork(_)));
+    let mut need: Vec<(u64, u64)> = Vec::new();
+    for v in sc.vma.iter().filter(|v| v.kind == VmaKind::Hugetlb) {
+        let size = v.page_size.map_or(2 << 20, page_bytes);
+        let pages = v.size.0.div_ceil(size) * if forks { 2 } else { 1 };
+        match need.iter_mut().find(|(s, _)| *s == size) {
+            Some((_, n)) => *n += pages,
+            None => need.push((size, pages)),
+        }
+    }
+    let mut guards = Vec::new();
+    for (size, pages) in need {
+        match crate::testing::reserve_huge_pages(size >> 10, pages) {
+            Ok(g) => guards.push(g),
+            Err(e) => return (guards, Some(e)),
+        }
+    }
+    (guards, None)
+}
+
 fn page_bytes(p: mmu::scenario::PageSize) -> u64 {
     match p {
         mmu::scenario::PageSize::Size4K => 4 << 10,
@@ -403,7 +428,17 @@ fn run_real(
     // The real VMAs, and which model ranges could not be made.
     let mut specs = Vec::new();
     let mut absent: Vec<(u64, u64, String)> = Vec::new();
+    // Huge pages for the hugetlb VMAs (and the COW copies a fork makes), put back afterwards.
+    let (_huge_pages, no_huge_pages) = reserve_scenario_huge_pages(sc);
     for v in &sc.vma {
+        if let (VmaKind::Hugetlb, Some(reason)) = (v.kind, &no_huge_pages) {
+            check.notes.push(format!(
+                "VMA {:#x}+{:#x} (Hugetlb) not executable here: {reason}",
+                v.start.0, v.size.0
+            ));
+            absent.push((v.start.0, v.start.0 + v.size.0, reason.clone()));
+            continue;
+        }
         match vma_real_kind(v.kind, v.page_size.map_or(2 << 20, page_bytes), v.vvar) {
             Ok(kind) => specs.push(RealVmaSpec {
                 start: v.start.0,
