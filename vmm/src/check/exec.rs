@@ -897,9 +897,23 @@ fn execute(
                         },
                     )
                     .map_err(|e| e.to_string()),
+                // dirty-log-get and -clear both read and clear the log, as the model's
+                // `dirty_log_get()` does: with manual protection (KVM_CAP_MANUAL_DIRTY_LOG_
+                // PROTECT2) GET leaves the bits set, so KVM_CLEAR_DIRTY_LOG clears what it
+                // returned and write-protects those pages again.
                 _ => vm
                     .get_dirty_log(slot.real_slot, slot.size)
-                    .map(|_| ())
+                    .and_then(|bitmap| {
+                        if !vm.dirty_log_get_clears() {
+                            let pages = u32::try_from(slot.size / 4096).unwrap_or(u32::MAX);
+                            vm.clear_dirty_log(slot.real_slot, 0, pages, &bitmap)?;
+                        }
+                        Ok(bitmap)
+                    })
+                    .map(|bitmap| {
+                        real.dirty =
+                            Some(super::compare::dirty_bitmap_gfns(slot.gpa >> 12, &bitmap));
+                    })
                     .map_err(|e| e.to_string()),
             };
             if let Err(e) = r {
