@@ -678,4 +678,35 @@ mod tests {
         );
         ok(&mm);
     }
+
+    /// 1G hugetlb: the fault maps a PUD leaf of a whole 1G folio; MADV_DONTNEED of 2M at
+    /// the 1G-aligned start rounds down to nothing (`madvise_dontneed_free_valid_vma()`),
+    /// of the whole 1G clears it; mprotect of 2M is a refused split (EINVAL).
+    #[test]
+    fn one_gig_pages_are_pud_leaves_with_1g_rules() {
+        let mut mm = mm(KernelVersion::V6_12);
+        let mut req = MmapRequest::anon(BASE, G1);
+        req.backing = Backing::Hugetlb(Level::Pud1G);
+        let a = mm.mmap(req).unwrap();
+        let r = access(&mut mm, a.add(5 * M2), true);
+        assert_eq!(names(&r), vec!["hugetlb", "hugetlb-wp"]);
+        let m = mm.lookup(a.add(5 * M2)).unwrap();
+        assert_eq!((m.level, m.leaf_start), (Level::Pud1G, a));
+        assert_eq!(mm.folio_info(m.pfn).unwrap().order, 18);
+        let r = mm
+            .madvise(a, M2, Advice::Dontneed, &mut NoNotifier)
+            .unwrap();
+        assert!(r.notifiers.is_empty() && mm.lookup(a).is_some());
+        let e = mm.mprotect(a, M2, Prot::R, &mut NoNotifier);
+        assert!(
+            matches!(e, Err(MprotectError::HugetlbSplit { .. })),
+            "{e:?}"
+        );
+        let r = mm
+            .madvise(a, G1, Advice::Dontneed, &mut NoNotifier)
+            .unwrap();
+        assert_eq!(triples(&r.notifiers), vec![(Clear, a.0, a.0 + G1)]);
+        assert!(mm.lookup(a).is_none());
+        ok(&mm);
+    }
 }
