@@ -20,7 +20,11 @@
 //! the slow path, `fixup_user_fault()`, `follow_pfnmap_start()` and `vm_normal_page*()`,
 //! taking real references.
 //!
-//! Left out: swap, page cache writeback, hugetlbfs, KSM, shmem THP, mTHP, folio (as
+//! hugetlbfs VMAs (2M and 1G, private and shared) have their own fault path and rules
+//! (`host/hugetlb.rs`, mm/hugetlb.c), without pool accounting, PMD sharing, hugetlb
+//! migration, userfaultfd or punch-hole.
+//!
+//! Left out: swap, page cache writeback, KSM, shmem THP, mTHP, folio (as
 //! opposed to PMD) splitting, device-private memory, and concurrency inside one operation
 //! (operations are atomic steps; races are explored between steps).
 //!
