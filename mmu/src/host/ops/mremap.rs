@@ -22,6 +22,9 @@ pub enum MremapError {
         /// Length.
         len: u64,
     },
+    /// mremap of a hugetlb VMA is not modelled
+    #[error("not implemented yet: mremap of a hugetlb VMA (mremap_to() / move_hugetlb_page_tables(), mm/mremap.c) is not modelled; munmap and mmap it instead")]
+    HugetlbNotModelled,
     /// Growing a VM_DONTEXPAND (driver) mapping (EFAULT)
     #[error("Growing a VM_DONTEXPAND (driver) mapping is refused (EFAULT): mmap a new one")]
     DontExpand,
@@ -61,6 +64,9 @@ impl Mm {
                 start: old,
                 len: old_len,
             });
+        }
+        if vma.hugetlb_level().is_some() {
+            return Err(MremapError::HugetlbNotModelled);
         }
         if new_len > old_len && vma.flags.contains(VmFlags::DONTEXPAND) {
             // vma_to_resize(): VM_DONTEXPAND | VM_PFNMAP cannot grow.
