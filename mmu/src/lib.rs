@@ -24,7 +24,10 @@
 //! (`host/hugetlb.rs`, mm/hugetlb.c), without pool accounting, PMD sharing, hugetlb
 //! migration, userfaultfd or punch-hole.
 //!
-//! Left out: swap, page cache writeback, KSM, shmem THP, mTHP, folio (as
+//! KSM (`host/ksm.rs`, mm/ksm.c): MADV_MERGEABLE and a scan merging identical 4K anonymous
+//! pages, with the runner's page contents as ksmd's memcmp.
+//!
+//! Left out: swap, page cache writeback, shmem THP, mTHP, folio (as
 //! opposed to PMD) splitting, device-private memory, and concurrency inside one operation
 //! (operations are atomic steps; races are explored between steps).
 //!

@@ -131,6 +131,9 @@ pub struct FolioInfo {
     /// `folio_test_hugetlb()`.
     #[serde(default)]
     pub hugetlb: bool,
+    /// `folio_test_ksm()`.
+    #[serde(default)]
+    pub ksm: bool,
 }
 
 /// Allocation failure injection (`TestEnv::fail_alloc_after()` in spirit).
@@ -459,6 +462,7 @@ impl Frames {
             referenced: f.has(ff::REFERENCED),
             pgmap_alive: (f.pgmap != 0).then(|| self.pgmaps[usize::from(f.pgmap) - 1].alive),
             hugetlb: f.has(ff::HUGETLB),
+            ksm: f.has(ff::KSM),
         }
     }
 

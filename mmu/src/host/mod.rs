@@ -19,6 +19,7 @@ pub(crate) mod fault;
 pub mod folio;
 pub mod gup_state;
 pub(crate) mod hugetlb;
+pub(crate) mod ksm;
 pub(crate) mod numa;
 pub mod ops;
 pub(crate) mod pagetable;

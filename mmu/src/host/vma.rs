@@ -46,6 +46,8 @@ flag_set!(
         SOFTDIRTY = 27,
         /// VM_HUGETLB: a hugetlbfs mapping.
         HUGETLB = 22,
+        /// VM_MERGEABLE: MADV_MERGEABLE, KSM may merge its anonymous pages.
+        MERGEABLE = 31,
     }
 );
 

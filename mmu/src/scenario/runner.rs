@@ -220,7 +220,7 @@ pub enum HostPageKind {
     File,
     /// A hugetlb folio (private or shared: kpageflags HUGE comes first).
     Hugetlb,
-    /// A KSM page (never produced: KSM is not modelled).
+    /// A KSM page (`ksm-scan` merged it).
     Ksm,
     /// A ZONE_DEVICE page (device-dax).
     Device,
@@ -379,6 +379,7 @@ impl ScenarioRunner {
             Some(f) if f.huge_zero => HostPageKind::HugeZero,
             Some(f) if f.zone == crate::host::folio::Zone::Device => HostPageKind::Device,
             Some(f) if f.hugetlb => HostPageKind::Hugetlb,
+            Some(f) if f.ksm => HostPageKind::Ksm,
             Some(f) if f.anon && f.order > 0 => HostPageKind::AnonThp,
             Some(f) if f.anon => HostPageKind::Anon,
             Some(_) if m.special => HostPageKind::Pfnmap,
@@ -483,7 +484,11 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
         return Ok(rec);
     }
     let before = r.contents.snapshot(&r.mm);
-    let mut rec = run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec)?;
+    // ksmd compares page contents, which only the runner knows (the first 8 bytes; the
+    // rest of every page the guest wrote is zero).
+    let contents = r.contents.clone();
+    let same = |a: Pfn, b: Pfn| contents.value_of(a) == contents.value_of(b);
+    let mut rec = run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, Some(&same), rec)?;
     r.contents.after_step(&r.mm, &before);
     let completed = matches!(rec.result.as_str(), "hit" | "fixed" | "spurious");
     match (st, rec.hva) {
@@ -511,7 +516,7 @@ pub fn run_step(
     i: usize,
     st: &Step,
 ) -> Result<StepRecord, ScenarioError> {
-    run_step_impl(mm, kvm, i, st, None, StepRecord::new(i, st))
+    run_step_impl(mm, kvm, i, st, None, None, StepRecord::new(i, st))
 }
 
 fn run_step_impl(
@@ -520,6 +525,7 @@ fn run_step_impl(
     i: usize,
     st: &Step,
     bug: Option<ModelBug>,
+    same_page: Option<&dyn Fn(Pfn, Pfn) -> bool>,
     mut rec: StepRecord,
 ) -> Result<StepRecord, ScenarioError> {
     let op = st.name();
@@ -567,8 +573,7 @@ fn run_step_impl(
         | Step::TestYoung(_)
         | Step::Fork(_)
         | Step::UffdioWriteprotect(_)
-        | Step::FallocatePunchHole(_)
-        | Step::KsmScan(_) => {
+        | Step::FallocatePunchHole(_) => {
             let out = if bug == Some(ModelBug::SkipDontneedNotifier)
                 && matches!(st, Step::Madvise(m) if m.advice == MadviseAdvice::Dontneed)
             {
@@ -580,6 +585,15 @@ fn run_step_impl(
             rec.young = out.young;
             not_modelled = out.not_modelled;
         }
+        Step::KsmScan(_) => match same_page {
+            Some(same) => {
+                mm.ksm_scan(same, kvm);
+            }
+            None => {
+                not_modelled =
+                    Some("KSM needs page contents: run the scenario with ScenarioRunner".into())
+            }
+        },
         Step::Release(_) => {
             kvm.release();
         }
@@ -785,9 +799,9 @@ pub fn host_op(
                 }
                 MadviseAdvice::PopulateRead | MadviseAdvice::PopulateWrite => None,
                 MadviseAdvice::Mergeable | MadviseAdvice::Unmergeable => {
-                    return Ok(not_modelled(
-                        "KSM is not modelled (ksm_madvise(), ksm_do_scan())",
-                    ))
+                    let on = m.advice == MadviseAdvice::Mergeable;
+                    mm.ksm_madvise(s, z, on).map_err(|x| e(x.to_string()))?;
+                    return Ok(out);
                 }
             };
             match advice {
@@ -1177,7 +1191,6 @@ size = "4M"
     #[test]
     fn steps_without_machinery_say_not_modelled() {
         for (op, keys) in [
-            ("ksm-scan", ""),
             (
                 "fallocate-punch-hole",
                 "start = \"0x7f0000000000\"\nsize = \"4K\"",
@@ -1186,10 +1199,6 @@ size = "4M"
             (
                 "madvise",
                 "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"pageout\"",
-            ),
-            (
-                "madvise",
-                "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"mergeable\"",
             ),
             (
                 "uffd-register",

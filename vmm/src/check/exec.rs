@@ -185,7 +185,7 @@ fn step_not_executable(step: &Step, env: &CheckEnv) -> Option<String> {
         | Step::UffdioWriteprotect(_) => {
             Some("userfaultfd steps are not wired into the executor yet".into())
         }
-        Step::KsmScan(_) => Some("a KSM scan (ksmd) is not wired into the executor yet".into()),
+        Step::KsmScan(_) => super::ksm::unavailable(),
     }
 }
 
@@ -724,6 +724,10 @@ fn run_real(
                                     TraceEvent::UnmapHvaRange { start, end } => {
                                         if let (Some(s), Some(_)) = (space.model(*start), space.model(end.saturating_sub(1))) {
                                             match daemons.iter().find(|d| d.1 == r.pid) {
+                                                // A ksm-scan step's invalidations are ksmd's.
+                                                Some(d) if matches!(step, Step::KsmScan(_)) && d.0 == "ksmd" => {
+                                                    inv.push((s, s + (end - start)))
+                                                }
                                                 Some(d) => by_daemon.push((d.0.clone(), s, s + (end - start))),
                                                 None => inv.push((s, s + (end - start))),
                                             }
@@ -871,6 +875,11 @@ fn execute(
         }
         Step::Mremap(m) => host(space.mremap(m.start.0, m.size.0, m.new_start.0), real),
         Step::Fork(_) => host(space.fork(), real),
+        Step::KsmScan(_) => {
+            if let Err(e) = super::ksm::scan(std::time::Duration::from_secs(20)) {
+                real.host_error = Some(e.to_string());
+            }
+        }
         Step::FallocatePunchHole(r) => host(space.punch_hole(r.start.0, r.size.0), real),
         Step::DirtyLogEnable(s)
         | Step::DirtyLogGet(s)
