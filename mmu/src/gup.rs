@@ -435,6 +435,10 @@ fn check_vma_flags(vma: &Vma, flags: FollFlags, hva: Hva) -> Result<(), GupError
             if !flags.contains(FollFlags::FORCE) {
                 return Err(GupError::Efault(hva));
             }
+            // hugetlb does not support FOLL_FORCE|FOLL_WRITE.
+            if vma.hugetlb_level().is_some() {
+                return Err(GupError::Efault(hva));
+            }
             if !vma.is_cow_mapping() {
                 return Err(GupError::Efault(hva));
             }

@@ -20,7 +20,14 @@
 //! the slow path, `fixup_user_fault()`, `follow_pfnmap_start()` and `vm_normal_page*()`,
 //! taking real references.
 //!
-//! Left out: swap, page cache writeback, hugetlbfs, KSM, shmem THP, mTHP, folio (as
+//! hugetlbfs VMAs (2M and 1G, private and shared) have their own fault path and rules
+//! (`host/hugetlb.rs`, mm/hugetlb.c), without pool accounting, PMD sharing, hugetlb
+//! migration, userfaultfd or punch-hole.
+//!
+//! KSM (`host/ksm.rs`, mm/ksm.c): MADV_MERGEABLE and a scan merging identical 4K anonymous
+//! pages, with the runner's page contents as ksmd's memcmp.
+//!
+//! Left out: swap, page cache writeback, shmem THP, mTHP, folio (as
 //! opposed to PMD) splitting, device-private memory, and concurrency inside one operation
 //! (operations are atomic steps; races are explored between steps).
 //!

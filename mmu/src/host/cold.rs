@@ -38,7 +38,7 @@ impl Mm {
         if self
             .vmas_in(start, end)
             .iter()
-            .any(|v| v.flags.contains(VmFlags::PFNMAP))
+            .any(|v| v.flags.intersects(VmFlags::PFNMAP | VmFlags::HUGETLB))
         {
             return Err(MadviseError::NotLru);
         }

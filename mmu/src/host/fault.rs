@@ -116,6 +116,14 @@ pub enum HostFault {
     Userfault,
     /// A hwpoison entry: VM_FAULT_HWPOISON.
     Hwpoison,
+    /// `hugetlb_no_page()`: a hugetlb folio mapped by a huge leaf (from the page cache or
+    /// newly allocated and zeroed).
+    Hugetlb,
+    /// `hugetlb_wp()` making the huge entry writable in place (shared mapping, or an
+    /// anonymous folio mapped once).
+    HugetlbWp,
+    /// `hugetlb_wp()` copying into a new anonymous huge folio (CLEAR over the huge page).
+    HugetlbCow,
 }
 
 impl HostFault {
@@ -140,6 +148,9 @@ impl HostFault {
             HostFault::Access => "access",
             HostFault::Userfault => "userfault",
             HostFault::Hwpoison => "hwpoison",
+            HostFault::Hugetlb => "hugetlb",
+            HostFault::HugetlbWp => "hugetlb-wp",
+            HostFault::HugetlbCow => "hugetlb-cow",
         }
     }
 }
@@ -176,10 +187,10 @@ pub(crate) struct Vmf<'n> {
 }
 
 impl Vmf<'_> {
-    fn write(&self) -> bool {
+    pub(crate) fn write(&self) -> bool {
         self.flags.contains(FaultFlags::WRITE)
     }
-    fn wants_wp(&self) -> bool {
+    pub(crate) fn wants_wp(&self) -> bool {
         self.flags
             .intersects(FaultFlags::WRITE | FaultFlags::UNSHARE)
     }
@@ -263,6 +274,10 @@ impl Mm {
 
     /// Models `__handle_mm_fault()` (mm/memory.c).
     pub(crate) fn __handle_mm_fault(&mut self, vma: &Vma, vmf: &mut Vmf<'_>) -> FaultOutcome {
+        if let Some(level) = vma.hugetlb_level() {
+            // handle_mm_fault(): `if (unlikely(is_vm_hugetlb_page(vma))) hugetlb_fault()`.
+            return self.hugetlb_fault(vma, level, vmf);
+        }
         let hva = vmf.hva;
         // PUD level.
         let pud = match self.space.pt.pud_slot(hva) {

@@ -46,6 +46,8 @@ pub(crate) mod ff {
     pub const LAZYFREE: u16 = 1 << 11;
     /// A driver holds one reference (pages it remaps into a VM_PFNMAP).
     pub const DRIVER: u16 = 1 << 12;
+    /// A hugetlb folio (`folio_test_hugetlb()`).
+    pub const HUGETLB: u16 = 1 << 13;
 }
 
 /// One folio (`struct folio`), 40 bytes.
@@ -126,6 +128,12 @@ pub struct FolioInfo {
     pub referenced: bool,
     /// `get_dev_pagemap()` would succeed (ZONE_DEVICE only).
     pub pgmap_alive: Option<bool>,
+    /// `folio_test_hugetlb()`.
+    #[serde(default)]
+    pub hugetlb: bool,
+    /// `folio_test_ksm()`.
+    #[serde(default)]
+    pub ksm: bool,
 }
 
 /// Allocation failure injection (`TestEnv::fail_alloc_after()` in spirit).
@@ -453,6 +461,8 @@ impl Frames {
             dirty: f.has(ff::DIRTY),
             referenced: f.has(ff::REFERENCED),
             pgmap_alive: (f.pgmap != 0).then(|| self.pgmaps[usize::from(f.pgmap) - 1].alive),
+            hugetlb: f.has(ff::HUGETLB),
+            ksm: f.has(ff::KSM),
         }
     }
 

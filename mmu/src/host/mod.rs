@@ -18,6 +18,8 @@ pub mod device;
 pub(crate) mod fault;
 pub mod folio;
 pub mod gup_state;
+pub(crate) mod hugetlb;
+pub(crate) mod ksm;
 pub(crate) mod numa;
 pub mod ops;
 pub(crate) mod pagetable;
@@ -186,6 +188,12 @@ pub struct MemoryUse {
 /// A broken model invariant (found by [`Mm::check_invariants`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvariantError {
+    /// A hugetlb rule is broken: {what}
+    #[error("A hugetlb folio or VMA is mapped against hugetlb's rules (a model bug): {what}")]
+    Hugetlb {
+        /// The offending leaf.
+        what: String,
+    },
     /// Leaf at {hva} maps pfn {pfn} whose folio was freed
     #[error("Leaf at {hva} maps pfn {pfn} whose folio was freed")]
     MappedButFreed {
@@ -496,6 +504,8 @@ impl Mm {
         if let Some(e) = err {
             return Err(e);
         }
+        self.check_hugetlb_invariants()
+            .map_err(|what| InvariantError::Hugetlb { what })?;
         for id in self.frames.live_ids() {
             let f = &self.frames.folios[id];
             let counted = maps.get(&id).copied().unwrap_or(0);

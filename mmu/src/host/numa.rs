@@ -233,10 +233,11 @@ impl Mm {
         !self.config.numa_balancing
     }
 
-    /// `vma_migratable()` and the other `task_numa_work()` VMA filters (kernel/sched/fair.c).
+    /// `vma_migratable()` and the other `task_numa_work()` VMA filters (kernel/sched/fair.c),
+    /// hugetlb VMAs included (`is_vm_hugetlb_page()`).
     pub(crate) fn numa_scan_skips_vma(vma: &Vma) -> bool {
         vma.flags
-            .intersects(VmFlags::IO | VmFlags::PFNMAP | VmFlags::MIXEDMAP)
+            .intersects(VmFlags::IO | VmFlags::PFNMAP | VmFlags::MIXEDMAP | VmFlags::HUGETLB)
             || vma.device().is_some()
             || !vma.is_accessible()
             || (vma.file != 0

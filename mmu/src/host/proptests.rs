@@ -66,6 +66,7 @@ enum Op {
     Fork,
     ChildWrite {
         page: u64,
+        hugetlb: bool,
     },
     ChildExit,
     Revoke {
@@ -91,14 +92,19 @@ enum Op {
 }
 
 /// (start, pages) of the fixed layout: anon THP 8M, anon 4M, shmem shared 2M, huge pfnmap
-/// 4M, device-dax 2M.
-const LAYOUT: [(u64, u64); 5] = [
+/// 4M, device-dax 2M, private hugetlb 2M-pages 4M, shared hugetlb 2M-pages 4M.
+const LAYOUT: [(u64, u64); 7] = [
     (0x7f00_0000_0000, 2048),
     (0x7f00_4000_0000, 1024),
     (0x7f00_8000_0000, 512),
     (0x7f00_c000_0000, 1024),
     (0x7f01_0000_0000, 512),
+    (0x7f01_4000_0000, 1024),
+    (0x7f01_8000_0000, 1024),
 ];
+
+/// The hugetlb VMAs of [`LAYOUT`].
+const HUGETLB: [usize; 2] = [5, 6];
 
 fn setup(kernel: KernelVersion) -> Mm {
     let mut mm = mm(kernel);
@@ -114,6 +120,12 @@ fn setup(kernel: KernelVersion) -> Mm {
     device(&mut mm, Hva(LAYOUT[3].0), LAYOUT[3].1 << 12, true, spec);
     let dax = DeviceSpec::devdax().with_max_level(Level::Pmd2M);
     device(&mut mm, Hva(LAYOUT[4].0), LAYOUT[4].1 << 12, true, dax);
+    for (i, shared) in HUGETLB.into_iter().zip([false, true]) {
+        let mut h = MmapRequest::anon(Hva(LAYOUT[i].0), LAYOUT[i].1 << 12);
+        h.backing = Backing::Hugetlb(Level::Pmd2M);
+        h.shared = shared;
+        mm.mmap(h).unwrap();
+    }
     mm
 }
 
@@ -123,7 +135,7 @@ fn addr(vma: usize, page: u64) -> Hva {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let v = 0usize..5;
+    let v = 0usize..LAYOUT.len();
     let p = 0u64..2048;
     prop_oneof![
         4 => (v.clone(), p.clone(), any::<bool>()).prop_map(|(vma, page, write)| Op::Touch { vma, page, write }),
@@ -139,14 +151,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (v.clone(), 0u16..2).prop_map(|(vma, node)| Op::Migrate { vma, node }),
         1 => v.clone().prop_map(|vma| Op::Split { vma }),
         1 => Just(Op::Fork),
-        1 => p.clone().prop_map(|page| Op::ChildWrite { page }),
+        1 => (p.clone(), any::<bool>()).prop_map(|(page, hugetlb)| Op::ChildWrite { page, hugetlb }),
         1 => Just(Op::ChildExit),
         1 => v.clone().prop_map(|vma| Op::Revoke { vma }),
         1 => v.clone().prop_map(|vma| Op::Age { vma }),
         1 => (v.clone(), p.clone(), 1u64..100).prop_map(|(vma, page, pages)| Op::Munmap { vma, page, pages }),
         1 => (v, p).prop_map(|(vma, page)| Op::Poison { vma, page }),
         1 => Just(Op::Reclaim),
-        1 => (0usize..5).prop_map(|vma| Op::SplitFolio { vma }),
+        1 => (0usize..LAYOUT.len()).prop_map(|vma| Op::SplitFolio { vma }),
         1 => Just(Op::ClearRefs),
     ]
 }
@@ -249,9 +261,10 @@ fn run(kernel: KernelVersion, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     child = mm.fork(&mut log).ok().map(|(c, _)| c);
                 }
             }
-            Op::ChildWrite { page } => {
+            Op::ChildWrite { page, hugetlb } => {
                 if let Some(c) = child {
-                    let _ = mm.child_access(c, addr(0, page), true);
+                    let vma = if hugetlb { HUGETLB[0] } else { 0 };
+                    let _ = mm.child_access(c, addr(vma, page), true);
                 }
             }
             Op::ChildExit => {
@@ -280,6 +293,8 @@ fn run(kernel: KernelVersion, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::ClearRefs => {
                 mm.clear_refs_soft_dirty(&mut log);
             }
+            // Divergence: hugetlb memory failure is not modelled.
+            Op::Poison { vma, .. } if HUGETLB.contains(&(vma % LAYOUT.len())) => {}
             Op::Poison { vma, page } => {
                 if let Some(m) = mm.lookup(addr(vma, page)) {
                     if m.present && !m.special {

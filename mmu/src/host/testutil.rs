@@ -40,3 +40,15 @@ pub fn triples(r: &[NotifierRange]) -> Vec<(NotifierEvent, u64, u64)> {
 
 pub const M2: u64 = Level::Pmd2M.size();
 pub const G1: u64 = Level::Pud1G.size();
+
+/// A user write at `hva` that must succeed.
+pub fn w(mm: &mut Mm, hva: Hva) {
+    mm.user_access(hva, true, &mut crate::notifier::NoNotifier)
+        .unwrap();
+}
+
+/// The model's invariants hold (no GUP references outstanding).
+pub fn ok(mm: &Mm) {
+    mm.check_invariants(&std::collections::BTreeMap::new())
+        .unwrap();
+}

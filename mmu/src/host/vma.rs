@@ -2,7 +2,7 @@
 
 use super::device::DeviceSpec;
 use super::pte::Entry;
-use crate::types::{flag_set, Hva, NodeId};
+use crate::types::{flag_set, Hva, Level, NodeId};
 use serde::{Deserialize, Serialize};
 
 flag_set!(
@@ -44,6 +44,10 @@ flag_set!(
         NOHUGEPAGE = 30,
         /// VM_SOFTDIRTY
         SOFTDIRTY = 27,
+        /// VM_HUGETLB: a hugetlbfs mapping.
+        HUGETLB = 22,
+        /// VM_MERGEABLE: MADV_MERGEABLE, KSM may merge its anonymous pages.
+        MERGEABLE = 31,
     }
 );
 
@@ -123,6 +127,9 @@ pub enum Backing {
     Shmem,
     /// A device driver mapping (pfnmap, mixedmap or device-dax).
     Device(DeviceSpec),
+    /// A hugetlbfs file (`MAP_HUGETLB` or `memfd_create(MFD_HUGETLB)`) with huge pages of
+    /// this level's size (2M or 1G).
+    Hugetlb(Level),
 }
 
 /// One VMA (`struct vm_area_struct`).

@@ -45,6 +45,11 @@ pub(crate) struct Contents {
 pub(crate) type Snapshot = Vec<(u64, u64, u64)>;
 
 impl Contents {
+    /// The first 8 bytes of the page at `pfn` (0 for a page never written).
+    pub fn value_of(&self, pfn: crate::types::Pfn) -> u64 {
+        self.data.get(&pfn.0).copied().unwrap_or(0)
+    }
+
     /// Every present page in the parent's page table whose pfn has a value.
     pub fn snapshot(&self, mm: &Mm) -> Snapshot {
         let mut out = Vec::new();

@@ -368,9 +368,9 @@ pub enum VmaKind {
     /// hugetlbfs (`MAP_HUGETLB`), page size from `page_size` (2M default).
     ///
     /// # Divergence
-    /// The model does not implement hugetlb (`hugetlb_fault()`, mm/hugetlb.c): the VMA is
-    /// mapped so addresses resolve, and every guest access or host step touching it returns
-    /// "not-modelled".
+    /// The model has `hugetlb_fault()` (mm/hugetlb.c), fork, munmap, mprotect,
+    /// MADV_DONTNEED and aging on hugetlb; mremap, migration, memory failure, userfaultfd
+    /// and punch-hole steps touching a hugetlb VMA return "not-modelled".
     Hugetlb,
     /// A driver's `VM_PFNMAP` mapping.
     Pfnmap,
@@ -773,9 +773,10 @@ pub fn build_with(sc: &Scenario, opts: &ModelOptions) -> Result<(Mm, Kvm), Scena
         let (backing, hugepage) = match v.kind {
             VmaKind::Anon => (Backing::Anon, v.thp),
             VmaKind::Shmem | VmaKind::Memfd | VmaKind::File => (Backing::Shmem, v.thp),
-            // Not modelled: mapped as anonymous memory so addresses resolve; the runner
-            // refuses every step that touches it.
-            VmaKind::Hugetlb => (Backing::Anon, false),
+            VmaKind::Hugetlb => (
+                Backing::Hugetlb(v.hugetlb_size().unwrap_or(PageSize::Size2M).level()),
+                false,
+            ),
             VmaKind::Pfnmap => (device(DeviceKind::Pfnmap), v.thp),
             VmaKind::Mixedmap => (device(DeviceKind::Mixedmap), v.thp),
             VmaKind::Devdax => (device(DeviceKind::DevDax), v.thp),

@@ -218,9 +218,9 @@ pub enum HostPageKind {
     Shmem,
     /// A regular file's page-cache folio.
     File,
-    /// A hugetlb folio (never produced: hugetlb is not modelled).
+    /// A hugetlb folio (private or shared: kpageflags HUGE comes first).
     Hugetlb,
-    /// A KSM page (never produced: KSM is not modelled).
+    /// A KSM page (`ksm-scan` merged it).
     Ksm,
     /// A ZONE_DEVICE page (device-dax).
     Device,
@@ -378,6 +378,8 @@ impl ScenarioRunner {
             Some(f) if f.zero => HostPageKind::Zero,
             Some(f) if f.huge_zero => HostPageKind::HugeZero,
             Some(f) if f.zone == crate::host::folio::Zone::Device => HostPageKind::Device,
+            Some(f) if f.hugetlb => HostPageKind::Hugetlb,
+            Some(f) if f.ksm => HostPageKind::Ksm,
             Some(f) if f.anon && f.order > 0 => HostPageKind::AnonThp,
             Some(f) if f.anon => HostPageKind::Anon,
             Some(_) if m.special => HostPageKind::Pfnmap,
@@ -443,8 +445,22 @@ fn step_err(step: usize, op: &str, message: impl Into<String>) -> ScenarioError 
     }
 }
 
-const HUGETLB_NOT_MODELLED: &str = "hugetlb is not modelled (hugetlb_fault(), mm/hugetlb.c): \
-     the model has no hugetlb pool, fault path or PMD-shared tables";
+/// Why a step on a hugetlb VMA is not modelled, for the steps whose hugetlb rules the model
+/// lacks (it has `hugetlb_fault()`, fork, munmap, mprotect, MADV_DONTNEED and aging).
+fn hugetlb_not_modelled(st: &Step) -> Option<&'static str> {
+    Some(match st {
+        Step::Mremap(_) => "mremap of hugetlb (mremap_to()/move_hugetlb_page_tables(), mm/mremap.c) is not modelled",
+        Step::Migrate(_) => "hugetlb migration (migrate_hugetlbs(), mm/migrate.c) is not modelled",
+        Step::MemoryFailure(_) => "hugetlb memory failure (try_memory_failure_hugetlb(), mm/memory-failure.c) is not modelled",
+        Step::UffdRegister(_)
+        | Step::UffdioCopy(_)
+        | Step::UffdioZeropage(_)
+        | Step::UffdioContinue(_)
+        | Step::UffdioWriteprotect(_) => "userfaultfd on hugetlb (mfill_atomic_hugetlb(), mm/userfaultfd.c) is not modelled",
+        Step::FallocatePunchHole(_) => "hugetlbfs punch-hole (hugetlbfs_punch_hole(), fs/hugetlbfs/inode.c) is not modelled",
+        _ => return None,
+    })
+}
 
 fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, ScenarioError> {
     let mut rec = StepRecord::new(i, st);
@@ -461,14 +477,18 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
         .map(|h| (h, 1))
         .or(rec.range)
         .and_then(|(s, l)| r.hugetlb_touched(s, l));
-    if touched.is_some() {
+    if let Some(why) = touched.and(hugetlb_not_modelled(st)) {
         let _ = r.kvm.take_trace();
         rec.result = "not-modelled".into();
-        rec.not_modelled = Some(HUGETLB_NOT_MODELLED.into());
+        rec.not_modelled = Some(why.into());
         return Ok(rec);
     }
     let before = r.contents.snapshot(&r.mm);
-    let mut rec = run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec)?;
+    // ksmd compares page contents, which only the runner knows (the first 8 bytes; the
+    // rest of every page the guest wrote is zero).
+    let contents = r.contents.clone();
+    let same = |a: Pfn, b: Pfn| contents.value_of(a) == contents.value_of(b);
+    let mut rec = run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, Some(&same), rec)?;
     r.contents.after_step(&r.mm, &before);
     let completed = matches!(rec.result.as_str(), "hit" | "fixed" | "spurious");
     match (st, rec.hva) {
@@ -496,7 +516,7 @@ pub fn run_step(
     i: usize,
     st: &Step,
 ) -> Result<StepRecord, ScenarioError> {
-    run_step_impl(mm, kvm, i, st, None, StepRecord::new(i, st))
+    run_step_impl(mm, kvm, i, st, None, None, StepRecord::new(i, st))
 }
 
 fn run_step_impl(
@@ -505,6 +525,7 @@ fn run_step_impl(
     i: usize,
     st: &Step,
     bug: Option<ModelBug>,
+    same_page: Option<&dyn Fn(Pfn, Pfn) -> bool>,
     mut rec: StepRecord,
 ) -> Result<StepRecord, ScenarioError> {
     let op = st.name();
@@ -552,8 +573,7 @@ fn run_step_impl(
         | Step::TestYoung(_)
         | Step::Fork(_)
         | Step::UffdioWriteprotect(_)
-        | Step::FallocatePunchHole(_)
-        | Step::KsmScan(_) => {
+        | Step::FallocatePunchHole(_) => {
             let out = if bug == Some(ModelBug::SkipDontneedNotifier)
                 && matches!(st, Step::Madvise(m) if m.advice == MadviseAdvice::Dontneed)
             {
@@ -565,6 +585,15 @@ fn run_step_impl(
             rec.young = out.young;
             not_modelled = out.not_modelled;
         }
+        Step::KsmScan(_) => match same_page {
+            Some(same) => {
+                mm.ksm_scan(same, kvm);
+            }
+            None => {
+                not_modelled =
+                    Some("KSM needs page contents: run the scenario with ScenarioRunner".into())
+            }
+        },
         Step::Release(_) => {
             kvm.release();
         }
@@ -770,9 +799,9 @@ pub fn host_op(
                 }
                 MadviseAdvice::PopulateRead | MadviseAdvice::PopulateWrite => None,
                 MadviseAdvice::Mergeable | MadviseAdvice::Unmergeable => {
-                    return Ok(not_modelled(
-                        "KSM is not modelled (ksm_madvise(), ksm_do_scan())",
-                    ))
+                    let on = m.advice == MadviseAdvice::Mergeable;
+                    mm.ksm_madvise(s, z, on).map_err(|x| e(x.to_string()))?;
+                    return Ok(out);
                 }
             };
             match advice {
@@ -1141,30 +1170,27 @@ size = "4M"
     }
 
     #[test]
-    fn hugetlb_steps_are_not_modelled_with_a_reason() {
+    fn hugetlb_faults_are_modelled_and_mremap_is_not() {
         let sc = Scenario::from_toml(
             "[[memslot]]\nid = 0\ngpa = 0\nsize = \"2M\"\nhva = \"0x7f0000000000\"\n\
              [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\nkind = \"hugetlb\"\n\
              [[step]]\nop = \"write\"\ngpa = 0\n\
-             [[step]]\nop = \"munmap\"\nstart = \"0x7f0000000000\"\nsize = \"2M\"\n",
+             [[step]]\nop = \"mremap\"\nstart = \"0x7f0000000000\"\nsize = \"2M\"\nnew_start = \"0x7f0040000000\"\n",
         )
         .unwrap();
         let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
-        for i in 0..2 {
-            let rec = r.step(i).unwrap();
-            assert_eq!(rec.result, "not-modelled");
-            assert!(rec
-                .not_modelled
-                .as_deref()
-                .unwrap()
-                .contains("hugetlb_fault()"));
-        }
+        let rec = r.step(0).unwrap();
+        assert_eq!(rec.result, "fixed");
+        let p = r.host_page(Hva(0x7f00_0000_0000)).unwrap();
+        assert_eq!((p.kind, p.leaf), (HostPageKind::Hugetlb, Level::Pmd2M));
+        let rec = r.step(1).unwrap();
+        assert_eq!(rec.result, "not-modelled");
+        assert!(rec.not_modelled.as_deref().unwrap().contains("mremap"));
     }
 
     #[test]
     fn steps_without_machinery_say_not_modelled() {
         for (op, keys) in [
-            ("ksm-scan", ""),
             (
                 "fallocate-punch-hole",
                 "start = \"0x7f0000000000\"\nsize = \"4K\"",
@@ -1173,10 +1199,6 @@ size = "4M"
             (
                 "madvise",
                 "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"pageout\"",
-            ),
-            (
-                "madvise",
-                "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"mergeable\"",
             ),
             (
                 "uffd-register",

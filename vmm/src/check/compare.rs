@@ -107,6 +107,35 @@ pub struct RealStep {
     /// Pages whose state the host cannot show, with the reason (e.g. pagemap skips
     /// VM_PFNMAP VMAs).
     pub unobservable_pages: Vec<(u64, String)>,
+    /// The dirty gfns KVM_GET_DIRTY_LOG reported (dirty-log-get / -clear), in model gfns
+    /// (slot base gfn + bit index), ascending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<Vec<u64>>,
+}
+
+/// Where the real dirty gfns come from.
+const DIRTY_SRC: &str = "KVM_GET_DIRTY_LOG bitmap";
+
+/// The gfns whose bits are set in a KVM dirty bitmap of a slot starting at `base_gfn`
+/// (bit `i` of word `w` is page `64 * w + i` of the slot, `kvm_get_dirty_log()`).
+pub fn dirty_bitmap_gfns(base_gfn: u64, bitmap: &[u64]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (w, word) in bitmap.iter().enumerate() {
+        for bit in 0..64u64 {
+            if word & (1 << bit) != 0 {
+                out.push(base_gfn + 64 * w as u64 + bit);
+            }
+        }
+    }
+    out
+}
+
+fn gfns_text(gfns: &[u64]) -> String {
+    if gfns.is_empty() {
+        return "none".into();
+    }
+    let v: Vec<String> = gfns.iter().map(|g| format!("{g:#x}")).collect();
+    v.join(" ")
 }
 
 /// Which real observables this host offers, found out by the executor.
@@ -277,6 +306,17 @@ pub fn compare_step(
             });
         }
     }
+    if let (Some(model), Some(realg)) = (&rec.dirty, &real.dirty) {
+        let mut m: Vec<u64> = model.iter().map(|g| parse_hex(g)).collect();
+        m.sort_unstable();
+        m.dedup();
+        out.push(Observation::compare(
+            "dirty gfns",
+            DIRTY_SRC,
+            gfns_text(&m),
+            gfns_text(realg),
+        ));
+    }
     let model_inv = model_invalidations(rec);
     match (&real.invalidations, &caps.notifiers) {
         (Some(r), _) => out.push(Observation::compare(
@@ -419,5 +459,49 @@ mod tests {
         assert_eq!(model_page_text(None), "absent");
         assert_eq!(size_name(4096), "4K");
         assert_eq!(size_name(1 << 30), "1G");
+    }
+
+    /// The dirty bitmap of KVM_GET_DIRTY_LOG maps bit i of word w to page 64w+i of the slot
+    /// (`kvm_get_dirty_log()`), and `dirty gfns` compares that set with the model's.
+    #[test]
+    fn dirty_gfns_are_compared_with_the_kvm_bitmap() {
+        assert_eq!(
+            dirty_bitmap_gfns(0x100, &[0b101, 1 << 63]),
+            vec![0x100, 0x102, 0x17f]
+        );
+        assert!(dirty_bitmap_gfns(0, &[0, 0]).is_empty());
+        let sc = mmu::scenario::Scenario::from_toml(
+            "[[memslot]]\nid = 0\ngpa = 0\nsize = \"2M\"\nhva = \"0x7f0000000000\"\n\
+             [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\n\
+             [[step]]\nop = \"dirty-log-enable\"\nmemslot = 0\n\
+             [[step]]\nop = \"write\"\ngpa = \"0x3000\"\n\
+             [[step]]\nop = \"dirty-log-get\"\nmemslot = 0\n",
+        )
+        .unwrap();
+        let mut r = mmu::scenario::ScenarioRunner::new(&sc, &Default::default()).unwrap();
+        let rec = r.run_all().unwrap().pop().unwrap();
+        let dirty = |gfns: Vec<u64>| {
+            let real = RealStep {
+                dirty: Some(gfns),
+                ..Default::default()
+            };
+            compare_step(&rec, &[], &real, &Capabilities::default())
+                .into_iter()
+                .find(|o| o.observable == "dirty gfns")
+                .expect("a dirty gfns observation")
+        };
+        let same = dirty(vec![3]);
+        assert_eq!(
+            (same.model.as_deref(), same.verdict.clone()),
+            (Some("0x3"), Verdict::Agree)
+        );
+        assert!(
+            matches!(dirty(vec![3, 4]).verdict, Verdict::Diverge),
+            "an extra real gfn diverges"
+        );
+        assert!(
+            matches!(dirty(vec![]).verdict, Verdict::Diverge),
+            "a missing one too"
+        );
     }
 }

@@ -185,8 +185,33 @@ fn step_not_executable(step: &Step, env: &CheckEnv) -> Option<String> {
         | Step::UffdioWriteprotect(_) => {
             Some("userfaultfd steps are not wired into the executor yet".into())
         }
-        Step::KsmScan(_) => Some("a KSM scan (ksmd) is not wired into the executor yet".into()),
+        Step::KsmScan(_) => super::ksm::unavailable(),
     }
+}
+
+/// Reserves the huge pages a scenario's hugetlb VMAs need (every huge page of each VMA, twice
+/// when the scenario forks, since the parent's writes then COW whole huge pages), with
+/// [`crate::testing::reserve_huge_pages`]: the guards put the pools back when dropped. The
+/// second value is why the pages could not be had (then the hugetlb VMAs are not made).
+fn reserve_scenario_huge_pages(sc: &Scenario) -> (Vec<crate::testing::HugePages>, Option<String>) {
+    let forks = sc.step.iter().any(|s| matches!(s, Step::Fork(_)));
+    let mut need: Vec<(u64, u64)> = Vec::new();
+    for v in sc.vma.iter().filter(|v| v.kind == VmaKind::Hugetlb) {
+        let size = v.page_size.map_or(2 << 20, page_bytes);
+        let pages = v.size.0.div_ceil(size) * if forks { 2 } else { 1 };
+        match need.iter_mut().find(|(s, _)| *s == size) {
+            Some((_, n)) => *n += pages,
+            None => need.push((size, pages)),
+        }
+    }
+    let mut guards = Vec::new();
+    for (size, pages) in need {
+        match crate::testing::reserve_huge_pages(size >> 10, pages) {
+            Ok(g) => guards.push(g),
+            Err(e) => return (guards, Some(e)),
+        }
+    }
+    (guards, None)
 }
 
 fn page_bytes(p: mmu::scenario::PageSize) -> u64 {
@@ -403,7 +428,17 @@ fn run_real(
     // The real VMAs, and which model ranges could not be made.
     let mut specs = Vec::new();
     let mut absent: Vec<(u64, u64, String)> = Vec::new();
+    // Huge pages for the hugetlb VMAs (and the COW copies a fork makes), put back afterwards.
+    let (_huge_pages, no_huge_pages) = reserve_scenario_huge_pages(sc);
     for v in &sc.vma {
+        if let (VmaKind::Hugetlb, Some(reason)) = (v.kind, &no_huge_pages) {
+            check.notes.push(format!(
+                "VMA {:#x}+{:#x} (Hugetlb) not executable here: {reason}",
+                v.start.0, v.size.0
+            ));
+            absent.push((v.start.0, v.start.0 + v.size.0, reason.clone()));
+            continue;
+        }
         match vma_real_kind(v.kind, v.page_size.map_or(2 << 20, page_bytes), v.vvar) {
             Ok(kind) => specs.push(RealVmaSpec {
                 start: v.start.0,
@@ -689,6 +724,10 @@ fn run_real(
                                     TraceEvent::UnmapHvaRange { start, end } => {
                                         if let (Some(s), Some(_)) = (space.model(*start), space.model(end.saturating_sub(1))) {
                                             match daemons.iter().find(|d| d.1 == r.pid) {
+                                                // A ksm-scan step's invalidations are ksmd's.
+                                                Some(d) if matches!(step, Step::KsmScan(_)) && d.0 == "ksmd" => {
+                                                    inv.push((s, s + (end - start)))
+                                                }
                                                 Some(d) => by_daemon.push((d.0.clone(), s, s + (end - start))),
                                                 None => inv.push((s, s + (end - start))),
                                             }
@@ -836,6 +875,11 @@ fn execute(
         }
         Step::Mremap(m) => host(space.mremap(m.start.0, m.size.0, m.new_start.0), real),
         Step::Fork(_) => host(space.fork(), real),
+        Step::KsmScan(_) => {
+            if let Err(e) = super::ksm::scan(std::time::Duration::from_secs(20)) {
+                real.host_error = Some(e.to_string());
+            }
+        }
         Step::FallocatePunchHole(r) => host(space.punch_hole(r.start.0, r.size.0), real),
         Step::DirtyLogEnable(s)
         | Step::DirtyLogGet(s)
@@ -862,9 +906,23 @@ fn execute(
                         },
                     )
                     .map_err(|e| e.to_string()),
+                // dirty-log-get and -clear both read and clear the log, as the model's
+                // `dirty_log_get()` does: with manual protection (KVM_CAP_MANUAL_DIRTY_LOG_
+                // PROTECT2) GET leaves the bits set, so KVM_CLEAR_DIRTY_LOG clears what it
+                // returned and write-protects those pages again.
                 _ => vm
                     .get_dirty_log(slot.real_slot, slot.size)
-                    .map(|_| ())
+                    .and_then(|bitmap| {
+                        if !vm.dirty_log_get_clears() {
+                            let pages = u32::try_from(slot.size / 4096).unwrap_or(u32::MAX);
+                            vm.clear_dirty_log(slot.real_slot, 0, pages, &bitmap)?;
+                        }
+                        Ok(bitmap)
+                    })
+                    .map(|bitmap| {
+                        real.dirty =
+                            Some(super::compare::dirty_bitmap_gfns(slot.gpa >> 12, &bitmap));
+                    })
                     .map_err(|e| e.to_string()),
             };
             if let Err(e) = r {

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod compare;
 pub mod exec;
 pub mod known;
+pub mod ksm;
 pub mod observe;
 pub mod race;
 pub mod report;
