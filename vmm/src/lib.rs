@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod guests;
 pub mod launch;
+pub mod live;
 pub mod measure;
 pub mod memory;
 pub mod selftests;
