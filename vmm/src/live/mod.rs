@@ -1123,6 +1123,99 @@ impl Live {
     }
 }
 
+/// Default `touch` parameters in live mode: each vCPU reads then writes its own 16 MiB (less
+/// if RAM is small) at 64 MiB, every page once, so every page takes a MISSING fault and,
+/// with write-protect, a WP fault.
+pub fn live_touch_params(ram: u64, vcpus: u32) -> crate::measure::workload::TouchParams {
+    let region = 64 << 20;
+    let per = (ram.saturating_sub(region) / u64::from(vcpus.max(1))).min(16 << 20) & !(PAGE - 1);
+    crate::measure::workload::TouchParams {
+        region_gpa: region,
+        bytes_per_vcpu: per,
+        stride: PAGE,
+        access: crate::measure::workload::Access::ReadWrite,
+        random: false,
+        expect: 0,
+        seed: 1,
+    }
+}
+
+/// The injections of `--inject` and `--schedule`.
+pub fn injections(
+    specs: &[String],
+    schedule: Option<&std::path::Path>,
+) -> Result<Vec<Injection>, String> {
+    let mut out = Vec::new();
+    for s in specs {
+        out.push(Injection::parse(s).map_err(|e| e.to_string())?);
+    }
+    if let Some(f) = schedule {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| format!("cannot read the schedule {}: {e}", f.display()))?;
+        out.extend(
+            Injection::parse_schedule(&f.display().to_string(), &text)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
+}
+
+/// `faultline run --live ...`: builds the VM, runs it live, prints the summary; returns the
+/// exit status (the guest's, or 1 when live mode cannot run).
+pub fn run_cli(args: &crate::cli::RunArgs) -> i32 {
+    match run_cli_inner(args) {
+        Ok(o) => {
+            eprint!("{}", o.summary.render());
+            let status = o.outcome.exit.status();
+            eprintln!("faultline: {} (exit status {status})", o.outcome.exit);
+            status
+        }
+        Err(e) => {
+            eprintln!("faultline: error: {e}");
+            1
+        }
+    }
+}
+
+fn run_cli_inner(args: &crate::cli::RunArgs) -> Result<LiveOutcome, String> {
+    if let Some(why) = unsupported_backing(args.backing) {
+        return Err(LiveError::Backing {
+            backing: args.backing,
+            why,
+        }
+        .to_string());
+    }
+    let inject = injections(&args.inject, args.schedule.as_deref())?;
+    let config = args.to_config().map_err(|e| e.to_string())?;
+    let watchdog = crate::cli::watchdog_of(args)?;
+    let guest = match &config.payload {
+        crate::config::Payload::Guest(g) => g.clone(),
+        crate::config::Payload::Kernel(k) => {
+            format!("{} -- {}", k.kernel.display(), k.init_command.join(" "))
+        }
+    };
+    let (ram, vcpus, backing) = (config.memory.size, config.vcpus, config.memory.backing);
+    let b = crate::launch::VmBuilder::new(config, crate::launch::VmIo::stdio());
+    let b = match watchdog {
+        Some((limit, syms)) => b.watchdog(limit, syms),
+        None => b,
+    };
+    let vmm = b.build().map_err(|e| e.to_string())?;
+    if guest == "touch" {
+        live_touch_params(ram, vcpus)
+            .write(vmm.guest_memory())
+            .map_err(|e| format!("writing the touch guest's parameters: {e}"))?;
+    }
+    let opts = LiveOptions {
+        kernel_rules: args.kernel_rules,
+        inject,
+        record: args.record.clone(),
+        guest,
+        no_verify: false,
+    };
+    run(vmm, backing, &opts).map_err(|e| e.to_string())
+}
+
 fn memslot_flags_step(slot: u32, on: bool) -> Step {
     Step::MemslotFlags(MemslotFlagsStep {
         memslot: u16::try_from(slot).unwrap_or(u16::MAX),
