@@ -164,6 +164,11 @@ pub struct LiveSummary {
     pub notes: Vec<String>,
     /// Errors while serving (ioctls that failed, model errors), the first 100.
     pub errors: Vec<String>,
+    /// Nanoseconds spent in the model resolving faults, in all.
+    pub model_ns: u64,
+    /// Nanoseconds from the model step to the end of the fault's resolution (model, ioctls,
+    /// pagemap check; not the recording), in all.
+    pub serve_ns: u64,
 }
 
 impl LiveSummary {
@@ -229,6 +234,13 @@ impl LiveSummary {
                 Some(g) => s += &format!("    step {} gfn {g:#x}: {}\n", d.step, d.what),
                 None => s += &format!("    step {}: {}\n", d.step, d.what),
             }
+        }
+        if self.model_resolutions > 0 {
+            s += &format!(
+                "  cost per fault: model {} ns, whole service {} ns\n",
+                self.model_ns / self.model_resolutions,
+                self.serve_ns / self.model_resolutions
+            );
         }
         for n in &self.notes {
             s += &format!("  note: {n}\n");
@@ -680,7 +692,9 @@ impl Live {
             })
         };
         let seq = self.seq();
+        let t0 = Instant::now();
         let rec = self.push_record(step.clone());
+        self.summary.model_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
         self.summary.model_resolutions += 1;
         let model = rec.as_ref().map(Resolution::from).unwrap_or(Resolution {
             result: "model-error".into(),
@@ -785,6 +799,7 @@ impl Live {
                 }
             }
         }
+        self.summary.serve_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
         for d in &disagreements {
             self.summary.disagree(Disagreement {
                 step: seq,
