@@ -281,6 +281,7 @@ pub struct ScenarioRunner {
     kvm: Kvm,
     next: usize,
     contents: Contents,
+    track_contents: bool,
 }
 
 impl ScenarioRunner {
@@ -294,6 +295,7 @@ impl ScenarioRunner {
             kvm,
             next: 0,
             contents: Contents::default(),
+            track_contents: true,
         })
     }
 
@@ -337,6 +339,14 @@ impl ScenarioRunner {
         self.scenario.step.push(step.clone());
         self.next += 1;
         step_with(self, index, &step)
+    }
+
+    /// Turns the page-contents prediction ([`super::contents`]) off or on. It costs a walk of
+    /// every mapped page per step, which live mode (where the real pages hold the data, and
+    /// a run maps up to all of guest RAM) does not need; off, [`StepRecord::value`] and
+    /// [`ScenarioRunner::page_value`] say nothing (`None` / 0).
+    pub fn set_track_contents(&mut self, on: bool) {
+        self.track_contents = on;
     }
 
     /// Runs every remaining step.
@@ -482,6 +492,9 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
         rec.result = "not-modelled".into();
         rec.not_modelled = Some(HUGETLB_NOT_MODELLED.into());
         return Ok(rec);
+    }
+    if !r.track_contents {
+        return run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec);
     }
     let before = r.contents.snapshot(&r.mm);
     let mut rec = run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec)?;

@@ -318,7 +318,7 @@ fn hex_of(s: &str) -> Option<u64> {
 enum Action {
     Zeropage { wp: bool },
     Copy { wp: bool, from_store: bool },
-    Continue,
+    Continue { wp: bool },
     Unprotect,
 }
 
@@ -332,7 +332,8 @@ impl Action {
                 if wp { " MODE_WP" } else { "" },
                 if from_store { " (source store)" } else { "" }
             ),
-            Action::Continue => "UFFDIO_CONTINUE 4K".into(),
+            Action::Continue { wp: false } => "UFFDIO_CONTINUE 4K".into(),
+            Action::Continue { wp: true } => "UFFDIO_CONTINUE 4K MODE_WP".into(),
             Action::Unprotect => "UFFDIO_WRITEPROTECT off 4K".into(),
         }
     }
@@ -721,9 +722,14 @@ impl Live {
             }
             Action::Unprotect
         } else if minor {
-            Action::Continue
+            Action::Continue {
+                wp: self.wp && hp.is_some_and(|p| !p.writable),
+            }
         } else if self.backing == Backing::Shmem {
-            Action::Zeropage { wp: false }
+            // shmem's UFFDIO_ZEROPAGE allocates a zeroed page-cache page (no zero page).
+            Action::Zeropage {
+                wp: self.wp && hp.is_some_and(|p| !p.writable),
+            }
         } else {
             match hp.map(|p| p.kind) {
                 Some(HostPageKind::Zero | HostPageKind::HugeZero) if data.is_none() => {
@@ -881,10 +887,18 @@ impl Live {
                 }
                 r.map(|_| ())
             }
-            Action::Continue => {
+            Action::Continue { wp } => {
                 self.summary.ioctl("UFFDIO_CONTINUE");
                 // SAFETY: as above; the page cache already holds the guest's page.
-                unsafe { self.uffd.continue_(p, n) }.map(|_| ())
+                let r = if wp {
+                    unsafe { self.uffd.continue_wp(p, n) }
+                } else {
+                    unsafe { self.uffd.continue_(p, n) }
+                };
+                if r.is_ok() && wp {
+                    self.wp_pages.insert(page);
+                }
+                r.map(|_| ())
             }
             Action::Unprotect => {
                 self.summary.ioctl("UFFDIO_WRITEPROTECT");
