@@ -28,6 +28,7 @@
 // x86_64, the only target a KVM x86 VMM builds for.
 #![allow(clippy::cast_possible_truncation)]
 
+pub mod bench;
 pub mod inject;
 pub mod mirror;
 pub mod record;
@@ -69,6 +70,10 @@ pub struct LiveOptions {
     pub guest: String,
     /// Skip the pagemap comparison after each fault (faster; nothing is compared).
     pub no_verify: bool,
+    /// Spin on the uffd (non-blocking reads, `sched_yield()` between empty ones) instead of
+    /// sleeping in `poll()`: the plain uffd service's default wait, lowest latency, burns a
+    /// core (`bench faults --live` uses it to compare like with like).
+    pub busy_poll: bool,
 }
 
 /// Live mode cannot start.
@@ -293,6 +298,7 @@ struct Live {
     timer: Timer,
     start: Instant,
     verify: bool,
+    busy_poll: bool,
     steps: u64,
 }
 
@@ -352,13 +358,16 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
     let (model_opts, rules) = host_model_options(opts.kernel_rules, &env);
     let regions = RamRegion::of(vmm.guest_memory());
     let (mirror_text, mirror) = mirror::mirror(&regions, backing, &model_opts)?;
-    let runner = ScenarioRunner::new(
+    let mut runner = ScenarioRunner::new(
         &mirror,
         &ModelOptions {
             bug: None,
             ..model_opts
         },
     )?;
+    // The real pages hold the data; the model's contents prediction would cost a walk of
+    // every mapped page per fault.
+    runner.set_track_contents(false);
     for e in &opts.inject {
         if let Some((gpa, len)) = e.range {
             if mirror::hva_range(&regions, gpa, len).is_none() {
@@ -483,6 +492,7 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         events: opts.inject.clone(),
         start: Instant::now(),
         verify: !opts.no_verify,
+        busy_poll: opts.busy_poll,
         steps: 0,
     };
     live.tell_present();
@@ -616,10 +626,16 @@ impl Live {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, ms) };
+            if !self.busy_poll {
+                let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, ms) };
+            }
             match self.uffd.read_events(&mut buf) {
+                Ok(events) if events.is_empty() && self.busy_poll => {
+                    // SAFETY: sched_yield has no preconditions.
+                    unsafe { libc::sched_yield() };
+                }
                 Ok(events) => {
                     for ev in events {
                         self.handle(ev, h);
@@ -778,13 +794,9 @@ impl Live {
         let mut real = None;
         if installed == Ok(true) && self.verify {
             if let Some(pm) = self.pagemap.as_ref() {
-                if let Ok(st) = pm.state(page) {
-                    let zero = matches!(st.kind, PageKind::Zero | PageKind::HugeZero);
-                    real = Some(RealPage {
-                        present: st.present,
-                        size: st.present.then_some(st.size),
-                        zero_page: zero,
-                    });
+                if let Ok(st) = real_page(pm, page) {
+                    let zero = st.zero_page;
+                    real = Some(st.clone());
                     self.summary.pages_compared += 1;
                     let model_zero = hp.is_some_and(|p| {
                         matches!(p.kind, HostPageKind::Zero | HostPageKind::HugeZero)
@@ -1246,8 +1258,42 @@ fn run_cli_inner(args: &crate::cli::RunArgs) -> Result<LiveOutcome, String> {
         record: args.record.clone(),
         guest,
         no_verify: false,
+        busy_poll: false,
     };
     run(vmm, backing, &opts).map_err(|e| e.to_string())
+}
+
+/// The real page at `page` from pagemap and kpageflags alone (no smaps read: this runs per
+/// fault). The size is 4K for a small page; for a compound page (THP, large folio) it is
+/// the PMD size, an upper bound for an mTHP.
+fn real_page(pm: &PageMap, page: u64) -> Result<RealPage, String> {
+    use crate::check::observe::pagemap::classify;
+    let entry = *pm
+        .entries(page, 1)
+        .map_err(|e| e.to_string())?
+        .first()
+        .ok_or("pagemap gave no entry")?;
+    if !entry.present() {
+        return Ok(RealPage {
+            present: false,
+            size: None,
+            zero_page: false,
+        });
+    }
+    let flags = match entry.pfn() {
+        Some(pfn) => pm
+            .flags(pfn, 1)
+            .map_err(|e| e.to_string())?
+            .and_then(|f| f.first().copied()),
+        None => None,
+    };
+    let kind = classify(entry, flags, false);
+    let compound = flags.is_some_and(|f| f.compound());
+    Ok(RealPage {
+        present: true,
+        size: Some(if compound { 2 << 20 } else { PAGE }),
+        zero_page: matches!(kind, PageKind::Zero | PageKind::HugeZero),
+    })
 }
 
 fn memslot_flags_step(slot: u32, on: bool) -> Step {
