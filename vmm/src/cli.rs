@@ -188,6 +188,26 @@ pub struct RunArgs {
     /// guest. Breakpoints: `hbreak` (int3 cannot run here). Turns the watchdog off.
     #[arg(long, value_name = "PORT|unix:PATH")]
     pub gdb: Option<crate::gdb::connection::GdbAddr>,
+    /// Live mode: guest RAM is served through userfaultfd and every fault is resolved by
+    /// faultline's model of the kernel's MMU, then applied to the real mapping (see
+    /// `vmm::live`); a summary is printed at the end.
+    #[arg(long, conflicts_with = "gdb")]
+    pub live: bool,
+    /// With --live: the model's rule set, 6.12, 6.13 or 6.18 [default: the host kernel's].
+    #[arg(long, value_name = "VERSION", requires = "live", value_parser = crate::check::cli::parse_rules)]
+    pub kernel_rules: Option<mmu::types::KernelVersion>,
+    /// With --live: inject a host event, KIND[:GPA+LEN]@every=DUR or @at=DUR[,count=N]
+    /// (KIND: dontneed, thp-collapse, aging, fork, dirty-log-on, dirty-log-off, numa-scan);
+    /// repeatable.
+    #[arg(long, value_name = "SPEC", requires = "live")]
+    pub inject: Vec<String>,
+    /// With --live: a TOML file of `[[event]]` tables (kind, gpa, size, every | at, count).
+    #[arg(long, value_name = "FILE", requires = "live")]
+    pub schedule: Option<PathBuf>,
+    /// With --live: record every fault and injected event as JSON Lines (mmu::record's
+    /// format; `faultline sim --replay` reads it).
+    #[arg(long, value_name = "FILE", requires = "live")]
+    pub record: Option<PathBuf>,
 }
 
 impl RunArgs {

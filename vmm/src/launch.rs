@@ -617,6 +617,11 @@ impl Vmm {
         })
     }
 
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> u32 {
+        self.config.vcpus
+    }
+
     /// Guest memory (e.g. for a userfaultfd service or inspection).
     pub fn guest_memory(&self) -> &GuestMemoryMmap {
         &self.mem

@@ -9,6 +9,7 @@ pub mod config;
 pub mod gdb;
 pub mod guests;
 pub mod launch;
+pub mod live;
 pub mod measure;
 pub mod memory;
 pub mod selftests;

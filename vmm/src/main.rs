@@ -24,6 +24,9 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
         print!("{}", vmm::cli::list_guests());
         return 0;
     }
+    if args.live {
+        return vmm::live::run_cli(&args);
+    }
     let watchdog = match vmm::cli::watchdog_of(&args) {
         Ok(w) => w,
         Err(e) => {

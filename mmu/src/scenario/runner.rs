@@ -281,6 +281,7 @@ pub struct ScenarioRunner {
     kvm: Kvm,
     next: usize,
     contents: Contents,
+    track_contents: bool,
 }
 
 impl ScenarioRunner {
@@ -294,6 +295,7 @@ impl ScenarioRunner {
             kvm,
             next: 0,
             contents: Contents::default(),
+            track_contents: true,
         })
     }
 
@@ -321,6 +323,30 @@ impl ScenarioRunner {
         self.next += 1;
         let st = self.scenario.step[index].clone();
         step_with(self, index, &st)
+    }
+
+    /// Appends `step` to the scenario and runs it: what live mode (`faultline run --live`)
+    /// does with each fault the real kernel raises and each injected host event. Every
+    /// step already in the scenario must have run (or been skipped) first.
+    pub fn push(&mut self, step: Step) -> Result<StepRecord, ScenarioError> {
+        if self.next != self.scenario.step.len() {
+            return Err(ScenarioError::OutOfOrder {
+                asked: self.scenario.step.len(),
+                next: self.next,
+            });
+        }
+        let index = self.scenario.step.len();
+        self.scenario.step.push(step.clone());
+        self.next += 1;
+        step_with(self, index, &step)
+    }
+
+    /// Turns the page-contents prediction ([`super::contents`]) off or on. It costs a walk of
+    /// every mapped page per step, which live mode (where the real pages hold the data, and
+    /// a run maps up to all of guest RAM) does not need; off, [`StepRecord::value`] and
+    /// [`ScenarioRunner::page_value`] say nothing (`None` / 0).
+    pub fn set_track_contents(&mut self, on: bool) {
+        self.track_contents = on;
     }
 
     /// Runs every remaining step.
@@ -482,6 +508,9 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
         rec.result = "not-modelled".into();
         rec.not_modelled = Some(why.into());
         return Ok(rec);
+    }
+    if !r.track_contents {
+        return run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec);
     }
     let before = r.contents.snapshot(&r.mm);
     // ksmd compares page contents, which only the runner knows (the first 8 bytes; the
@@ -1093,6 +1122,41 @@ size = "4M"
         assert_eq!(m.notifiers.len(), 1);
         assert!(r.host_page(PAGE).is_none());
         assert!(r.step(2).is_err());
+    }
+
+    #[test]
+    fn push_appends_and_runs_after_the_file_steps() {
+        let mut r = runner(&step("read", "gpa = \"0x1000\""), ModelOptions::default());
+        let read = |gpa: u64| {
+            Step::from_table(
+                0,
+                toml::from_str(&format!("op = \"read\"\ngpa = {gpa}")).unwrap(),
+            )
+            .unwrap()
+        };
+        // Step 0 of the file has not run yet: a push would reorder the run.
+        let e = r.push(read(0x2000)).unwrap_err().to_string();
+        assert!(e.contains("next step to run is 0"), "{e}");
+        assert_eq!(r.step(0).unwrap().result, "fixed");
+        let p = r.push(read(0x2000)).unwrap();
+        assert_eq!((p.step, p.result.as_str()), (1, "fixed"));
+        assert_eq!(r.scenario().step.len(), 2);
+        assert_eq!(
+            r.host_page(Hva(0x7f00_0000_2000)).unwrap().kind,
+            HostPageKind::Zero
+        );
+        let w = r
+            .push(
+                Step::from_table(0, toml::from_str("op = \"write\"\ngpa = 0x2000").unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(w.step, 2);
+        assert_eq!(
+            r.host_page(Hva(0x7f00_0000_2000)).unwrap().kind,
+            HostPageKind::Anon
+        );
+        assert_eq!(r.next_step(), 3);
     }
 
     #[test]

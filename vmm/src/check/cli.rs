@@ -42,7 +42,8 @@ pub struct CheckArgs {
     pub kvm_device: PathBuf,
 }
 
-fn parse_rules(s: &str) -> Result<KernelVersion, String> {
+/// Parses `--kernel-rules` (6.12, 6.13, 6.18).
+pub fn parse_rules(s: &str) -> Result<KernelVersion, String> {
     match s.trim() {
         "6.12" => Ok(KernelVersion::V6_12),
         "6.13" => Ok(KernelVersion::V6_13),

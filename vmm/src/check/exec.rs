@@ -293,6 +293,31 @@ pub fn check_scenario(
     check
 }
 
+/// The model's options for this host, without a scenario (live mode: `faultline run
+/// --live`): the rule set (`kernel_rules`, else the host kernel's) and the host's THP mode,
+/// huge zero page, NUMA nodes and balancing, paging mode; async PF off. Returns the options
+/// and where the rule set came from.
+pub fn host_model_options(
+    kernel_rules: Option<KernelVersion>,
+    env: &CheckEnv,
+) -> (ModelOptions, String) {
+    let opts = CheckOptions {
+        kernel_rules,
+        ..CheckOptions::default()
+    };
+    // An empty scenario names no conditions, so nothing overrides the host's.
+    match Scenario::from_toml("") {
+        Ok(empty) => {
+            let (m, why, _) = model_options(&empty, &opts, env);
+            (m, why)
+        }
+        Err(e) => (
+            ModelOptions::default(),
+            format!("host conditions unknown: {e}"),
+        ),
+    }
+}
+
 /// The model's options from the host's real conditions, and notes where the scenario
 /// assumes otherwise.
 fn model_options(

@@ -640,7 +640,7 @@ pub struct ForkChild {
 }
 
 impl ForkChild {
-    fn spawn() -> Result<ForkChild, SpaceError> {
+    pub(crate) fn spawn() -> Result<ForkChild, SpaceError> {
         let mut fds = [0i32; 2];
         // SAFETY: pipe2 fills the two-element array.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

@@ -72,6 +72,13 @@ pub struct FaultsArgs {
     /// No progress bar.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Also run the touch workload under `faultline run --live` (every fault resolved by the
+    /// model) next to plain `-u MISSING`, same backing, size and vCPUs (first --backing only).
+    #[arg(long)]
+    pub live: bool,
+    /// With --live: the model's rule set, 6.12, 6.13 or 6.18 [default: the host kernel's].
+    #[arg(long, value_name = "VERSION", requires = "live", value_parser = crate::check::cli::parse_rules)]
+    pub kernel_rules: Option<mmu::types::KernelVersion>,
     /// KVM device node [env: FAULTLINE_KVM_DEVICE] [default: /dev/kvm].
     #[arg(long, value_name = "PATH")]
     pub kvm_device: Option<PathBuf>,
@@ -190,6 +197,25 @@ pub fn run_faults(args: &FaultsArgs) -> i32 {
             return 2;
         }
     };
+    if args.live {
+        return match crate::live::bench::run(&bench, args.kernel_rules) {
+            Ok(r) => {
+                print!("{}", r.table());
+                if let Some(path) = &args.json {
+                    let text = serde_json::to_string_pretty(&r).unwrap_or_default();
+                    if let Err(e) = std::fs::write(path, text) {
+                        eprintln!("faultline: error: cannot write {}: {e}", path.display());
+                        return 1;
+                    }
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("faultline: error: {e}");
+                1
+            }
+        };
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = match bench.run_all(command, args.quiet) {
         Ok(r) => r,

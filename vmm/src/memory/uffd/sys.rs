@@ -508,9 +508,33 @@ impl Uffd {
     /// # Safety
     /// As for [`Uffd::copy`].
     pub unsafe fn zeropage(&self, dst: usize, len: usize) -> Result<usize, UffdError> {
+        // SAFETY: the caller's guarantee is passed on unchanged.
+        unsafe { self.zeropage_mode(dst, len, false) }
+    }
+
+    /// [`Uffd::zeropage`] without waking the waiters (`UFFDIO_ZEROPAGE_MODE_DONTWAKE`):
+    /// the caller write-protects the page first, then wakes them with [`Uffd::wake`].
+    ///
+    /// # Safety
+    /// As for [`Uffd::copy`].
+    pub unsafe fn zeropage_dontwake(&self, dst: usize, len: usize) -> Result<usize, UffdError> {
+        // SAFETY: the caller's guarantee is passed on unchanged.
+        unsafe { self.zeropage_mode(dst, len, true) }
+    }
+
+    unsafe fn zeropage_mode(
+        &self,
+        dst: usize,
+        len: usize,
+        dontwake: bool,
+    ) -> Result<usize, UffdError> {
         let mut z = uapi::uffdio_zeropage {
             range: range(dst, len),
-            mode: 0,
+            mode: if dontwake {
+                u64::from(uapi::UFFDIO_ZEROPAGE_MODE_DONTWAKE)
+            } else {
+                0
+            },
             zeropage: 0,
         };
         // SAFETY: UFFDIO_ZEROPAGE takes a `struct uffdio_zeropage`; the caller vouches for

@@ -1,0 +1,224 @@
+//! `faultline run --live` on real KVM: the model resolves every fault of a running guest.
+//!
+//! - the `touch` guest runs to completion, and every uffd event was resolved through the
+//!   model exactly once (events = resolutions; the recording has one fault record each);
+//! - the `writeback` guest reads back every word it wrote while DONTNEED drops its pages
+//!   every 100 ms (the source store serves them back);
+//! - the recording parses with `mmu::record::Recording::parse`, and re-running its steps on
+//!   its own mirror under its rule set gives every record's `model` again;
+//! - a Linux guest (`-- true`) boots and runs under --live (minutes);
+//! - bad input: `--live --backing hugetlb`, a schedule with an unknown event.
+
+use faultline_tests::fixtures::{self, RunOutput};
+use faultline_tests::guest::faultline;
+use mmu::record::{Recording, Resolution};
+use mmu::scenario::{ModelOptions, ScenarioRunner};
+use std::time::Duration;
+
+fn temp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("faultline-live-{}-{name}", std::process::id()))
+}
+
+/// The number after `key ` in the summary on stderr.
+fn summary_number(out: &RunOutput, key: &str) -> u64 {
+    let at = out
+        .stderr
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in the summary:\n{}", out.transcript()));
+    out.stderr[at + key.len()..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {key:?}:\n{}", out.transcript()))
+}
+
+/// Re-runs a recording's steps on its mirror under its rule set: each record's `model` must
+/// come out again. Returns the number of records.
+fn replays_to_the_same_resolutions(path: &std::path::Path) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    let rec = Recording::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let opts = ModelOptions {
+        kernel: Some(rec.header.kernel_rules),
+        ..ModelOptions::default()
+    };
+    let mut runner = ScenarioRunner::new(&rec.mirror, &opts).unwrap();
+    for r in &rec.records {
+        let again = runner.push(r.step.clone()).unwrap();
+        assert_eq!(
+            Resolution::from(&again),
+            r.model,
+            "record {} ({:?}) resolves differently on replay",
+            r.seq,
+            r.step
+        );
+    }
+    rec.records.len()
+}
+
+#[test]
+fn touch_runs_live_and_every_fault_goes_through_the_model_once() {
+    if !fixtures::kvm_available("touch_runs_live_and_every_fault_goes_through_the_model_once") {
+        return;
+    }
+    let record = temp("touch.jsonl");
+    let out = faultline(&[
+        "run",
+        "--live",
+        "--guest",
+        "touch",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.transcript());
+    let events = summary_number(&out, "uffd events");
+    let resolutions = summary_number(&out, "model resolutions");
+    assert_eq!(events, resolutions, "{}", out.transcript());
+    // 16 MiB read then written: a MISSING and a WP fault per page at least.
+    assert!(events >= 2 * 4096, "{}", out.transcript());
+    assert_eq!(
+        summary_number(&out, "disagreements:"),
+        0,
+        "{}",
+        out.transcript()
+    );
+    let text = std::fs::read_to_string(&record).unwrap();
+    let rec = Recording::parse(&text).unwrap();
+    let faults = rec.records.iter().filter(|r| r.uffd.is_some()).count() as u64;
+    assert_eq!(faults, events, "one fault record per uffd event");
+    assert_eq!(rec.header.guest, "touch");
+    assert!(replays_to_the_same_resolutions(&record) > 8192);
+    let _ = std::fs::remove_file(&record);
+}
+
+#[test]
+fn the_guest_reads_back_what_it_wrote_after_injected_dontneeds() {
+    if !fixtures::kvm_available("the_guest_reads_back_what_it_wrote_after_injected_dontneeds") {
+        return;
+    }
+    let record = temp("writeback.jsonl");
+    let out = faultline(&[
+        "run",
+        "--live",
+        "--guest",
+        "writeback",
+        "--inject",
+        "dontneed:0x800000+1M@every=100ms,count=5",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.transcript());
+    assert!(
+        out.stdout.contains("read it back 64 times; all good"),
+        "{}",
+        out.transcript()
+    );
+    assert!(
+        summary_number(&out, "dontneed") >= 1,
+        "{}",
+        out.transcript()
+    );
+    assert!(
+        summary_number(&out, "served from the source store:") >= 1,
+        "no page came back from the store: {}",
+        out.transcript()
+    );
+    assert_eq!(
+        summary_number(&out, "disagreements:"),
+        0,
+        "{}",
+        out.transcript()
+    );
+    let n = replays_to_the_same_resolutions(&record);
+    let text = std::fs::read_to_string(&record).unwrap();
+    let rec = Recording::parse(&text).unwrap();
+    assert!(rec
+        .records
+        .iter()
+        .any(|r| r.uffd.is_none() && r.step.name() == "madvise"));
+    assert!(n > 4096);
+    let _ = std::fs::remove_file(&record);
+}
+
+#[test]
+fn model_only_events_are_marked() {
+    if !fixtures::kvm_available("model_only_events_are_marked") {
+        return;
+    }
+    let record = temp("numa.jsonl");
+    let out = faultline(&[
+        "run",
+        "--live",
+        "--inject",
+        "numa-scan:0x800000+2M@at=0ms",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.transcript());
+    let rec = Recording::parse(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    let numa: Vec<_> = rec
+        .records
+        .iter()
+        .filter(|r| r.step.name() == "numa-scan")
+        .collect();
+    assert_eq!(numa.len(), 1, "{}", out.transcript());
+    assert!(numa[0].model_only);
+    assert!(numa[0].applied.as_deref().unwrap_or("").contains("one"));
+    let _ = std::fs::remove_file(&record);
+}
+
+#[test]
+fn live_refuses_hugetlb_and_unknown_schedule_events() {
+    if !fixtures::kvm_available("live_refuses_hugetlb_and_unknown_schedule_events") {
+        return;
+    }
+    let out = faultline(&["run", "--live", "--backing", "hugetlb"]);
+    assert_eq!(out.code(), 1, "{}", out.transcript());
+    assert!(
+        out.stderr.contains("--live cannot serve --backing hugetlb")
+            && out.stderr.contains("no hugetlb"),
+        "{}",
+        out.transcript()
+    );
+    let sched = temp("bad.toml");
+    std::fs::write(&sched, "[[event]]\nkind = \"ksm-merge\"\nat = \"1ms\"\n").unwrap();
+    let out = faultline(&["run", "--live", "--schedule", sched.to_str().unwrap()]);
+    assert_eq!(out.code(), 1, "{}", out.transcript());
+    assert!(
+        out.stderr.contains("ksm-merge") && out.stderr.contains("dontneed, thp-collapse"),
+        "{}",
+        out.transcript()
+    );
+    let out = faultline(&["run", "--live", "--inject", "dontneed:0x40000000+4K@at=1ms"]);
+    assert_eq!(out.code(), 1, "{}", out.transcript());
+    assert!(
+        out.stderr.contains("not inside one guest-RAM region"),
+        "{}",
+        out.transcript()
+    );
+    let _ = std::fs::remove_file(&sched);
+}
+
+#[test]
+fn a_linux_guest_runs_under_live() {
+    if !fixtures::kvm_available("a_linux_guest_runs_under_live") {
+        return;
+    }
+    let k =
+        fixtures::guest_kernel().unwrap_or_else(|e| panic!("the guest kernel fixture failed: {e}"));
+    let record = temp("linux.jsonl");
+    let mut cmd = std::process::Command::new(fixtures::faultline_bin());
+    cmd.args(["run", "--live", "--record"])
+        .arg(&record)
+        .arg("--kernel")
+        .arg(&k.vmlinux)
+        .args(["--", "true"]);
+    let out = fixtures::run_with_timeout(cmd, Duration::from_secs(900));
+    assert_eq!(out.code(), 0, "{}", out.transcript());
+    let events = summary_number(&out, "uffd events");
+    assert_eq!(events, summary_number(&out, "model resolutions"));
+    assert!(events > 1000, "{}", out.transcript());
+    let rec = Recording::parse(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    assert!(rec.records.len() as u64 >= events);
+    let _ = std::fs::remove_file(&record);
+}

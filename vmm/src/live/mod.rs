@@ -1,0 +1,1349 @@
+//! Live mode (`faultline run --live`): the model's secondary MMU resolves a running guest's
+//! faults.
+//!
+//! Guest RAM is registered with userfaultfd after the VMM has loaded the payload (the pages
+//! already present are told to the model as `madvise populate-write` steps). Every fault KVM's
+//! GUP (or the VMM) raises on it arrives as a uffd event and becomes a typed `read` / `write`
+//! step pushed through a [`ScenarioRunner`] whose host mirrors guest RAM at the real hvas
+//! ([`mirror`]). The model's resolution is applied to the real mapping:
+//!
+//! | model's host page after the step | real mapping |
+//! |---|---|
+//! | zero page / huge zero page | `UFFDIO_ZEROPAGE` (4K), then `UFFDIO_WRITEPROTECT` so the first write faults too |
+//! | a new or COWed anon folio (4K or THP) | `UFFDIO_COPY` (4K) from the [`store::SourceStore`] (zeros, or the data saved before a drop); write-protected when the model maps it read-only |
+//! | a shmem page-cache folio (MINOR fault) | `UFFDIO_CONTINUE` |
+//! | a write to a write-protected page (WP fault) | `UFFDIO_WRITEPROTECT` off: the kernel completes the write |
+//!
+//! The actuator installs 4K pages only (anon/shmem uffd); where the model maps 2M the run
+//! counts a size mismatch. A page the store holds data for is restored with `UFFDIO_COPY`
+//! although the model (which dropped the data with the DONTNEED) maps the zero page: a
+//! store restore, counted too.
+//!
+//! Honesty: after a fault that installed a page, the real page (pagemap + kpageflags) is
+//! compared with the model's (present, zero page); after an injected event, the model's
+//! notifier ranges with tracefs `kvm:kvm_unmap_hva_range`. Disagreements are counted and
+//! listed with gfn and step. Hugetlb is refused: the model has no hugetlb.
+
+// Host addresses and lengths are u64 in the model and usize in the uffd ABI: equal widths on
+// x86_64, the only target a KVM x86 VMM builds for.
+#![allow(clippy::cast_possible_truncation)]
+
+pub mod bench;
+pub mod inject;
+pub mod mirror;
+pub mod record;
+pub mod store;
+
+use crate::check::exec::{host_model_options, CheckEnv};
+use crate::check::observe::pagemap::{PageKind, PageMap};
+use crate::check::observe::tracefs::{PidFilter, TraceEvent, TraceSession};
+use crate::config::Backing;
+use crate::launch::{RunOutcome, VmHandle, Vmm, VmmError};
+use crate::memory::uffd::sys::{self as uffd_sys, RegisterModes, Uffd, UffdError, UffdEvent};
+use inject::{EventKind, Injection, Timer};
+use mirror::RamRegion;
+use mmu::record::{FaultRecord, RealPage, RecordHeader, Resolution, UffdEventRecord};
+use mmu::scenario::step::{
+    ForkStep, GuestStep, MadviseAdvice, MadviseStep, MemslotFlagsStep, RaceRange, Range, WriteStep,
+};
+use mmu::scenario::{
+    HostPageKind, MemslotFlag, ModelOptions, Num, ScenarioError, ScenarioRunner, Step, StepRecord,
+};
+use mmu::types::{Hva, KernelVersion, Level};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const PAGE: u64 = 4096;
+
+/// How to run live.
+#[derive(Debug, Clone, Default)]
+pub struct LiveOptions {
+    /// Model rule set (`None`: the host kernel's, as `faultline check` picks it).
+    pub kernel_rules: Option<KernelVersion>,
+    /// Host events to inject.
+    pub inject: Vec<Injection>,
+    /// Write the recording here.
+    pub record: Option<PathBuf>,
+    /// What the guest is (for the recording's header).
+    pub guest: String,
+    /// Skip the pagemap comparison after each fault (faster; nothing is compared).
+    pub no_verify: bool,
+    /// Spin on the uffd (non-blocking reads, `sched_yield()` between empty ones) instead of
+    /// sleeping in `poll()`: the plain uffd service's default wait, lowest latency, burns a
+    /// core (`bench faults --live` uses it to compare like with like).
+    pub busy_poll: bool,
+}
+
+/// Live mode cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The backing is one userfaultfd (or the model) cannot serve.
+    #[error("--live cannot serve --backing {backing}: {why}")]
+    Backing {
+        /// The backing.
+        backing: Backing,
+        /// Why.
+        why: String,
+    },
+    /// userfaultfd could not be set up.
+    #[error("--live: {what}: {source}")]
+    Uffd {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: UffdError,
+    },
+    /// The model's mirror does not load (a bug: the mirror is generated).
+    #[error("--live: the model's mirror of guest RAM does not load: {0}")]
+    Mirror(#[from] ScenarioError),
+    /// An injected event's range is not guest RAM.
+    #[error("--inject {kind} {gpa:#x}+{len:#x}: the range is not inside one guest-RAM region (guest RAM: {ram}); pick a range inside --memory")]
+    Range {
+        /// The event.
+        kind: &'static str,
+        /// Start.
+        gpa: u64,
+        /// Length.
+        len: u64,
+        /// The RAM regions.
+        ram: String,
+    },
+    /// The recording cannot be written.
+    #[error(transparent)]
+    Record(#[from] record::RecordWriteError),
+    /// The VM failed.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+}
+
+/// One disagreement between the model and the kernel.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Disagreement {
+    /// Record seq (or step index without a recording).
+    pub step: u64,
+    /// Guest frame number, for a fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gfn: Option<u64>,
+    /// What differed.
+    pub what: String,
+}
+
+/// What a live run saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LiveSummary {
+    /// Rule set and where it came from.
+    pub rules: String,
+    /// Page-fault events read from the uffd.
+    pub uffd_events: u64,
+    /// Events resolved through the model (one model step each).
+    pub model_resolutions: u64,
+    /// WP events on pages an injected event had dropped meanwhile: woken, not resolved (the
+    /// thread faults again as MISSING).
+    pub stale_events: u64,
+    /// Pages present before registration, told to the model.
+    pub present_at_start: u64,
+    /// Model results ("fixed", "hit", ...).
+    pub results: BTreeMap<String, u64>,
+    /// Faults by the level the model mapped.
+    pub levels: BTreeMap<String, u64>,
+    /// GUP paths of the model's faults.
+    pub gup_paths: BTreeMap<String, u64>,
+    /// uffd ioctls issued, by kind.
+    pub ioctls: BTreeMap<String, u64>,
+    /// Faults where the model mapped more than the actuator could install (e.g. THP 2M vs 4K).
+    pub size_mismatches: u64,
+    /// Faults served from the source store although the model maps the zero page.
+    pub store_restores: u64,
+    /// Injected events applied, by kind.
+    pub injected: BTreeMap<String, u64>,
+    /// Of those, applied to the model alone.
+    pub model_only: u64,
+    /// Pages compared with pagemap.
+    pub pages_compared: u64,
+    /// Injected events whose notifiers were compared with tracefs.
+    pub notifiers_compared: u64,
+    /// Disagreements (count).
+    pub disagreement_count: u64,
+    /// Disagreements (the first 100).
+    pub disagreements: Vec<Disagreement>,
+    /// What could not be observed or done, once each.
+    pub notes: Vec<String>,
+    /// Errors while serving (ioctls that failed, model errors), the first 100.
+    pub errors: Vec<String>,
+    /// Nanoseconds spent in the model resolving faults, in all.
+    pub model_ns: u64,
+    /// Nanoseconds from the model step to the end of the fault's resolution (model, ioctls,
+    /// pagemap check; not the recording), in all.
+    pub serve_ns: u64,
+}
+
+impl LiveSummary {
+    fn note(&mut self, n: impl Into<String>) {
+        let n = n.into();
+        if !self.notes.contains(&n) {
+            self.notes.push(n);
+        }
+    }
+
+    fn error(&mut self, e: impl Into<String>) {
+        if self.errors.len() < 100 {
+            self.errors.push(e.into());
+        }
+    }
+
+    fn disagree(&mut self, d: Disagreement) {
+        self.disagreement_count += 1;
+        if self.disagreements.len() < 100 {
+            self.disagreements.push(d);
+        }
+    }
+
+    fn ioctl(&mut self, name: &str) {
+        *self.ioctls.entry(name.to_string()).or_default() += 1;
+    }
+
+    /// The text summary printed after a live run.
+    pub fn render(&self) -> String {
+        let map = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "-".to_string()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let mut s = format!(
+            "live: model rules {}\n  uffd events {}, model resolutions {}, stale {}, pages present at start {}\n",
+            self.rules, self.uffd_events, self.model_resolutions, self.stale_events, self.present_at_start
+        );
+        s += &format!("  results: {}\n", map(&self.results));
+        s += &format!("  faults by model level: {}\n", map(&self.levels));
+        s += &format!("  GUP paths: {}\n", map(&self.gup_paths));
+        s += &format!("  uffd ioctls: {}\n", map(&self.ioctls));
+        s += &format!(
+            "  model larger than actuator (size mismatches): {}, served from the source store: {}\n",
+            self.size_mismatches, self.store_restores
+        );
+        s += &format!(
+            "  injected: {} ({} model only)\n",
+            map(&self.injected),
+            self.model_only
+        );
+        s += &format!(
+            "  compared: {} pages (pagemap), {} events (tracefs); disagreements: {}\n",
+            self.pages_compared, self.notifiers_compared, self.disagreement_count
+        );
+        for d in &self.disagreements {
+            match d.gfn {
+                Some(g) => s += &format!("    step {} gfn {g:#x}: {}\n", d.step, d.what),
+                None => s += &format!("    step {}: {}\n", d.step, d.what),
+            }
+        }
+        if let (Some(m), Some(w)) = (
+            self.model_ns.checked_div(self.model_resolutions),
+            self.serve_ns.checked_div(self.model_resolutions),
+        ) {
+            s += &format!("  cost per fault: model {m} ns, whole service {w} ns\n");
+        }
+        for n in &self.notes {
+            s += &format!("  note: {n}\n");
+        }
+        for e in &self.errors {
+            s += &format!("  error: {e}\n");
+        }
+        s
+    }
+}
+
+/// The end of a live run.
+#[derive(Debug)]
+pub struct LiveOutcome {
+    /// The VM's outcome.
+    pub outcome: RunOutcome,
+    /// What live mode saw.
+    pub summary: LiveSummary,
+}
+
+/// Why `backing` cannot run live, if it cannot.
+pub fn unsupported_backing(backing: Backing) -> Option<String> {
+    match backing {
+        Backing::Hugetlb => Some(
+            "the model has no hugetlb (hugetlb_fault(), mm/hugetlb.c is not modelled), so it cannot \
+             resolve hugetlb faults; use --backing anon, thp or shmem"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// The live state the controller thread owns.
+struct Live {
+    runner: ScenarioRunner,
+    uffd: Uffd,
+    regions: Vec<RamRegion>,
+    backing: Backing,
+    wp: bool,
+    store: store::SourceStore,
+    wp_pages: HashSet<u64>,
+    pagemap: Option<PageMap>,
+    trace: Option<TraceSession>,
+    writer: Option<record::RecordWriter>,
+    summary: LiveSummary,
+    events: Vec<Injection>,
+    timer: Timer,
+    start: Instant,
+    verify: bool,
+    busy_poll: bool,
+    steps: u64,
+}
+
+fn level_bytes(l: Level) -> u64 {
+    match l {
+        Level::Pte4K => 4 << 10,
+        Level::Pmd2M => 2 << 20,
+        Level::Pud1G => 1 << 30,
+    }
+}
+
+fn level_name(l: Level) -> &'static str {
+    match l {
+        Level::Pte4K => "4K",
+        Level::Pmd2M => "2M",
+        Level::Pud1G => "1G",
+    }
+}
+
+fn hex_of(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()
+}
+
+/// What the actuator does for one fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Zeropage { wp: bool },
+    Copy { wp: bool, from_store: bool },
+    Continue { wp: bool },
+    Unprotect,
+}
+
+impl Action {
+    fn describe(self) -> String {
+        match self {
+            Action::Zeropage { wp: false } => "UFFDIO_ZEROPAGE 4K".into(),
+            Action::Zeropage { wp: true } => "UFFDIO_ZEROPAGE 4K + UFFDIO_WRITEPROTECT".into(),
+            Action::Copy { wp, from_store } => format!(
+                "UFFDIO_COPY 4K{}{}",
+                if wp { " MODE_WP" } else { "" },
+                if from_store { " (source store)" } else { "" }
+            ),
+            Action::Continue { wp: false } => "UFFDIO_CONTINUE 4K".into(),
+            Action::Continue { wp: true } => "UFFDIO_CONTINUE 4K MODE_WP".into(),
+            Action::Unprotect => "UFFDIO_WRITEPROTECT off 4K".into(),
+        }
+    }
+}
+
+/// Runs `vmm` live: registers guest RAM with userfaultfd, serves every fault through the
+/// model, applies the injected events, writes the recording; returns when the guest ends.
+pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome, LiveError> {
+    if let Some(why) = unsupported_backing(backing) {
+        return Err(LiveError::Backing { backing, why });
+    }
+    let env = CheckEnv::read();
+    let (model_opts, rules) = host_model_options(opts.kernel_rules, &env);
+    let regions = RamRegion::of(vmm.guest_memory());
+    let (mirror_text, mirror) = mirror::mirror(&regions, backing, &model_opts)?;
+    let mut runner = ScenarioRunner::new(
+        &mirror,
+        &ModelOptions {
+            bug: None,
+            ..model_opts
+        },
+    )?;
+    // The real pages hold the data; the model's contents prediction would cost a walk of
+    // every mapped page per fault.
+    runner.set_track_contents(false);
+    for e in &opts.inject {
+        if let Some((gpa, len)) = e.range {
+            if mirror::hva_range(&regions, gpa, len).is_none() {
+                return Err(LiveError::Range {
+                    kind: e.kind.name(),
+                    gpa,
+                    len,
+                    ram: regions
+                        .iter()
+                        .map(|r| format!("{:#x}+{:#x}", r.gpa, r.size))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+    }
+    let uerr = |what: &str| {
+        let what = what.to_string();
+        move |source| LiveError::Uffd { what, source }
+    };
+    let probe = Uffd::new(0, true).map_err(uerr("opening a userfaultfd"))?;
+    let avail = probe.available_features();
+    drop(probe);
+    let mut features = uffd_sys::FEATURE_THREAD_ID & avail;
+    if backing == Backing::Shmem {
+        for (f, name) in [
+            (
+                uffd_sys::FEATURE_MISSING_SHMEM,
+                "UFFD_FEATURE_MISSING_SHMEM",
+            ),
+            (uffd_sys::FEATURE_MINOR_SHMEM, "UFFD_FEATURE_MINOR_SHMEM"),
+        ] {
+            if avail & f == 0 {
+                return Err(LiveError::Backing {
+                    backing,
+                    why: format!("this kernel's userfaultfd lacks {name}"),
+                });
+            }
+            features |= f;
+        }
+        features |= uffd_sys::FEATURE_WP_HUGETLBFS_SHMEM & avail;
+    }
+    let uffd = Uffd::new(features, true).map_err(uerr("opening a userfaultfd"))?;
+    let mut summary = LiveSummary {
+        rules,
+        ..LiveSummary::default()
+    };
+    // What is already present (the loaded payload): tell the model, before registering.
+    let pagemap = match PageMap::open() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            summary.note(format!("pagemap unavailable, real pages not compared: {e}"));
+            None
+        }
+    };
+    let header = RecordHeader {
+        format: mmu::record::RECORD_FORMAT,
+        faultline: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_rules: runner.kernel(),
+        host_kernel: env.host.kernel_release.value.clone().unwrap_or_default(),
+        backing: backing.name().to_string(),
+        vcpus: vmm.vcpu_count(),
+        guest: opts.guest.clone(),
+        scenario: mirror_text,
+    };
+    let writer = match &opts.record {
+        Some(p) => Some(record::RecordWriter::create(p, &header)?),
+        None => None,
+    };
+    let base_modes = match backing {
+        Backing::Shmem => RegisterModes(RegisterModes::MISSING.0 | RegisterModes::MINOR.0),
+        _ => RegisterModes::MISSING,
+    };
+    let mut wp = true;
+    for r in &regions {
+        let (addr, len) = (r.hva as usize, r.size as usize);
+        let with_wp = RegisterModes(base_modes.0 | RegisterModes::WP.0);
+        if wp && uffd.register(addr, len, with_wp).is_ok() {
+            continue;
+        }
+        if wp {
+            wp = false;
+            // Ranges registered with WP before stay so; drop them to register uniformly.
+            for done in regions.iter().take_while(|d| d.slot != r.slot) {
+                let _ = uffd.unregister(done.hva as usize, done.size as usize);
+                uffd.register(done.hva as usize, done.size as usize, base_modes)
+                    .map_err(uerr("registering guest RAM"))?;
+            }
+            summary.note(format!(
+                "UFFDIO_REGISTER_MODE_WP is not available for {} here: a first write after a read is not seen",
+                backing.name()
+            ));
+        }
+        uffd.register(addr, len, base_modes)
+            .map_err(uerr("registering guest RAM"))?;
+    }
+    let trace = match TraceSession::start(PidFilter::ThisProcess) {
+        Ok(mut t) => {
+            t.set_hva_ranges(regions.iter().map(|r| r.hva..r.hva + r.size).collect());
+            Some(t)
+        }
+        Err(e) => {
+            summary.note(format!(
+                "tracefs unavailable, notifier ranges not compared: {e}"
+            ));
+            None
+        }
+    };
+    let mut live = Live {
+        runner,
+        uffd,
+        regions,
+        backing,
+        wp,
+        store: store::SourceStore::default(),
+        wp_pages: HashSet::new(),
+        pagemap,
+        trace,
+        writer,
+        summary,
+        timer: Timer::new(&opts.inject),
+        events: opts.inject.clone(),
+        start: Instant::now(),
+        verify: !opts.no_verify,
+        busy_poll: opts.busy_poll,
+        steps: 0,
+    };
+    live.tell_present();
+    let (outcome, live) = vmm.run_with(move |h| {
+        live.start = Instant::now();
+        live.serve(h);
+        live
+    })?;
+    let Some(live) = live else {
+        return Err(LiveError::Vmm(VmmError::EventLoop(
+            "the live-mode fault server panicked".into(),
+        )));
+    };
+    let Live {
+        writer, summary, ..
+    } = live;
+    if let Some(w) = writer {
+        w.finish()?;
+    }
+    Ok(LiveOutcome { outcome, summary })
+}
+
+impl Live {
+    fn t_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn write(&mut self, rec: FaultRecord) {
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.write(rec) {
+                self.summary.error(e.to_string());
+                self.writer = None;
+            }
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        self.writer.as_ref().map_or(self.steps, |w| w.next_seq())
+    }
+
+    /// Tells the model about the pages present before registration (populate-write runs).
+    fn tell_present(&mut self) {
+        let Some(pm) = self.pagemap.as_ref() else {
+            self.summary
+                .note("without pagemap the model does not know which pages the loader wrote");
+            return;
+        };
+        let mut runs = Vec::new();
+        for r in &self.regions {
+            let n = (r.size / PAGE) as usize;
+            let Ok(entries) = pm.entries(r.hva, n) else {
+                continue;
+            };
+            let mut i = 0;
+            while i < n {
+                if !entries[i].present() {
+                    i += 1;
+                    continue;
+                }
+                let s = i;
+                while i < n && entries[i].present() {
+                    i += 1;
+                }
+                runs.push((r.hva + s as u64 * PAGE, (i - s) as u64 * PAGE));
+            }
+        }
+        for (start, size) in runs {
+            self.summary.present_at_start += size / PAGE;
+            let step = Step::Madvise(MadviseStep {
+                start: Num(start),
+                size: Num(size),
+                advice: MadviseAdvice::PopulateWrite,
+                race: false,
+            });
+            let model = self.push(step.clone());
+            let rec = FaultRecord {
+                seq: 0,
+                t_ns: 0,
+                step,
+                uffd: None,
+                hva: Some(start),
+                model,
+                applied: Some("already present before registration (loaded by the VMM)".into()),
+                model_only: false,
+                real: None,
+                disagreements: vec![],
+            };
+            self.write(rec);
+        }
+    }
+
+    /// Runs one step on the model; an error is reported and gives a "model-error" result.
+    fn push(&mut self, step: Step) -> Resolution {
+        self.steps += 1;
+        match self.runner.push(step) {
+            Ok(r) => Resolution::from(&r),
+            Err(e) => {
+                self.summary.error(format!("model: {e}"));
+                Resolution {
+                    result: "model-error".into(),
+                    ..Resolution::default()
+                }
+            }
+        }
+    }
+
+    fn push_record(&mut self, step: Step) -> Option<StepRecord> {
+        self.steps += 1;
+        match self.runner.push(step) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.summary.error(format!("model: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The server loop: uffd events and due injections until the VM stops.
+    fn serve(&mut self, h: &VmHandle<'_>) {
+        let mut buf = vec![0u8; uffd_sys::MSG_SIZE * 64];
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.uffd);
+        while !h.stopped() {
+            let now = self.start.elapsed();
+            let wait = self
+                .timer
+                .next_due()
+                .map_or(Duration::from_millis(20), |t| t.saturating_sub(now))
+                .min(Duration::from_millis(20));
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if !self.busy_poll {
+                let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, ms) };
+            }
+            match self.uffd.read_events(&mut buf) {
+                Ok(events) if events.is_empty() && self.busy_poll => {
+                    // SAFETY: sched_yield has no preconditions.
+                    unsafe { libc::sched_yield() };
+                }
+                Ok(events) => {
+                    for ev in events {
+                        self.handle(ev, h);
+                    }
+                }
+                Err(e) => {
+                    self.summary.error(format!("reading uffd events: {e}"));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            let now = self.start.elapsed();
+            for i in self.timer.due(&self.events, now) {
+                let ev = self.events[i].clone();
+                self.inject(&ev, h);
+            }
+        }
+    }
+
+    fn region_of(&self, hva: u64) -> Option<RamRegion> {
+        self.regions
+            .iter()
+            .copied()
+            .find(|r| r.gpa_of(hva).is_some())
+    }
+
+    fn handle(&mut self, ev: UffdEvent, h: &VmHandle<'_>) {
+        let UffdEvent::Pagefault {
+            addr,
+            write,
+            wp,
+            minor,
+            thread_id,
+        } = ev
+        else {
+            self.summary.note(format!("ignored uffd event {ev:?}"));
+            return;
+        };
+        let page = addr as u64 & !(PAGE - 1);
+        self.summary.uffd_events += 1;
+        let Some(region) = self.region_of(page) else {
+            self.summary
+                .error(format!("fault at {page:#x} outside guest RAM: woken"));
+            let _ = self.uffd.wake(page as usize, PAGE as usize);
+            return;
+        };
+        if wp && !self.wp_pages.contains(&page) {
+            // Dropped by an injected event after the fault was queued: the thread faults
+            // again (MISSING) once woken.
+            self.summary.stale_events += 1;
+            self.summary.ioctl("UFFDIO_WAKE");
+            let _ = self.uffd.wake(page as usize, PAGE as usize);
+            return;
+        }
+        let gpa = region.gpa_of(page).unwrap_or(0);
+        let vcpu = h
+            .vcpu_thread_ids()
+            .iter()
+            .position(|t| *t != 0 && *t == thread_id)
+            .and_then(|i| u32::try_from(i).ok());
+        let step = if write || wp {
+            Step::Write(WriteStep {
+                gpa: Num(gpa),
+                vcpu,
+                mmio: false,
+                race: false,
+                value: None,
+            })
+        } else {
+            Step::Read(GuestStep {
+                gpa: Num(gpa),
+                vcpu,
+                mmio: false,
+                race: false,
+            })
+        };
+        let seq = self.seq();
+        let t0 = Instant::now();
+        let rec = self.push_record(step.clone());
+        self.summary.model_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
+        self.summary.model_resolutions += 1;
+        let model = rec.as_ref().map(Resolution::from).unwrap_or(Resolution {
+            result: "model-error".into(),
+            ..Resolution::default()
+        });
+        *self
+            .summary
+            .results
+            .entry(model.result.clone())
+            .or_default() += 1;
+        if let Some(l) = model.level {
+            *self.summary.levels.entry(level_name(l).into()).or_default() += 1;
+        }
+        if let Some(g) = &model.gup_path {
+            *self.summary.gup_paths.entry(g.clone()).or_default() += 1;
+        }
+        let hp = self.runner.host_page(Hva(page));
+        let mut disagreements = Vec::new();
+        let data = self.store.get(page).copied();
+        let action = if wp {
+            if hp.is_some_and(|p| !p.writable) {
+                disagreements
+                    .push("the model keeps the page read-only after the write".to_string());
+            }
+            Action::Unprotect
+        } else if minor {
+            Action::Continue {
+                wp: self.wp && hp.is_some_and(|p| !p.writable),
+            }
+        } else if self.backing == Backing::Shmem {
+            // shmem's UFFDIO_ZEROPAGE allocates a zeroed page-cache page (no zero page).
+            Action::Zeropage {
+                wp: self.wp && hp.is_some_and(|p| !p.writable),
+            }
+        } else {
+            match hp.map(|p| p.kind) {
+                Some(HostPageKind::Zero | HostPageKind::HugeZero) if data.is_none() => {
+                    Action::Zeropage { wp: self.wp }
+                }
+                Some(HostPageKind::Zero | HostPageKind::HugeZero) => {
+                    self.summary.store_restores += 1;
+                    Action::Copy {
+                        wp: self.wp,
+                        from_store: true,
+                    }
+                }
+                Some(_) => Action::Copy {
+                    wp: self.wp && hp.is_some_and(|p| !p.writable),
+                    from_store: data.is_some(),
+                },
+                None => {
+                    disagreements.push(format!(
+                        "the model left the page unmapped ({}); served anyway",
+                        model.result
+                    ));
+                    match data {
+                        Some(_) => Action::Copy {
+                            wp: false,
+                            from_store: true,
+                        },
+                        None => Action::Zeropage { wp: false },
+                    }
+                }
+            }
+        };
+        let mut applied = action.describe();
+        if let Some(p) = hp {
+            if level_bytes(p.leaf) > PAGE && action != Action::Unprotect {
+                self.summary.size_mismatches += 1;
+                applied += &format!(" (model maps {})", level_name(p.leaf));
+            }
+        }
+        let installed = self.apply(page, action, data.as_ref());
+        if let Err(e) = &installed {
+            applied += &format!(" failed: {e}");
+        }
+        let mut real = None;
+        if installed == Ok(true) && self.verify {
+            if let Some(pm) = self.pagemap.as_ref() {
+                if let Ok(st) = real_page(pm, page) {
+                    let zero = st.zero_page;
+                    real = Some(st.clone());
+                    self.summary.pages_compared += 1;
+                    let model_zero = hp.is_some_and(|p| {
+                        matches!(p.kind, HostPageKind::Zero | HostPageKind::HugeZero)
+                    });
+                    let restore = matches!(
+                        action,
+                        Action::Copy {
+                            from_store: true,
+                            ..
+                        }
+                    );
+                    if !st.present {
+                        disagreements.push("the real page is not present after the ioctl".into());
+                    } else if hp.is_some() && model_zero != zero && !restore {
+                        disagreements.push(format!(
+                            "page: model {}, real {}",
+                            if model_zero { "zero page" } else { "a folio" },
+                            if zero { "zero page" } else { "a folio" }
+                        ));
+                    }
+                }
+            }
+        }
+        self.summary.serve_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
+        for d in &disagreements {
+            self.summary.disagree(Disagreement {
+                step: seq,
+                gfn: Some(gpa / PAGE),
+                what: d.clone(),
+            });
+        }
+        let flags = u64::from(write) | (u64::from(wp) << 1) | (u64::from(minor) << 2);
+        let kind = if wp {
+            "wp"
+        } else if minor {
+            "minor"
+        } else {
+            "missing"
+        };
+        self.write(FaultRecord {
+            seq,
+            t_ns: self.t_ns(),
+            step,
+            uffd: Some(UffdEventRecord {
+                kind: kind.into(),
+                flags,
+                address: page,
+                tid: (thread_id != 0).then_some(thread_id),
+            }),
+            hva: Some(page),
+            model,
+            applied: Some(applied),
+            model_only: false,
+            real,
+            disagreements,
+        });
+    }
+
+    /// Applies `action` at `page`; `Ok(true)` when it installed a page there.
+    fn apply(
+        &mut self,
+        page: u64,
+        action: Action,
+        data: Option<&[u8; store::PAGE]>,
+    ) -> Result<bool, String> {
+        let (p, n) = (page as usize, PAGE as usize);
+        let zeros = [0u8; store::PAGE];
+        let r = match action {
+            Action::Zeropage { wp } => {
+                self.summary.ioctl("UFFDIO_ZEROPAGE");
+                let r = if wp {
+                    // SAFETY: `page` lies in guest RAM, registered with this uffd; the guest
+                    // owns its contents and no Rust reference points into it.
+                    unsafe { self.uffd.zeropage_dontwake(p, n) }
+                } else {
+                    // SAFETY: as above.
+                    unsafe { self.uffd.zeropage(p, n) }
+                };
+                match r {
+                    Ok(_) if wp => {
+                        self.summary.ioctl("UFFDIO_WRITEPROTECT");
+                        let w = self.uffd.writeprotect(p, n, true);
+                        self.summary.ioctl("UFFDIO_WAKE");
+                        let _ = self.uffd.wake(p, n);
+                        w.map(|()| {
+                            self.wp_pages.insert(page);
+                        })
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
+            Action::Copy { wp, from_store } => {
+                self.summary.ioctl("UFFDIO_COPY");
+                let src = data.unwrap_or(&zeros);
+                // SAFETY: as above.
+                let r = unsafe { self.uffd.copy(p, src, wp) };
+                if r.is_ok() {
+                    if from_store {
+                        self.store.forget(page);
+                    }
+                    if wp {
+                        self.wp_pages.insert(page);
+                    }
+                }
+                r.map(|_| ())
+            }
+            Action::Continue { wp } => {
+                self.summary.ioctl("UFFDIO_CONTINUE");
+                let r = if wp {
+                    // SAFETY: as above; the page cache already holds the guest's page.
+                    unsafe { self.uffd.continue_wp(p, n) }
+                } else {
+                    // SAFETY: as above.
+                    unsafe { self.uffd.continue_(p, n) }
+                };
+                if r.is_ok() && wp {
+                    self.wp_pages.insert(page);
+                }
+                r.map(|_| ())
+            }
+            Action::Unprotect => {
+                self.summary.ioctl("UFFDIO_WRITEPROTECT");
+                self.wp_pages.remove(&page);
+                return self
+                    .uffd
+                    .writeprotect(p, n, false)
+                    .map(|()| false)
+                    .map_err(|e| {
+                        let _ = self.uffd.wake(p, n);
+                        e.to_string()
+                    });
+            }
+        };
+        match r {
+            Ok(()) => Ok(true),
+            // Another vCPU's fault on the same page was served first.
+            Err(UffdError::Exists { .. }) => {
+                self.summary.ioctl("UFFDIO_WAKE");
+                let _ = self.uffd.wake(p, n);
+                Ok(false)
+            }
+            Err(e) => {
+                self.summary.error(e.to_string());
+                let _ = self.uffd.wake(p, n);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Copies the present pages of `[hva, hva + len)` into the store (anon: DONTNEED loses
+    /// them otherwise). Reads only pages pagemap says are present, so the server never
+    /// faults on a registered page.
+    fn save_present(&mut self, hva: u64, len: u64) {
+        let Some(pm) = self.pagemap.as_ref() else {
+            self.summary
+                .note("without pagemap, data of dropped pages is not kept (guest sees zeros)");
+            return;
+        };
+        let n = (len / PAGE) as usize;
+        let Ok(entries) = pm.entries(hva, n) else {
+            return;
+        };
+        let mut buf = [0u8; store::PAGE];
+        for (i, e) in entries.iter().enumerate() {
+            let page = hva + i as u64 * PAGE;
+            if !e.present() {
+                continue;
+            }
+            // SAFETY: the page is inside guest RAM and present (pagemap), so reading it
+            // cannot fault into this uffd; the guest may write it concurrently unless it is
+            // write-protected (the caller protects the range first), and a torn read only
+            // affects guest data, never this process.
+            unsafe {
+                std::ptr::copy_nonoverlapping(page as *const u8, buf.as_mut_ptr(), store::PAGE)
+            };
+            self.store.save(page, &buf);
+        }
+    }
+
+    fn drain_trace(&mut self) -> Option<Vec<(u64, u64)>> {
+        let t = self.trace.as_mut()?;
+        match t.drain() {
+            Ok(b) => Some(
+                b.records
+                    .iter()
+                    .filter_map(|r| match r.event {
+                        TraceEvent::UnmapHvaRange { start, end } => Some((start, end)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                let msg = format!("reading tracefs failed: {e}");
+                self.summary.note(msg);
+                None
+            }
+        }
+    }
+
+    fn inject(&mut self, ev: &Injection, h: &VmHandle<'_>) {
+        let seq = self.seq();
+        let range = ev
+            .range
+            .and_then(|(g, l)| mirror::hva_range(&self.regions, g, l));
+        let (hva, len) = range.unwrap_or((0, 0));
+        *self
+            .summary
+            .injected
+            .entry(ev.kind.name().into())
+            .or_default() += 1;
+        let anon = matches!(self.backing, Backing::Anon | Backing::Thp);
+        if matches!(ev.kind, EventKind::Dontneed) && anon && self.wp {
+            // Writes wait while the data is copied out, so none is lost.
+            self.summary.ioctl("UFFDIO_WRITEPROTECT");
+            if let Err(e) = self.uffd.writeprotect(hva as usize, len as usize, true) {
+                self.summary.error(e.to_string());
+            }
+        }
+        let _ = self.drain_trace();
+        let mut child = None;
+        let (step, applied) = match ev.kind {
+            EventKind::Dontneed => {
+                if anon {
+                    self.save_present(hva, len);
+                }
+                // SAFETY: the range is guest RAM; DONTNEED drops pages the store (anon) or the
+                // page cache (shmem) still has, never memory this process relies on.
+                let rc = unsafe {
+                    libc::madvise(hva as *mut libc::c_void, len as usize, libc::MADV_DONTNEED)
+                };
+                (
+                    Step::Madvise(MadviseStep {
+                        start: Num(hva),
+                        size: Num(len),
+                        advice: MadviseAdvice::Dontneed,
+                        race: false,
+                    }),
+                    errno_text("madvise(MADV_DONTNEED)", rc),
+                )
+            }
+            EventKind::ThpCollapse => {
+                // SAFETY: as above; MADV_COLLAPSE keeps the contents.
+                let rc = unsafe {
+                    libc::madvise(hva as *mut libc::c_void, len as usize, libc::MADV_COLLAPSE)
+                };
+                (
+                    Step::Madvise(MadviseStep {
+                        start: Num(hva),
+                        size: Num(len),
+                        advice: MadviseAdvice::Collapse,
+                        race: false,
+                    }),
+                    errno_text("madvise(MADV_COLLAPSE)", rc),
+                )
+            }
+            EventKind::Aging => (
+                Step::ClearFlushYoung(Range {
+                    start: Num(hva),
+                    size: Num(len),
+                }),
+                String::new(),
+            ),
+            EventKind::NumaScan => (
+                Step::NumaScan(RaceRange {
+                    start: Num(hva),
+                    size: Num(len),
+                    race: false,
+                }),
+                String::new(),
+            ),
+            EventKind::Fork => {
+                let applied = match crate::check::space::ForkChild::spawn() {
+                    Ok(c) => {
+                        child = Some(c);
+                        "fork()".to_string()
+                    }
+                    Err(e) => format!("fork() failed: {e}"),
+                };
+                (Step::Fork(ForkStep { race: false }), applied)
+            }
+            EventKind::DirtyLogOn | EventKind::DirtyLogOff => {
+                let on = ev.kind == EventKind::DirtyLogOn;
+                let mut applied = Vec::new();
+                for r in self.regions.clone() {
+                    let flags = crate::vstate::vm::MemslotFlags {
+                        readonly: false,
+                        dirty_log: on,
+                    };
+                    match h.vm().set_memslot(r.slot, r.gpa, r.size, r.hva, flags) {
+                        Ok(()) => applied.push(format!("slot {} dirty-log {on}", r.slot)),
+                        Err(e) => applied.push(format!("slot {} failed: {e}", r.slot)),
+                    }
+                }
+                // The model's slots are the same ids; one step per slot.
+                for r in self.regions.clone().iter().skip(1) {
+                    let _ = self.push(memslot_flags_step(r.slot, on));
+                }
+                (
+                    memslot_flags_step(self.regions[0].slot, on),
+                    applied.join(", "),
+                )
+            }
+        };
+        let model_only = ev.kind.model_only();
+        let rec = self.push_record(step.clone());
+        let model = rec.as_ref().map(Resolution::from).unwrap_or_default();
+        let real_ranges = self.drain_trace();
+        drop(child);
+        let mut disagreements = Vec::new();
+        if let (None, Some(real)) = (model_only, real_ranges) {
+            let mut want: Vec<(u64, u64)> = rec
+                .as_ref()
+                .map(|r| {
+                    r.notifiers
+                        .iter()
+                        .filter_map(|n| Some((hex_of(&n.start)?, hex_of(&n.end)?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut got = real;
+            want.sort_unstable();
+            want.dedup();
+            got.sort_unstable();
+            got.dedup();
+            self.summary.notifiers_compared += 1;
+            if want != got {
+                let show = |v: &[(u64, u64)]| {
+                    v.iter()
+                        .map(|(s, e)| format!("[{s:#x},{e:#x})"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                disagreements.push(format!(
+                    "notifiers: model {}, real (kvm_unmap_hva_range) {}",
+                    show(&want),
+                    show(&got)
+                ));
+            }
+        }
+        if matches!(ev.kind, EventKind::Dontneed) {
+            self.wp_pages.retain(|p| *p < hva || *p >= hva + len);
+            if anon && self.wp {
+                self.summary.ioctl("UFFDIO_WAKE");
+                let _ = self.uffd.wake(hva as usize, len as usize);
+            }
+        }
+        if model_only.is_some() {
+            self.summary.model_only += 1;
+        }
+        for d in &disagreements {
+            self.summary.disagree(Disagreement {
+                step: seq,
+                gfn: None,
+                what: format!("{}: {d}", ev.kind.name()),
+            });
+        }
+        let applied = model_only.map(str::to_string).unwrap_or(applied);
+        self.write(FaultRecord {
+            seq,
+            t_ns: self.t_ns(),
+            step,
+            uffd: None,
+            hva: range.map(|r| r.0),
+            model,
+            applied: Some(applied),
+            model_only: model_only.is_some(),
+            real: None,
+            disagreements,
+        });
+    }
+}
+
+/// Default `touch` parameters in live mode: each vCPU reads then writes its own 16 MiB (less
+/// if RAM is small) at 64 MiB, every page once, so every page takes a MISSING fault and,
+/// with write-protect, a WP fault.
+pub fn live_touch_params(ram: u64, vcpus: u32) -> crate::measure::workload::TouchParams {
+    let region = 64 << 20;
+    let per = (ram.saturating_sub(region) / u64::from(vcpus.max(1))).min(16 << 20) & !(PAGE - 1);
+    crate::measure::workload::TouchParams {
+        region_gpa: region,
+        bytes_per_vcpu: per,
+        stride: PAGE,
+        access: crate::measure::workload::Access::ReadWrite,
+        random: false,
+        expect: 0,
+        seed: 1,
+    }
+}
+
+/// The injections of `--inject` and `--schedule`.
+pub fn injections(
+    specs: &[String],
+    schedule: Option<&std::path::Path>,
+) -> Result<Vec<Injection>, String> {
+    let mut out = Vec::new();
+    for s in specs {
+        out.push(Injection::parse(s).map_err(|e| e.to_string())?);
+    }
+    if let Some(f) = schedule {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| format!("cannot read the schedule {}: {e}", f.display()))?;
+        out.extend(
+            Injection::parse_schedule(&f.display().to_string(), &text)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
+}
+
+/// `faultline run --live ...`: builds the VM, runs it live, prints the summary; returns the
+/// exit status (the guest's, or 1 when live mode cannot run).
+pub fn run_cli(args: &crate::cli::RunArgs) -> i32 {
+    match run_cli_inner(args) {
+        Ok(o) => {
+            eprint!("{}", o.summary.render());
+            let status = o.outcome.exit.status();
+            eprintln!("faultline: {} (exit status {status})", o.outcome.exit);
+            status
+        }
+        Err(e) => {
+            eprintln!("faultline: error: {e}");
+            1
+        }
+    }
+}
+
+fn run_cli_inner(args: &crate::cli::RunArgs) -> Result<LiveOutcome, String> {
+    if let Some(why) = unsupported_backing(args.backing) {
+        return Err(LiveError::Backing {
+            backing: args.backing,
+            why,
+        }
+        .to_string());
+    }
+    let inject = injections(&args.inject, args.schedule.as_deref())?;
+    let config = args.to_config().map_err(|e| e.to_string())?;
+    let watchdog = crate::cli::watchdog_of(args)?;
+    let guest = match &config.payload {
+        crate::config::Payload::Guest(g) => g.clone(),
+        crate::config::Payload::Kernel(k) => {
+            format!("{} -- {}", k.kernel.display(), k.init_command.join(" "))
+        }
+    };
+    let (ram, vcpus, backing) = (config.memory.size, config.vcpus, config.memory.backing);
+    let b = crate::launch::VmBuilder::new(config, crate::launch::VmIo::stdio());
+    let b = match watchdog {
+        Some((limit, syms)) => b.watchdog(limit, syms),
+        None => b,
+    };
+    let vmm = b.build().map_err(|e| e.to_string())?;
+    if guest == "touch" {
+        live_touch_params(ram, vcpus)
+            .write(vmm.guest_memory())
+            .map_err(|e| format!("writing the touch guest's parameters: {e}"))?;
+    }
+    let opts = LiveOptions {
+        kernel_rules: args.kernel_rules,
+        inject,
+        record: args.record.clone(),
+        guest,
+        no_verify: false,
+        busy_poll: false,
+    };
+    run(vmm, backing, &opts).map_err(|e| e.to_string())
+}
+
+/// The real page at `page` from pagemap and kpageflags alone (no smaps read: this runs per
+/// fault). The size is 4K for a small page; for a compound page (THP, large folio) it is
+/// the PMD size, an upper bound for an mTHP.
+fn real_page(pm: &PageMap, page: u64) -> Result<RealPage, String> {
+    use crate::check::observe::pagemap::classify;
+    let entry = *pm
+        .entries(page, 1)
+        .map_err(|e| e.to_string())?
+        .first()
+        .ok_or("pagemap gave no entry")?;
+    if !entry.present() {
+        return Ok(RealPage {
+            present: false,
+            size: None,
+            zero_page: false,
+        });
+    }
+    let flags = match entry.pfn() {
+        Some(pfn) => pm
+            .flags(pfn, 1)
+            .map_err(|e| e.to_string())?
+            .and_then(|f| f.first().copied()),
+        None => None,
+    };
+    let kind = classify(entry, flags, false);
+    let compound = flags.is_some_and(|f| f.compound());
+    Ok(RealPage {
+        present: true,
+        size: Some(if compound { 2 << 20 } else { PAGE }),
+        zero_page: matches!(kind, PageKind::Zero | PageKind::HugeZero),
+    })
+}
+
+fn memslot_flags_step(slot: u32, on: bool) -> Step {
+    Step::MemslotFlags(MemslotFlagsStep {
+        memslot: u16::try_from(slot).unwrap_or(u16::MAX),
+        flags: if on {
+            vec![MemslotFlag::DirtyLog]
+        } else {
+            vec![]
+        },
+    })
+}
+
+fn errno_text(call: &str, rc: libc::c_int) -> String {
+    if rc == 0 {
+        call.to_string()
+    } else {
+        format!("{call} failed: {}", std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hugetlb_is_refused_with_the_reason() {
+        let why = unsupported_backing(Backing::Hugetlb).unwrap();
+        assert!(
+            why.contains("no hugetlb") && why.contains("anon, thp or shmem"),
+            "{why}"
+        );
+        assert!(unsupported_backing(Backing::Anon).is_none());
+        assert!(unsupported_backing(Backing::Shmem).is_none());
+    }
+
+    #[test]
+    fn the_summary_lists_disagreements_with_gfn_and_step() {
+        let mut s = LiveSummary::default();
+        s.disagree(Disagreement {
+            step: 7,
+            gfn: Some(0x123),
+            what: "page: model zero page, real a folio".into(),
+        });
+        s.ioctl("UFFDIO_COPY");
+        let t = s.render();
+        assert!(t.contains("step 7 gfn 0x123: page: model zero page"), "{t}");
+        assert!(
+            t.contains("UFFDIO_COPY 1") && t.contains("disagreements: 1"),
+            "{t}"
+        );
+    }
+}
