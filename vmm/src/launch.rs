@@ -18,6 +18,7 @@ use crate::boot::{self, BootError};
 use crate::config::{Payload, ValidationError, VmConfig};
 use crate::guests::{self, GuestLoadError};
 use crate::memory::{create_guest_memory, GuestRamError};
+use crate::seccomp::ThreadKind;
 pub use crate::vstate::hook::{ExitHook, HookAction, MemoryFault, VcpuControl, VcpuControlError};
 use crate::vstate::kvm::{open_kvm, KvmOpenError};
 use crate::vstate::vcpu::{self, ExitContext, VcpuSetupError, VcpuStats};
@@ -72,6 +73,9 @@ pub enum VmmError {
     /// An extra memslot is malformed or collides with guest RAM or another slot.
     #[error(transparent)]
     Memslot(#[from] ExtraMemslotError),
+    /// A seccomp filter could not be set up.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// An extra device overlaps a built-in device or another extra device.
     #[error("Cannot add {bus} device at {base:#x}+{len:#x}: {reason}; pick a free range")]
     DeviceRange {
@@ -236,6 +240,7 @@ pub struct VmBuilder {
     mmio: Vec<(u64, u64, devices::bus::SharedDevice)>,
     hook: Option<Arc<dyn ExitHook>>,
     watchdog: Option<(std::time::Duration, crate::vstate::watchdog::Symbols)>,
+    seccomp: bool,
 }
 
 impl std::fmt::Debug for VmBuilder {
@@ -252,6 +257,7 @@ impl std::fmt::Debug for VmBuilder {
                 &self.mmio.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
             )
             .field("hook", &self.hook.is_some())
+            .field("seccomp", &self.seccomp)
             .finish()
     }
 }
@@ -267,7 +273,18 @@ impl VmBuilder {
             mmio: Vec::new(),
             hook: None,
             watchdog: None,
+            seccomp: crate::seccomp::default_enabled(),
         }
+    }
+
+    /// seccomp filters on the VM's threads (on by default, unless
+    /// [`crate::seccomp::set_default_enabled`] said otherwise; see [`crate::seccomp`]): each
+    /// vCPU and the event loop install their thread kind's allowlist once set up, and a
+    /// system call outside it ends the VM with [`VmExit::SeccompViolation`] (status 104).
+    /// `false` (`--no-seccomp`) runs without filters.
+    pub fn seccomp(mut self, on: bool) -> Self {
+        self.seccomp = on;
+        self
     }
 
     /// A watchdog: when no vCPU exits to userspace for `limit`, the VM ends with
@@ -328,6 +345,7 @@ impl VmBuilder {
             mmio: extra_mmio,
             hook,
             watchdog,
+            seccomp,
         } = self;
         config.validate()?;
         let kvm = open_kvm(&config.kvm_device)?;
@@ -365,6 +383,12 @@ impl VmBuilder {
             ucalls,
             vcpus,
         } = parts;
+        // Violations wake the event loop through (a duplicate of) the end signal's eventfd.
+        let seccomp = if seccomp {
+            crate::seccomp::Seccomp::on(Some(exit.eventfd()))?
+        } else {
+            crate::seccomp::Seccomp::off()
+        };
         Ok(Vmm {
             config,
             io,
@@ -381,6 +405,7 @@ impl VmBuilder {
             extra_slots: extra.iter().map(|e| e.0).collect(),
             watchdog: watchdog
                 .map(|(limit, syms)| (crate::vstate::watchdog::Watchdog::new(limit), syms)),
+            seccomp,
         })
     }
 }
@@ -513,6 +538,7 @@ pub struct Vmm {
         crate::vstate::watchdog::Watchdog,
         crate::vstate::watchdog::Symbols,
     )>,
+    seccomp: crate::seccomp::Seccomp,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -632,6 +658,13 @@ impl Vmm {
         &self.extra_slots
     }
 
+    /// The VM's seccomp policy: threads that serve this VM outside the builder (uffd
+    /// readers, a gdb server) call `seccomp().apply(kind)` once set up, so a violation of
+    /// theirs ends this VM too. Off when built with `.seccomp(false)`.
+    pub fn seccomp(&self) -> &crate::seccomp::Seccomp {
+        &self.seccomp
+    }
+
     /// The binary stats files (KVM_GET_STATS_FD) of every vCPU, in vCPU order (the VM's own
     /// is `stats_fd(vmm.vm().fd())`).
     pub fn vcpu_stats_files(
@@ -695,6 +728,15 @@ impl Vmm {
                         .spawn_scoped(s, move || {
                             tid.store(vcpu::current_thread_id(), Ordering::Release);
                             ktid.store(vcpu::current_kernel_tid(), Ordering::Release);
+                            // The vCPU fd and its kvm_run mapping exist: filter from here.
+                            if let Err(e) = this.seccomp.apply(ThreadKind::Vcpu) {
+                                this.exit.request(VmExit::Crash {
+                                    vcpu: i,
+                                    reason: e.to_string(),
+                                });
+                                fin.store(true, Ordering::Release);
+                                return VcpuStats::default();
+                            }
                             let ctx = ExitContext {
                                 vcpu: i,
                                 pio: &this.pio,
@@ -737,6 +779,7 @@ impl Vmm {
                             extra_slots: &this.extra_slots,
                             controller_stopped: stopped,
                             vcpu_stats,
+                            seccomp: &this.seccomp,
                         };
                         let r =
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&handle)));
@@ -766,7 +809,18 @@ impl Vmm {
                     None
                 }
             };
-            let loop_result = this.event_loop(&tids, &finished);
+            // The event loop gets a thread of its own, filtered, so this one stays free for
+            // the caller's work after the VM (the next VM, the reports).
+            let (tids, finished) = (&tids, &finished);
+            let loop_result = match std::thread::Builder::new()
+                .name("vmm-event".into())
+                .spawn_scoped(s, move || this.event_loop(tids, finished))
+            {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(VmmError::EventLoop("the event-loop thread panicked".into()))
+                }),
+                Err(_) => this.event_loop(tids, finished),
+            };
             // However the loop ended, the VM ends now.
             this.exit.request(VmExit::Crash {
                 vcpu: 0,
@@ -783,7 +837,12 @@ impl Vmm {
         loop_result?;
         let end = Instant::now();
         let memory = MemorySample::take(&self.mem);
-        let exit = match self.exit.reason().unwrap_or(VmExit::Reset) {
+        let reason = match self.seccomp.violation() {
+            // Whatever the VM's threads requested after the violation, it is why the VM ended.
+            Some(v) => v.to_exit(),
+            None => self.exit.reason().unwrap_or(VmExit::Reset),
+        };
+        let exit = match reason {
             // With panic=-1 a panicking Linux guest resets: that is a crash, not a clean end.
             VmExit::Reset => match self.io.console.kernel_panic() {
                 Some(line) => VmExit::Crash {
@@ -829,8 +888,12 @@ impl Vmm {
         if let Some((w, _)) = &self.watchdog {
             w.touch();
         }
+        self.seccomp.apply(ThreadKind::EventLoop)?;
         while !self.exit.fired() {
             em.run_with_timeout(200).map_err(err)?;
+            if let Some(v) = self.seccomp.violation() {
+                self.exit.request(v.to_exit());
+            }
             if let Some((w, syms)) = &self.watchdog {
                 if w.expired() && !self.exit.fired() {
                     self.report_stall(w, syms, tids, finished);
@@ -878,6 +941,7 @@ pub struct VmHandle<'a> {
     extra_slots: &'a [u32],
     controller_stopped: &'a AtomicBool,
     vcpu_stats: &'a [std::fs::File],
+    seccomp: &'a crate::seccomp::Seccomp,
 }
 
 impl std::fmt::Debug for VmHandle<'_> {
@@ -944,6 +1008,13 @@ impl VmHandle<'_> {
     /// if KVM_GET_STATS_FD failed).
     pub fn vcpu_stats_files(&self) -> &[std::fs::File] {
         self.vcpu_stats
+    }
+
+    /// The VM's seccomp policy, for threads the controller starts to serve the VM (a gdb
+    /// server, a live uffd resolver): `h.seccomp().apply(ThreadKind::Gdb)` once set up.
+    /// The controller thread itself is not filtered (it runs the caller's code).
+    pub fn seccomp(&self) -> &crate::seccomp::Seccomp {
+        self.seccomp
     }
 }
 

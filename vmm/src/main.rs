@@ -5,6 +5,16 @@ use vmm::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    let no_seccomp = match &cli.command {
+        Command::Run(a) => a.no_seccomp,
+        Command::Sim(_) => false,
+        Command::Check(a) => a.no_seccomp,
+        Command::Bench(vmm::cli::BenchCommand::Faults(a)) => a.no_seccomp,
+        Command::Bench(vmm::cli::BenchCommand::Boot(a)) => a.no_seccomp,
+        Command::Bench(vmm::cli::BenchCommand::Check(a)) => a.no_seccomp,
+        Command::Test(vmm::cli::TestCommand::Mm(a)) => a.no_seccomp,
+    };
+    vmm::seccomp::set_default_enabled(!no_seccomp);
     let status = match cli.command {
         Command::Run(args) => run(args),
         Command::Sim(args) => sim(&args),
@@ -42,7 +52,12 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
             }
             .build()
         })
-        .and_then(vmm::Vmm::run);
+        .and_then(|vmm| {
+            // One VM for the whole process: this thread is filtered too, once the VM is
+            // built (its list covers the vCPU and event-loop threads it spawns).
+            vmm.seccomp().apply(vmm::seccomp::ThreadKind::Main)?;
+            vmm.run()
+        });
     match outcome {
         Ok(o) => {
             let status = o.exit.status();

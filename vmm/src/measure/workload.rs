@@ -503,7 +503,9 @@ impl FaultBench {
                     .collect();
                 // SAFETY: `region` stays mapped until after `stop` below; its contents are
                 // the service's to fill.
-                Some((cfg, unsafe { UffdService::start(cfg, &regions) }?))
+                Some((cfg, unsafe {
+                    UffdService::start_filtered(cfg, &regions, vmm.seccomp().clone())
+                }?))
             }
         };
 

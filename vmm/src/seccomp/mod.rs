@@ -230,7 +230,22 @@ const MAIN: &[(i64, &str)] = &[
     (libc::SYS_clone, "spawning threads where clone3 is refused"),
     (libc::SYS_set_robust_list, "a new thread's start in glibc"),
     (libc::SYS_rseq, "a new thread's start in glibc"),
-    (libc::SYS_prctl, "naming a new thread (PR_SET_NAME)"),
+    (
+        libc::SYS_prctl,
+        "naming a new thread (PR_SET_NAME); PR_SET_NO_NEW_PRIVS before its filter",
+    ),
+    (
+        libc::SYS_seccomp,
+        "the threads it spawns install their own filters",
+    ),
+    (
+        libc::SYS_epoll_create1,
+        "the event-loop thread builds its epoll set before its filter",
+    ),
+    (
+        libc::SYS_eventfd2,
+        "event-manager's wake-up eventfd, before the event loop's filter",
+    ),
     (
         libc::SYS_rt_sigaction,
         "installing the vCPU kick handler in Vmm::run",
@@ -331,6 +346,22 @@ pub enum SeccompError {
     /// The VM's end-signal eventfd could not be duplicated for the SIGSYS handler.
     #[error("Duplicating the VM's end-signal eventfd for the seccomp handler failed: {0}; raise the open-file limit (ulimit -n) or pass --no-seccomp")]
     WakeFd(#[source] std::io::Error),
+}
+
+/// Whether [`crate::VmBuilder`] filters by default (true unless the command line said
+/// `--no-seccomp`).
+static DEFAULT_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets the process-wide default of [`crate::VmBuilder::seccomp`]: the CLI calls it once
+/// with `!--no-seccomp`, so every VM a subcommand builds (bench faults' fresh VM per
+/// configuration, check's per scenario, test mm's) follows the flag.
+pub fn set_default_enabled(on: bool) {
+    DEFAULT_ON.store(on, Ordering::Relaxed);
+}
+
+/// The process-wide default (see [`set_default_enabled`]).
+pub fn default_enabled() -> bool {
+    DEFAULT_ON.load(Ordering::Relaxed)
 }
 
 /// The compiled filter of `kind` (compiled once per process).
@@ -538,7 +569,10 @@ impl std::fmt::Write for StackBuf {
 
 /// The message the handler writes to stderr.
 fn message(out: &mut impl std::fmt::Write, kind: Option<ThreadKind>, nr: i64) {
-    let kind = kind.map_or("unfiltered", ThreadKind::name);
+    let kind = kind.map_or(
+        "(no kind of its own: it inherited its parent's filter)",
+        ThreadKind::name,
+    );
     let _ = match syscall_name(nr) {
         Some(name) => write!(out, "\nfaultline: seccomp: the {kind} thread made the system call `{name}` ({nr}), which its filter does not allow: it failed with EPERM and the VM is ending with exit status {STATUS_SECCOMP_VIOLATION}. This is a faultline bug: report it; `--no-seccomp` turns filtering off.\n"),
         None => write!(out, "\nfaultline: seccomp: the {kind} thread made system call number {nr}, which its filter does not allow: it failed with EPERM and the VM is ending with exit status {STATUS_SECCOMP_VIOLATION}. This is a faultline bug: report it; `--no-seccomp` turns filtering off.\n"),

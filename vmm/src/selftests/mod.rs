@@ -91,6 +91,10 @@ pub struct MmArgs {
     /// KVM device node [default: /dev/kvm].
     #[arg(long, value_name = "PATH")]
     pub kvm_device: Option<PathBuf>,
+    /// Run without seccomp filters on the VMM's threads (they are on by default; a system
+    /// call outside a thread's filter ends the VM with status 104).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// `faultline test mm` could not run.
