@@ -1338,6 +1338,86 @@ mod tests {
         assert!(seen[0].2 > 0, "{seen:?}");
     }
 
+    /// Calls socket(2) from the vCPU thread (a call no vCPU filter allows) when the guest
+    /// triple-faults, then ends the VM as Done(0).
+    struct SocketHook(Mutex<Option<i32>>);
+    impl ExitHook for SocketHook {
+        fn on_run_error(
+            &self,
+            _: &mut VcpuControl<'_>,
+            _: i32,
+            _: Option<MemoryFault>,
+        ) -> HookAction {
+            HookAction::Default
+        }
+        fn on_unhandled_exit(&self, _: &mut VcpuControl<'_>, _: &str) -> HookAction {
+            // SAFETY: plain socket(2); a returned fd is closed at once.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            let errno = if fd >= 0 {
+                // SAFETY: our own fd.
+                unsafe { libc::close(fd) };
+                0
+            } else {
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+            };
+            *self.0.lock().unwrap() = Some(errno);
+            HookAction::Stop(VmExit::Done(0))
+        }
+    }
+
+    #[test]
+    fn a_forbidden_syscall_on_a_vcpu_thread_ends_the_vm_naming_it() {
+        if !kvm_present() {
+            return;
+        }
+        let config = VmConfig {
+            payload: Payload::Guest("triple-fault".into()),
+            ..touch_config()
+        };
+        let run = |seccomp: bool| {
+            let hook = Arc::new(SocketHook(Mutex::new(None)));
+            let (io, _out) = VmIo::captured();
+            let vmm = VmBuilder::new(config.clone(), io)
+                .exit_hook(hook.clone())
+                .seccomp(seccomp)
+                .build()
+                .unwrap();
+            assert_eq!(vmm.seccomp().enabled(), seccomp);
+            let outcome = vmm.run().unwrap();
+            let errno = *hook.0.lock().unwrap();
+            (outcome, errno)
+        };
+        let (outcome, errno) = run(true);
+        assert_eq!(
+            errno,
+            Some(libc::EPERM),
+            "socket(2) must fail under the filter"
+        );
+        assert_eq!(
+            outcome.exit,
+            VmExit::SeccompViolation {
+                thread: "vCPU".into(),
+                syscall: "socket".into(),
+                nr: libc::SYS_socket,
+            }
+        );
+        assert_eq!(
+            outcome.exit.status(),
+            devices::exit::STATUS_SECCOMP_VIOLATION
+        );
+        let text = outcome.exit.to_string();
+        assert!(
+            text.contains("`socket`")
+                && text.contains("vCPU thread")
+                && text.contains("--no-seccomp"),
+            "{text}"
+        );
+        // The same VM without filters runs as the hook says.
+        let (outcome, errno) = run(false);
+        assert_eq!(errno, Some(0), "socket(2) works without the filter");
+        assert_eq!(outcome.exit, VmExit::Done(0));
+    }
+
     #[test]
     fn controller_deletes_a_memslot_and_the_guest_then_sees_mmio() {
         if !kvm_present() {
