@@ -199,7 +199,10 @@ pub fn run_faults(args: &FaultsArgs) -> i32 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("faultline: error: {e}");
-            return 1;
+            return match e {
+                crate::measure::workload::BenchError::Seccomp(x) => x.status(),
+                _ => 1,
+            };
         }
     };
     print!("{}", report.table());
