@@ -826,7 +826,7 @@ impl Vmm {
                 vcpu: 0,
                 reason: "the event loop stopped".into(),
             });
-            vcpu::stop_vcpus(&tids, &finished);
+            vcpu::stop_vcpus(tids, finished);
             let stats: Vec<VcpuStats> = handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_default())

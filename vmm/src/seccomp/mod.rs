@@ -332,10 +332,13 @@ impl Violation {
         }
     }
 
+    // seccomp_data.nr is a 32-bit int: the number fits the low half.
+    #[allow(clippy::cast_possible_truncation)]
     fn encode(self) -> u64 {
         ((self.kind.index() as u64 + 1) << 32) | u64::from(self.nr as u32)
     }
 
+    #[allow(clippy::cast_possible_truncation)]
     fn decode(v: u64) -> Option<Violation> {
         let k = (v >> 32).checked_sub(1)?;
         Some(Violation {
@@ -406,7 +409,10 @@ impl Seccomp {
                 _sink: Arc::clone(sink),
             })
         });
-        CURRENT.with(|c| c.set((kind.index() as u8 + 1, Arc::as_ptr(sink))));
+        // ThreadKind::ALL has a handful of entries: the index fits a u8.
+        #[allow(clippy::cast_possible_truncation)]
+        let k = kind.index() as u8 + 1;
+        CURRENT.with(|c| c.set((k, Arc::as_ptr(sink))));
         seccompiler::apply_filter(prog).map_err(|source| SeccompError::Install { kind, source })
     }
 
