@@ -814,12 +814,13 @@ impl Vmm {
             let (tids, finished) = (&tids, &finished);
             let loop_result = match std::thread::Builder::new()
                 .name("vmm-event".into())
-                .spawn_scoped(s, move || this.event_loop(tids, finished))
+                .spawn_scoped(s, move || this.event_loop(tids, finished, true))
             {
                 Ok(h) => h.join().unwrap_or_else(|_| {
                     Err(VmmError::EventLoop("the event-loop thread panicked".into()))
                 }),
-                Err(_) => this.event_loop(tids, finished),
+                // No thread: the loop runs here, unfiltered (this thread outlives the VM).
+                Err(_) => this.event_loop(tids, finished, false),
             };
             // However the loop ended, the VM ends now.
             this.exit.request(VmExit::Crash {
@@ -876,7 +877,14 @@ impl Vmm {
         Ok((outcome, value))
     }
 
-    fn event_loop(&self, tids: &[AtomicU64], finished: &[AtomicBool]) -> Result<(), VmmError> {
+    /// Runs until the VM ends; `filter`: install the event-loop seccomp filter on this
+    /// thread once the epoll set is built (the loop's own thread only).
+    fn event_loop(
+        &self,
+        tids: &[AtomicU64],
+        finished: &[AtomicBool],
+        filter: bool,
+    ) -> Result<(), VmmError> {
         let err = |e: event_manager::Error| VmmError::EventLoop(format!("{e:?}"));
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().map_err(err)?;
@@ -888,7 +896,9 @@ impl Vmm {
         if let Some((w, _)) = &self.watchdog {
             w.touch();
         }
-        self.seccomp.apply(ThreadKind::EventLoop)?;
+        if filter {
+            self.seccomp.apply(ThreadKind::EventLoop)?;
+        }
         while !self.exit.fired() {
             em.run_with_timeout(200).map_err(err)?;
             if let Some(v) = self.seccomp.violation() {
