@@ -9,6 +9,8 @@ pub const STATUS_GUEST_ASSERT: i32 = 101;
 pub const STATUS_GUEST_CRASH: i32 = 102;
 /// Exit status when the watchdog found the guest stuck (no userspace exit for its limit).
 pub const STATUS_GUEST_STALLED: i32 = 103;
+/// Exit status when a VMM thread made a system call its seccomp filter does not allow.
+pub const STATUS_SECCOMP_VIOLATION: i32 = 104;
 
 /// Why the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,15 @@ pub enum VmExit {
     Stalled {
         /// The watchdog's report, already formatted for the user.
         report: String,
+    },
+    /// A VMM thread made a system call outside its seccomp filter (a faultline bug).
+    SeccompViolation {
+        /// The thread kind (`vCPU`, `event-loop`, ...).
+        thread: String,
+        /// The system call's name.
+        syscall: String,
+        /// Its x86_64 number.
+        nr: i64,
     },
     /// The guest crashed: the text says how (exit reason, RIP, instruction bytes).
     Crash {
@@ -64,6 +75,7 @@ impl VmExit {
             VmExit::AssertFailed { .. } => STATUS_GUEST_ASSERT,
             VmExit::Crash { .. } => STATUS_GUEST_CRASH,
             VmExit::Stalled { .. } => STATUS_GUEST_STALLED,
+            VmExit::SeccompViolation { .. } => STATUS_SECCOMP_VIOLATION,
         }
     }
 }
@@ -85,6 +97,14 @@ impl std::fmt::Display for VmExit {
             ),
             VmExit::Crash { vcpu, reason } => write!(f, "guest crashed on vCPU {vcpu}: {reason}"),
             VmExit::Stalled { report } => write!(f, "guest stalled: {report}"),
+            VmExit::SeccompViolation {
+                thread,
+                syscall,
+                nr,
+            } => write!(
+                f,
+                "the VMM's {thread} thread made the system call `{syscall}` ({nr}), which its seccomp filter does not allow; this is a faultline bug: report it (`--no-seccomp` turns filtering off)"
+            ),
         }
     }
 }

@@ -232,6 +232,8 @@ proptest! {
             Some(VmExit::Crash { reason, .. }) => prop_assert!(reason.starts_with("malformed ucall"), "{}", reason),
             // Only the VMM's watchdog ends a VM as stalled, never a device.
             Some(VmExit::Stalled { report }) => prop_assert!(false, "a device ended the VM as stalled: {}", report),
+            // Only the VMM's seccomp handling ends a VM so, never a device.
+            Some(e @ VmExit::SeccompViolation { .. }) => prop_assert!(false, "a device ended the VM as a seccomp violation: {}", e),
         }
     }
 }

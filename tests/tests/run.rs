@@ -234,3 +234,80 @@ fn host_stdin_reaches_the_guest_serial_port_and_uart_output_reaches_stdout() {
     assert!(stdout.contains("serial: ready for a line"), "{stdout}");
     assert!(stdout.contains("echo: hello from the host"), "{stdout}");
 }
+
+/// `Seccomp:` of every thread of `pid`, by thread name (2 = a filter is installed).
+fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return v;
+    };
+    for t in dir.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        v.push((field("Name:"), field("Seccomp:")));
+    }
+    v.sort();
+    v
+}
+
+/// With filters on (the default) the main, vCPU and event-loop threads of a running
+/// `faultline run` have a seccomp filter; with `--no-seccomp` none has, and both runs end
+/// normally.
+#[test]
+fn run_filters_its_threads_by_default_and_not_with_no_seccomp() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    if !kvm_available("run_filters_its_threads_by_default_and_not_with_no_seccomp") {
+        return;
+    }
+    for no_seccomp in [false, true] {
+        let mut args = vec!["run", "--guest", "serial-echo"];
+        if no_seccomp {
+            args.push("--no-seccomp");
+        }
+        // serial-echo waits for a line on stdin: the threads can be inspected meanwhile.
+        let mut child = Command::new(faultline_tests::fixtures::faultline_bin())
+            .args(&args)
+            .env_remove("FAULTLINE_KVM_DEVICE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut modes = seccomp_modes(child.id());
+        while !modes.iter().any(|m| m.0 == "vmm-event") && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            modes = seccomp_modes(child.id());
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hi\n").unwrap();
+        drop(stdin);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serial-echo did not finish within 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("seccomp"), "{args:?}: {stderr}");
+        let want = if no_seccomp { "0" } else { "2" };
+        for name in ["faultline", "vcpu0", "vmm-event"] {
+            let m = modes.iter().find(|m| m.0 == name);
+            assert_eq!(
+                m.map(|m| m.1.as_str()),
+                Some(want),
+                "{args:?}: thread {name}: {modes:?}"
+            );
+        }
+    }
+}

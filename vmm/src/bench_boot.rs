@@ -344,6 +344,9 @@ pub fn measure_once_with(
     if let Some(dev) = &args.kvm_device {
         cmd.arg("--kvm-device").arg(dev);
     }
+    if args.no_seccomp {
+        cmd.arg("--no-seccomp");
+    }
     let t0 = monotonic_ns();
     let out = cmd
         .output()
@@ -1019,6 +1022,9 @@ pub mod linux {
             .env(TIMELINE_ENV, "1");
         if let Some(dev) = &args.kvm_device {
             cmd.arg("--kvm-device").arg(dev);
+        }
+        if args.no_seccomp {
+            cmd.arg("--no-seccomp");
         }
         let c = capture(cmd, Duration::from_secs(args.timeout))
             .map_err(|(exe, source)| BenchBootError::Spawn { exe, source })?;

@@ -108,6 +108,10 @@ pub struct BenchBootArgs {
     /// KVM device node [env: FAULTLINE_KVM_DEVICE] [default: /dev/kvm].
     #[arg(long, value_name = "PATH")]
     pub kvm_device: Option<PathBuf>,
+    /// Run without seccomp filters on the VMM's threads (they are on by default; a system
+    /// call outside a thread's filter ends the VM with status 104).
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// Built-in guest: another `faultline` binary to alternate runs with (before/after).
     #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
     pub baseline: Option<PathBuf>,
@@ -208,6 +212,10 @@ pub struct RunArgs {
     /// format; `faultline sim --replay` reads it).
     #[arg(long, value_name = "FILE", requires = "live")]
     pub record: Option<PathBuf>,
+    /// Run without seccomp filters on the VMM's threads (they are on by default; a system
+    /// call outside a thread's filter ends the VM with status 104).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 impl RunArgs {

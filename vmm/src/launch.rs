@@ -18,6 +18,7 @@ use crate::boot::{self, BootError};
 use crate::config::{Payload, ValidationError, VmConfig};
 use crate::guests::{self, GuestLoadError};
 use crate::memory::{create_guest_memory, GuestRamError};
+use crate::seccomp::ThreadKind;
 pub use crate::vstate::hook::{ExitHook, HookAction, MemoryFault, VcpuControl, VcpuControlError};
 use crate::vstate::kvm::{open_kvm, KvmOpenError};
 use crate::vstate::vcpu::{self, ExitContext, VcpuSetupError, VcpuStats};
@@ -72,6 +73,9 @@ pub enum VmmError {
     /// An extra memslot is malformed or collides with guest RAM or another slot.
     #[error(transparent)]
     Memslot(#[from] ExtraMemslotError),
+    /// A seccomp filter could not be set up.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// An extra device overlaps a built-in device or another extra device.
     #[error("Cannot add {bus} device at {base:#x}+{len:#x}: {reason}; pick a free range")]
     DeviceRange {
@@ -236,6 +240,7 @@ pub struct VmBuilder {
     mmio: Vec<(u64, u64, devices::bus::SharedDevice)>,
     hook: Option<Arc<dyn ExitHook>>,
     watchdog: Option<(std::time::Duration, crate::vstate::watchdog::Symbols)>,
+    seccomp: bool,
 }
 
 impl std::fmt::Debug for VmBuilder {
@@ -252,6 +257,7 @@ impl std::fmt::Debug for VmBuilder {
                 &self.mmio.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
             )
             .field("hook", &self.hook.is_some())
+            .field("seccomp", &self.seccomp)
             .finish()
     }
 }
@@ -267,7 +273,18 @@ impl VmBuilder {
             mmio: Vec::new(),
             hook: None,
             watchdog: None,
+            seccomp: crate::seccomp::default_enabled(),
         }
+    }
+
+    /// seccomp filters on the VM's threads (on by default, unless
+    /// [`crate::seccomp::set_default_enabled`] said otherwise; see [`crate::seccomp`]): each
+    /// vCPU and the event loop install their thread kind's allowlist once set up, and a
+    /// system call outside it ends the VM with [`VmExit::SeccompViolation`] (status 104).
+    /// `false` (`--no-seccomp`) runs without filters.
+    pub fn seccomp(mut self, on: bool) -> Self {
+        self.seccomp = on;
+        self
     }
 
     /// A watchdog: when no vCPU exits to userspace for `limit`, the VM ends with
@@ -328,6 +345,7 @@ impl VmBuilder {
             mmio: extra_mmio,
             hook,
             watchdog,
+            seccomp,
         } = self;
         config.validate()?;
         let kvm = open_kvm(&config.kvm_device)?;
@@ -365,6 +383,12 @@ impl VmBuilder {
             ucalls,
             vcpus,
         } = parts;
+        // Violations wake the event loop through (a duplicate of) the end signal's eventfd.
+        let seccomp = if seccomp {
+            crate::seccomp::Seccomp::on(Some(exit.eventfd()))?
+        } else {
+            crate::seccomp::Seccomp::off()
+        };
         Ok(Vmm {
             config,
             io,
@@ -381,6 +405,7 @@ impl VmBuilder {
             extra_slots: extra.iter().map(|e| e.0).collect(),
             watchdog: watchdog
                 .map(|(limit, syms)| (crate::vstate::watchdog::Watchdog::new(limit), syms)),
+            seccomp,
         })
     }
 }
@@ -513,6 +538,7 @@ pub struct Vmm {
         crate::vstate::watchdog::Watchdog,
         crate::vstate::watchdog::Symbols,
     )>,
+    seccomp: crate::seccomp::Seccomp,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -643,6 +669,13 @@ impl Vmm {
         &self.extra_slots
     }
 
+    /// The VM's seccomp policy: threads that serve this VM outside the builder (uffd
+    /// readers, a gdb server) call `seccomp().apply(kind)` once set up, so a violation of
+    /// theirs ends this VM too. Off when built with `.seccomp(false)`.
+    pub fn seccomp(&self) -> &crate::seccomp::Seccomp {
+        &self.seccomp
+    }
+
     /// The binary stats files (KVM_GET_STATS_FD) of every vCPU, in vCPU order (the VM's own
     /// is `stats_fd(vmm.vm().fd())`).
     pub fn vcpu_stats_files(
@@ -706,6 +739,15 @@ impl Vmm {
                         .spawn_scoped(s, move || {
                             tid.store(vcpu::current_thread_id(), Ordering::Release);
                             ktid.store(vcpu::current_kernel_tid(), Ordering::Release);
+                            // The vCPU fd and its kvm_run mapping exist: filter from here.
+                            if let Err(e) = this.seccomp.apply(ThreadKind::Vcpu) {
+                                this.exit.request(VmExit::Crash {
+                                    vcpu: i,
+                                    reason: e.to_string(),
+                                });
+                                fin.store(true, Ordering::Release);
+                                return VcpuStats::default();
+                            }
                             let ctx = ExitContext {
                                 vcpu: i,
                                 pio: &this.pio,
@@ -751,6 +793,7 @@ impl Vmm {
                             extra_slots: &this.extra_slots,
                             controller_stopped: stopped,
                             vcpu_stats,
+                            seccomp: &this.seccomp,
                         };
                         let r =
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&handle)));
@@ -780,13 +823,25 @@ impl Vmm {
                     None
                 }
             };
-            let loop_result = this.event_loop(&tids, &finished);
+            // The event loop gets a thread of its own, filtered, so this one stays free for
+            // the caller's work after the VM (the next VM, the reports).
+            let (tids, finished) = (&tids, &finished);
+            let loop_result = match std::thread::Builder::new()
+                .name("vmm-event".into())
+                .spawn_scoped(s, move || this.event_loop(tids, finished, true))
+            {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(VmmError::EventLoop("the event-loop thread panicked".into()))
+                }),
+                // No thread: the loop runs here, unfiltered (this thread outlives the VM).
+                Err(_) => this.event_loop(tids, finished, false),
+            };
             // However the loop ended, the VM ends now.
             this.exit.request(VmExit::Crash {
                 vcpu: 0,
                 reason: "the event loop stopped".into(),
             });
-            vcpu::stop_vcpus(&tids, &finished);
+            vcpu::stop_vcpus(tids, finished);
             let stats: Vec<VcpuStats> = handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_default())
@@ -797,7 +852,12 @@ impl Vmm {
         loop_result?;
         let end = Instant::now();
         let memory = MemorySample::take(&self.mem);
-        let exit = match self.exit.reason().unwrap_or(VmExit::Reset) {
+        let reason = match self.seccomp.violation() {
+            // Whatever the VM's threads requested after the violation, it is why the VM ended.
+            Some(v) => v.to_exit(),
+            None => self.exit.reason().unwrap_or(VmExit::Reset),
+        };
+        let exit = match reason {
             // With panic=-1 a panicking Linux guest resets: that is a crash, not a clean end.
             VmExit::Reset => match self.io.console.kernel_panic() {
                 Some(line) => VmExit::Crash {
@@ -831,7 +891,14 @@ impl Vmm {
         Ok((outcome, value))
     }
 
-    fn event_loop(&self, tids: &[AtomicU64], finished: &[AtomicBool]) -> Result<(), VmmError> {
+    /// Runs until the VM ends; `filter`: install the event-loop seccomp filter on this
+    /// thread once the epoll set is built (the loop's own thread only).
+    fn event_loop(
+        &self,
+        tids: &[AtomicU64],
+        finished: &[AtomicBool],
+        filter: bool,
+    ) -> Result<(), VmmError> {
         let err = |e: event_manager::Error| VmmError::EventLoop(format!("{e:?}"));
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().map_err(err)?;
@@ -843,8 +910,14 @@ impl Vmm {
         if let Some((w, _)) = &self.watchdog {
             w.touch();
         }
+        if filter {
+            self.seccomp.apply(ThreadKind::EventLoop)?;
+        }
         while !self.exit.fired() {
             em.run_with_timeout(200).map_err(err)?;
+            if let Some(v) = self.seccomp.violation() {
+                self.exit.request(v.to_exit());
+            }
             if let Some((w, syms)) = &self.watchdog {
                 if w.expired() && !self.exit.fired() {
                     self.report_stall(w, syms, tids, finished);
@@ -894,6 +967,7 @@ pub struct VmHandle<'a> {
     extra_slots: &'a [u32],
     controller_stopped: &'a AtomicBool,
     vcpu_stats: &'a [std::fs::File],
+    seccomp: &'a crate::seccomp::Seccomp,
 }
 
 impl std::fmt::Debug for VmHandle<'_> {
@@ -974,6 +1048,13 @@ impl VmHandle<'_> {
     /// if KVM_GET_STATS_FD failed).
     pub fn vcpu_stats_files(&self) -> &[std::fs::File] {
         self.vcpu_stats
+    }
+
+    /// The VM's seccomp policy, for threads the controller starts to serve the VM (a gdb
+    /// server, a live uffd resolver): `h.seccomp().apply(ThreadKind::Gdb)` once set up.
+    /// The controller thread itself is not filtered (it runs the caller's code).
+    pub fn seccomp(&self) -> &crate::seccomp::Seccomp {
+        self.seccomp
     }
 }
 
@@ -1295,6 +1376,86 @@ mod tests {
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert_eq!((seen[0].0, seen[0].1.as_str()), (0, "KVM_EXIT_SHUTDOWN"));
         assert!(seen[0].2 > 0, "{seen:?}");
+    }
+
+    /// Calls socket(2) from the vCPU thread (a call no vCPU filter allows) when the guest
+    /// triple-faults, then ends the VM as Done(0).
+    struct SocketHook(Mutex<Option<i32>>);
+    impl ExitHook for SocketHook {
+        fn on_run_error(
+            &self,
+            _: &mut VcpuControl<'_>,
+            _: i32,
+            _: Option<MemoryFault>,
+        ) -> HookAction {
+            HookAction::Default
+        }
+        fn on_unhandled_exit(&self, _: &mut VcpuControl<'_>, _: &str) -> HookAction {
+            // SAFETY: plain socket(2); a returned fd is closed at once.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            let errno = if fd >= 0 {
+                // SAFETY: our own fd.
+                unsafe { libc::close(fd) };
+                0
+            } else {
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+            };
+            *self.0.lock().unwrap() = Some(errno);
+            HookAction::Stop(VmExit::Done(0))
+        }
+    }
+
+    #[test]
+    fn a_forbidden_syscall_on_a_vcpu_thread_ends_the_vm_naming_it() {
+        if !kvm_present() {
+            return;
+        }
+        let config = VmConfig {
+            payload: Payload::Guest("triple-fault".into()),
+            ..touch_config()
+        };
+        let run = |seccomp: bool| {
+            let hook = Arc::new(SocketHook(Mutex::new(None)));
+            let (io, _out) = VmIo::captured();
+            let vmm = VmBuilder::new(config.clone(), io)
+                .exit_hook(hook.clone())
+                .seccomp(seccomp)
+                .build()
+                .unwrap();
+            assert_eq!(vmm.seccomp().enabled(), seccomp);
+            let outcome = vmm.run().unwrap();
+            let errno = *hook.0.lock().unwrap();
+            (outcome, errno)
+        };
+        let (outcome, errno) = run(true);
+        assert_eq!(
+            errno,
+            Some(libc::EPERM),
+            "socket(2) must fail under the filter"
+        );
+        assert_eq!(
+            outcome.exit,
+            VmExit::SeccompViolation {
+                thread: "vCPU".into(),
+                syscall: "socket".into(),
+                nr: libc::SYS_socket,
+            }
+        );
+        assert_eq!(
+            outcome.exit.status(),
+            devices::exit::STATUS_SECCOMP_VIOLATION
+        );
+        let text = outcome.exit.to_string();
+        assert!(
+            text.contains("`socket`")
+                && text.contains("vCPU thread")
+                && text.contains("--no-seccomp"),
+            "{text}"
+        );
+        // The same VM without filters runs as the hook says.
+        let (outcome, errno) = run(false);
+        assert_eq!(errno, Some(0), "socket(2) works without the filter");
+        assert_eq!(outcome.exit, VmExit::Done(0));
     }
 
     #[test]

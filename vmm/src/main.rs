@@ -5,6 +5,16 @@ use vmm::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    let no_seccomp = match &cli.command {
+        Command::Run(a) => a.no_seccomp,
+        Command::Sim(_) => false,
+        Command::Check(a) => a.no_seccomp,
+        Command::Bench(vmm::cli::BenchCommand::Faults(a)) => a.no_seccomp,
+        Command::Bench(vmm::cli::BenchCommand::Boot(a)) => a.no_seccomp,
+        Command::Bench(vmm::cli::BenchCommand::Check(a)) => a.no_seccomp,
+        Command::Test(vmm::cli::TestCommand::Mm(a)) => a.no_seccomp,
+    };
+    vmm::seccomp::set_default_enabled(!no_seccomp);
     let status = match cli.command {
         Command::Run(args) => run(args),
         Command::Sim(args) => sim(&args),
@@ -65,7 +75,13 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
             };
             match gdb {
                 Some(listener) => vmm::gdb::run(b, vcpus, listener),
-                None => b.build().and_then(vmm::Vmm::run),
+                None => b.build().and_then(|vmm| {
+                    // One VM for the whole process: this thread is filtered too, once the VM
+                    // is built (its list covers the vCPU and event-loop threads it spawns).
+                    // Under gdb this thread serves the debugger and stays unfiltered.
+                    vmm.seccomp().apply(vmm::seccomp::ThreadKind::Main)?;
+                    vmm.run()
+                }),
             }
         });
     match outcome {

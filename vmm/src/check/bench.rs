@@ -20,6 +20,10 @@ pub struct BenchCheckArgs {
     /// Write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Run without seccomp filters on the VMM's threads (they are on by default; a system
+    /// call outside a thread's filter ends the VM with status 104).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// One scenario's figures.

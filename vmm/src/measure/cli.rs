@@ -82,6 +82,10 @@ pub struct FaultsArgs {
     /// KVM device node [env: FAULTLINE_KVM_DEVICE] [default: /dev/kvm].
     #[arg(long, value_name = "PATH")]
     pub kvm_device: Option<PathBuf>,
+    /// Run without seccomp filters on the VMM's threads (they are on by default; a system
+    /// call outside a thread's filter ends the VM with status 104).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// A bad `bench faults` option.
@@ -221,7 +225,10 @@ pub fn run_faults(args: &FaultsArgs) -> i32 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("faultline: error: {e}");
-            return 1;
+            return match e {
+                crate::measure::workload::BenchError::Seccomp(x) => x.status(),
+                _ => 1,
+            };
         }
     };
     print!("{}", report.table());

@@ -184,6 +184,9 @@ pub enum BenchError {
     /// The guest ended some other way.
     #[error("The touch guest ended unexpectedly: {0}")]
     GuestEnded(String),
+    /// A VMM thread broke its seccomp filter (`faultline bench faults` exits with 104).
+    #[error("{0}")]
+    Seccomp(VmExit),
     /// The guest did not mark its stages.
     #[error("The touch guest did not mark start and end on every vCPU (marks: {0:?})")]
     MissingMarks(Vec<(usize, u32)>),
@@ -503,7 +506,9 @@ impl FaultBench {
                     .collect();
                 // SAFETY: `region` stays mapped until after `stop` below; its contents are
                 // the service's to fill.
-                Some((cfg, unsafe { UffdService::start(cfg, &regions) }?))
+                Some((cfg, unsafe {
+                    UffdService::start_filtered(cfg, &regions, vmm.seccomp().clone())
+                }?))
             }
         };
 
@@ -528,6 +533,7 @@ impl FaultBench {
                     msg,
                 })
             }
+            e @ VmExit::SeccompViolation { .. } => return Err(BenchError::Seccomp(e)),
             other => {
                 let out =
                     String::from_utf8_lossy(&output.lock().unwrap_or_else(|e| e.into_inner()))

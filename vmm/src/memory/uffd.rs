@@ -230,6 +230,9 @@ pub enum UffdHandlerError {
     /// poll() on the uffd failed: {0}
     #[error("poll() on the uffd failed: {0}")]
     Poll(#[source] std::io::Error),
+    /// The reader's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Errors of [`UffdService::stop`].
@@ -346,6 +349,21 @@ impl UffdService {
     /// service is stopped; for [`UffdMode::Missing`] the service writes into it with
     /// `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`, so nothing may rely on its current contents.
     pub unsafe fn start(cfg: UffdConfig, regions: &[UffdRegion]) -> Result<Self, UffdStartError> {
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { Self::start_filtered(cfg, regions, crate::seccomp::Seccomp::off()) }
+    }
+
+    /// [`UffdService::start`], with each reader thread filtered by `seccomp`
+    /// ([`crate::seccomp::ThreadKind::UffdReader`]; pass the VM's, `Vmm::seccomp()`, so a
+    /// violation ends that VM).
+    ///
+    /// # Safety
+    /// As for [`UffdService::start`].
+    pub unsafe fn start_filtered(
+        cfg: UffdConfig,
+        regions: &[UffdRegion],
+        seccomp: crate::seccomp::Seccomp,
+    ) -> Result<Self, UffdStartError> {
         if cfg.readers == 0 {
             return Err(UffdStartError::NoReaders);
         }
@@ -478,9 +496,10 @@ impl UffdService {
         };
         for (name, uffds) in groups {
             let shared = Arc::clone(&service.shared);
+            let seccomp = seccomp.clone();
             let handle = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || reader(&shared, &uffds))
+                .spawn(move || reader(&shared, &uffds, &seccomp))
                 .map_err(UffdStartError::Spawn)?;
             service.readers.push(handle);
         }
@@ -573,13 +592,19 @@ impl Drop for UffdService {
     }
 }
 
-fn reader(shared: &Shared, uffds: &[Arc<Uffd>]) -> ReaderResult {
+fn reader(shared: &Shared, uffds: &[Arc<Uffd>], seccomp: &crate::seccomp::Seccomp) -> ReaderResult {
     let mut res = ReaderResult {
         faults: 0,
         already_resolved: 0,
         hist: new_histogram(),
         error: None,
     };
+    // The uffds are registered and the stop eventfd made: filter from here.
+    if let Err(e) = seccomp.apply(crate::seccomp::ThreadKind::UffdReader) {
+        res.error = Some(e.into());
+        shared.stop.store(true, Ordering::SeqCst);
+        return res;
+    }
     let mut buf = vec![0u8; shared.cfg.chunk];
     let mut events = vec![0u8; 64 * sys::MSG_SIZE];
     if let Err(e) = reader_loop(shared, uffds, &mut res, &mut buf, &mut events) {

@@ -99,6 +99,10 @@ pub struct MmArgs {
     /// QEMU binary for --compare-qemu (a path, or a name looked up in PATH).
     #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
+    /// Run without seccomp filters on the VMM's threads (they are on by default; a system
+    /// call outside a thread's filter ends the VM with status 104).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// `faultline test mm` could not run.
