@@ -2,7 +2,7 @@
 //! record per step, all at once ([`run`]) or step by step ([`ScenarioRunner`], what
 //! `faultline check` drives against real KVM).
 
-use super::contents::{uffdio_copy_value, Contents};
+use super::contents::{uffdio_copy_value, Contents, Scope};
 use super::step::default_value;
 use super::step::{MadviseAdvice, SignalKind, UffdModeName};
 use super::{memslot_flags, Scenario, ScenarioError, Step, VmaKind};
@@ -297,6 +297,14 @@ impl ScenarioRunner {
         })
     }
 
+    /// Tests: follow page contents over the whole address space at every step (the
+    /// reference for the scoped rule of [`contents_scope`]).
+    #[cfg(test)]
+    pub(crate) fn exhaustive_contents(mut self) -> Self {
+        self.contents.exhaustive = true;
+        self
+    }
+
     /// Skips step `index` (in order) without running it: what `faultline check` does on both
     /// sides with a step the real host cannot perform, so the steps after it stay comparable.
     pub fn skip(&mut self, index: usize) -> Result<(), ScenarioError> {
@@ -467,7 +475,9 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
         rec.not_modelled = Some(HUGETLB_NOT_MODELLED.into());
         return Ok(rec);
     }
-    let before = r.contents.snapshot(&r.mm);
+    let before = r
+        .contents
+        .snapshot(&r.mm, contents_scope(&r.mm, st, rec.hva));
     let mut rec = run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec)?;
     r.contents.after_step(&r.mm, &before);
     let completed = matches!(rec.result.as_str(), "hit" | "fixed" | "spurious");
@@ -487,6 +497,59 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
         _ => {}
     }
     Ok(rec)
+}
+
+/// The part of the address space where step `st` can move a present page to another pfn
+/// (so page contents must be followed there).
+///
+/// A guest access faults at one hva: a page not present there is only filled
+/// (`do_anonymous_page()`, `do_huge_pmd_anonymous_page()` need a none entry, fault-around
+/// fills none PTEs); an order-0 page is copied or reused in place (`wp_page_copy()`); a
+/// PMD/PUD leaf is split, copied or migrated within itself (`do_huge_pmd_wp_page()`,
+/// `do_huge_zero_wp_pmd()`, `do_huge_pmd_numa_page()`); a PTE-mapped large folio may be
+/// migrated whole (`do_numa_page()`) wherever it is mapped, so anything goes. Range
+/// operations that only zap, protect, age, split or collapse inside their range
+/// (`madvise()` rounds collapse to whole PMDs inside it) act within the range rounded out
+/// to 2M; every other host step (mremap, migrate, unmap_mapping_range, fork, ...) anywhere.
+#[allow(clippy::unnecessary_map_or)] // Option::is_none_or needs Rust 1.82; rust-version is 1.80.
+fn contents_scope(mm: &Mm, st: &Step, hva: Option<Hva>) -> Scope {
+    const M2: u64 = 2 << 20;
+    if st.guest_access().is_some() {
+        let Some(hva) = hva else {
+            return Scope::Nothing;
+        };
+        let Some(m) = mm.lookup(hva).filter(|m| m.present) else {
+            return Scope::Nothing;
+        };
+        return match m.level {
+            Level::Pte4K if mm.folio_info(m.pfn).map_or(true, |f| f.order == 0) => {
+                let p = hva.0 & !(PAGE_SIZE - 1);
+                Scope::Range(p, p + PAGE_SIZE)
+            }
+            Level::Pte4K => Scope::All,
+            l => Scope::Range(m.leaf_start.0, m.leaf_start.0.saturating_add(l.size())),
+        };
+    }
+    match st {
+        Step::Munmap(_)
+        | Step::Mprotect(_)
+        | Step::Madvise(_)
+        | Step::NumaScan(_)
+        | Step::ThpSplit(_)
+        | Step::ClearYoung(_)
+        | Step::ClearFlushYoung(_)
+        | Step::TestYoung(_)
+        | Step::UffdioWriteprotect(_)
+        | Step::UffdioCopy(_)
+        | Step::UffdioZeropage(_) => match st.host_range() {
+            Some((s, len)) => Scope::Range(
+                s.0 & !(M2 - 1),
+                s.0.saturating_add(len).saturating_add(M2 - 1) & !(M2 - 1),
+            ),
+            None => Scope::All,
+        },
+        _ => Scope::All,
+    }
 }
 
 /// Runs one step on `mm` and `kvm` and records it (no hugetlb check, no model bug).
@@ -1369,6 +1432,79 @@ size = "4M"
             Some(super::super::contents::uffdio_copy_value(0x7f00_0020_0000))
         );
         assert_eq!(v[4], Some(0));
+    }
+
+    /// Page values with the scoped contents rule equal the exhaustive ones on every shipped
+    /// scenario and on a synthetic stream with forks, mremap, migration and THP splits.
+    #[test]
+    fn scoped_contents_match_the_exhaustive_rule() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/scenarios");
+        let mut scenarios: Vec<(String, Scenario)> = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") && !p.ends_with("known-divergences.toml")
+            {
+                let text = std::fs::read_to_string(&p).unwrap();
+                if let Ok(sc) = Scenario::from_toml(&text) {
+                    scenarios.push((p.display().to_string(), sc));
+                }
+            }
+        }
+        assert!(scenarios.len() > 20);
+        let mut mixed = crate::replay::synthetic_workload(3000, 7).unwrap();
+        let extra = [
+            "op = \"fork\"",
+            "op = \"write\"\ngpa = \"0x1000\"",
+            "op = \"migrate\"\nstart = \"0x7f0000000000\"\nsize = \"4M\"\nnode = 1",
+            "op = \"thp-split\"\nstart = \"0x7f0020000000\"\nsize = \"8M\"",
+            "op = \"mremap\"\nstart = \"0x7f0000400000\"\nsize = \"2M\"\nnew_start = \"0x7f0000800000\"",
+            "op = \"numa-scan\"\nstart = \"0x7f0020000000\"\nsize = \"64M\"",
+        ];
+        let n = mixed.step.len();
+        for (k, x) in extra.iter().enumerate() {
+            let st = Step::from_table(0, toml::from_str(x).unwrap()).unwrap();
+            mixed.step.insert(n * (k + 1) / (extra.len() + 1), st);
+        }
+        mixed.nodes = Some(2);
+        let rw: Vec<Step> = mixed.step[..n / 2]
+            .iter()
+            .filter(|s| s.guest_access().is_some())
+            .take(500)
+            .cloned()
+            .collect();
+        mixed.step.extend(rw.iter().map(|s| match s {
+            Step::Write(w) => Step::Read(super::super::step::GuestStep {
+                gpa: w.gpa,
+                vcpu: None,
+                mmio: false,
+                race: false,
+            }),
+            o => o.clone(),
+        }));
+        scenarios.push(("synthetic".into(), mixed));
+        let mut compared = 0;
+        for (name, sc) in &scenarios {
+            let opts = ModelOptions::default();
+            let (Ok(a), Ok(b)) = (
+                ScenarioRunner::new(sc, &opts),
+                ScenarioRunner::new(sc, &opts),
+            ) else {
+                continue;
+            };
+            let (mut a, mut b) = (a, b.exhaustive_contents());
+            for i in 0..sc.step.len() {
+                let (x, y) = (a.step(i), b.step(i));
+                match (x, y) {
+                    (Ok(x), Ok(y)) => {
+                        assert_eq!(x.value, y.value, "{name} step {i}");
+                        compared += usize::from(x.value.is_some());
+                    }
+                    (Err(_), Err(_)) => break,
+                    (x, y) => panic!("{name} step {i}: {x:?} vs {y:?}"),
+                }
+            }
+        }
+        assert!(compared > 3000, "{compared}");
     }
 
     #[test]
