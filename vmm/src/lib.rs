@@ -10,6 +10,7 @@ pub mod guests;
 pub mod launch;
 pub mod measure;
 pub mod memory;
+pub mod replay;
 pub mod selftests;
 pub mod sim;
 #[doc(hidden)]
