@@ -39,9 +39,6 @@ pub const fn uffdio_copy_value(hva: u64) -> u64 {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Contents {
     data: BTreeMap<u64, u64>,
-    /// `Frames::freed_folios` when the free rule last ran: no folio freed since means no
-    /// tracked pfn lost its folio, so the rule has nothing to drop.
-    freed_seen: u64,
     /// A value was stored for a pfn without a folio: the free rule must run once.
     stale_insert: bool,
     /// Tests: always snapshot the whole address space (the reference the scoped snapshot
@@ -115,14 +112,27 @@ impl Contents {
                 self.data.entry(new.0).or_insert(v);
             }
         }
-        // free_unref_folio(): a freed folio's pages forget their values. Only a free can take
-        // a tracked pfn's folio away, so the scan runs when one happened.
-        let freed = mm.frames.freed_folios;
-        if self.exhaustive || self.stale_insert || freed != self.freed_seen {
-            self.data
-                .retain(|&p, _| !(mm.pfn_valid(Pfn(p)) && mm.folio_info(Pfn(p)).is_none()));
-            self.freed_seen = freed;
+        // free_unref_folio(): a freed folio's pages forget their values. Only a free takes a
+        // tracked pfn's folio away, so only the pages freed during the step (the runner's
+        // free log) are checked, unless the log overflowed or a value went to a pfn without
+        // a folio; the predicate is the same either way.
+        let frames = &mm.frames;
+        let gone = |p: u64| mm.pfn_valid(Pfn(p)) && mm.folio_info(Pfn(p)).is_none();
+        if self.exhaustive || self.stale_insert || !frames.log_frees || frames.freed_log_overflow {
+            self.data.retain(|&p, _| !gone(p));
             self.stale_insert = false;
+        } else {
+            for &(head, n) in &frames.freed_log {
+                let hit: Vec<u64> = self
+                    .data
+                    .range(head..head.saturating_add(n))
+                    .map(|(&p, _)| p)
+                    .filter(|&p| gone(p))
+                    .collect();
+                for p in hit {
+                    self.data.remove(&p);
+                }
+            }
         }
     }
 

@@ -286,7 +286,8 @@ pub struct ScenarioRunner {
 impl ScenarioRunner {
     /// Builds the host and the VM (VMAs, memslots), `opts` overriding the file.
     pub fn new(scenario: &Scenario, opts: &ModelOptions) -> Result<Self, ScenarioError> {
-        let (mm, kvm) = super::build_with(scenario, opts)?;
+        let (mut mm, kvm) = super::build_with(scenario, opts)?;
+        mm.frames.log_frees = true;
         Ok(ScenarioRunner {
             scenario: scenario.clone(),
             opts: *opts,
@@ -478,6 +479,8 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
     let before = r
         .contents
         .snapshot(&r.mm, contents_scope(&r.mm, st, rec.hva));
+    r.mm.frames.freed_log.clear();
+    r.mm.frames.freed_log_overflow = false;
     let mut rec = run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, rec)?;
     r.contents.after_step(&r.mm, &before);
     let completed = matches!(rec.result.as_str(), "hit" | "fixed" | "spurious");
