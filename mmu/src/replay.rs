@@ -27,6 +27,7 @@ use crate::scenario::{
 use crate::types::{KernelVersion, Level};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 /// How much of the comparison to keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,10 +198,18 @@ impl VersionSummary {
             bump(&mut self.host_faults, h, 1);
         }
         for n in &r.notifiers {
-            let key = format!("{:?}", n.event);
-            let e = self.notifiers.entry(key).or_default();
-            e.ranges += 1;
-            e.bytes += parse_hex(&n.end).saturating_sub(parse_hex(&n.start));
+            let key = event_name(n.event);
+            let bytes = parse_hex(&n.end).saturating_sub(parse_hex(&n.start));
+            match self.notifiers.get_mut(key) {
+                Some(e) => {
+                    e.ranges += 1;
+                    e.bytes += bytes;
+                }
+                None => {
+                    self.notifiers
+                        .insert(key.to_string(), NotifierCount { ranges: 1, bytes });
+                }
+            }
         }
         for z in &r.zapped {
             self.zapped_ranges.add(z.level, 1);
@@ -313,6 +322,25 @@ pub fn same_resolution(a: &StepRecord, b: &StepRecord) -> bool {
         && a.retries == b.retries
 }
 
+fn same_strs(a: &[String], b: &[&str]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// The name of a notifier event as [`Resolution::notifiers`] spells it (`Clear`, ...).
+fn event_name(e: crate::notifier::NotifierEvent) -> &'static str {
+    use crate::notifier::NotifierEvent as E;
+    match e {
+        E::Unmap => "Unmap",
+        E::Clear => "Clear",
+        E::ProtectionVma => "ProtectionVma",
+        E::ProtectionPage => "ProtectionPage",
+        E::SoftDirty => "SoftDirty",
+        E::Release => "Release",
+        E::Migrate => "Migrate",
+        E::Exclusive => "Exclusive",
+    }
+}
+
 /// The fields where `replayed` differs from `recorded` (empty when it reproduces it).
 pub fn resolution_mismatch(recorded: &Resolution, replayed: &StepRecord) -> Vec<String> {
     let mut out = Vec::new();
@@ -345,14 +373,14 @@ pub fn resolution_mismatch(recorded: &Resolution, replayed: &StepRecord) -> Vec<
         );
     }
     let flags = replayed.gup.as_ref().map_or(&[][..], |g| &g.flags[..]);
-    if recorded.gup_flags[..] != *flags {
+    if !same_strs(&recorded.gup_flags, flags) {
         field(
             "gup_flags",
             format!("{:?}", recorded.gup_flags),
             format!("{flags:?}"),
         );
     }
-    if recorded.host_faults != replayed.host_faults {
+    if !same_strs(&recorded.host_faults, &replayed.host_faults) {
         field(
             "host_faults",
             format!("{:?}", recorded.host_faults),
@@ -366,25 +394,38 @@ pub fn resolution_mismatch(recorded: &Resolution, replayed: &StepRecord) -> Vec<
             replayed.retries.to_string(),
         );
     }
-    if !recorded.notifiers.is_empty() || !replayed.notifiers.is_empty() {
+    let mut buf = String::new();
+    let same_notifiers = recorded.notifiers.len() == replayed.notifiers.len()
+        && recorded
+            .notifiers
+            .iter()
+            .zip(&replayed.notifiers)
+            .all(|(r, n)| {
+                buf.clear();
+                let _ = write!(buf, "{:?} {} {}", n.event, n.start, n.end);
+                *r == buf
+            });
+    if !same_notifiers {
         let rep = Resolution::from(replayed);
-        if recorded.notifiers != rep.notifiers {
-            field(
-                "notifiers",
-                format!("{:?}", recorded.notifiers),
-                format!("{:?}", rep.notifiers),
-            );
-        }
+        field(
+            "notifiers",
+            format!("{:?}", recorded.notifiers),
+            format!("{:?}", rep.notifiers),
+        );
     }
-    if !recorded.zapped.is_empty() || !replayed.zapped.is_empty() {
+    let same_zapped = recorded.zapped.len() == replayed.zapped.len()
+        && recorded.zapped.iter().zip(&replayed.zapped).all(|(r, z)| {
+            buf.clear();
+            let _ = write!(buf, "{} {} {:?}", z.gfn_start, z.gfn_end, z.level);
+            *r == buf
+        });
+    if !same_zapped {
         let rep = Resolution::from(replayed);
-        if recorded.zapped != rep.zapped {
-            field(
-                "zapped",
-                format!("{:?}", recorded.zapped),
-                format!("{:?}", rep.zapped),
-            );
-        }
+        field(
+            "zapped",
+            format!("{:?}", recorded.zapped),
+            format!("{:?}", rep.zapped),
+        );
     }
     out
 }

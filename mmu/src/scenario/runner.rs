@@ -26,7 +26,7 @@ pub struct GupRecord {
     /// "fast" | "slow" | "remapped".
     pub path: String,
     /// FOLL flags.
-    pub flags: Vec<String>,
+    pub flags: Vec<&'static str>,
 }
 
 /// A notifier range in a step record.
@@ -76,7 +76,7 @@ pub struct StepRecord {
     /// GUP of the last fault.
     pub gup: Option<GupRecord>,
     /// Host fault handlers that ran.
-    pub host_faults: Vec<String>,
+    pub host_faults: Vec<&'static str>,
     /// Notifier ranges received, in order.
     pub notifiers: Vec<NotifierOut>,
     /// SPTEs zapped, in order.
@@ -119,7 +119,12 @@ impl StepRecord {
             step: i,
             op: st.name().to_string(),
             gpa: None,
-            result: "ok".into(),
+            result: {
+                // Room for every result name, so a guest step's result reuses it.
+                let mut r = String::with_capacity(16);
+                r.push_str("ok");
+                r
+            },
             retries: 0,
             level: None,
             writable: None,
@@ -584,7 +589,8 @@ fn run_step_impl(
             let gpa = Gpa(gpa);
             let r = kvm.guest_access(mm, gpa, access);
             rec.gpa = Some(hex(gpa.0));
-            rec.result = result_name(r.result).into();
+            rec.result.clear();
+            rec.result.push_str(result_name(r.result));
             rec.retries = r.retries;
             rec.gup = r.gup.map(|g| GupRecord {
                 path: match g.path {
@@ -594,7 +600,7 @@ fn run_step_impl(
                     crate::gup::GupPath::None => "none",
                 }
                 .into(),
-                flags: g.flags.names().iter().map(|s| s.to_string()).collect(),
+                flags: g.flags.names(),
             });
             host_faults = r.host_faults;
             if r.async_pf > 0 {
@@ -752,7 +758,7 @@ fn run_step_impl(
         rec.result = "not-modelled".into();
         rec.not_modelled = Some(reason);
     }
-    rec.host_faults = host_faults.iter().map(|h| h.name().to_string()).collect();
+    rec.host_faults = host_faults.iter().map(|h| h.name()).collect();
     rec.notifiers = t
         .notifiers
         .iter()
