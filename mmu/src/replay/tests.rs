@@ -173,33 +173,3 @@ fn the_synthetic_workload_faults_everywhere_and_replays_deterministically() {
     // The same seed gives the same stream.
     assert_eq!(synthetic_workload(20_000, 1).unwrap(), sc);
 }
-
-#[test]
-#[ignore]
-fn count_frees() {
-    let sc = synthetic_workload(200_000, 1).unwrap();
-    let mut r = ScenarioRunner::new(&sc, &ModelOptions::default()).unwrap();
-    let mut by: BTreeMap<String, (u64, u64, u128)> = BTreeMap::new();
-    let mut last = 0;
-    for i in 0..sc.step.len() {
-        let t = std::time::Instant::now();
-        let rec = r.step(i).unwrap();
-        let ns = t.elapsed().as_nanos();
-        let f = r.mm().frames.freed_folios;
-        let e = by
-            .entry(format!(
-                "{} {:?} {}",
-                rec.op,
-                rec.host_faults,
-                i * 8 / sc.step.len()
-            ))
-            .or_default();
-        e.0 += 1;
-        e.1 += f - last;
-        e.2 += ns;
-        last = f;
-    }
-    for (k, (n, f, ns)) in by {
-        eprintln!("{k}: {n} steps, {f} frees, {} ns/step", ns / u128::from(n));
-    }
-}

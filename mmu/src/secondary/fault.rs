@@ -946,12 +946,7 @@ mod tests {
         assert_eq!(r[0].async_pf, Some(super::MAX_ROUNDS));
         let r = run(&mixedmap(false));
         assert_eq!(r[0].result, "efault");
-        assert!(!r[0]
-            .gup
-            .as_ref()
-            .unwrap()
-            .flags
-            .contains(&"NOWAIT"));
+        assert!(!r[0].gup.as_ref().unwrap().flags.contains(&"NOWAIT"));
     }
 
     /// 6.13+ `kvm_release_faultin_page()` marks the folio dirty at fault time whenever the
