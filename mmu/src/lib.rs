@@ -94,6 +94,7 @@ pub mod gup;
 pub mod host;
 pub mod notifier;
 pub mod record;
+pub mod replay;
 pub mod scenario;
 pub mod secondary;
 pub mod types;

@@ -92,8 +92,12 @@ impl From<&StepRecord> for Resolution {
             level: r.level,
             writable: r.writable,
             gup_path: r.gup.as_ref().map(|g| g.path.clone()),
-            gup_flags: r.gup.as_ref().map(|g| g.flags.clone()).unwrap_or_default(),
-            host_faults: r.host_faults.clone(),
+            gup_flags: r
+                .gup
+                .as_ref()
+                .map(|g| g.flags.iter().map(|f| f.to_string()).collect())
+                .unwrap_or_default(),
+            host_faults: r.host_faults.iter().map(|h| h.to_string()).collect(),
             notifiers: r
                 .notifiers
                 .iter()

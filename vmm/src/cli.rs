@@ -33,7 +33,12 @@ pub enum Command {
         faultline sim resources/scenarios/trace1-anon-4k-read-then-write.toml\n  \
         faultline sim --json resources/scenarios/seed004-huge-zero-wp-thp.toml\n  \
         faultline sim --explore resources/scenarios/trace4-concurrent-invalidate.toml\n  \
-        faultline sim --explore --no-stale-check resources/scenarios/trace4-concurrent-invalidate.toml")]
+        faultline sim --explore --no-stale-check resources/scenarios/trace4-concurrent-invalidate.toml\n  \
+        faultline sim --replay faults.jsonl --kernel-rules 6.12,6.13,6.18 --json replay.json --plot plots/\n  \
+        faultline sim --record-from resources/scenarios/trace2-thp-read-then-write-6.12.toml --record thp.jsonl\n\n\
+        Exit status: 0 ok; 1 a stale SPTE (--explore), a scenario that does not run, or a\n\
+        replay whose recorded rules do not reproduce the recording; 2 bad input (a recording\n\
+        that does not parse, an unknown rule set, an empty recording).")]
     Sim(crate::sim::SimArgs),
     /// Run scenarios on the model and on real KVM and report every divergence.
     #[command(after_help = "Examples:\n  \
@@ -88,6 +93,11 @@ pub enum BenchCommand {
     #[command(after_help = "Examples:\n  \
         faultline bench check --runs 3 --json check-bench.json")]
     Check(crate::check::bench::BenchCheckArgs),
+    /// Replay rate of `faultline sim --replay`: faults/s per rule set, single thread (JSON).
+    #[command(after_help = "Examples:\n  \
+        faultline bench replay                         # a synthetic 300k-fault recording over 1 GiB\n  \
+        faultline bench replay faults.jsonl --kernel-rules 6.12 --runs 5 --json replay.json")]
+    Replay(crate::replay::BenchReplayArgs),
 }
 
 /// Options of `faultline bench boot`.

@@ -12,6 +12,7 @@ pub mod launch;
 pub mod live;
 pub mod measure;
 pub mod memory;
+pub mod replay;
 pub mod seccomp;
 pub mod selftests;
 pub mod sim;

@@ -24,6 +24,7 @@ fn main() {
         }
         Command::Bench(vmm::cli::BenchCommand::Boot(args)) => vmm::bench_boot::main(&args),
         Command::Bench(vmm::cli::BenchCommand::Check(args)) => vmm::check::bench::run(&args),
+        Command::Bench(vmm::cli::BenchCommand::Replay(args)) => vmm::replay::bench_main(&args),
         Command::Test(vmm::cli::TestCommand::Mm(args)) => vmm::selftests::main(&args),
     };
     std::process::exit(status);
@@ -112,7 +113,7 @@ fn sim(args: &vmm::sim::SimArgs) -> i32 {
         }
         Err(e) => {
             eprintln!("faultline: error: {e}");
-            1
+            e.exit_status()
         }
     }
 }

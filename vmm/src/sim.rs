@@ -5,6 +5,7 @@
 //! only reads the file and chooses the output form.
 
 use clap::Args;
+use mmu::types::KernelVersion;
 use std::path::PathBuf;
 
 /// Options of `faultline sim`.
@@ -12,10 +13,12 @@ use std::path::PathBuf;
 pub struct SimArgs {
     /// Scenario file (TOML; see resources/scenarios/ for examples).
     #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-    /// Print one JSON object per step, then one `{"stats": {...}}` object.
-    #[arg(long)]
-    pub json: bool,
+    pub file: Option<PathBuf>,
+    /// Print one JSON object per step, then one `{"stats": {...}}` object. With --replay:
+    /// the whole report as JSON, into OUT when given (the table is printed too), else
+    /// instead of the table.
+    #[arg(long, num_args = 0..=1, value_name = "OUT")]
+    pub json: Option<Option<PathBuf>>,
     /// Run every interleaving of the steps marked `race = true` and check for stale SPTEs.
     #[arg(long)]
     pub explore: bool,
@@ -25,6 +28,27 @@ pub struct SimArgs {
     /// With --explore: stop after this many schedules.
     #[arg(long, default_value_t = 2_000_000, requires = "explore")]
     pub max_schedules: u64,
+    /// Replay a recording (`faultline run --live --record FILE`) under --kernel-rules.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["explore", "record_from"])]
+    pub replay: Option<PathBuf>,
+    /// Rule sets, comma-separated: with --replay the versions to compare [default: 6.12,6.13,6.18];
+    /// with --record-from the one to record under [default: the scenario's].
+    #[arg(long, value_delimiter = ',', value_parser = crate::replay::parse_rules, value_name = "RULES")]
+    pub kernel_rules: Vec<KernelVersion>,
+    /// With --replay: write plots (PNG and SVG) of faults over time into DIR.
+    #[arg(long, value_name = "DIR", requires = "replay")]
+    pub plot: Option<PathBuf>,
+    /// Run this scenario on the model and write it as a recording (with --record).
+    #[arg(
+        long,
+        value_name = "SCENARIO",
+        requires = "record",
+        conflicts_with = "explore"
+    )]
+    pub record_from: Option<PathBuf>,
+    /// With --record-from: the recording to write (JSON Lines).
+    #[arg(long, value_name = "OUT", requires = "record_from")]
+    pub record: Option<PathBuf>,
 }
 
 /// Why `faultline sim` failed.
@@ -48,17 +72,87 @@ pub enum SimError {
         #[source]
         source: mmu::scenario::ScenarioError,
     },
+    /// A replay or a recording failed.
+    #[error(transparent)]
+    Replay(#[from] crate::replay::ReplayCliError),
+    /// The options do not go together.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl SimError {
+    /// The exit status: 2 for a recording, a replay or options that cannot be used (bad
+    /// input), 1 for a scenario that does not run.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            SimError::Replay(_) | SimError::Usage(_) => 2,
+            SimError::Read { .. } | SimError::Scenario { .. } => 1,
+        }
+    }
 }
 
 /// Runs `faultline sim` and returns the text to print. With `--explore`, the exit status is
 /// non-zero (`Ok(false)`) when a stale SPTE was found.
+///
+/// With `--replay`, the exit status is non-zero when the recorded rule set did not
+/// reproduce every record; with `--record-from`, the text is a one-line summary.
 pub fn run(args: &SimArgs) -> Result<(String, bool), SimError> {
-    let text = std::fs::read_to_string(&args.file).map_err(|source| SimError::Read {
-        path: args.file.clone(),
+    if let Some(rec) = &args.replay {
+        if args.file.is_some() {
+            return Err(SimError::Usage(
+                "--replay takes the recording as its value; drop the scenario FILE".into(),
+            ));
+        }
+        let rules = if args.kernel_rules.is_empty() {
+            crate::replay::ALL_RULES.to_vec()
+        } else {
+            args.kernel_rules.clone()
+        };
+        let json = match &args.json {
+            None => crate::replay::JsonOut::None,
+            Some(None) => crate::replay::JsonOut::Stdout,
+            Some(Some(p)) => crate::replay::JsonOut::File(p.clone()),
+        };
+        let o = crate::replay::replay_file(rec, &rules, &json, args.plot.as_deref())?;
+        return Ok((o.text, o.deterministic));
+    }
+    if let (Some(sc), Some(out)) = (&args.record_from, &args.record) {
+        if args.kernel_rules.len() > 1 {
+            return Err(SimError::Usage(
+                "--record-from records under one rule set: give --kernel-rules one of 6.12, 6.13, 6.18".into(),
+            ));
+        }
+        let text = crate::replay::record_from(sc, out, args.kernel_rules.first().copied())?;
+        return Ok((text, true));
+    }
+    if !args.kernel_rules.is_empty() {
+        return Err(SimError::Usage(
+            "--kernel-rules applies to --replay and --record-from; a scenario names its rules with kernel = \"...\"".into(),
+        ));
+    }
+    // `faultline sim --json FILE.toml`: --json takes an optional value, so the scenario may
+    // arrive as it.
+    let (file, json) = match (&args.file, &args.json) {
+        (Some(f), j) => (f.clone(), j.is_some()),
+        (None, Some(Some(f))) => (f.clone(), true),
+        (None, _) => {
+            return Err(SimError::Usage(
+                "no scenario file: give one (examples are in resources/scenarios/), or --replay RECORDING, or --record-from SCENARIO --record OUT".into(),
+            ))
+        }
+    };
+    if let (Some(_), Some(Some(p))) = (&args.file, &args.json) {
+        return Err(SimError::Usage(format!(
+            "--json {} : without --replay, --json prints to stdout and takes no file; redirect the output instead",
+            p.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&file).map_err(|source| SimError::Read {
+        path: file.clone(),
         source,
     })?;
     let scenario_err = |source| SimError::Scenario {
-        path: args.file.clone(),
+        path: file.clone(),
         source,
     };
     if args.explore {
@@ -67,15 +161,11 @@ pub fn run(args: &SimArgs) -> Result<(String, bool), SimError> {
             max_schedules: args.max_schedules,
         };
         let report = mmu::explore::explore_scenario(&text, opts).map_err(scenario_err)?;
-        let out = if args.json {
-            report.json()
-        } else {
-            report.render()
-        };
+        let out = if json { report.json() } else { report.render() };
         return Ok((out, report.is_clean()));
     }
     let run = mmu::scenario::run_scenario(&text).map_err(scenario_err)?;
-    let out = if args.json {
+    let out = if json {
         run.json_lines()
     } else {
         run.render_table()
@@ -95,11 +185,16 @@ mod tests {
 
     fn args(file: PathBuf) -> SimArgs {
         SimArgs {
-            file,
-            json: true,
+            file: Some(file),
+            json: Some(None),
             explore: false,
             no_stale_check: false,
             max_schedules: 2_000_000,
+            replay: None,
+            kernel_rules: Vec::new(),
+            plot: None,
+            record_from: None,
+            record: None,
         }
     }
 

@@ -161,7 +161,16 @@ pub(crate) struct Frames {
     /// Pages currently allocated (not counting the zero pages).
     pub allocated_pages: u64,
     pub freed_folios: u64,
+    /// When set, [`Frames::free`] logs `(head pfn, pages)` of each freed folio into
+    /// `freed_log` (the scenario runner's page contents forget exactly those pages), up to
+    /// [`FREED_LOG_MAX`] entries, past which `freed_log_overflow` is set instead.
+    pub log_frees: bool,
+    pub freed_log: Vec<(u64, u64)>,
+    pub freed_log_overflow: bool,
 }
+
+/// Entries [`Frames::freed_log`] keeps before it only records an overflow.
+pub(crate) const FREED_LOG_MAX: usize = 1 << 16;
 
 fn order_slot(order: u8) -> usize {
     match order {
@@ -185,6 +194,9 @@ impl Frames {
             fail: AllocFailure::default(),
             allocated_pages: 0,
             freed_folios: 0,
+            log_frees: false,
+            freed_log: Vec::new(),
+            freed_log_overflow: false,
         };
         let hz = f.raw_alloc(9, NodeId(0), Zone::Normal).expect("huge zero");
         f.folios[hz].flags = ff::HUGE_ZERO | ff::RESERVED;
@@ -414,6 +426,13 @@ impl Frames {
         self.free_ids.push(u32::try_from(id).expect("fits"));
         self.allocated_pages -= n;
         self.freed_folios += 1;
+        if self.log_frees {
+            if self.freed_log.len() < FREED_LOG_MAX {
+                self.freed_log.push((RAM_BASE_PFN + rel, n));
+            } else {
+                self.freed_log_overflow = true;
+            }
+        }
     }
 
     /// `folio_get()` (include/linux/mm.h).

@@ -39,6 +39,23 @@ pub const fn uffdio_copy_value(hva: u64) -> u64 {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Contents {
     data: BTreeMap<u64, u64>,
+    /// A value was stored for a pfn without a folio: the free rule must run once.
+    stale_insert: bool,
+    /// Tests: always snapshot the whole address space (the reference the scoped snapshot
+    /// is checked against).
+    pub(crate) exhaustive: bool,
+}
+
+/// Which part of the address space a step can remap: the pages whose mapping can move to
+/// another pfn while staying present (COW, migration, collapse) lie inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Nothing present can be remapped.
+    Nothing,
+    /// `[start, end)` (leaves covering `start` included).
+    Range(u64, u64),
+    /// Anywhere.
+    All,
 }
 
 /// (4K-aligned hva, pfn, value) of every mapped page with a value.
@@ -50,15 +67,30 @@ impl Contents {
         self.data.get(&pfn.0).copied().unwrap_or(0)
     }
 
-    /// Every present page in the parent's page table whose pfn has a value.
-    pub fn snapshot(&self, mm: &Mm) -> Snapshot {
+    /// Every present page in the parent's page table whose pfn has a value, within `scope`
+    /// (the whole address space when [`Contents::exhaustive`]).
+    pub fn snapshot(&self, mm: &Mm, scope: Scope) -> Snapshot {
         let mut out = Vec::new();
         if self.data.is_empty() {
             return out;
         }
+        let (start, end) = match (self.exhaustive, scope) {
+            (false, Scope::Nothing) => return out,
+            (false, Scope::Range(s, e)) => (s, e),
+            _ => (0, TASK_SIZE),
+        };
+        if end.saturating_sub(start) == PAGE_SIZE {
+            // One page: a lookup, not a walk.
+            if let Some(m) = mm.lookup(Hva(start)).filter(|m| m.present) {
+                if let Some(&v) = self.data.get(&m.pfn.0) {
+                    out.push((start, m.pfn.0, v));
+                }
+            }
+            return out;
+        }
         mm.space
             .pt
-            .for_each_leaf(Hva(0), Hva(TASK_SIZE), |va, level, e| {
+            .for_each_leaf(Hva(start), Hva(end), |va, level, e| {
                 if !e.is_present() {
                     return;
                 }
@@ -85,14 +117,37 @@ impl Contents {
                 self.data.entry(new.0).or_insert(v);
             }
         }
-        self.data
-            .retain(|&p, _| !(mm.pfn_valid(Pfn(p)) && mm.folio_info(Pfn(p)).is_none()));
+        // free_unref_folio(): a freed folio's pages forget their values. Only a free takes a
+        // tracked pfn's folio away, so only the pages freed during the step (the runner's
+        // free log) are checked, unless the log overflowed or a value went to a pfn without
+        // a folio; the predicate is the same either way.
+        let frames = &mm.frames;
+        let gone = |p: u64| mm.pfn_valid(Pfn(p)) && mm.folio_info(Pfn(p)).is_none();
+        if self.exhaustive || self.stale_insert || !frames.log_frees || frames.freed_log_overflow {
+            self.data.retain(|&p, _| !gone(p));
+            self.stale_insert = false;
+        } else {
+            for &(head, n) in &frames.freed_log {
+                let hit: Vec<u64> = self
+                    .data
+                    .range(head..head.saturating_add(n))
+                    .map(|(&p, _)| p)
+                    .filter(|&p| gone(p))
+                    .collect();
+                for p in hit {
+                    self.data.remove(&p);
+                }
+            }
+        }
     }
 
     /// Stores `v` in the page mapped at `hva` (after the access that made it writable).
     pub fn write(&mut self, mm: &Mm, hva: Hva, v: u64) {
         if let Some(m) = mm.lookup(hva).filter(|m| m.present) {
             self.data.insert(m.pfn.0, v);
+            if mm.pfn_valid(m.pfn) && mm.folio_info(m.pfn).is_none() {
+                self.stale_insert = true;
+            }
         }
     }
 

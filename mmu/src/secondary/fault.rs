@@ -835,11 +835,11 @@ mod tests {
         // A populated writable PTE: the fast path (FOLL_WRITE) maps it writable at once.
         let g = r[0].gup.as_ref().unwrap();
         assert_eq!(g.path, "slow");
-        assert!(g.flags.contains(&"HONOR_NUMA_FAULT".to_string()));
-        assert!(g.flags.contains(&"WRITE".to_string()));
+        assert!(g.flags.contains(&"HONOR_NUMA_FAULT"));
+        assert!(g.flags.contains(&"WRITE"));
         // An untouched page read: zero page, read-only SPTE, no FOLL_WRITE in the slow call.
         let g = r[1].gup.as_ref().unwrap();
-        assert!(!g.flags.contains(&"WRITE".to_string()));
+        assert!(!g.flags.contains(&"WRITE"));
         assert_eq!(r[1].writable, Some(false));
     }
 
@@ -946,12 +946,7 @@ mod tests {
         assert_eq!(r[0].async_pf, Some(super::MAX_ROUNDS));
         let r = run(&mixedmap(false));
         assert_eq!(r[0].result, "efault");
-        assert!(!r[0]
-            .gup
-            .as_ref()
-            .unwrap()
-            .flags
-            .contains(&"NOWAIT".to_string()));
+        assert!(!r[0].gup.as_ref().unwrap().flags.contains(&"NOWAIT"));
     }
 
     /// 6.13+ `kvm_release_faultin_page()` marks the folio dirty at fault time whenever the

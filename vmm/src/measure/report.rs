@@ -516,7 +516,7 @@ impl BenchReport {
 }
 
 /// Registers a TrueType font for "sans-serif" once (plotters' ab_glyph backend has none).
-fn ensure_font() -> Result<(), ReportError> {
+pub(crate) fn ensure_font() -> Result<(), ReportError> {
     static FONT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     FONT.get_or_init(|| {
         let mut candidates: Vec<PathBuf> = Vec::new();
