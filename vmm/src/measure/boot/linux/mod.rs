@@ -27,7 +27,7 @@ pub mod qemu;
 pub mod report;
 
 pub use capture::{capture, Capture, Line};
-pub use phases::{sample_of, LinuxSample};
+pub use phases::{outcome_of, sample_of, LinuxSample, Outcome, Stall};
 pub use qemu::{find_program, qemu_args, QEMU_DEBUG_EXIT_OK, QEMU_FW_CFG_TRACE};
 pub use report::{LinuxReport, LinuxSummary};
 
@@ -81,7 +81,8 @@ fn boot_faultline(
     kernel: &Path,
     initrd: &Path,
     cmdline: &str,
-) -> Result<LinuxSample, BenchBootError> {
+    run: u32,
+) -> Result<Outcome, BenchBootError> {
     let mut cmd = Command::new(exe);
     cmd.arg("run")
         .arg("--kernel")
@@ -94,26 +95,38 @@ fn boot_faultline(
         .arg(args.memory.to_string())
         .arg("--vcpus")
         .arg(args.vcpus.to_string())
+        .arg("--watchdog")
+        .arg(args.watchdog.to_string())
         .env(TIMELINE_ENV, "1");
+    if let Some(sym) = &args.symbols {
+        cmd.arg("--symbols").arg(sym);
+    }
     if let Some(dev) = &args.kvm_device {
         cmd.arg("--kvm-device").arg(dev);
     }
     let c = capture(cmd, Duration::from_secs(args.timeout))
         .map_err(|(exe, source)| BenchBootError::Spawn { exe, source })?;
-    sample_of(Vmm::Faultline, &c, &args.init_marker, c.code == Some(0))
+    outcome_of(
+        Vmm::Faultline,
+        run,
+        &c,
+        &args.init_marker,
+        c.code == Some(0),
+    )
 }
 
 fn boot_qemu(
     args: &BenchBootArgs,
     qemu: &Path,
     qargs: &[String],
-) -> Result<LinuxSample, BenchBootError> {
+    run: u32,
+) -> Result<Outcome, BenchBootError> {
     let mut cmd = Command::new(qemu);
     cmd.args(qargs);
     let c = capture(cmd, Duration::from_secs(args.timeout))
         .map_err(|(exe, source)| BenchBootError::Spawn { exe, source })?;
     let ok = matches!(c.code, Some(0) | Some(QEMU_DEBUG_EXIT_OK));
-    sample_of(Vmm::Qemu, &c, &args.init_marker, ok)
+    outcome_of(Vmm::Qemu, run, &c, &args.init_marker, ok)
 }
 
 /// Runs the Linux benchmark, prints the table and JSON.
@@ -153,7 +166,7 @@ pub fn run(args: &BenchBootArgs, kernel: &Path) -> Result<(), BenchBootError> {
     let qargs = qemu_args(kernel, &initrd, &cmdline, args.memory, args.vcpus);
     let per_run = if qemu.is_some() { 2 } else { 1 };
     let bar = progress(u64::from(args.runs) * per_run);
-    let (mut fl, mut qm) = (Vec::new(), Vec::new());
+    let (mut fl, mut qm, mut stalls) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.runs {
         let mut order = vec![Vmm::Faultline];
         if qemu.is_some() {
@@ -164,9 +177,31 @@ pub fn run(args: &BenchBootArgs, kernel: &Path) -> Result<(), BenchBootError> {
         }
         for vmm in order {
             bar.set_message(format!("{} (run {})", vmm.name(), i + 1));
-            match (vmm, &qemu) {
-                (Vmm::Qemu, Some(q)) => qm.push(boot_qemu(args, q, &qargs)?),
-                _ => fl.push(boot_faultline(args, &exe, kernel, &initrd, &cmdline)?),
+            let outcome = match (vmm, &qemu) {
+                (Vmm::Qemu, Some(q)) => boot_qemu(args, q, &qargs, i + 1)?,
+                _ => boot_faultline(args, &exe, kernel, &initrd, &cmdline, i + 1)?,
+            };
+            match (outcome, vmm) {
+                (Outcome::Completed(s), Vmm::Qemu) => qm.push(s),
+                (Outcome::Completed(s), Vmm::Faultline) => fl.push(s),
+                (Outcome::Stalled(s), _) => {
+                    bar.suspend(|| {
+                        eprintln!(
+                            "bench boot: {} run {} stalled ({}); last console line: {}",
+                            vmm.name(),
+                            i + 1,
+                            s.detected_by,
+                            s.last_console
+                                .last()
+                                .map(String::as_str)
+                                .unwrap_or("(none)")
+                        );
+                        for v in &s.vcpus {
+                            eprintln!("  {v}");
+                        }
+                    });
+                    stalls.push(s);
+                }
             }
             bar.inc(1);
         }
@@ -183,7 +218,7 @@ pub fn run(args: &BenchBootArgs, kernel: &Path) -> Result<(), BenchBootError> {
         }));
         v
     });
-    let report = LinuxReport::new(args, kernel, &cmdline, shown_qemu, fl, qm);
+    let report = LinuxReport::new(args, kernel, &cmdline, shown_qemu, fl, qm, stalls);
     print!("{}", report.table());
     emit_json(
         args.json.as_deref(),
