@@ -219,23 +219,9 @@ pub fn entry_regs(entry: &EntryPoint, index: u32, count: u32) -> kvm_regs {
     regs
 }
 
-/// KVM's paravirtual feature leaf (`KVM_CPUID_FEATURES`, EAX = `KVM_FEATURE_*` bits).
-pub const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
-
-/// The KVM PV features faultline offers a guest: kvm-clock (`KVM_FEATURE_CLOCKSOURCE`,
-/// `CLOCKSOURCE2`, `CLOCKSOURCE_STABLE_BIT`) and `NOP_IO_DELAY`, bits 0, 1, 3 and 24.
-///
-/// The others KVM offers here (PV EOI, PV unhalt/spinlocks, PV send-IPI, PV TLB flush,
-/// steal time, async PF, sched-yield, poll control) are withheld: with them Linux guests
-/// on this nested paravirtualised host (kvm_pvm) stalled for good in early boot — 5 of 6
-/// two-vCPU boots under load, CPUs idle with a wake-up never delivered or spinning on a
-/// lock while the other sends IPIs — and with only these none stalled (see README,
-/// "Known problems"). `kvm_guest_init()` in arch/x86/kernel/kvm.c is what reads them.
-pub const KVM_PV_FEATURES_OFFERED: u32 = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 24);
-
 /// CPUID for vCPU `index`: KVM's supported set with this vCPU's APIC id (leaf 1 EBX[31:24],
-/// leaves 0xb/0x1f EDX, AMD leaf 0x8000001e EAX), the hypervisor bit, the logical
-/// processor count, and of the KVM PV features only [`KVM_PV_FEATURES_OFFERED`].
+/// leaves 0xb/0x1f EDX, AMD leaf 0x8000001e EAX), the hypervisor bit, and the logical
+/// processor count.
 pub fn vcpu_cpuid(supported: &CpuId, index: u32, count: u32) -> CpuId {
     let mut cpuid = supported.clone();
     for e in cpuid.as_mut_slice() {
@@ -249,7 +235,6 @@ pub fn vcpu_cpuid(supported: &CpuId, index: u32, count: u32) -> CpuId {
             0xb | 0x1f => e.edx = index,
             // ... and the extended APIC id (AMD), which Linux checks against the APIC.
             0x8000_001e => e.eax = index,
-            KVM_CPUID_FEATURES => e.eax &= KVM_PV_FEATURES_OFFERED,
             _ => {}
         }
     }
@@ -979,20 +964,6 @@ mod tests {
         assert_eq!((c.as_slice()[0].ebx >> 16) & 0xff, 4);
         assert_eq!(c.as_slice()[0].ebx & 0xffff, 0x0800);
         assert_eq!(c.as_slice()[1].edx, 3);
-    }
-
-    #[test]
-    fn cpuid_offers_kvm_clock_but_not_the_pv_features_that_stall_boots_here() {
-        let mut supported = CpuId::new(1).unwrap();
-        supported.as_mut_slice()[0].function = KVM_CPUID_FEATURES;
-        // What this host's KVM reports: clock, PV EOI/IPI/unhalt, steal time, async PF, ...
-        supported.as_mut_slice()[0].eax = 0x0100_7efb;
-        let c = vcpu_cpuid(&supported, 0, 1);
-        let eax = c.as_slice()[0].eax;
-        assert_eq!(eax, 0x0100_000b, "{eax:#x}");
-        for withheld in [4, 5, 6, 7, 9, 11, 14] {
-            assert_eq!(eax & (1 << withheld), 0, "bit {withheld} offered: {eax:#x}");
-        }
     }
 
     #[test]
