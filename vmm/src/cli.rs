@@ -152,6 +152,14 @@ pub struct BenchBootArgs {
     /// Give up on one boot after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub timeout: u64,
+    /// faultline's `run --watchdog SECS` for --kernel boots: a guest with no vCPU exit for
+    /// this long is a stall, counted in the report (0 = off; QEMU boots killed after
+    /// --timeout count as stalls too).
+    #[arg(long, value_name = "SECS", default_value_t = 180)]
+    pub watchdog: u64,
+    /// ELF with the kernel's symbols for the watchdog's report (`run --symbols`).
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub symbols: Option<PathBuf>,
 }
 
 /// Options of `faultline run`.

@@ -1,7 +1,6 @@
 //! faultline's VMM: launches built-in guest programs and Linux kernels on KVM.
 #![deny(missing_docs)]
 
-pub mod bench_boot;
 pub mod boot;
 pub mod check;
 pub mod cli;

@@ -22,7 +22,7 @@ fn main() {
         Command::Bench(vmm::cli::BenchCommand::Faults(args)) => {
             vmm::measure::cli::run_faults(&args)
         }
-        Command::Bench(vmm::cli::BenchCommand::Boot(args)) => vmm::bench_boot::main(&args),
+        Command::Bench(vmm::cli::BenchCommand::Boot(args)) => vmm::measure::boot::main(&args),
         Command::Bench(vmm::cli::BenchCommand::Check(args)) => vmm::check::bench::run(&args),
         Command::Bench(vmm::cli::BenchCommand::Replay(args)) => vmm::replay::bench_main(&args),
         Command::Test(vmm::cli::TestCommand::Mm(args)) => vmm::selftests::main(&args),
@@ -88,8 +88,8 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
     match outcome {
         Ok(o) => {
             let status = o.exit.status();
-            if std::env::var_os(vmm::bench_boot::TIMELINE_ENV).is_some() {
-                eprintln!("{}", vmm::bench_boot::timeline_line(&o));
+            if std::env::var_os(vmm::measure::boot::TIMELINE_ENV).is_some() {
+                eprintln!("{}", vmm::measure::boot::timeline_line(&o));
             }
             eprintln!("faultline: {} (exit status {status})", o.exit);
             status

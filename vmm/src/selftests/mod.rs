@@ -712,7 +712,7 @@ fn boot_qemu(
     initrd: &Path,
     limit: Duration,
 ) -> Result<(String, Option<String>), MmTestError> {
-    use crate::bench_boot::linux::{capture, find_program, qemu_args, QEMU_DEBUG_EXIT_OK};
+    use crate::measure::boot::linux::{capture, find_program, qemu_args, QEMU_DEBUG_EXIT_OK};
     let qemu = find_program(&args.qemu).ok_or_else(|| MmTestError::Qemu {
         path: args.qemu.clone(),
         message: "not found".into(),
@@ -853,7 +853,7 @@ fn run(args: &MmArgs) -> Result<i32, MmTestError> {
             _ => true,
         })
         .chain(
-            (args.compare_qemu && crate::bench_boot::linux::find_program(&args.qemu).is_none())
+            (args.compare_qemu && crate::measure::boot::linux::find_program(&args.qemu).is_none())
                 .then_some("qemu-system-x86"),
         )
         .collect();
