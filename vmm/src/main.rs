@@ -7,7 +7,8 @@ fn main() {
     let cli = Cli::parse();
     let no_seccomp = match &cli.command {
         Command::Run(a) => a.no_seccomp,
-        Command::Sim(_) => false,
+        // No VM: nothing to filter.
+        Command::Sim(_) | Command::Bench(vmm::cli::BenchCommand::Replay(_)) => false,
         Command::Check(a) => a.no_seccomp,
         Command::Bench(vmm::cli::BenchCommand::Faults(a)) => a.no_seccomp,
         Command::Bench(vmm::cli::BenchCommand::Boot(a)) => a.no_seccomp,

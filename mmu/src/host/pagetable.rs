@@ -234,6 +234,9 @@ impl PageTable {
     /// Calls `f(va, level, entry)` for every non-none leaf in `[start, end)`, in address
     /// order. Leaves that start before `start` but cover it are included.
     pub fn for_each_leaf(&self, start: Hva, end: Hva, mut f: impl FnMut(Hva, Level, Entry)) {
+        // No leaf lies above the user address space; a caller's end past it (a range from
+        // untrusted input, saturated) must not walk, or overflow, beyond it.
+        let end = Hva(end.0.min(crate::types::TASK_SIZE));
         let mut va = start.align_down(Level::Pte4K);
         while va < end {
             let Some(Some(pud_t)) = self.pgd.get(idx(va.0, 39)) else {
