@@ -110,7 +110,7 @@ pub fn run(
         RegionBacking::Shmem => Backing::Shmem,
         other => {
             return Err(format!(
-                "bench faults --live runs anonymous, anonymous_thp or shmem; {} is not served live (the model has no hugetlb, and prefaulting defeats the comparison)",
+                "bench faults --live runs anonymous, anonymous_thp or shmem; {} is not served live (live mode has no hugetlb support yet, and prefaulting defeats the comparison)",
                 other.name()
             ))
         }

@@ -22,7 +22,7 @@
 //! Honesty: after a fault that installed a page, the real page (pagemap + kpageflags) is
 //! compared with the model's (present, zero page); after an injected event, the model's
 //! notifier ranges with tracefs `kvm:kvm_unmap_hva_range`. Disagreements are counted and
-//! listed with gfn and step. Hugetlb is refused: the model has no hugetlb.
+//! listed with gfn and step. Hugetlb is refused: the mirror and the actuator do not do hugetlb yet.
 
 // Host addresses and lengths are u64 in the model and usize in the uffd ABI: equal widths on
 // x86_64, the only target a KVM x86 VMM builds for.
@@ -273,8 +273,9 @@ pub struct LiveOutcome {
 pub fn unsupported_backing(backing: Backing) -> Option<String> {
     match backing {
         Backing::Hugetlb => Some(
-            "the model has no hugetlb (hugetlb_fault(), mm/hugetlb.c is not modelled), so it cannot \
-             resolve hugetlb faults; use --backing anon, thp or shmem"
+            "live mode has no hugetlb support yet: the model resolves hugetlb faults \
+             (mmu::host::hugetlb), but the live mirror does not map guest RAM as a hugetlb VMA \
+             and the actuator does not install whole 2M pages; use --backing anon, thp or shmem"
                 .into(),
         ),
         _ => None,
