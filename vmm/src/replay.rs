@@ -420,7 +420,8 @@ fn plot_over_time(r: &ReplayReport, levels: &[Level], path: &Path) -> Result<(),
         path: path.to_path_buf(),
         msg,
     };
-    let size = (420 * levels.len() as u32 + 80, 520);
+    // Wide enough for the title over a single panel too.
+    let size = ((420 * levels.len() as u32 + 80).max(760), 520);
     if path.extension().is_some_and(|e| e == "svg") {
         let root = SVGBackend::new(path, size).into_drawing_area();
         draw_over_time(&root, r, levels).map_err(err)?;
@@ -441,10 +442,10 @@ fn draw_over_time<DB: DrawingBackend>(
     let root = root
         .titled(
             &format!(
-                "Replayed guest faults over time by SPTE level ({} records, recorded under {})",
+                "Replayed faults over time by SPTE level ({} records, recorded under {})",
                 r.records, r.header.kernel_rules
             ),
-            ("sans-serif", 20),
+            ("sans-serif", 18),
         )
         .map_err(|e| e.to_string())?;
     let panels = root.split_evenly((1, levels.len()));
