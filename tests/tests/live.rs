@@ -7,6 +7,7 @@
 //! - the recording parses with `mmu::record::Recording::parse`, and re-running its steps on
 //!   its own mirror under its rule set gives every record's `model` again;
 //! - a Linux guest (`-- true`) boots and runs under --live (minutes);
+//! - a THP recording replays with the 6.12 (split) vs 6.13+ (fresh THP) difference;
 //! - bad input: `--live --backing hugetlb`, a schedule with an unknown event.
 
 use faultline_tests::fixtures::{self, RunOutput};
@@ -221,4 +222,63 @@ fn a_linux_guest_runs_under_live() {
     let rec = Recording::parse(&std::fs::read_to_string(&record).unwrap()).unwrap();
     assert!(rec.records.len() as u64 >= events);
     let _ = std::fs::remove_file(&record);
+}
+
+/// A live recording of the `touch` guest on THP-backed RAM (read, then write, each 2M range)
+/// replays with the version difference the rules predict: 6.12 splits the huge zero PMD and
+/// COWs a 4K page (`do_huge_pmd_wp_page()` → `__split_huge_pmd()`), 6.13+ maps a fresh THP
+/// (`do_huge_zero_wp_pmd()`).
+#[test]
+fn a_live_thp_recording_replays_with_the_6_12_vs_6_13_difference() {
+    if !fixtures::kvm_available("a_live_thp_recording_replays_with_the_6_12_vs_6_13_difference") {
+        return;
+    }
+    let record = temp("thp.jsonl");
+    let json = temp("thp-replay.json");
+    let out = faultline(&[
+        "run",
+        "--live",
+        "--backing",
+        "thp",
+        "--guest",
+        "touch",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.transcript());
+    let replay = faultline(&[
+        "sim",
+        "--replay",
+        record.to_str().unwrap(),
+        "--kernel-rules",
+        "6.12,6.13",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(replay.code(), 0, "{}", replay.transcript());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let handlers = |v: &str| {
+        report["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["kernel"] == v)
+            .unwrap_or_else(|| panic!("no {v} in the replay report"))["host_faults"]
+            .clone()
+    };
+    let (old, new) = (handlers("6.12"), handlers("6.13"));
+    assert!(
+        old["split"].as_u64() > Some(0) && old["huge-zero-wp-thp"].is_null(),
+        "6.12 splits the huge zero PMD: {old}\n{}",
+        replay.transcript()
+    );
+    assert!(
+        new["huge-zero-wp-thp"].as_u64() > Some(0) && new["split"].is_null(),
+        "6.13 maps a THP on the huge-zero write fault: {new}\n{}",
+        replay.transcript()
+    );
+    assert!(report["differing_steps"].as_u64() > Some(0), "{report}");
+    let _ = std::fs::remove_file(&record);
+    let _ = std::fs::remove_file(&json);
 }
