@@ -5,16 +5,15 @@ use super::{CaseReport, MmTestError, Planned, Verdict};
 use std::path::Path;
 use std::time::Duration;
 
+/// Width of the first column: the longest test name, at least as wide as its "test" header.
+fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(str::len).max().unwrap_or(0).max(4)
+}
+
 /// The results table (test, result, seconds, reason), a summary line and, on a kernel
 /// failure, the running test and the console tail.
 pub fn table(v: &Verdict, wall: Duration) -> String {
-    let w = v
-        .cases
-        .iter()
-        .map(|c| c.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let w = name_width(v.cases.iter().map(|c| c.name.as_str()));
     let mut s = format!("{:w$}  {:7}  {:>7}  reason\n", "test", "result", "seconds");
     for c in &v.cases {
         s.push_str(&format!(
@@ -69,13 +68,7 @@ pub fn qemu_path(json: &Path) -> std::path::PathBuf {
 /// `--compare-qemu`: both runs of the same plan side by side, the tests whose results differ
 /// marked, and the wall times with their ratio.
 pub fn compare_table(fl: &Verdict, fl_wall: Duration, q: &Verdict, q_wall: Duration) -> String {
-    let w = fl
-        .cases
-        .iter()
-        .map(|c| c.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let w = name_width(fl.cases.iter().map(|c| c.name.as_str()));
     let mut s = format!(
         "\n{:w$}  {:9} {:>8}  {:9} {:>8}\n",
         "test", "faultline", "seconds", "QEMU", "seconds"
@@ -113,12 +106,7 @@ pub fn compare_table(fl: &Verdict, fl_wall: Duration, q: &Verdict, q_wall: Durat
 
 /// `--list`: every test with its category and, if it is skipped, why.
 pub fn list(plan: &[Planned]) -> String {
-    let w = plan
-        .iter()
-        .map(|p| p.test.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let w = name_width(plan.iter().map(|p| p.test.name.as_str()));
     let mut s = format!(
         "{:w$}  {:16}  {:5}  skip reason\n",
         "test", "category", "smoke"
