@@ -1438,6 +1438,7 @@ mod tests {
             crate::host::UffdMode {
                 missing: true,
                 wp: false,
+                minor: false,
             },
         )
         .unwrap();

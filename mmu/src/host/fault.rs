@@ -711,6 +711,14 @@ impl Mm {
     /// shmem / shared anonymous mappings (and mixedmap drivers that map RAM pages).
     fn do_file_fault(&mut self, vma: &Vma, vmf: &mut Vmf<'_>) -> FaultOutcome {
         let index = vma.linear_page_index(vmf.hva);
+        if vma.flags.contains(VmFlags::UFFD_MINOR)
+            && self.page_cache.contains_key(&(vma.file, index))
+        {
+            // shmem_get_folio_gfp(): the folio is cached, the VMA is VM_UFFD_MINOR:
+            // handle_userfault(vmf, VM_UFFD_MINOR) (mm/shmem.c).
+            vmf.handlers.push(HostFault::Userfault);
+            return FaultOutcome::Retry;
+        }
         let node = self.alloc_node(vma);
         let driver = vma.flags.contains(VmFlags::MIXEDMAP);
         let Some(pc) = self.page_cache_folio(vma.file, index, node, driver) else {

@@ -19,6 +19,9 @@ pub struct UffdMode {
     pub missing: bool,
     /// UFFDIO_REGISTER_MODE_WP: writes to uffd-wp entries wait for userspace.
     pub wp: bool,
+    /// UFFDIO_REGISTER_MODE_MINOR: faults on shmem pages that are in the page cache but not
+    /// mapped wait for userspace (UFFDIO_CONTINUE).
+    pub minor: bool,
 }
 
 /// A userfaultfd ioctl failed.
@@ -36,6 +39,12 @@ pub enum UffdError {
     /// Out of memory (ENOMEM)
     #[error("Out of memory (ENOMEM)")]
     Oom,
+    /// UFFDIO_REGISTER_MODE_MINOR on a VMA that is not shmem (EINVAL)
+    #[error("{0}: UFFDIO_REGISTER_MODE_MINOR needs a shmem/memfd VMA in the model (EINVAL); register MISSING/WP on anonymous memory instead")]
+    MinorNotShmem(Hva),
+    /// UFFDIO_CONTINUE with no page-cache page (EFAULT)
+    #[error("{0}: UFFDIO_CONTINUE found no page in the page cache (EFAULT); populate it through another mapping (or before MADV_DONTNEED) first")]
+    NoPageCache(Hva),
 }
 
 /// `memory_failure()` failed.
@@ -65,10 +74,15 @@ fn range(start: Hva, len: u64) -> Result<Hva, RangeError> {
     }
 }
 
+/// A shmem/memfd VMA (`vma_is_shmem()`): file-backed, not hugetlb, not a device.
+fn is_shmem(v: &super::Vma) -> bool {
+    !v.is_anonymous() && v.device().is_none() && !v.flags.contains(VmFlags::HUGETLB)
+}
+
 impl Mm {
     /// Models UFFDIO_REGISTER (`userfaultfd_register()`, fs/userfaultfd.c): sets
-    /// VM_UFFD_MISSING / VM_UFFD_WP on the anonymous VMAs of the range (split at the edges).
-    /// No notifier.
+    /// VM_UFFD_MISSING / VM_UFFD_WP on the anonymous VMAs of the range, VM_UFFD_MINOR on
+    /// shmem VMAs (`vma_can_userfault()`), split at the edges. No notifier.
     pub fn uffd_register(
         &mut self,
         start: Hva,
@@ -77,7 +91,15 @@ impl Mm {
     ) -> Result<OpReport, UffdError> {
         let end = range(start, len)?;
         let vmas = self.vmas_in(start, end);
-        if vmas.is_empty() || vmas.iter().any(|v| !v.is_anonymous()) {
+        if vmas.is_empty() {
+            return Err(UffdError::NotRegistered(start));
+        }
+        if mode.minor {
+            if let Some(v) = vmas.iter().find(|v| !is_shmem(v)) {
+                return Err(UffdError::MinorNotShmem(v.start.max(start)));
+            }
+        }
+        if (mode.missing || mode.wp) && vmas.iter().any(|v| !v.is_anonymous()) {
             return Err(UffdError::NotRegistered(start));
         }
         self.split_vma_at(start);
@@ -89,6 +111,9 @@ impl Mm {
             }
             if mode.wp {
                 v.flags |= VmFlags::UFFD_WP;
+            }
+            if mode.minor {
+                v.flags |= VmFlags::UFFD_MINOR;
             }
             self.space.vmas.insert(v.start.0, v);
             report.changed += 1;
@@ -142,6 +167,58 @@ impl Mm {
         );
         let mut report = OpReport::new("uffdio-zeropage", hva, hva.add(PAGE_SIZE));
         report.changed = 1;
+        Ok(report)
+    }
+
+    /// Whether a fault at `hva` is a minor userfault: a VM_UFFD_MINOR shmem VMA with the
+    /// page in the page cache and nothing mapped (`shmem_get_folio_gfp()` calling
+    /// `handle_userfault(vmf, VM_UFFD_MINOR)`, mm/shmem.c).
+    pub fn uffd_minor_pending(&self, hva: Hva) -> bool {
+        let Some(v) = self.space.vma(hva) else {
+            return false;
+        };
+        v.flags.contains(VmFlags::UFFD_MINOR)
+            && self
+                .page_cache
+                .contains_key(&(v.file, v.linear_page_index(hva)))
+            && !self.lookup(hva).is_some_and(|m| m.present)
+    }
+
+    /// Models UFFDIO_CONTINUE (`mfill_atomic_pte_continue()` →
+    /// `mfill_atomic_install_pte()`, mm/userfaultfd.c) on each page of the range: the
+    /// page-cache folio already there is mapped, dirty, writable when the VMA is VM_WRITE and
+    /// VM_SHARED, without a notifier (none → present). No folio is EFAULT, a mapped page
+    /// EEXIST.
+    pub fn uffdio_continue(&mut self, start: Hva, len: u64) -> Result<OpReport, UffdError> {
+        let end = range(start, len)?;
+        let mut report = OpReport::new("uffdio-continue", start, end);
+        let mut hva = start;
+        while hva.0 < end.0 {
+            let v = self
+                .space
+                .vma(hva)
+                .filter(|v| v.flags.contains(VmFlags::UFFD_MINOR))
+                .cloned()
+                .ok_or(UffdError::NotRegistered(hva))?;
+            let Some(&id) = self.page_cache.get(&(v.file, v.linear_page_index(hva))) else {
+                return Err(UffdError::NoPageCache(hva));
+            };
+            if self.lookup(hva).is_some_and(|m| m.present) {
+                return Err(UffdError::Exists(hva));
+            }
+            let mut e = Entry::new(
+                Pfn(self.frames.folios[id].pfn),
+                v.page_prot() | Entry::DIRTY,
+            );
+            if v.flags.contains(VmFlags::WRITE) && v.flags.contains(VmFlags::SHARED) {
+                e = e.set(Entry::WRITE);
+            }
+            self.frames.get(id, 1);
+            self.frames.folios[id].mapcount += 1;
+            self.set_pte(hva, e);
+            report.changed += 1;
+            hva = hva.add(PAGE_SIZE);
+        }
         Ok(report)
     }
 
@@ -243,6 +320,7 @@ mod tests {
             UffdMode {
                 missing: true,
                 wp: false,
+                minor: false,
             },
         )
         .unwrap();
@@ -281,6 +359,7 @@ mod tests {
             UffdMode {
                 missing: false,
                 wp: true,
+                minor: false,
             },
         )
         .unwrap();

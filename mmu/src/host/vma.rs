@@ -48,6 +48,9 @@ flag_set!(
         HUGETLB = 22,
         /// VM_MERGEABLE: MADV_MERGEABLE, KSM may merge its anonymous pages.
         MERGEABLE = 31,
+        /// VM_UFFD_MINOR (bit 41 in Linux, which the model's 32-bit set lacks: a free bit
+        /// here).
+        UFFD_MINOR = 26,
     }
 );
 

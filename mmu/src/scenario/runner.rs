@@ -111,6 +111,67 @@ pub struct StepRecord {
     /// set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_modelled: Option<String>,
+    /// Guest steps whose result is "uffd-wait": the fault the vCPU waits on (the uffd event
+    /// userspace reads); serialized only when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uffd_event: Option<UffdEventOut>,
+    /// A guest access asleep in `handle_userfault()` since an earlier step that this step
+    /// woke and that has ended (see `Kvm::uffd_wake`); serialized only when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub woken: Option<WokenAccess>,
+}
+
+/// The userfaultfd event a blocked guest access queued (`uffd_msg`, fs/userfaultfd.c
+/// `userfault_msg()`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UffdEventOut {
+    /// Page-aligned address.
+    pub address: String,
+    /// `UFFD_PAGEFAULT_FLAG_WRITE`.
+    pub write: bool,
+    /// `UFFD_PAGEFAULT_FLAG_WP`.
+    pub wp: bool,
+    /// `UFFD_PAGEFAULT_FLAG_MINOR`.
+    pub minor: bool,
+}
+
+/// How a guest access that waited in `handle_userfault()` ended, recorded on the step that
+/// woke it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WokenAccess {
+    /// The step that made the access.
+    pub step: usize,
+    /// Its gpa.
+    pub gpa: String,
+    /// Final result ("fixed", "spurious", ..., or "uffd-wait" again).
+    pub result: String,
+    /// RET_PF_RETRY rounds, the wait included.
+    pub retries: u32,
+    /// Level of the SPTE now mapping the gpa.
+    pub level: Option<Level>,
+    /// Whether that SPTE is writable.
+    pub writable: Option<bool>,
+    /// Host fault handlers that ran since the wake-up.
+    pub host_faults: Vec<&'static str>,
+    /// The access kind (not serialized).
+    #[serde(skip)]
+    pub access: Option<Access>,
+    /// The hva (not serialized).
+    #[serde(skip)]
+    pub hva: Option<Hva>,
+    /// Completed accesses: the first 8 bytes of the page (not serialized).
+    #[serde(skip)]
+    pub value: Option<u64>,
+}
+
+fn uffd_event_out(b: &crate::secondary::fault::UffdBlocked) -> UffdEventOut {
+    use crate::secondary::fault::UffdReason;
+    UffdEventOut {
+        address: hex(b.hva.0),
+        write: b.write,
+        wp: b.reason == UffdReason::Wp,
+        minor: b.reason == UffdReason::Minor,
+    }
 }
 
 impl StepRecord {
@@ -141,6 +202,8 @@ impl StepRecord {
             range: st.host_range(),
             value: None,
             not_modelled: None,
+            uffd_event: None,
+            woken: None,
         }
     }
 
@@ -553,6 +616,21 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
         }
         _ => {}
     }
+    if let Some(w) = rec.woken.as_mut() {
+        if let (true, Some(hva)) = (
+            matches!(w.result.as_str(), "hit" | "fixed" | "spurious"),
+            w.hva,
+        ) {
+            match (w.access, r.scenario.step.get(w.step)) {
+                (Some(Access::Write), Some(Step::Write(ws))) => {
+                    let v = ws.value.map_or_else(|| default_value(ws.gpa.0), |n| n.0);
+                    r.contents.write(&r.mm, hva, v);
+                    w.value = Some(v);
+                }
+                _ => w.value = r.contents.read(&r.mm, hva),
+            }
+        }
+    }
     Ok(rec)
 }
 
@@ -635,9 +713,28 @@ fn run_step_impl(
     let mut not_modelled: Option<String> = None;
     match st {
         Step::Read(_) | Step::Write(_) | Step::Exec(_) => {
-            let (access, gpa, _) = st.guest_access().unwrap_or((Access::Read, 0, None));
+            let (access, gpa, vcpu) = st.guest_access().unwrap_or((Access::Read, 0, None));
+            if let Some(b) = &kvm.uffd_blocked {
+                if b.vcpu == vcpu.unwrap_or(0) {
+                    return Err(e(format!(
+                        "vCPU {} is still asleep in handle_userfault() since step {} (gpa {}); resolve the fault (uffdio-copy, -zeropage, -continue, -writeprotect with wp = false) before its next access",
+                        b.vcpu,
+                        b.step.map_or("?".into(), |s| s.to_string()),
+                        hex(b.gpa.0)
+                    )));
+                }
+                rec.result = "not-modelled".into();
+                rec.not_modelled =
+                    Some("two vCPUs asleep in handle_userfault() at once are not modelled".into());
+                return Ok(rec);
+            }
             let gpa = Gpa(gpa);
             let r = kvm.guest_access(mm, gpa, access);
+            if let Some(b) = kvm.uffd_blocked.as_mut() {
+                b.step = Some(i);
+                b.vcpu = vcpu.unwrap_or(0);
+                rec.uffd_event = Some(uffd_event_out(b));
+            }
             rec.gpa = Some(hex(gpa.0));
             rec.result.clear();
             rec.result.push_str(result_name(r.result));
@@ -685,6 +782,12 @@ fn run_step_impl(
             };
             rec.young = out.young;
             not_modelled = out.not_modelled;
+            if let Step::UffdioWriteprotect(u) = st {
+                // Un-protecting wakes the waiters (userfaultfd_writeprotect()).
+                if !u.wp {
+                    rec.woken = wake(mm, kvm, st);
+                }
+            }
         }
         Step::KsmScan(_) => match same_page {
             Some(same) => {
@@ -707,33 +810,26 @@ fn run_step_impl(
                 match m {
                     UffdModeName::Missing => mode.missing = true,
                     UffdModeName::Wp => mode.wp = true,
-                    UffdModeName::Minor => {
-                        not_modelled = Some(
-                            "UFFDIO_REGISTER_MODE_MINOR is not modelled (minor faults: \
-                             handle_userfault() with VM_UFFD_MINOR from shmem_fault())"
-                                .into(),
-                        )
-                    }
+                    UffdModeName::Minor => mode.minor = true,
                 }
             }
-            if not_modelled.is_none() {
-                mm.uffd_register(Hva(u.start.0), u.size.0, mode)
-                    .map_err(|x| e(x.to_string()))?;
-            }
+            mm.uffd_register(Hva(u.start.0), u.size.0, mode)
+                .map_err(|x| e(x.to_string()))?;
         }
         Step::UffdioCopy(a) => {
             mm.uffdio_copy(Hva(a.start.0), false)
                 .map_err(|x| e(x.to_string()))?;
+            rec.woken = wake(mm, kvm, st);
         }
         Step::UffdioZeropage(a) => {
             mm.uffdio_zeropage(Hva(a.start.0))
                 .map_err(|x| e(x.to_string()))?;
+            rec.woken = wake(mm, kvm, st);
         }
-        Step::UffdioContinue(_) => {
-            not_modelled = Some(
-                "UFFDIO_CONTINUE is not modelled (minor faults: mfill_atomic_pte_continue())"
-                    .into(),
-            );
+        Step::UffdioContinue(u) => {
+            mm.uffdio_continue(Hva(u.start.0), u.size.map_or(PAGE_SIZE, |n| n.0))
+                .map_err(|x| e(x.to_string()))?;
+            rec.woken = wake(mm, kvm, st);
         }
         Step::MemoryFailure(a) => {
             let hva = Hva(a.start.0);
@@ -1016,6 +1112,32 @@ pub fn host_op(
 }
 
 /// The schema name of a result.
+/// Wakes a vCPU asleep in `handle_userfault()` on the range of the resolving ioctl `st`
+/// (`Kvm::uffd_wake`), and records how its access ended.
+fn wake(mm: &mut Mm, kvm: &mut Kvm, st: &Step) -> Option<WokenAccess> {
+    let (start, len) = st.host_range()?;
+    let b = kvm.uffd_blocked.clone()?;
+    let r = kvm.uffd_wake(mm, start, len)?;
+    let hva = kvm
+        .slots
+        .find(b.gpa.gfn())
+        .map(|s| Hva(s.gfn_to_hva(b.gpa.gfn()).0 + (b.gpa.0 & (PAGE_SIZE - 1))));
+    let spte = kvm.spte_at(b.gpa);
+    Some(WokenAccess {
+        step: b.step.unwrap_or(0),
+        gpa: hex(b.gpa.0),
+        result: result_name(r.result).to_string(),
+        retries: r.retries,
+        level: spte.map(|(l, _)| l),
+        writable: spte.map(|(_, s)| s.is_writable()),
+        host_faults: r.host_faults.iter().map(|h| h.name()).collect(),
+        access: Some(b.access),
+        hva,
+        value: None,
+    })
+}
+
+/// The name of a fault result as the records use it.
 pub fn result_name(r: PfResult) -> &'static str {
     match r {
         PfResult::Hit => "hit",
@@ -1028,6 +1150,7 @@ pub fn result_name(r: PfResult) -> &'static str {
         PfResult::WriteProtected => "write-protected",
         PfResult::Intr => "intr",
         PfResult::Hwpoison => "hwpoison",
+        PfResult::UffdWait => "uffd-wait",
     }
 }
 impl ScenarioRun {
@@ -1324,6 +1447,113 @@ size = "4M"
         assert!(rec.not_modelled.as_deref().unwrap().contains("mremap"));
     }
 
+    fn no_async_pf() -> ModelOptions {
+        let mut o = ModelOptions::default();
+        o.conditions.async_pf = Some(false);
+        o
+    }
+
+    const SLOT_AND_VMA: &str =
+        "[[memslot]]\nid = 0\ngpa = 0\nsize = \"2M\"\nhva = \"0x7f0000000000\"\n\
+        [[vma]]\nstart = \"0x7f0000000000\"\nsize = \"2M\"\n";
+
+    /// Pins `handle_userfault()` without async PF: the blocking GUP sleeps (one event, no
+    /// EFAULT), UFFDIO_COPY of another page does not wake it, UFFDIO_COPY of its page does,
+    /// and the access ends fixed, writable (the read's FOLL_WRITE fallback), reading the
+    /// copied bytes.
+    #[test]
+    fn a_missing_fault_without_async_pf_waits_until_its_page_is_copied() {
+        let sc = Scenario::from_toml(&format!(
+            "{SLOT_AND_VMA}kind = \"anon\"\n\
+             [[step]]\nop = \"uffd-register\"\nstart = \"0x7f0000000000\"\nsize = \"2M\"\n\
+             [[step]]\nop = \"read\"\ngpa = \"0x5000\"\n\
+             [[step]]\nop = \"uffdio-copy\"\nstart = \"0x7f0000009000\"\n\
+             [[step]]\nop = \"uffdio-copy\"\nstart = \"0x7f0000005000\"\n\
+             [[step]]\nop = \"write\"\ngpa = \"0x5000\"\n"
+        ))
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &no_async_pf()).unwrap();
+        r.step(0).unwrap();
+        let rec = r.step(1).unwrap();
+        assert_eq!(rec.result, "uffd-wait");
+        let ev = rec.uffd_event.unwrap();
+        assert_eq!(ev.address, "0x7f0000005000");
+        assert!(!ev.write && !ev.wp && !ev.minor);
+        assert!(r.step(2).unwrap().woken.is_none());
+        let w = r.step(3).unwrap().woken.expect("the copy wakes the read");
+        assert_eq!((w.step, w.result.as_str()), (1, "fixed"));
+        assert_eq!((w.level, w.writable), (Some(Level::Pte4K), Some(true)));
+        assert_eq!(w.value, Some(uffdio_copy_value(0x7f00_0000_5000)));
+        assert_eq!(r.step(4).unwrap().result, "hit");
+    }
+
+    /// Pins the WP flow: a write to a uffd-wp page sleeps with a WRITE|WP event; the
+    /// un-protecting UFFDIO_WRITEPROTECT (PROTECTION_VMA notifier) wakes it, the fault
+    /// snapshot is stale (RET_PF_RETRY) and the retried write maps the page writable.
+    #[test]
+    fn a_wp_fault_waits_until_the_page_is_unprotected() {
+        let sc = Scenario::from_toml(&format!(
+            "{SLOT_AND_VMA}kind = \"anon\"\n\
+             [[step]]\nop = \"write\"\ngpa = \"0x3000\"\n\
+             [[step]]\nop = \"uffd-register\"\nstart = \"0x7f0000000000\"\nsize = \"2M\"\nmode = [\"wp\"]\n\
+             [[step]]\nop = \"uffdio-writeprotect\"\nstart = \"0x7f0000003000\"\nsize = \"4K\"\n\
+             [[step]]\nop = \"write\"\ngpa = \"0x3000\"\nvalue = \"0x77\"\n\
+             [[step]]\nop = \"uffdio-writeprotect\"\nstart = \"0x7f0000003000\"\nsize = \"4K\"\nwp = false\n"
+        ))
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &no_async_pf()).unwrap();
+        for i in 0..3 {
+            r.step(i).unwrap();
+        }
+        let rec = r.step(3).unwrap();
+        assert_eq!(rec.result, "uffd-wait");
+        let ev = rec.uffd_event.unwrap();
+        assert!(ev.write && ev.wp && !ev.minor);
+        let rec = r.step(4).unwrap();
+        assert_eq!(rec.notifiers.len(), 1);
+        let w = rec.woken.expect("un-protecting wakes the write");
+        assert_eq!((w.result.as_str(), w.retries), ("fixed", 1));
+        assert_eq!((w.writable, w.value), (Some(true), Some(0x77)));
+    }
+
+    /// Pins MINOR on shmem: registering MINOR on anonymous memory is refused; a read of a
+    /// page that is in the page cache but not mapped sleeps with a MINOR event;
+    /// UFFDIO_CONTINUE maps the cached page (shared + VM_WRITE: writable) and wakes it.
+    #[test]
+    fn a_minor_fault_on_memfd_waits_until_uffdio_continue() {
+        let mut r = runner(
+            &step(
+                "uffd-register",
+                "start = \"0x7f0000000000\"\nsize = \"4K\"\nmode = [\"minor\"]",
+            ),
+            ModelOptions::default(),
+        );
+        assert!(r.step(0).is_err(), "MINOR on anonymous memory is EINVAL");
+        let sc = Scenario::from_toml(&format!(
+            "{SLOT_AND_VMA}kind = \"memfd\"\nshared = true\n\
+             [[step]]\nop = \"write\"\ngpa = \"0x4000\"\nvalue = \"0x1234\"\n\
+             [[step]]\nop = \"madvise\"\nadvice = \"dontneed\"\nstart = \"0x7f0000004000\"\nsize = \"4K\"\n\
+             [[step]]\nop = \"uffd-register\"\nstart = \"0x7f0000000000\"\nsize = \"2M\"\nmode = [\"minor\"]\n\
+             [[step]]\nop = \"read\"\ngpa = \"0x4000\"\n\
+             [[step]]\nop = \"uffdio-continue\"\nstart = \"0x7f0000004000\"\n"
+        ))
+        .unwrap();
+        let mut r = ScenarioRunner::new(&sc, &no_async_pf()).unwrap();
+        for i in 0..3 {
+            r.step(i).unwrap();
+        }
+        let rec = r.step(3).unwrap();
+        assert_eq!(rec.result, "uffd-wait");
+        assert!(rec.uffd_event.unwrap().minor);
+        let rec = r.step(4).unwrap();
+        assert!(rec.notifiers.is_empty());
+        let w = rec.woken.expect("UFFDIO_CONTINUE wakes the read");
+        assert_eq!(
+            (w.result.as_str(), w.writable, w.value),
+            ("fixed", Some(true), Some(0x1234))
+        );
+    }
+
     #[test]
     fn steps_without_machinery_say_not_modelled() {
         for (op, keys) in [
@@ -1331,14 +1561,9 @@ size = "4M"
                 "fallocate-punch-hole",
                 "start = \"0x7f0000000000\"\nsize = \"4K\"",
             ),
-            ("uffdio-continue", "start = \"0x7f0000000000\""),
             (
                 "madvise",
                 "start = \"0x7f0000000000\"\nsize = \"4K\"\nadvice = \"pageout\"",
-            ),
-            (
-                "uffd-register",
-                "start = \"0x7f0000000000\"\nsize = \"4K\"\nmode = [\"minor\"]",
             ),
         ] {
             let mut r = runner(&step(op, keys), ModelOptions::default());

@@ -68,6 +68,9 @@ pub enum PfResult {
     /// `KVM_PFN_ERR_HWPOISON`: `kvm_send_hwpoison_signal()` queues SIGBUS (BUS_MCEERR_AR)
     /// and the fault returns `RET_PF_RETRY`; the vCPU exits to deliver it.
     Hwpoison,
+    /// The blocking GUP reached `handle_userfault()` (no async PF): the vCPU thread sleeps
+    /// inside `KVM_RUN` until userspace resolves the fault ([`Kvm::uffd_wake`]).
+    UffdWait,
 }
 
 /// `kvm_pfn_t` error values (`KVM_PFN_ERR_*`, `KVM_PFN_NOSLOT`).
@@ -86,6 +89,55 @@ pub enum PfnError {
     NoSlot,
     /// `KVM_PFN_ERR_NEEDS_IO` [6.13+] / `*async = true` (6.12).
     NeedsIo,
+    /// Not a kernel value: the blocking `get_user_pages_unlocked()` sleeps in
+    /// `handle_userfault()` and has not returned yet.
+    UffdWait,
+}
+
+/// Which `handle_userfault()` reason a blocked fault waits for (the `uffd_msg` flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UffdReason {
+    /// `VM_UFFD_MISSING`: nothing mapped (`do_anonymous_page()`, `shmem_get_folio_gfp()`).
+    Missing,
+    /// `VM_UFFD_WP`: a write to a uffd-wp entry (`userfaultfd_pte_wp()`):
+    /// `UFFD_PAGEFAULT_FLAG_WP`.
+    Wp,
+    /// `VM_UFFD_MINOR`: the page is in the page cache but not mapped here
+    /// (`shmem_get_folio_gfp()`): `UFFD_PAGEFAULT_FLAG_MINOR`.
+    Minor,
+}
+
+/// A guest access whose blocking GUP sleeps in `handle_userfault()` (fs/userfaultfd.c):
+/// without async PF, `__kvm_faultin_pfn()`'s second `__gfn_to_pfn_memslot()` waits there
+/// (one `uffd_msg` is queued: the NOWAIT pass before it returned `VM_FAULT_RETRY` without
+/// one) until `userfaultfd_wake_function()` wakes it for a range that covers the address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UffdBlocked {
+    /// The access's gpa.
+    pub gpa: Gpa,
+    /// Its kind.
+    pub access: Access,
+    /// The address the uffd event names (page aligned).
+    pub hva: Hva,
+    /// Why it waits: the event's flags.
+    pub reason: UffdReason,
+    /// `UFFD_PAGEFAULT_FLAG_WRITE`: the fault was a write.
+    pub write: bool,
+    /// `fault->mmu_seq`, checked when the GUP returns.
+    pub mmu_seq: u64,
+    /// `fault->slot`.
+    pub slot: u16,
+    /// The hva may be mapped writable (not a read-only slot).
+    pub want_writable: bool,
+    /// `fault->present`.
+    pub present: bool,
+    /// Host fault handlers and RET_PF_RETRY rounds so far.
+    pub report: AccessReport,
+    /// The scenario step that made the access (set by the scenario runner).
+    pub step: Option<usize>,
+    /// The step's vCPU (set by the scenario runner).
+    pub vcpu: u32,
 }
 
 /// What the GUP-like path did for one fault.
@@ -249,6 +301,12 @@ impl Kvm {
                     self.emulate_access(mm, gpa, write, &mut rep);
                     return rep;
                 }
+                PfResult::UffdWait => {
+                    if let Some(b) = self.uffd_blocked.as_mut() {
+                        b.report = rep.clone();
+                    }
+                    return rep;
+                }
                 PfResult::Efault
                 | PfResult::Mmio
                 | PfResult::WriteProtected
@@ -324,6 +382,8 @@ impl Kvm {
             PfResult::WriteProtected => c.write_protected += 1,
             PfResult::Intr => c.intr += 1,
             PfResult::Hwpoison => c.hwpoison += 1,
+            // Not counted: the fault has not ended (its end is counted on wake-up).
+            PfResult::UffdWait => {}
         }
         r
     }
@@ -382,18 +442,156 @@ impl Kvm {
             }
             self.gfn_to_pfn(f, mm, slot_id, false, true, &mut needs_io);
         }
+        if f.pfn == Err(PfnError::UffdWait) {
+            self.block_on_userfault(f, mm);
+        }
+        self.pfn_post_check(f)
+    }
+
+    /// The end of `__kvm_faultin_pfn()` / `kvm_faultin_pfn()`: error pfns
+    /// (`kvm_handle_error_pfn()`), then the post-GUP `mmu_invalidate_retry_gfn_unsafe()`.
+    fn pfn_post_check(&mut self, f: &PageFault) -> Step {
         match f.pfn {
             Ok(_) => {}
             Err(PfnError::NoSlot) => {}
             Err(PfnError::RoFault) => return Err(PfResult::Emulate),
             Err(PfnError::Hwpoison) => return Err(PfResult::Hwpoison),
             Err(PfnError::SigPending) => return Err(PfResult::Intr),
+            Err(PfnError::UffdWait) => return Err(PfResult::UffdWait),
             Err(PfnError::Fault) | Err(PfnError::NeedsIo) => return Err(PfResult::Efault),
         }
         if self.config.stale_check && self.inval.retry_gfn_unsafe(f.mmu_seq, f.gfn) {
             return Err(PfResult::Retry);
         }
         Ok(())
+    }
+
+    /// Records the fault `f` as asleep in `handle_userfault()` (see [`UffdBlocked`]).
+    fn block_on_userfault(&mut self, f: &PageFault, mm: &Mm) {
+        let (Some(hva), Some(slot)) = (f.hva, f.slot) else {
+            return;
+        };
+        let page = hva.align_down(Level::Pte4K);
+        let reason = match mm.lookup(page) {
+            Some(m) if m.present && m.entry.is_uffd_wp() => UffdReason::Wp,
+            Some(m) if m.present => UffdReason::Missing,
+            _ if mm.uffd_minor_pending(page) => UffdReason::Minor,
+            _ => UffdReason::Missing,
+        };
+        let access = if f.write {
+            Access::Write
+        } else if f.exec {
+            Access::Exec
+        } else {
+            Access::Read
+        };
+        let want_writable = self.slots.by_id(slot).is_some_and(|s| !s.flags.readonly);
+        self.uffd_blocked = Some(UffdBlocked {
+            gpa: f.gpa,
+            access,
+            hva: page,
+            reason,
+            write: f.write,
+            mmu_seq: f.mmu_seq,
+            slot,
+            want_writable,
+            present: f.present,
+            report: AccessReport {
+                result: PfResult::UffdWait,
+                retries: 0,
+                gup: None,
+                host_faults: Vec::new(),
+                async_pf: 0,
+            },
+            step: None,
+            vcpu: 0,
+        });
+    }
+
+    /// Models the wake-up of a vCPU asleep in `handle_userfault()` by an ioctl that resolves
+    /// `start..start+len` (`wake_userfault()` from `UFFDIO_COPY`/`ZEROPAGE`/`CONTINUE`, an
+    /// un-protecting `UFFDIO_WRITEPROTECT`, or `UFFDIO_WAKE`; fs/userfaultfd.c): nothing
+    /// happens unless the blocked address lies in the range (`userfaultfd_wake_function()`).
+    /// Otherwise `handle_userfault()` returns `VM_FAULT_RETRY`, `__get_user_pages_locked()`
+    /// (mm/gup.c) faults again with `FOLL_TRIED` (which may sleep again), and
+    /// `hva_to_pfn_slow()` and `kvm_faultin_pfn()` finish the fault: the post-check against
+    /// the snapshot taken before the wait (an invalidation meanwhile makes it
+    /// `RET_PF_RETRY`), install, release, and the vCPU re-enters the guest until the access
+    /// completes. Returns the access's report once it has ended.
+    pub fn uffd_wake(&mut self, mm: &mut Mm, start: Hva, len: u64) -> Option<AccessReport> {
+        let b = self.uffd_blocked.take()?;
+        if b.hva.0 < start.0 || b.hva.0 - start.0 >= len {
+            self.uffd_blocked = Some(b);
+            return None;
+        }
+        let mut rep = b.report.clone();
+        // The report of the ended access names what ran after the wake-up.
+        rep.host_faults.clear();
+        let mut f = PageFault::new(b.gpa, b.access, b.present);
+        f.slot = Some(b.slot);
+        f.mmu_seq = b.mmu_seq;
+        let hva = self
+            .slots
+            .by_id(b.slot)
+            .map(|s| s.gfn_to_hva(f.gfn))
+            .unwrap_or(b.hva);
+        f.hva = Some(hva);
+        let mut needs_io = false;
+        self.hva_to_pfn_slow(
+            &mut f,
+            mm,
+            hva,
+            false,
+            true,
+            true,
+            b.want_writable,
+            &mut needs_io,
+        );
+        rep.host_faults.extend(f.host_faults.iter().copied());
+        rep.gup = Some(f.gup.clone());
+        if f.pfn == Err(PfnError::UffdWait) {
+            // Woken, faulted again, and asleep again (the ioctl resolved another page).
+            let mut again = b;
+            again.report = rep;
+            self.uffd_blocked = Some(again);
+            return None;
+        }
+        let r = self
+            .pfn_post_check(&f)
+            .and_then(|()| self.fault_stale_check(&f))
+            .map(|()| self.fault_install(&mut f, mm));
+        let r = r.unwrap_or_else(|e| e);
+        self.fault_finish(&mut f, mm, r);
+        let r = self.count(r);
+        rep.result = r;
+        match r {
+            PfResult::Retry | PfResult::Fixed | PfResult::Spurious => {
+                if r == PfResult::Retry {
+                    rep.retries += 1;
+                    self.stats.retries += 1;
+                }
+                // The vCPU re-enters the guest and repeats the access.
+                let next = self.guest_access(mm, b.gpa, b.access);
+                rep.retries += next.retries;
+                rep.host_faults.extend(next.host_faults);
+                rep.async_pf += next.async_pf;
+                if next.gup.is_some() {
+                    rep.gup = next.gup;
+                }
+                if next.result != PfResult::Hit {
+                    rep.result = next.result;
+                }
+            }
+            PfResult::Emulate => self.emulate_access(mm, b.gpa, b.write, &mut rep),
+            _ => {}
+        }
+        if rep.result == PfResult::UffdWait {
+            if let Some(nb) = self.uffd_blocked.as_mut() {
+                nb.step = b.step;
+                nb.vcpu = b.vcpu;
+            }
+        }
+        Some(rep)
     }
 
     /// Step 5 (under `mmu_lock`): `is_page_fault_stale()` (arch/x86/kvm/mmu/mmu.c); no notifier
@@ -633,7 +831,33 @@ impl Kvm {
                 return;
             }
         }
-        // hva_to_pfn_slow()
+        self.hva_to_pfn_slow(
+            f,
+            mm,
+            hva,
+            nowait,
+            interruptible,
+            false,
+            want_writable,
+            needs_io,
+        );
+    }
+
+    /// `hva_to_pfn_slow()` and what `hva_to_pfn()` does when it fails (virt/kvm/kvm_main.c);
+    /// `tried`: the retry after a `handle_userfault()` wait (`FOLL_TRIED`).
+    #[allow(clippy::too_many_arguments)]
+    fn hva_to_pfn_slow(
+        &mut self,
+        f: &mut PageFault,
+        mm: &mut Mm,
+        hva: Hva,
+        nowait: bool,
+        interruptible: bool,
+        tried: bool,
+        want_writable: bool,
+        needs_io: &mut bool,
+    ) {
+        let write = f.write;
         let mut flags = FollFlags::HWPOISON | FollFlags::HONOR_NUMA_FAULT;
         if write {
             flags |= FollFlags::WRITE;
@@ -643,6 +867,9 @@ impl Kvm {
         }
         if interruptible {
             flags |= FollFlags::INTERRUPTIBLE;
+        }
+        if tried {
+            flags |= FollFlags::TRIED;
         }
         f.map_writable = write && want_writable;
         self.stats.gup.slow += 1;
@@ -679,6 +906,16 @@ impl Kvm {
         }
         if matches!(err, GupError::Ehwpoison(_)) {
             f.pfn = Err(PfnError::Hwpoison);
+            return;
+        }
+        // Without FOLL_NOWAIT, handle_userfault() does not return VM_FAULT_RETRY at once: it
+        // queues the event and sleeps until userspace wakes it (the model's GUP reports the
+        // unfinished fault as "0 pages").
+        if !nowait
+            && matches!(err, GupError::NoPage(_))
+            && mm.last_gup().host_faults.last() == Some(&HostFault::Userfault)
+        {
+            f.pfn = Err(PfnError::UffdWait);
             return;
         }
         // mmap_read_lock; vma = vma_lookup(hva)

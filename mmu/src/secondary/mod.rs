@@ -163,6 +163,8 @@ pub struct Kvm {
     trace: Option<KvmTrace>,
     /// An async page fault was queued by the last fault.
     async_pf_pending: bool,
+    /// A vCPU asleep in `handle_userfault()` (no async PF): see [`fault::UffdBlocked`].
+    pub uffd_blocked: Option<fault::UffdBlocked>,
 }
 
 impl Kvm {
@@ -176,6 +178,7 @@ impl Kvm {
             stats: KvmStats::default(),
             trace: None,
             async_pf_pending: false,
+            uffd_blocked: None,
         }
     }
 
