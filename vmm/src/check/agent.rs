@@ -556,6 +556,40 @@ impl Agent {
             ..Command::default()
         };
         let seq = self.post(vcpu, cmd, timeout)?;
+        self.finish_access(vcpu, seq, kind, gpa, timeout)
+    }
+
+    /// From the controller thread: posts one access as [`Agent::access`] does and returns
+    /// at once with its sequence number, for an access that may block inside `KVM_RUN`
+    /// (a userfaultfd wait); [`Agent::finish_access`] collects the outcome.
+    pub fn start_access(
+        &self,
+        vcpu: u32,
+        kind: AccessKind,
+        gpa: u64,
+        value: u64,
+        timeout: Duration,
+    ) -> Result<u64, AgentError> {
+        let cmd = Command {
+            op: op_of(kind),
+            gva: gpa,
+            value,
+            ..Command::default()
+        };
+        self.post(vcpu, cmd, timeout)
+    }
+
+    /// Waits at most `timeout` for the outcome of the access `seq` that
+    /// [`Agent::start_access`] posted; [`AgentError::Timeout`] when it has not ended yet
+    /// (call again later).
+    pub fn finish_access(
+        &self,
+        vcpu: u32,
+        seq: u64,
+        kind: AccessKind,
+        gpa: u64,
+        timeout: Duration,
+    ) -> Result<AccessOutcome, AgentError> {
         let (res, snap) = self.result(vcpu, seq, timeout, &format!("{kind:?} at {gpa:#x}"))?;
         if let Some(c) = snap.crash {
             return Ok(AccessOutcome::Crash(c));

@@ -51,6 +51,9 @@ pub enum RealAccess {
     },
     /// The VM ended or the agent did not answer.
     Crash(String),
+    /// The access sleeps in `handle_userfault()`: a userfaultfd event arrived and it has
+    /// not ended (its outcome comes with the step that ends it).
+    UffdWait,
 }
 
 impl RealAccess {
@@ -62,6 +65,7 @@ impl RealAccess {
             RealAccess::Efault { .. } => "efault".into(),
             RealAccess::Exception { vector } => format!("guest exception {vector}"),
             RealAccess::Crash(r) => format!("crash: {r}"),
+            RealAccess::UffdWait => "uffd-wait".into(),
         }
     }
 }
@@ -111,6 +115,12 @@ pub struct RealStep {
     /// (slot base gfn + bit index), ascending.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dirty: Option<Vec<u64>>,
+    /// userfaultfd page-fault events read during the step (`None`: no uffd registered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uffd_events: Option<Vec<super::uffd::RealUffdEvent>>,
+    /// An access asleep in `handle_userfault()` since step `.0` that ended during this step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub woken: Option<(usize, RealAccess)>,
 }
 
 /// Where the real dirty gfns come from.
@@ -231,6 +241,111 @@ pub fn model_invalidations(rec: &StepRecord) -> Vec<(u64, u64)> {
         .collect()
 }
 
+const UFFD_SRC: &str = "userfaultfd read()";
+
+/// The userfaultfd observables of a step: the `uffd event` a guest access raised (the
+/// model's `handle_userfault()` wait against the `uffd_msg` read from the real uffd), and,
+/// on the step that ended an access asleep there, its `woken outcome`, `woken value` and
+/// `woken level`.
+fn compare_uffd(
+    rec: &StepRecord,
+    real: &RealStep,
+    caps: &Capabilities,
+    out: &mut Vec<Observation>,
+) {
+    if rec.uffd_event.is_some() || real.uffd_events.as_ref().is_some_and(|e| !e.is_empty()) {
+        let model = rec.uffd_event.as_ref().map_or_else(
+            || "none".to_string(),
+            |e| super::uffd::event_text(parse_hex(&e.address), e.write, e.wp, e.minor),
+        );
+        match &real.uffd_events {
+            Some(ev) => {
+                let realv = if ev.is_empty() {
+                    "none".to_string()
+                } else {
+                    ev.iter().map(|e| e.text()).collect::<Vec<_>>().join(" ")
+                };
+                out.push(Observation::compare("uffd event", UFFD_SRC, model, realv));
+            }
+            None => out.push(Observation::uncompared(
+                "uffd event",
+                UFFD_SRC,
+                Some(model),
+                None,
+                Verdict::NotExecutable("no userfaultfd was registered for real".into()),
+            )),
+        }
+    }
+    if rec.woken.is_none() && real.woken.is_none() {
+        return;
+    }
+    let model = rec.woken.as_ref().map_or_else(
+        || "still waiting".to_string(),
+        |w| format!("step {}: {}", w.step, model_outcome(&w.result)),
+    );
+    let realv = real.woken.as_ref().map_or_else(
+        || "still waiting".to_string(),
+        |(s, a)| format!("step {s}: {}", a.class()),
+    );
+    out.push(Observation::compare(
+        "woken outcome",
+        "agent guest",
+        model,
+        realv,
+    ));
+    if let (Some(w), Some((_, RealAccess::Completed { value }))) = (&rec.woken, &real.woken) {
+        if w.access == Some(mmu::secondary::fault::Access::Read) {
+            out.push(match w.value {
+                Some(mv) => Observation::compare(
+                    "woken value",
+                    "agent guest",
+                    format!("{mv:#x}"),
+                    format!("{value:#x}"),
+                ),
+                None => Observation::uncompared(
+                    "woken value",
+                    "agent guest",
+                    None,
+                    Some(format!("{value:#x}")),
+                    Verdict::NotModelled("the model has no contents for this page".into()),
+                ),
+            });
+        }
+    }
+    if let Some(w) = &rec.woken {
+        let model = w.level.map(|l| {
+            format!(
+                "{}{}",
+                size_name(l.size()),
+                if w.writable == Some(true) {
+                    " writable"
+                } else {
+                    " read-only"
+                }
+            )
+        });
+        match (&real.spte_levels, &caps.levels) {
+            (Some(levels), None) if !levels.is_empty() => out.push(Observation::compare(
+                "woken level",
+                "tracefs kvmmmu:kvm_mmu_set_spte",
+                w.level.map_or("-".into(), |l| size_name(l.size())),
+                levels.last().map_or("-".into(), |l| size_name(l.size())),
+            )),
+            (_, reason) => {
+                out.push(Observation::uncompared(
+                    "woken level",
+                    "tracefs kvmmmu:kvm_mmu_set_spte",
+                    model,
+                    None,
+                    Verdict::NotObservable(reason.clone().unwrap_or_else(|| {
+                        "no kvm_mmu_set_spte event fired for this access".into()
+                    })),
+                ))
+            }
+        }
+    }
+}
+
 /// Compares one step. `model_pages` are the model's host pages at the addresses in
 /// `real.pages`, in the same order.
 pub fn compare_step(
@@ -306,6 +421,7 @@ pub fn compare_step(
             });
         }
     }
+    compare_uffd(rec, real, caps, &mut out);
     if let (Some(model), Some(realg)) = (&rec.dirty, &real.dirty) {
         let mut m: Vec<u64> = model.iter().map(|g| parse_hex(g)).collect();
         m.sort_unstable();

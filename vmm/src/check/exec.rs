@@ -182,9 +182,7 @@ fn step_not_executable(step: &Step, env: &CheckEnv) -> Option<String> {
         | Step::UffdioCopy(_)
         | Step::UffdioZeropage(_)
         | Step::UffdioContinue(_)
-        | Step::UffdioWriteprotect(_) => {
-            Some("userfaultfd steps are not wired into the executor yet".into())
-        }
+        | Step::UffdioWriteprotect(_) => None,
         Step::KsmScan(_) => super::ksm::unavailable(),
     }
 }
@@ -602,6 +600,7 @@ fn run_real(
             let mut perturbed: Vec<(String, u64, u64)> = Vec::new();
             let mut race_rate = None;
             let mut trace_out: Vec<serde_json::Value> = Vec::new();
+            let mut uffd = super::uffd::UffdExec::for_scenario(sc);
             if let Some(t) = trace.as_mut() {
                 let _ = t.drain();
             }
@@ -692,7 +691,26 @@ fn run_real(
                 };
                 let mut real = RealStep::default();
                 if rec.not_modelled.is_none() {
-                    execute(step, &rec.op, &mut space, &agent, h, &slots, opts, &mut real);
+                    if uffd.active() && step.guest_access().is_some() {
+                        guest_access_may_block(i, step, &rec, &space, &agent, &slots, opts, &mut uffd, &mut real);
+                    } else {
+                        execute_with_uffd(step, &rec.op, &mut space, &agent, h, &slots, opts, &mut uffd, &mut real);
+                    }
+                    if step.guest_access().is_none() && uffd.pending.is_some() {
+                        // Did this step end the access asleep in handle_userfault()?
+                        let wakes = uffd.pending.is_some_and(|p| {
+                            wakes_page(step, p.hva)
+                        });
+                        if let Some((from, r)) = uffd.collect(&agent, wakes, opts.access_timeout) {
+                            real.woken = Some((from, r.map_or_else(RealAccess::Crash, real_access)));
+                        }
+                    }
+                    if uffd.active() {
+                        match uffd.events(&space) {
+                            Ok(ev) => real.uffd_events.get_or_insert_with(Vec::new).extend(ev),
+                            Err(e) => real.host_error = Some(format!("reading the userfaultfd: {e}")),
+                        }
+                    }
                 }
                 // Observers, after the step: the pages first, then the trace, so that a
                 // kernel thread that changed a page before it was read is in this step's trace.
@@ -791,6 +809,9 @@ fn run_real(
                     observations,
                 });
             }
+            // Closing the uffd wakes a vCPU still asleep in handle_userfault(), so the VM
+            // can end.
+            uffd.close(&agent, opts.access_timeout);
             (out, skipped, race_rate, trace_out)
         })
         .map_err(|e| format!("VM run: {e}"))?;
@@ -993,14 +1014,126 @@ fn access(
     opts: &CheckOptions,
 ) -> RealAccess {
     match agent.access(vcpu, kind, gpa + GPA_OFFSET, value, opts.access_timeout) {
-        Ok(AccessOutcome::Completed { value }) => RealAccess::Completed { value },
-        Ok(AccessOutcome::Mmio { write, .. }) => RealAccess::Mmio { write },
-        Ok(AccessOutcome::Efault { fault }) => RealAccess::Efault {
+        Ok(o) => real_access(o),
+        Err(e) => RealAccess::Crash(e.to_string()),
+    }
+}
+
+/// The comparison's view of an agent outcome (model gpas).
+fn real_access(o: AccessOutcome) -> RealAccess {
+    match o {
+        AccessOutcome::Completed { value } => RealAccess::Completed { value },
+        AccessOutcome::Mmio { write, .. } => RealAccess::Mmio { write },
+        AccessOutcome::Efault { fault } => RealAccess::Efault {
             gpa: fault.map(|f| f.gpa.wrapping_sub(GPA_OFFSET)),
         },
-        Ok(AccessOutcome::Exception { vector, .. }) => RealAccess::Exception { vector },
-        Ok(AccessOutcome::Crash(r)) => RealAccess::Crash(r),
-        Err(e) => RealAccess::Crash(e.to_string()),
+        AccessOutcome::Exception { vector, .. } => RealAccess::Exception { vector },
+        AccessOutcome::Crash(r) => RealAccess::Crash(r),
+    }
+}
+
+/// Whether `step` resolves the page `hva` and wakes its waiters (`wake_userfault()` from
+/// `UFFDIO_COPY`/`ZEROPAGE`/`CONTINUE` and an un-protecting `UFFDIO_WRITEPROTECT`,
+/// fs/userfaultfd.c).
+fn wakes_page(step: &Step, hva: u64) -> bool {
+    let wakes = match step {
+        Step::UffdioCopy(_) | Step::UffdioZeropage(_) | Step::UffdioContinue(_) => true,
+        Step::UffdioWriteprotect(w) => !w.wp,
+        _ => false,
+    };
+    wakes
+        && step
+            .host_range()
+            .is_some_and(|(s, len)| hva >= s.0 && hva - s.0 < len)
+}
+
+/// A guest step while a range is registered with userfaultfd: the access may sleep in
+/// `handle_userfault()`, so it is started and watched ([`super::uffd::UffdExec::access`]).
+#[allow(clippy::too_many_arguments)]
+fn guest_access_may_block(
+    i: usize,
+    step: &Step,
+    rec: &mmu::scenario::StepRecord,
+    space: &RealSpace,
+    agent: &Agent,
+    slots: &[Slot],
+    opts: &CheckOptions,
+    uffd: &mut super::uffd::UffdExec,
+    real: &mut RealStep,
+) {
+    let Some((kind, gpa, vcpu)) = step.guest_access() else {
+        return;
+    };
+    let value = match step {
+        Step::Write(w) => w.value.map_or_else(|| default_value(w.gpa.0), |v| v.0),
+        _ => 0,
+    };
+    let hva = rec.hva.map(|h| h.0 & !0xfff).or_else(|| {
+        slots
+            .iter()
+            .find(|s| gpa >= s.gpa && gpa - s.gpa < s.size)
+            .map(|s| (s.hva + (gpa - s.gpa)) & !0xfff)
+    });
+    let started = uffd.access(
+        agent,
+        space,
+        i,
+        vcpu.unwrap_or(0),
+        kind,
+        gpa + GPA_OFFSET,
+        value,
+        hva.unwrap_or(0),
+        opts.access_timeout,
+    );
+    match started {
+        Ok(super::uffd::Started::Ended(o, ev)) => {
+            real.access = Some(real_access(o));
+            real.uffd_events = Some(ev);
+        }
+        Ok(super::uffd::Started::Blocked(p, ev)) => {
+            real.access = Some(RealAccess::UffdWait);
+            real.uffd_events = Some(ev);
+            uffd.pending = Some(p);
+        }
+        Err(e) => real.access = Some(RealAccess::Crash(e)),
+    }
+}
+
+/// [`execute`], with the userfaultfd steps.
+#[allow(clippy::too_many_arguments)]
+fn execute_with_uffd(
+    step: &Step,
+    op: &str,
+    space: &mut RealSpace,
+    agent: &Agent,
+    h: &crate::launch::VmHandle<'_>,
+    slots: &[Slot],
+    opts: &CheckOptions,
+    uffd: &mut super::uffd::UffdExec,
+    real: &mut RealStep,
+) {
+    let real_of = |model: u64| space.real(model).map_err(|e| e.to_string());
+    let r = match step {
+        Step::UffdRegister(u) => {
+            real_of(u.start.0).and_then(|a| uffd.register(a, u.size.0, &u.mode))
+        }
+        Step::UffdioCopy(a) => {
+            real_of(a.start.0 & !0xfff).and_then(|r| uffd.copy(r, a.start.0 & !0xfff))
+        }
+        Step::UffdioZeropage(a) => real_of(a.start.0 & !0xfff).and_then(|r| uffd.zeropage(r)),
+        Step::UffdioContinue(c) => {
+            real_of(c.start.0).and_then(|r| uffd.continue_(r, c.size.map_or(4096, |n| n.0)))
+        }
+        Step::UffdioWriteprotect(w) => {
+            real_of(w.start.0).and_then(|r| uffd.writeprotect(r, w.size.0, w.wp))
+        }
+        _ => {
+            execute(step, op, space, agent, h, slots, opts, real);
+            return;
+        }
+    };
+    if let Err(e) = r {
+        real.host_error = Some(e);
     }
 }
 

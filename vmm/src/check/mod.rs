@@ -6,6 +6,7 @@
 //! - [`observe`]: what the real kernel shows (tracefs, pagemap/kpageflags, host conditions);
 //! - [`compare`]: one step's model record against the real observations;
 //! - [`exec`]: the executor that drives a VM, the agent guest, the model and the observers;
+//! - [`uffd`]: the userfaultfd steps and the guest accesses that sleep in `handle_userfault()`;
 //! - [`report`]: verdicts, tables, JSON; [`cli`]: `faultline check`.
 
 pub mod agent;
@@ -19,3 +20,4 @@ pub mod observe;
 pub mod race;
 pub mod report;
 pub mod space;
+pub mod uffd;
