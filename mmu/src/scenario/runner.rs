@@ -1111,7 +1111,6 @@ pub fn host_op(
     Ok(out)
 }
 
-/// The schema name of a result.
 /// Wakes a vCPU asleep in `handle_userfault()` on the range of the resolving ioctl `st`
 /// (`Kvm::uffd_wake`), and records how its access ended.
 fn wake(mm: &mut Mm, kvm: &mut Kvm, st: &Step) -> Option<WokenAccess> {
@@ -1137,7 +1136,7 @@ fn wake(mm: &mut Mm, kvm: &mut Kvm, st: &Step) -> Option<WokenAccess> {
     })
 }
 
-/// The name of a fault result as the records use it.
+/// The schema name of a result.
 pub fn result_name(r: PfResult) -> &'static str {
     match r {
         PfResult::Hit => "hit",

@@ -33,6 +33,9 @@ impl Kvm {
         slot.set_dirty_logging(true);
         let (s, e) = (slot.base_gfn, slot.end_gfn());
         self.slots.generation += 1;
+        // A flags-only change is a memslot update too: kvm_arch_memslots_updated() makes the
+        // MMIO SPTEs stale (kvm_mmu_invalidate_mmio_sptes()).
+        self.zap_mmio_sptes();
         if self.config.eager_page_split {
             let n = self.tdp.split_huge_range(s, e);
             self.stats.splits += n;

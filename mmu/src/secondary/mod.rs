@@ -241,7 +241,12 @@ impl Kvm {
     ) -> Result<(), MemslotError> {
         self.check_no_invalidation(id)?;
         let slot = Memslot::new(id, gpa, size, hva, flags)?;
-        self.slots.insert(slot)
+        self.slots.insert(slot)?;
+        // kvm_swap_active_memslots() → kvm_arch_memslots_updated() →
+        // kvm_mmu_invalidate_mmio_sptes(): the new generation makes every cached MMIO SPTE
+        // stale (check_mmio_spte() fails, the next access faults normally).
+        self.zap_mmio_sptes();
+        Ok(())
     }
 
     /// `KVM_SET_USER_MEMORY_REGION` with size 0 (`KVM_MR_DELETE`): the slot is marked
@@ -348,6 +353,25 @@ mod tests {
         assert!(k.tdp.lookup(Gfn(0x9000)).is_none());
         assert_eq!(k.stats().tlb_flushes, 1);
         assert!(k.delete_memslot(0).is_err());
+    }
+
+    /// Pins kvm_arch_memslots_updated() → kvm_mmu_invalidate_mmio_sptes(): creating a slot
+    /// over a gpa whose MMIO SPTE is cached makes the next access fault normally (found by
+    /// `faultline check` on kvm-memslot-create-flags.toml: real KVM read guest RAM).
+    #[test]
+    fn creating_a_memslot_drops_cached_mmio_sptes() {
+        let mut k = Kvm::new(KvmConfig::default());
+        k.tdp
+            .map(Gfn(0x200), 1, Spte::mmio(Gfn(0x200)), &mut |_| {});
+        k.create_memslot(
+            1,
+            Gpa(0x20_0000),
+            1 << 20,
+            Hva(0x1000_0000),
+            MemslotFlags::default(),
+        )
+        .unwrap();
+        assert!(k.tdp.lookup(Gfn(0x200)).is_none());
     }
 
     #[test]

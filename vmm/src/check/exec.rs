@@ -172,9 +172,20 @@ fn step_not_executable(step: &Step, env: &CheckEnv) -> Option<String> {
         Step::Migrate(_) => Some("move_pages(2) is not wired into the executor yet".into()),
         Step::ThpSplit(_) => Some("no user interface splits only the PMD (split_huge_pmd()); debugfs split_huge_pages splits the folio".into()),
         Step::UnmapMappingRange(_) => Some("unmap_mapping_range() alone has no user interface (punch-hole also frees the pages)".into()),
-        Step::ClearYoung(_) | Step::ClearFlushYoung(_) | Step::TestYoung(_) => {
-            Some("aging through page_idle/MGLRU is not wired into the executor yet".into())
-        }
+        Step::ClearYoung(_) => Some(aging_unavailable(std::path::Path::new(PAGE_IDLE_BITMAP))),
+        Step::TestYoung(_) => Some(
+            "no user interface calls mmu_notifier_test_young() for a chosen range: reading \
+             /sys/kernel/mm/page_idle/bitmap (page_idle_bitmap_read(), mm/page_idle.c) clears \
+             young through ptep_clear_young_notify() instead, and MGLRU's lru_gen_look_around() \
+             is not addressable"
+                .into(),
+        ),
+        Step::ClearFlushYoung(_) => Some(
+            "no user interface reaches mmu_notifier_clear_flush_young() alone: reclaim's \
+             folio_referenced_one() (mm/rmap.c) runs it, under MADV_PAGEOUT together with \
+             unmapping the page"
+                .into(),
+        ),
         Step::Release(_) | Step::Exit(_) => Some("it would tear down the VMM's own mm".into()),
         Step::Signal(_) => Some("signal delivery to a vCPU thread mid-fault is not wired into the executor yet".into()),
         Step::MemoryFailure(_) => Some("memory_failure() poisons a real page; not done without opt-in".into()),
@@ -184,6 +195,29 @@ fn step_not_executable(step: &Step, env: &CheckEnv) -> Option<String> {
         | Step::UffdioContinue(_)
         | Step::UffdioWriteprotect(_) => None,
         Step::KsmScan(_) => super::ksm::unavailable(),
+    }
+}
+
+/// The idle page tracking bitmap (`CONFIG_IDLE_PAGE_TRACKING`, mm/page_idle.c).
+const PAGE_IDLE_BITMAP: &str = "/sys/kernel/mm/page_idle/bitmap";
+
+/// Why a `clear-young` step cannot run here. The one user interface that reaches
+/// `mmu_notifier_clear_young()` for chosen pages is the page_idle bitmap: setting a pfn's
+/// bit runs `page_idle_clear_pte_refs()` → `ptep_clear_young_notify()` on each of its
+/// mappings (`page_idle_bitmap_write()`).
+fn aging_unavailable(bitmap: &Path) -> String {
+    if bitmap.exists() {
+        // The pfns would come from pagemap and the ranges from tracefs kvm:kvm_age_hva; the
+        // development host has no page_idle to test that path on.
+        format!(
+            "not implemented yet: {} exists here, but clear-young through it is not wired into the executor",
+            bitmap.display()
+        )
+    } else {
+        format!(
+            "{} is absent (host kernel built without CONFIG_IDLE_PAGE_TRACKING), and no other user interface reaches mmu_notifier_clear_young() for a chosen range",
+            bitmap.display()
+        )
     }
 }
 
@@ -228,6 +262,10 @@ struct Slot {
     size: u64,
     hva: u64,
     real_slot: u32,
+    /// Made by a `memslot-create` step, not at VM set-up.
+    created: bool,
+    /// Its flags (set-up or creation).
+    readonly: bool,
 }
 
 /// Checks one scenario file: runs it on the model and on real KVM and compares.
@@ -490,16 +528,26 @@ fn run_real(
         .collect();
     let mut space = RealSpace::new(&specs, &reserve).map_err(|e: SpaceError| e.to_string())?;
 
+    // The set-up slots, then the ones `memslot-create` steps make (their windows are mapped
+    // by the agent from the start; until the step, accesses there are MMIO, as in the model).
+    let created = sc.step.iter().filter_map(|st| match st {
+        Step::MemslotCreate(m) => Some((m, true)),
+        _ => None,
+    });
     let slots: Vec<Slot> = sc
         .memslot
         .iter()
+        .map(|m| (m, false))
+        .chain(created)
         .enumerate()
-        .map(|(i, m)| Slot {
+        .map(|(i, (m, created))| Slot {
             id: m.id,
             gpa: m.gpa.0,
             size: m.size.0,
             hva: m.hva.0,
             real_slot: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            created,
+            readonly: m.flags.contains(&mmu::scenario::MemslotFlag::Readonly),
         })
         .collect();
     let vcpus = sc
@@ -515,7 +563,7 @@ fn run_real(
     config.kvm_device = opts.kvm_device.clone();
     let (io, _console) = VmIo::captured();
     let mut builder = VmBuilder::new(config, io);
-    for s in &slots {
+    for s in slots.iter().filter(|s| !s.created) {
         let flags = &sc
             .memslot
             .iter()
@@ -994,9 +1042,46 @@ fn execute(
                 real.host_error = Some(e.to_string());
             }
         }
-        Step::MemslotFlags(_) | Step::MemslotCreate(_) => {
-            real.not_executable =
-                Some("memslot-flags/-create are not wired into the executor yet".into());
+        Step::MemslotCreate(m) => {
+            let Some(slot) = slots.iter().find(|x| x.created && x.id == m.id) else {
+                real.host_error = Some(format!("no memslot {} to create", m.id));
+                return;
+            };
+            let flags = crate::vstate::vm::MemslotFlags {
+                readonly: slot.readonly,
+                dirty_log: m.flags.contains(&mmu::scenario::MemslotFlag::DirtyLog),
+            };
+            if let Err(e) = h.vm().set_memslot(
+                slot.real_slot,
+                slot.gpa + GPA_OFFSET,
+                slot.size,
+                space.real_any(slot.hva),
+                flags,
+            ) {
+                real.host_error = Some(e.to_string());
+            }
+        }
+        Step::MemslotFlags(f) => {
+            // KVM_SET_USER_MEMORY_REGION with the same base, size and hva and new flags
+            // (KVM_MR_FLAGS_ONLY, kvm_set_memslot()). The slot's set-up gpa: a slot moved
+            // earlier in the scenario is not followed.
+            let Some(slot) = slots.iter().rev().find(|x| x.id == f.memslot) else {
+                real.host_error = Some(format!("no memslot {}", f.memslot));
+                return;
+            };
+            let flags = crate::vstate::vm::MemslotFlags {
+                readonly: f.flags.contains(&mmu::scenario::MemslotFlag::Readonly),
+                dirty_log: f.flags.contains(&mmu::scenario::MemslotFlag::DirtyLog),
+            };
+            if let Err(e) = h.vm().set_memslot(
+                slot.real_slot,
+                slot.gpa + GPA_OFFSET,
+                slot.size,
+                space.real_any(slot.hva),
+                flags,
+            ) {
+                real.host_error = Some(e.to_string());
+            }
         }
         // Everything else was filtered out by `step_not_executable`.
         _ => {
