@@ -649,6 +649,8 @@ fn run_real(
             let mut race_rate = None;
             let mut trace_out: Vec<serde_json::Value> = Vec::new();
             let mut uffd = super::uffd::UffdExec::for_scenario(sc);
+            let mut kstats = super::stats::StepStats::open(h);
+            let mut stat_recs: Vec<(usize, super::stats::StepStatsRecord)> = Vec::new();
             if let Some(t) = trace.as_mut() {
                 let _ = t.drain();
             }
@@ -719,6 +721,11 @@ fn run_real(
                         let _ = t.drain();
                     }
                     continue;
+                }
+                let model_before = runner.stats();
+                if let Ok(k) = kstats.as_mut() {
+                    // The baseline: what moved since the last step is not this step's.
+                    let _ = k.step();
                 }
                 let rec = match runner.step(i) {
                     Ok(r) => r,
@@ -849,7 +856,31 @@ fn run_real(
                     caps.levels = None;
                 }
                 real.perturbed = perturbed.clone();
-                trace_out.push(serde_json::json!({ "step": i, "what": describe(step), "real": &real }));
+                if real.not_executable.is_none() && rec.not_modelled.is_none() {
+                    let (realk, error) = match kstats.as_mut() {
+                        Ok(k) => match k.step() {
+                            Ok(d) => (Some(d), None),
+                            Err(e) => (None, Some(format!("reading KVM stats failed: {e}"))),
+                        },
+                        Err(e) => (None, Some(format!("no KVM binary stats: {e}"))),
+                    };
+                    stat_recs.push((
+                        out.len(),
+                        super::stats::StepStatsRecord {
+                            real: realk,
+                            error,
+                            model_before: Some(model_before),
+                            model_after: Some(runner.stats()),
+                        },
+                    ));
+                }
+                let moved: std::collections::BTreeMap<String, u64> = stat_recs
+                    .last()
+                    .filter(|(idx, _)| *idx == out.len())
+                    .and_then(|(_, r)| r.real.as_ref())
+                    .map(|m| m.iter().filter(|(_, v)| **v != 0).map(|(k, v)| (k.clone(), *v)).collect())
+                    .unwrap_or_default();
+                trace_out.push(serde_json::json!({ "step": i, "what": describe(step), "real": &real, "kvm_stats": moved }));
                 let observations = compare::compare_step(&rec, &model_pages, &real, &caps);
                 out.push(StepCheck {
                     step: i,
@@ -860,6 +891,13 @@ fn run_real(
             // Closing the uffd wakes a vCPU still asleep in handle_userfault(), so the VM
             // can end.
             uffd.close(&agent, opts.access_timeout);
+            let recs: Vec<super::stats::StepStatsRecord> =
+                stat_recs.iter().map(|(_, r)| r.clone()).collect();
+            for ((idx, _), obs) in stat_recs.iter().zip(super::stats::finish(&recs)) {
+                if let Some(st) = out.get_mut(*idx) {
+                    st.observations.extend(obs);
+                }
+            }
             (out, skipped, race_rate, trace_out)
         })
         .map_err(|e| format!("VM run: {e}"))?;

@@ -7,6 +7,7 @@
 //! - [`compare`]: one step's model record against the real observations;
 //! - [`exec`]: the executor that drives a VM, the agent guest, the model and the observers;
 //! - [`uffd`]: the userfaultfd steps and the guest accesses that sleep in `handle_userfault()`;
+//! - [`stats`]: KVM binary stats deltas per step;
 //! - [`report`]: verdicts, tables, JSON; [`cli`]: `faultline check`.
 
 pub mod agent;
@@ -20,4 +21,5 @@ pub mod observe;
 pub mod race;
 pub mod report;
 pub mod space;
+pub mod stats;
 pub mod uffd;
