@@ -103,6 +103,59 @@ fn shipped_suite_agrees_with_the_kernel_and_compares_something_in_every_scenario
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The userfaultfd scenarios run for real: each guest access that sleeps in
+/// handle_userfault() is seen as such, its uffd event (address and flags) is compared, and
+/// the step whose ioctl wakes it carries its outcome; KVM's binary stats are read per step.
+#[test]
+fn uffd_accesses_block_raise_their_event_and_end_on_the_resolving_ioctl() {
+    if !vmm::testing::kvm_or_skip("uffd_accesses_block_raise_their_event_and_end_on_the_resolving_ioctl") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("faultline-check-uffd-{}", std::process::id()));
+    let json = dir.join("check.json");
+    let files: Vec<String> = ["uffd-missing-write", "uffd-wp-anon", "uffd-minor-memfd"]
+        .iter()
+        .map(|f| scenarios().join(format!("{f}.toml")).display().to_string())
+        .collect();
+    let mut args: Vec<&str> = files.iter().map(String::as_str).collect();
+    args.extend(["--json", json.to_str().unwrap()]);
+    let (code, stdout, stderr) = check(&args);
+    assert_eq!(code, 0, "faultline check failed:\n{stdout}\n{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let want = ["0x7f0000008000 write", "0x7f0000003000 write|wp", "0x7f0000004000 minor"];
+    for (s, event) in v["scenarios"].as_array().unwrap().iter().zip(want) {
+        let file = s["file"].as_str().unwrap();
+        let obs: Vec<&serde_json::Value> = s["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|st| st["observations"].as_array().unwrap())
+            .collect();
+        let find = |name: &str| {
+            obs.iter()
+                .find(|o| o["observable"] == name)
+                .unwrap_or_else(|| panic!("{file}: no {name} observation: {obs:?}"))
+        };
+        let ev = find("uffd event");
+        assert_eq!(ev["verdict"], "agree", "{file}: {ev}");
+        assert_eq!(ev["real"], event, "{file}: {ev}");
+        let outcome = obs
+            .iter()
+            .find(|o| o["observable"] == "outcome" && o["real"] == "uffd-wait")
+            .unwrap_or_else(|| panic!("{file}: no access seen asleep: {obs:?}"));
+        assert_eq!(outcome["verdict"], "agree", "{file}: {outcome}");
+        let woken = find("woken outcome");
+        assert_eq!(woken["verdict"], "agree", "{file}: {woken}");
+        assert!(woken["real"].as_str().unwrap().ends_with("completed"), "{file}: {woken}");
+        assert!(
+            obs.iter().any(|o| o["observable"].as_str().unwrap().starts_with("kvm ")),
+            "{file}: no KVM stats observation"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn a_model_that_skips_the_dontneed_notifier_is_caught() {
     if !vmm::testing::kvm_or_skip("a_model_that_skips_the_dontneed_notifier_is_caught") {
