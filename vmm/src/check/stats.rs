@@ -26,8 +26,11 @@ enum Kind {
     Instant,
 }
 
-/// The KVM stats the model also counts: (KVM name, kind, the model's value).
-const PAIRS: &[(&str, Kind, fn(&KvmStats) -> u64)] = &[
+/// A KVM stat the model also counts: (KVM name, kind, the model's value).
+type Pair = (&'static str, Kind, fn(&KvmStats) -> u64);
+
+/// The KVM stats the model also counts.
+const PAIRS: &[Pair] = &[
     ("pages_4k", Kind::Instant, |s| s.sptes.pages_4k),
     ("pages_2m", Kind::Instant, |s| s.sptes.pages_2m),
     ("pages_1g", Kind::Instant, |s| s.sptes.pages_1g),
