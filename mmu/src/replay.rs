@@ -19,10 +19,13 @@
 //!
 //! [`RecordHeader::kernel_rules`]: crate::record::RecordHeader::kernel_rules
 
+use crate::gup::GupPath;
+use crate::host::HostFault;
+use crate::notifier::NotifierEvent;
 use crate::record::{FaultRecord, RecordHeader, Recording, Resolution, RECORD_FORMAT};
 use crate::scenario::{
-    MemslotSpec, ModelOptions, Num, Scenario, ScenarioError, ScenarioRunner, Step, StepRecord,
-    VmaSpec,
+    gup_path_name, MemslotSpec, ModelOptions, Num, Scenario, ScenarioError, ScenarioRunner, Step,
+    StepOutcome, StepRecord, StepResult, VmaSpec,
 };
 use crate::types::{KernelVersion, Level};
 use serde::Serialize;
@@ -156,30 +159,36 @@ pub struct VersionSummary {
     pub host_faults: BTreeMap<String, u64>,
 }
 
-fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
-    match map.get_mut(key) {
-        Some(v) => *v += n,
-        None => {
-            map.insert(key.to_string(), n);
-        }
+/// A [`VersionSummary`] being gathered: counts kept by typed key in small vectors (a few
+/// distinct keys each, searched linearly), turned into the summary's maps at the end.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    steps: u64,
+    guest_accesses: u64,
+    faults_by_level: LevelCounts,
+    unmapped: u64,
+    results: Vec<(StepResult, u64)>,
+    gup_paths: Vec<(GupPath, u64)>,
+    retries: u64,
+    retried_accesses: u64,
+    notifiers: Vec<(NotifierEvent, NotifierCount)>,
+    zapped_ranges: LevelCounts,
+    zapped_pages: LevelCounts,
+    host_faults: Vec<(HostFault, u64)>,
+}
+
+/// Adds `n` to the count of `key` in a small typed tally.
+fn bump<K: PartialEq + Copy>(v: &mut Vec<(K, u64)>, key: K, n: u64) {
+    match v.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, c)) => *c += n,
+        None => v.push((key, n)),
     }
 }
 
-fn parse_hex(s: &str) -> u64 {
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0)
-}
-
-impl VersionSummary {
-    fn new(kernel: KernelVersion) -> Self {
-        VersionSummary {
-            kernel,
-            ..VersionSummary::default()
-        }
-    }
-
-    fn add(&mut self, r: &StepRecord) {
+impl Tally {
+    fn add(&mut self, r: &StepOutcome) {
         self.steps += 1;
-        bump(&mut self.results, &r.result, 1);
+        bump(&mut self.results, r.result, 1);
         if r.access.is_some() {
             self.guest_accesses += 1;
             match r.level {
@@ -192,29 +201,56 @@ impl VersionSummary {
             }
         }
         if let Some(g) = &r.gup {
-            bump(&mut self.gup_paths, &g.path, 1);
+            bump(&mut self.gup_paths, g.path, 1);
         }
-        for h in &r.host_faults {
+        for &h in &r.host_faults {
             bump(&mut self.host_faults, h, 1);
         }
         for n in &r.notifiers {
-            let key = event_name(n.event);
-            let bytes = parse_hex(&n.end).saturating_sub(parse_hex(&n.start));
-            match self.notifiers.get_mut(key) {
-                Some(e) => {
-                    e.ranges += 1;
-                    e.bytes += bytes;
+            let bytes = n.end.0.saturating_sub(n.start.0);
+            match self.notifiers.iter_mut().find(|(e, _)| *e == n.event) {
+                Some((_, c)) => {
+                    c.ranges += 1;
+                    c.bytes += bytes;
                 }
-                None => {
-                    self.notifiers
-                        .insert(key.to_string(), NotifierCount { ranges: 1, bytes });
-                }
+                None => self
+                    .notifiers
+                    .push((n.event, NotifierCount { ranges: 1, bytes })),
             }
         }
         for z in &r.zapped {
             self.zapped_ranges.add(z.level, 1);
-            let pages = parse_hex(&z.gfn_end).saturating_sub(parse_hex(&z.gfn_start));
+            let pages = z.gfn_end.0.saturating_sub(z.gfn_start.0);
             self.zapped_pages.add(z.level, pages);
+        }
+    }
+
+    fn summary(&self, kernel: KernelVersion) -> VersionSummary {
+        fn map<K: Copy>(v: &[(K, u64)], name: impl Fn(K) -> &'static str) -> BTreeMap<String, u64> {
+            let mut m = BTreeMap::new();
+            for &(k, n) in v {
+                *m.entry(name(k).to_string()).or_insert(0) += n;
+            }
+            m
+        }
+        VersionSummary {
+            kernel,
+            steps: self.steps,
+            guest_accesses: self.guest_accesses,
+            faults_by_level: self.faults_by_level,
+            unmapped: self.unmapped,
+            results: map(&self.results, StepResult::name),
+            gup_paths: map(&self.gup_paths, gup_path_name),
+            retries: self.retries,
+            retried_accesses: self.retried_accesses,
+            notifiers: self
+                .notifiers
+                .iter()
+                .map(|(e, c)| (event_name(*e).to_string(), *c))
+                .collect(),
+            zapped_ranges: self.zapped_ranges,
+            zapped_pages: self.zapped_pages,
+            host_faults: map(&self.host_faults, HostFault::name),
         }
     }
 }
@@ -324,6 +360,56 @@ pub fn same_resolution(a: &StepRecord, b: &StepRecord) -> bool {
 
 fn same_strs(a: &[String], b: &[&str]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// True when `rec` is the sequence `it` yields.
+fn names_eq(rec: &[String], mut it: impl Iterator<Item = &'static str>) -> bool {
+    for r in rec {
+        match it.next() {
+            Some(x) if x == r => {}
+            _ => return false,
+        }
+    }
+    it.next().is_none()
+}
+
+/// True when `o` reproduces `recorded` ([`resolution_mismatch`] is empty), checked without
+/// building a [`StepRecord`]; `buf` is scratch space for the notifier and zap strings.
+pub fn reproduces(recorded: &Resolution, o: &StepOutcome, buf: &mut String) -> bool {
+    if recorded.result != o.result.name()
+        || recorded.level != o.level
+        || recorded.writable != o.writable
+        || recorded.retries != o.retries
+        || recorded.gup_path.as_deref() != o.gup.map(|g| gup_path_name(g.path))
+        || recorded.notifiers.len() != o.notifiers.len()
+        || recorded.zapped.len() != o.zapped.len()
+    {
+        return false;
+    }
+    let flags = o.gup.map(|g| g.flags).unwrap_or_default();
+    let set = crate::gup::FollFlags::NAMED
+        .iter()
+        .filter(|(_, f)| flags.contains(*f))
+        .map(|(n, _)| *n);
+    if !names_eq(&recorded.gup_flags, set)
+        || !names_eq(
+            &recorded.host_faults,
+            o.host_faults.iter().map(|h| h.name()),
+        )
+    {
+        return false;
+    }
+    let notifiers_eq = recorded.notifiers.iter().zip(&o.notifiers).all(|(r, n)| {
+        buf.clear();
+        let _ = write!(buf, "{:?} {:#x} {:#x}", n.event, n.start.0, n.end.0);
+        *r == *buf
+    });
+    notifiers_eq
+        && recorded.zapped.iter().zip(&o.zapped).all(|(r, z)| {
+            buf.clear();
+            let _ = write!(buf, "{:#x} {:#x} {:?}", z.gfn_start.0, z.gfn_end.0, z.level);
+            *r == *buf
+        })
 }
 
 /// The name of a notifier event as [`Resolution::notifiers`] spells it (`Clear`, ...).
@@ -493,7 +579,7 @@ pub fn replay(
         bin_ns,
         counts: vec![vec![LevelCounts::default(); bins]; asked],
     };
-    let mut summaries: Vec<VersionSummary> = vs.iter().map(|v| VersionSummary::new(*v)).collect();
+    let mut tallies: Vec<Tally> = vec![Tally::default(); asked];
     let mut det = Determinism {
         kernel: recorded_kernel,
         checked: 0,
@@ -502,39 +588,37 @@ pub fn replay(
     };
     let mut diffs = Vec::new();
     let mut differing = 0u64;
-    let mut out: Vec<StepRecord> = Vec::with_capacity(all.len());
+    let mut buf = String::new();
     for (i, fr) in rec.records.iter().enumerate() {
-        out.clear();
         for (k, r) in ls.runners.iter_mut().enumerate() {
-            let s = r.step(i).map_err(|source| ReplayError::Model {
+            r.step_outcome(i).map_err(|source| ReplayError::Model {
                 kernel: all[k],
                 source,
             })?;
-            out.push(s);
         }
+        let out = |k: usize| ls.runners[k].outcome();
         let bin = (((fr.t_ns.saturating_sub(t0)) / bin_ns) as usize).min(bins - 1);
-        for k in 0..ls.asked {
-            let s = &out[k];
-            summaries[k].add(s);
+        for (k, t) in tallies.iter_mut().enumerate() {
+            let s = out(k);
+            t.add(s);
             if let (Some(_), Some(l)) = (s.access, s.level) {
                 series.counts[k][bin].add(l, 1);
             }
         }
-        let first = &out[0];
-        if out[1..ls.asked].iter().any(|o| !same_resolution(first, o)) {
+        let first = out(0);
+        if (1..ls.asked).any(|k| !first.same_resolution(out(k))) {
             differing += 1;
             if diffs.len() < opts.max_diffs {
                 diffs.push(StepDiff {
                     seq: fr.seq,
                     t_ns: fr.t_ns,
-                    op: first.op.clone(),
-                    gpa: first.gpa.clone(),
-                    versions: out[..ls.asked]
-                        .iter()
+                    op: first.op.to_string(),
+                    gpa: first.gpa.map(|g| format!("{:#x}", g.0)),
+                    versions: (0..ls.asked)
                         .zip(&vs)
-                        .map(|(o, v)| VersionResolution {
+                        .map(|(k, v)| VersionResolution {
                             kernel: *v,
-                            resolution: Resolution::from(o),
+                            resolution: Resolution::from(&StepRecord::from(out(k))),
                         })
                         .collect(),
                 });
@@ -542,14 +626,20 @@ pub fn replay(
         }
         if let Some(k) = ls.recorded {
             det.checked += 1;
-            let fields = resolution_mismatch(&fr.model, &out[k]);
-            if !fields.is_empty() {
-                det.mismatches += 1;
-                if det.first.len() < opts.max_mismatches {
+            let o = out(k);
+            if !reproduces(&fr.model, o, &mut buf) {
+                let rec = StepRecord::from(o);
+                let fields = resolution_mismatch(&fr.model, &rec);
+                debug_assert!(
+                    !fields.is_empty(),
+                    "reproduces() and resolution_mismatch() agree"
+                );
+                det.mismatches += u64::from(!fields.is_empty());
+                if !fields.is_empty() && det.first.len() < opts.max_mismatches {
                     det.first.push(Mismatch {
                         seq: fr.seq,
-                        op: out[k].op.clone(),
-                        gpa: out[k].gpa.clone(),
+                        op: rec.op,
+                        gpa: rec.gpa,
                         fields,
                     });
                 }
@@ -563,7 +653,11 @@ pub fn replay(
     Ok(ReplayReport {
         header: rec.header.clone(),
         records: rec.records.len() as u64,
-        versions: summaries,
+        versions: tallies
+            .iter()
+            .zip(&vs)
+            .map(|(t, v)| t.summary(*v))
+            .collect(),
         differing_steps: differing,
         diffs,
         determinism: det,
