@@ -400,16 +400,45 @@ pub fn reproduces(recorded: &Resolution, o: &StepOutcome, buf: &mut String) -> b
         return false;
     }
     let notifiers_eq = recorded.notifiers.iter().zip(&o.notifiers).all(|(r, n)| {
+        // Resolution's "{:?} {} {}" of the event and the hex hvas.
         buf.clear();
-        let _ = write!(buf, "{:?} {:#x} {:#x}", n.event, n.start.0, n.end.0);
+        buf.push_str(event_name(n.event));
+        buf.push(' ');
+        push_hex(buf, n.start.0);
+        buf.push(' ');
+        push_hex(buf, n.end.0);
         *r == *buf
     });
     notifiers_eq
         && recorded.zapped.iter().zip(&o.zapped).all(|(r, z)| {
+            // Resolution's "{} {} {:?}" of the hex gfns and the level.
             buf.clear();
-            let _ = write!(buf, "{:#x} {:#x} {:?}", z.gfn_start.0, z.gfn_end.0, z.level);
+            push_hex(buf, z.gfn_start.0);
+            buf.push(' ');
+            push_hex(buf, z.gfn_end.0);
+            buf.push(' ');
+            buf.push_str(level_debug(z.level));
             *r == *buf
         })
+}
+
+/// Appends `v` as `{:#x}` does (`0x` and lowercase digits, no leading zeros).
+fn push_hex(buf: &mut String, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    buf.push_str("0x");
+    let n = (64 - v.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..n).rev() {
+        buf.push(char::from(DIGITS[((v >> (4 * i)) & 0xf) as usize]));
+    }
+}
+
+/// `{:?}` of a level.
+fn level_debug(l: Level) -> &'static str {
+    match l {
+        Level::Pte4K => "Pte4K",
+        Level::Pmd2M => "Pmd2M",
+        Level::Pud1G => "Pud1G",
+    }
 }
 
 /// The name of a notifier event as [`Resolution::notifiers`] spells it (`Clear`, ...).
@@ -554,6 +583,7 @@ pub fn replay(
     }
     let recorded = all.iter().position(|v| *v == recorded_kernel);
     let scenario = rec.scenario();
+    let needs_contents = scenario.step.iter().any(|s| matches!(s, Step::KsmScan(_)));
     let mut ls = Lockstep {
         runners: Vec::with_capacity(all.len()),
         recorded,
@@ -564,8 +594,11 @@ pub fn replay(
             kernel: Some(kernel),
             ..ModelOptions::default()
         };
-        let r = ScenarioRunner::new(&scenario, &opts)
+        let mut r = ScenarioRunner::new(&scenario, &opts)
             .map_err(|source| ReplayError::Model { kernel, source })?;
+        // Page contents feed no resolution, only ksmd's page comparison: followed only
+        // when the recording has a KSM scan.
+        r.set_track_contents(needs_contents);
         ls.runners.push(r);
     }
     drop(scenario);

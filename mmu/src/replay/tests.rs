@@ -300,3 +300,98 @@ fn typed_replay_paths_agree_with_the_string_records() {
         "{same} {differ} {mismatched}"
     );
 }
+
+/// A recording with a KSM scan replays deterministically: the replay keeps following page
+/// contents there (ksmd merges pages by contents; without them the scan is not modelled).
+#[test]
+fn a_ksm_recording_replays_with_contents() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../resources/scenarios/kvm-ksm-merge-then-write.toml");
+    let sc = Scenario::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let rec = record_scenario(&sc, None, &RecordMeta::default()).unwrap();
+    let scan = rec
+        .records
+        .iter()
+        .find(|r| matches!(r.step, Step::KsmScan(_)))
+        .unwrap();
+    assert_eq!(scan.model.result, "ok");
+    assert!(!scan.model.notifiers.is_empty(), "the scan merged pages");
+    let r = run(&rec, &ALL);
+    assert!(r.determinism.is_clean(), "{:?}", r.determinism.first);
+    assert_eq!(r.determinism.checked, rec.records.len() as u64);
+}
+
+/// Page contents feed no resolution but KSM's: with contents off every step of the corpus
+/// (KSM scans aside) resolves as with them on, under each rule set.
+#[test]
+fn contents_tracking_changes_no_resolution() {
+    let mut compared = 0;
+    for (name, sc) in corpus() {
+        for k in ALL {
+            let opts = ModelOptions {
+                kernel: Some(k),
+                ..ModelOptions::default()
+            };
+            let (Ok(mut on), Ok(mut off)) = (
+                ScenarioRunner::new(&sc, &opts),
+                ScenarioRunner::new(&sc, &opts),
+            ) else {
+                continue;
+            };
+            off.set_track_contents(false);
+            for (i, st) in sc.step.iter().enumerate() {
+                let (a, b) = match (on.step_outcome(i), off.step_outcome(i)) {
+                    (Ok(a), Ok(b)) => (a.clone(), b.clone()),
+                    (Err(a), Err(b)) => {
+                        assert_eq!(a.to_string(), b.to_string(), "{name} {k} step {i}");
+                        break;
+                    }
+                    (a, b) => panic!("{name} {k} step {i}: {a:?} vs {b:?}"),
+                };
+                if matches!(st, Step::KsmScan(_)) {
+                    assert!(b.is_not_modelled(), "{name} {k} step {i}");
+                    break;
+                }
+                assert!(a.same_resolution(&b), "{name} {k} step {i}: {a:?} vs {b:?}");
+                assert_eq!(b.value, None);
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 5000, "{compared}");
+}
+
+#[test]
+fn the_fast_formatters_match_std_fmt() {
+    let mut b = String::new();
+    for v in [
+        0u64,
+        1,
+        0xf,
+        0x10,
+        0x7f00_0000_1000,
+        u64::MAX,
+        1 << 63,
+        0xabc_def0,
+    ] {
+        b.clear();
+        push_hex(&mut b, v);
+        assert_eq!(b, format!("{v:#x}"));
+    }
+    for l in [Level::Pte4K, Level::Pmd2M, Level::Pud1G] {
+        assert_eq!(level_debug(l), format!("{l:?}"));
+    }
+    use crate::notifier::NotifierEvent as E;
+    for e in [
+        E::Unmap,
+        E::Clear,
+        E::ProtectionVma,
+        E::ProtectionPage,
+        E::SoftDirty,
+        E::Release,
+        E::Migrate,
+        E::Exclusive,
+    ] {
+        assert_eq!(event_name(e), format!("{e:?}"));
+    }
+}

@@ -371,9 +371,14 @@ impl ScenarioRunner {
     /// Turns the page-contents prediction ([`super::contents`]) off or on. It costs a walk of
     /// every mapped page per step, which live mode (where the real pages hold the data, and
     /// a run maps up to all of guest RAM) does not need; off, [`StepRecord::value`] and
-    /// [`ScenarioRunner::page_value`] say nothing (`None` / 0).
+    /// [`ScenarioRunner::page_value`] say nothing (`None` / 0), and a `ksm-scan` step (ksmd
+    /// compares contents) is "not-modelled". Nothing else depends on it.
     pub fn set_track_contents(&mut self, on: bool) {
         self.track_contents = on;
+        // The free log only feeds the contents' free rule.
+        self.mm.frames.log_frees = on;
+        self.mm.frames.freed_log.clear();
+        self.mm.frames.freed_log_overflow = false;
     }
 
     /// Runs every remaining step.
