@@ -582,8 +582,23 @@ pub fn replay(
         all.push(recorded_kernel);
     }
     let recorded = all.iter().position(|v| *v == recorded_kernel);
-    let scenario = rec.scenario();
-    let needs_contents = scenario.step.iter().any(|s| matches!(s, Step::KsmScan(_)));
+    // The runners start from the mirror and run the records' steps borrowed (no copy of
+    // the stream per rule set).
+    // (A mirror is written without steps; one that has some replays without them, as
+    // Recording::scenario() replaces them.)
+    let stepless;
+    let scenario = if rec.mirror.step.is_empty() {
+        &rec.mirror
+    } else {
+        let mut m = rec.mirror.clone();
+        m.step.clear();
+        stepless = m;
+        &stepless
+    };
+    let needs_contents = rec
+        .records
+        .iter()
+        .any(|r| matches!(r.step, Step::KsmScan(_)));
     let mut ls = Lockstep {
         runners: Vec::with_capacity(all.len()),
         recorded,
@@ -594,14 +609,13 @@ pub fn replay(
             kernel: Some(kernel),
             ..ModelOptions::default()
         };
-        let mut r = ScenarioRunner::new(&scenario, &opts)
+        let mut r = ScenarioRunner::new(scenario, &opts)
             .map_err(|source| ReplayError::Model { kernel, source })?;
         // Page contents feed no resolution, only ksmd's page comparison: followed only
         // when the recording has a KSM scan.
         r.set_track_contents(needs_contents);
         ls.runners.push(r);
     }
-    drop(scenario);
 
     let t0 = rec.records.first().map_or(0, |r| r.t_ns);
     let t1 = rec.records.iter().map(|r| r.t_ns).max().unwrap_or(t0);
@@ -624,10 +638,11 @@ pub fn replay(
     let mut buf = String::new();
     for (i, fr) in rec.records.iter().enumerate() {
         for (k, r) in ls.runners.iter_mut().enumerate() {
-            r.step_outcome(i).map_err(|source| ReplayError::Model {
-                kernel: all[k],
-                source,
-            })?;
+            r.run_borrowed(&fr.step)
+                .map_err(|source| ReplayError::Model {
+                    kernel: all[k],
+                    source,
+                })?;
         }
         let out = |k: usize| ls.runners[k].outcome();
         let bin = (((fr.t_ns.saturating_sub(t0)) / bin_ns) as usize).min(bins - 1);

@@ -339,6 +339,42 @@ impl ScenarioRunner {
         Ok(&self.out)
     }
 
+    /// Runs `step` after every step of the scenario, like [`ScenarioRunner::push_outcome`],
+    /// without keeping a copy of it: what a replay does with the recording's steps, which it
+    /// owns already. The step takes the next index but is not added to
+    /// [`ScenarioRunner::scenario`], so [`ScenarioRunner::step`] and
+    /// [`ScenarioRunner::push`] refuse to run after it (out of order); further steps go
+    /// through this call.
+    pub fn run_borrowed(&mut self, step: &Step) -> Result<&StepOutcome, ScenarioError> {
+        if self.next < self.scenario.step.len() {
+            return Err(ScenarioError::OutOfOrder {
+                asked: self.scenario.step.len(),
+                next: self.next,
+            });
+        }
+        let index = self.next;
+        self.next += 1;
+        let ScenarioRunner {
+            scenario,
+            opts,
+            mm,
+            kvm,
+            contents,
+            track_contents,
+            out,
+            ..
+        } = self;
+        let parts = Parts {
+            scenario,
+            bug: opts.bug,
+            mm,
+            kvm,
+            contents: track_contents.then_some(contents),
+        };
+        step_with(parts, index, step, out)?;
+        Ok(&self.out)
+    }
+
     /// The outcome of the last step run (a default one before the first).
     pub fn outcome(&self) -> &StepOutcome {
         &self.out
@@ -1234,6 +1270,25 @@ size = "4M"
             HostPageKind::Anon
         );
         assert_eq!(r.next_step(), 3);
+    }
+
+    #[test]
+    fn borrowed_steps_run_after_the_file_and_are_not_kept() {
+        let mut r = runner(&step("read", "gpa = \"0x1000\""), ModelOptions::default());
+        let write =
+            Step::from_table(0, toml::from_str("op = \"write\"\ngpa = 0x2000").unwrap()).unwrap();
+        // Step 0 of the file has not run yet.
+        let e = r.run_borrowed(&write).unwrap_err().to_string();
+        assert!(e.contains("next step to run is 0"), "{e}");
+        r.step(0).unwrap();
+        let o = r.run_borrowed(&write).unwrap();
+        assert_eq!((o.step, o.result.name()), (1, "fixed"));
+        assert_eq!(o.hva, Some(Hva(0x7f00_0000_2000)));
+        assert_eq!(r.outcome().step, 1);
+        assert_eq!(r.scenario().step.len(), 1, "not kept");
+        assert_eq!(r.next_step(), 2);
+        assert!(r.push(write.clone()).is_err(), "push after a borrowed step");
+        assert_eq!(r.run_borrowed(&write).unwrap().result.name(), "hit");
     }
 
     #[test]
