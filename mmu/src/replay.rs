@@ -645,7 +645,9 @@ pub fn replay(
                 })?;
         }
         let out = |k: usize| ls.runners[k].outcome();
-        let bin = (((fr.t_ns.saturating_sub(t0)) / bin_ns) as usize).min(bins - 1);
+        let bin = usize::try_from(fr.t_ns.saturating_sub(t0) / bin_ns)
+            .unwrap_or(usize::MAX)
+            .min(bins - 1);
         for (k, t) in tallies.iter_mut().enumerate() {
             let s = out(k);
             t.add(s);
@@ -912,7 +914,7 @@ pub fn synthetic_workload(faults: usize, seed: u64) -> Result<Scenario, Scenario
     // follow DONTNEED of their range in a real guest, so every access is a fault).
     let mut order: Vec<u64> = (0..small_pages).collect();
     for i in (1..order.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = usize::try_from(next() % (i as u64 + 1)).unwrap_or(0);
         order.swap(i, j);
     }
     let mut touched_2m: Vec<u64> = Vec::new();
@@ -969,7 +971,7 @@ pub fn synthetic_workload(faults: usize, seed: u64) -> Result<Scenario, Scenario
         since_dontneed += 1;
         if since_dontneed >= dontneed_every && !touched_2m.is_empty() {
             since_dontneed = 0;
-            let k = (next() % touched_2m.len() as u64) as usize;
+            let k = usize::try_from(next() % touched_2m.len() as u64).unwrap_or(0);
             let r = touched_2m.swap_remove(k);
             steps.push(dontneed(r));
             // The guest touches a few pages of the range again.

@@ -202,10 +202,7 @@ fn summary_from_records(kernel: KernelVersion, recs: &[StepRecord]) -> VersionSu
             *v.host_faults.entry(h.to_string()).or_insert(0) += 1;
         }
         for n in &r.notifiers {
-            let e = v
-                .notifiers
-                .entry(format!("{:?}", n.event))
-                .or_insert_with(NotifierCount::default);
+            let e = v.notifiers.entry(format!("{:?}", n.event)).or_default();
             e.ranges += 1;
             e.bytes += hexv(&n.end) - hexv(&n.start);
         }
