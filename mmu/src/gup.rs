@@ -637,10 +637,19 @@ fn faultin_page(
     if unshare {
         ff_ |= FaultFlags::UNSHARE;
     }
-    let f = mm.handle_mm_fault(hva, ff_, notifier);
+    let mut f = mm.handle_mm_fault(hva, ff_, notifier);
     report.faultin_calls += 1;
-    report.host_faults.extend(f.handlers.iter().copied());
-    report.notifiers.extend(f.notifiers.iter().copied());
+    // Append the fault's handlers and ranges; into an empty report, by taking the buffers.
+    if report.host_faults.is_empty() {
+        std::mem::swap(&mut report.host_faults, &mut f.handlers);
+    } else {
+        report.host_faults.extend(f.handlers.iter().copied());
+    }
+    if report.notifiers.is_empty() {
+        std::mem::swap(&mut report.notifiers, &mut f.notifiers);
+    } else {
+        report.notifiers.extend(f.notifiers.iter().copied());
+    }
     match f.outcome {
         FaultOutcome::Done | FaultOutcome::Nopage => Ok(()),
         // COMPLETED / RETRY: the lock is gone (or, with NOWAIT, the fault would block).

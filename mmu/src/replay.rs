@@ -19,10 +19,13 @@
 //!
 //! [`RecordHeader::kernel_rules`]: crate::record::RecordHeader::kernel_rules
 
+use crate::gup::GupPath;
+use crate::host::HostFault;
+use crate::notifier::NotifierEvent;
 use crate::record::{FaultRecord, RecordHeader, Recording, Resolution, RECORD_FORMAT};
 use crate::scenario::{
-    MemslotSpec, ModelOptions, Num, Scenario, ScenarioError, ScenarioRunner, Step, StepRecord,
-    VmaSpec,
+    gup_path_name, MemslotSpec, ModelOptions, Num, Scenario, ScenarioError, ScenarioRunner, Step,
+    StepOutcome, StepRecord, StepResult, VmaSpec,
 };
 use crate::types::{KernelVersion, Level};
 use serde::Serialize;
@@ -156,30 +159,36 @@ pub struct VersionSummary {
     pub host_faults: BTreeMap<String, u64>,
 }
 
-fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
-    match map.get_mut(key) {
-        Some(v) => *v += n,
-        None => {
-            map.insert(key.to_string(), n);
-        }
+/// A [`VersionSummary`] being gathered: counts kept by typed key in small vectors (a few
+/// distinct keys each, searched linearly), turned into the summary's maps at the end.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    steps: u64,
+    guest_accesses: u64,
+    faults_by_level: LevelCounts,
+    unmapped: u64,
+    results: Vec<(StepResult, u64)>,
+    gup_paths: Vec<(GupPath, u64)>,
+    retries: u64,
+    retried_accesses: u64,
+    notifiers: Vec<(NotifierEvent, NotifierCount)>,
+    zapped_ranges: LevelCounts,
+    zapped_pages: LevelCounts,
+    host_faults: Vec<(HostFault, u64)>,
+}
+
+/// Adds `n` to the count of `key` in a small typed tally.
+fn bump<K: PartialEq + Copy>(v: &mut Vec<(K, u64)>, key: K, n: u64) {
+    match v.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, c)) => *c += n,
+        None => v.push((key, n)),
     }
 }
 
-fn parse_hex(s: &str) -> u64 {
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0)
-}
-
-impl VersionSummary {
-    fn new(kernel: KernelVersion) -> Self {
-        VersionSummary {
-            kernel,
-            ..VersionSummary::default()
-        }
-    }
-
-    fn add(&mut self, r: &StepRecord) {
+impl Tally {
+    fn add(&mut self, r: &StepOutcome) {
         self.steps += 1;
-        bump(&mut self.results, &r.result, 1);
+        bump(&mut self.results, r.result, 1);
         if r.access.is_some() {
             self.guest_accesses += 1;
             match r.level {
@@ -192,29 +201,56 @@ impl VersionSummary {
             }
         }
         if let Some(g) = &r.gup {
-            bump(&mut self.gup_paths, &g.path, 1);
+            bump(&mut self.gup_paths, g.path, 1);
         }
-        for h in &r.host_faults {
+        for &h in &r.host_faults {
             bump(&mut self.host_faults, h, 1);
         }
         for n in &r.notifiers {
-            let key = event_name(n.event);
-            let bytes = parse_hex(&n.end).saturating_sub(parse_hex(&n.start));
-            match self.notifiers.get_mut(key) {
-                Some(e) => {
-                    e.ranges += 1;
-                    e.bytes += bytes;
+            let bytes = n.end.0.saturating_sub(n.start.0);
+            match self.notifiers.iter_mut().find(|(e, _)| *e == n.event) {
+                Some((_, c)) => {
+                    c.ranges += 1;
+                    c.bytes += bytes;
                 }
-                None => {
-                    self.notifiers
-                        .insert(key.to_string(), NotifierCount { ranges: 1, bytes });
-                }
+                None => self
+                    .notifiers
+                    .push((n.event, NotifierCount { ranges: 1, bytes })),
             }
         }
         for z in &r.zapped {
             self.zapped_ranges.add(z.level, 1);
-            let pages = parse_hex(&z.gfn_end).saturating_sub(parse_hex(&z.gfn_start));
+            let pages = z.gfn_end.0.saturating_sub(z.gfn_start.0);
             self.zapped_pages.add(z.level, pages);
+        }
+    }
+
+    fn summary(&self, kernel: KernelVersion) -> VersionSummary {
+        fn map<K: Copy>(v: &[(K, u64)], name: impl Fn(K) -> &'static str) -> BTreeMap<String, u64> {
+            let mut m = BTreeMap::new();
+            for &(k, n) in v {
+                *m.entry(name(k).to_string()).or_insert(0) += n;
+            }
+            m
+        }
+        VersionSummary {
+            kernel,
+            steps: self.steps,
+            guest_accesses: self.guest_accesses,
+            faults_by_level: self.faults_by_level,
+            unmapped: self.unmapped,
+            results: map(&self.results, StepResult::name),
+            gup_paths: map(&self.gup_paths, gup_path_name),
+            retries: self.retries,
+            retried_accesses: self.retried_accesses,
+            notifiers: self
+                .notifiers
+                .iter()
+                .map(|(e, c)| (event_name(*e).to_string(), *c))
+                .collect(),
+            zapped_ranges: self.zapped_ranges,
+            zapped_pages: self.zapped_pages,
+            host_faults: map(&self.host_faults, HostFault::name),
         }
     }
 }
@@ -324,6 +360,85 @@ pub fn same_resolution(a: &StepRecord, b: &StepRecord) -> bool {
 
 fn same_strs(a: &[String], b: &[&str]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// True when `rec` is the sequence `it` yields.
+fn names_eq(rec: &[String], mut it: impl Iterator<Item = &'static str>) -> bool {
+    for r in rec {
+        match it.next() {
+            Some(x) if x == r => {}
+            _ => return false,
+        }
+    }
+    it.next().is_none()
+}
+
+/// True when `o` reproduces `recorded` ([`resolution_mismatch`] is empty), checked without
+/// building a [`StepRecord`]; `buf` is scratch space for the notifier and zap strings.
+pub fn reproduces(recorded: &Resolution, o: &StepOutcome, buf: &mut String) -> bool {
+    if recorded.result != o.result.name()
+        || recorded.level != o.level
+        || recorded.writable != o.writable
+        || recorded.retries != o.retries
+        || recorded.gup_path.as_deref() != o.gup.map(|g| gup_path_name(g.path))
+        || recorded.notifiers.len() != o.notifiers.len()
+        || recorded.zapped.len() != o.zapped.len()
+    {
+        return false;
+    }
+    let flags = o.gup.map(|g| g.flags).unwrap_or_default();
+    let set = crate::gup::FollFlags::NAMED
+        .iter()
+        .filter(|(_, f)| flags.contains(*f))
+        .map(|(n, _)| *n);
+    if !names_eq(&recorded.gup_flags, set)
+        || !names_eq(
+            &recorded.host_faults,
+            o.host_faults.iter().map(|h| h.name()),
+        )
+    {
+        return false;
+    }
+    let notifiers_eq = recorded.notifiers.iter().zip(&o.notifiers).all(|(r, n)| {
+        // Resolution's "{:?} {} {}" of the event and the hex hvas.
+        buf.clear();
+        buf.push_str(event_name(n.event));
+        buf.push(' ');
+        push_hex(buf, n.start.0);
+        buf.push(' ');
+        push_hex(buf, n.end.0);
+        *r == *buf
+    });
+    notifiers_eq
+        && recorded.zapped.iter().zip(&o.zapped).all(|(r, z)| {
+            // Resolution's "{} {} {:?}" of the hex gfns and the level.
+            buf.clear();
+            push_hex(buf, z.gfn_start.0);
+            buf.push(' ');
+            push_hex(buf, z.gfn_end.0);
+            buf.push(' ');
+            buf.push_str(level_debug(z.level));
+            *r == *buf
+        })
+}
+
+/// Appends `v` as `{:#x}` does (`0x` and lowercase digits, no leading zeros).
+fn push_hex(buf: &mut String, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    buf.push_str("0x");
+    let n = (64 - v.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..n).rev() {
+        buf.push(char::from(DIGITS[((v >> (4 * i)) & 0xf) as usize]));
+    }
+}
+
+/// `{:?}` of a level.
+fn level_debug(l: Level) -> &'static str {
+    match l {
+        Level::Pte4K => "Pte4K",
+        Level::Pmd2M => "Pmd2M",
+        Level::Pud1G => "Pud1G",
+    }
 }
 
 /// The name of a notifier event as [`Resolution::notifiers`] spells it (`Clear`, ...).
@@ -467,7 +582,23 @@ pub fn replay(
         all.push(recorded_kernel);
     }
     let recorded = all.iter().position(|v| *v == recorded_kernel);
-    let scenario = rec.scenario();
+    // The runners start from the mirror and run the records' steps borrowed (no copy of
+    // the stream per rule set).
+    // (A mirror is written without steps; one that has some replays without them, as
+    // Recording::scenario() replaces them.)
+    let stepless;
+    let scenario = if rec.mirror.step.is_empty() {
+        &rec.mirror
+    } else {
+        let mut m = rec.mirror.clone();
+        m.step.clear();
+        stepless = m;
+        &stepless
+    };
+    let needs_contents = rec
+        .records
+        .iter()
+        .any(|r| matches!(r.step, Step::KsmScan(_)));
     let mut ls = Lockstep {
         runners: Vec::with_capacity(all.len()),
         recorded,
@@ -478,11 +609,13 @@ pub fn replay(
             kernel: Some(kernel),
             ..ModelOptions::default()
         };
-        let r = ScenarioRunner::new(&scenario, &opts)
+        let mut r = ScenarioRunner::new(scenario, &opts)
             .map_err(|source| ReplayError::Model { kernel, source })?;
+        // Page contents feed no resolution, only ksmd's page comparison: followed only
+        // when the recording has a KSM scan.
+        r.set_track_contents(needs_contents);
         ls.runners.push(r);
     }
-    drop(scenario);
 
     let t0 = rec.records.first().map_or(0, |r| r.t_ns);
     let t1 = rec.records.iter().map(|r| r.t_ns).max().unwrap_or(t0);
@@ -493,7 +626,7 @@ pub fn replay(
         bin_ns,
         counts: vec![vec![LevelCounts::default(); bins]; asked],
     };
-    let mut summaries: Vec<VersionSummary> = vs.iter().map(|v| VersionSummary::new(*v)).collect();
+    let mut tallies: Vec<Tally> = vec![Tally::default(); asked];
     let mut det = Determinism {
         kernel: recorded_kernel,
         checked: 0,
@@ -502,39 +635,40 @@ pub fn replay(
     };
     let mut diffs = Vec::new();
     let mut differing = 0u64;
-    let mut out: Vec<StepRecord> = Vec::with_capacity(all.len());
+    let mut buf = String::new();
     for (i, fr) in rec.records.iter().enumerate() {
-        out.clear();
         for (k, r) in ls.runners.iter_mut().enumerate() {
-            let s = r.step(i).map_err(|source| ReplayError::Model {
-                kernel: all[k],
-                source,
-            })?;
-            out.push(s);
+            r.run_borrowed(&fr.step)
+                .map_err(|source| ReplayError::Model {
+                    kernel: all[k],
+                    source,
+                })?;
         }
-        let bin = (((fr.t_ns.saturating_sub(t0)) / bin_ns) as usize).min(bins - 1);
-        for k in 0..ls.asked {
-            let s = &out[k];
-            summaries[k].add(s);
+        let out = |k: usize| ls.runners[k].outcome();
+        let bin = usize::try_from(fr.t_ns.saturating_sub(t0) / bin_ns)
+            .unwrap_or(usize::MAX)
+            .min(bins - 1);
+        for (k, t) in tallies.iter_mut().enumerate() {
+            let s = out(k);
+            t.add(s);
             if let (Some(_), Some(l)) = (s.access, s.level) {
                 series.counts[k][bin].add(l, 1);
             }
         }
-        let first = &out[0];
-        if out[1..ls.asked].iter().any(|o| !same_resolution(first, o)) {
+        let first = out(0);
+        if (1..ls.asked).any(|k| !first.same_resolution(out(k))) {
             differing += 1;
             if diffs.len() < opts.max_diffs {
                 diffs.push(StepDiff {
                     seq: fr.seq,
                     t_ns: fr.t_ns,
-                    op: first.op.clone(),
-                    gpa: first.gpa.clone(),
-                    versions: out[..ls.asked]
-                        .iter()
+                    op: first.op.to_string(),
+                    gpa: first.gpa.map(|g| format!("{:#x}", g.0)),
+                    versions: (0..ls.asked)
                         .zip(&vs)
-                        .map(|(o, v)| VersionResolution {
+                        .map(|(k, v)| VersionResolution {
                             kernel: *v,
-                            resolution: Resolution::from(o),
+                            resolution: Resolution::from(&StepRecord::from(out(k))),
                         })
                         .collect(),
                 });
@@ -542,14 +676,20 @@ pub fn replay(
         }
         if let Some(k) = ls.recorded {
             det.checked += 1;
-            let fields = resolution_mismatch(&fr.model, &out[k]);
-            if !fields.is_empty() {
-                det.mismatches += 1;
-                if det.first.len() < opts.max_mismatches {
+            let o = out(k);
+            if !reproduces(&fr.model, o, &mut buf) {
+                let rec = StepRecord::from(o);
+                let fields = resolution_mismatch(&fr.model, &rec);
+                debug_assert!(
+                    !fields.is_empty(),
+                    "reproduces() and resolution_mismatch() agree"
+                );
+                det.mismatches += u64::from(!fields.is_empty());
+                if !fields.is_empty() && det.first.len() < opts.max_mismatches {
                     det.first.push(Mismatch {
                         seq: fr.seq,
-                        op: out[k].op.clone(),
-                        gpa: out[k].gpa.clone(),
+                        op: rec.op,
+                        gpa: rec.gpa,
                         fields,
                     });
                 }
@@ -563,7 +703,11 @@ pub fn replay(
     Ok(ReplayReport {
         header: rec.header.clone(),
         records: rec.records.len() as u64,
-        versions: summaries,
+        versions: tallies
+            .iter()
+            .zip(&vs)
+            .map(|(t, v)| t.summary(*v))
+            .collect(),
         differing_steps: differing,
         diffs,
         determinism: det,
@@ -770,7 +914,7 @@ pub fn synthetic_workload(faults: usize, seed: u64) -> Result<Scenario, Scenario
     // follow DONTNEED of their range in a real guest, so every access is a fault).
     let mut order: Vec<u64> = (0..small_pages).collect();
     for i in (1..order.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = usize::try_from(next() % (i as u64 + 1)).unwrap_or(0);
         order.swap(i, j);
     }
     let mut touched_2m: Vec<u64> = Vec::new();
@@ -827,7 +971,7 @@ pub fn synthetic_workload(faults: usize, seed: u64) -> Result<Scenario, Scenario
         since_dontneed += 1;
         if since_dontneed >= dontneed_every && !touched_2m.is_empty() {
             since_dontneed = 0;
-            let k = (next() % touched_2m.len() as u64) as usize;
+            let k = usize::try_from(next() % touched_2m.len() as u64).unwrap_or(0);
             let r = touched_2m.swap_remove(k);
             steps.push(dontneed(r));
             // The guest touches a few pages of the range again.

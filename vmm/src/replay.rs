@@ -581,6 +581,29 @@ fn thread_cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// The lockstep figure of `faultline bench replay`: every rule set asked for replayed
+/// together, as `faultline sim --replay FILE --kernel-rules ...` does (the determinism check
+/// under the recorded rules and the cross-version diff included).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LockstepRate {
+    /// The rule sets, in lockstep.
+    pub kernels: Vec<KernelVersion>,
+    /// Rule sets that ran (the recorded one is added when not asked for).
+    pub rule_sets_run: usize,
+    /// Guest-access records replayed (each under every rule set).
+    pub faults: u64,
+    /// Best wall time of the runs.
+    pub seconds: f64,
+    /// Every run's wall time.
+    pub run_seconds: Vec<f64>,
+    /// Best CPU time of the replaying thread.
+    pub cpu_seconds: f64,
+    /// `faults * rule_sets_run / seconds`: the rate per rule set, the goal's figure.
+    pub faults_per_sec_per_rule_set: f64,
+    /// `faults * rule_sets_run / cpu_seconds`.
+    pub faults_per_cpu_sec_per_rule_set: f64,
+}
+
 /// The JSON of `faultline bench replay`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplayBench {
@@ -598,6 +621,22 @@ pub struct ReplayBench {
     pub goal_faults_per_sec: f64,
     /// One entry per rule set.
     pub rates: Vec<ReplayRate>,
+    /// All the rule sets together (when more than one was asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockstep: Option<LockstepRate>,
+    /// `/proc/loadavg`'s 1-minute load average at the end (the machine is shared; wall
+    /// times include waiting for a core).
+    pub load_average: Option<f64>,
+}
+
+/// The 1-minute load average, if `/proc/loadavg` reads.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `faultline bench replay`: replays `file` (or a [`replay::synthetic_workload`] of
@@ -677,6 +716,45 @@ pub fn bench(
             faults_per_cpu_sec: if cpu > 0.0 { faults as f64 / cpu } else { 0.0 },
         });
     }
+    let lockstep = if versions.len() > 1 {
+        let mut run_seconds = Vec::new();
+        let mut cpu = f64::INFINITY;
+        let mut faults = 0;
+        let mut sets = versions.len();
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            let c = thread_cpu_seconds();
+            let r = replay::replay(&rec, versions, &ReplayOptions::default(), &mut |_| {})
+                .map_err(|source| ReplayCliError::Replay {
+                    path: name.clone().into(),
+                    source,
+                })?;
+            run_seconds.push(t.elapsed().as_secs_f64());
+            cpu = cpu.min(thread_cpu_seconds() - c);
+            faults = r.versions[0].guest_accesses;
+            sets = versions.len() + usize::from(!versions.contains(&r.determinism.kernel));
+        }
+        let seconds = run_seconds.iter().copied().fold(f64::INFINITY, f64::min);
+        let per = |t: f64| {
+            if t > 0.0 {
+                (faults * sets as u64) as f64 / t
+            } else {
+                0.0
+            }
+        };
+        Some(LockstepRate {
+            kernels: versions.to_vec(),
+            rule_sets_run: sets,
+            faults,
+            seconds,
+            run_seconds,
+            cpu_seconds: cpu,
+            faults_per_sec_per_rule_set: per(seconds),
+            faults_per_cpu_sec_per_rule_set: per(cpu),
+        })
+    } else {
+        None
+    };
     Ok(ReplayBench {
         tool: "faultline",
         version: env!("CARGO_PKG_VERSION"),
@@ -685,6 +763,8 @@ pub fn bench(
         parse_seconds,
         goal_faults_per_sec: 1e6,
         rates,
+        lockstep,
+        load_average: load_average(),
     })
 }
 
@@ -730,6 +810,28 @@ mod tests {
         let svg = std::fs::read_to_string(&o.plots[1]).unwrap();
         assert!(svg.contains("<svg") && svg.contains("mapped 2M") && svg.contains("mapped 4K"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bench_reports_each_rule_set_and_the_lockstep_rate() {
+        let b = bench(None, 2000, &ALL_RULES, 1).unwrap();
+        assert_eq!(b.rates.len(), 3);
+        for r in &b.rates {
+            assert!((2000..2100).contains(&r.faults), "{r:?}");
+            assert!(
+                r.faults_per_sec > 0.0 && r.faults_per_cpu_sec > 0.0,
+                "{r:?}"
+            );
+        }
+        let l = b.lockstep.expect("three rule sets: a lockstep figure");
+        assert_eq!((l.rule_sets_run, l.faults), (3, b.rates[0].faults));
+        assert!(l.faults_per_sec_per_rule_set > 0.0, "{l:?}");
+        // One rule set that is not the recorded 6.12: no lockstep figure.
+        let one = bench(None, 500, &[KernelVersion::V6_13], 1).unwrap();
+        assert!(one.lockstep.is_none());
+        // Two rule sets without the recorded one: it runs too, and is counted.
+        let two = bench(None, 500, &[KernelVersion::V6_13, KernelVersion::V6_18], 1).unwrap();
+        assert_eq!(two.lockstep.unwrap().rule_sets_run, 3);
     }
 
     #[test]

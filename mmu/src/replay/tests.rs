@@ -1,4 +1,5 @@
 use super::*;
+use crate::scenario::StepOutcome;
 
 /// A THP read then write of the same 2M range (trace2 of the spec), recorded under `k`.
 fn thp_read_then_write(k: KernelVersion) -> Recording {
@@ -172,4 +173,222 @@ fn the_synthetic_workload_faults_everywhere_and_replays_deterministically() {
     assert!(v12.notifiers["Clear"].ranges > 0);
     // The same seed gives the same stream.
     assert_eq!(synthetic_workload(20_000, 1).unwrap(), sc);
+}
+
+/// The summary the way it was gathered before [`Tally`]: from [`StepRecord`]s, keyed by
+/// their strings (the reference the typed tally is checked against).
+fn summary_from_records(kernel: KernelVersion, recs: &[StepRecord]) -> VersionSummary {
+    let hexv = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    let mut v = VersionSummary {
+        kernel,
+        ..VersionSummary::default()
+    };
+    for r in recs {
+        v.steps += 1;
+        *v.results.entry(r.result.clone()).or_insert(0) += 1;
+        if r.access.is_some() {
+            v.guest_accesses += 1;
+            match r.level {
+                Some(l) => v.faults_by_level.add(l, 1),
+                None => v.unmapped += 1,
+            }
+            v.retries += u64::from(r.retries);
+            v.retried_accesses += u64::from(r.retries > 0);
+        }
+        if let Some(g) = &r.gup {
+            *v.gup_paths.entry(g.path.clone()).or_insert(0) += 1;
+        }
+        for h in &r.host_faults {
+            *v.host_faults.entry(h.to_string()).or_insert(0) += 1;
+        }
+        for n in &r.notifiers {
+            let e = v.notifiers.entry(format!("{:?}", n.event)).or_default();
+            e.ranges += 1;
+            e.bytes += hexv(&n.end) - hexv(&n.start);
+        }
+        for z in &r.zapped {
+            v.zapped_ranges.add(z.level, 1);
+            v.zapped_pages
+                .add(z.level, hexv(&z.gfn_end) - hexv(&z.gfn_start));
+        }
+    }
+    v
+}
+
+/// Every shipped scenario (that runs) and a synthetic stream, under each rule set.
+fn corpus() -> Vec<(String, Scenario)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/scenarios");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            if let Ok(sc) = Scenario::from_toml(&text) {
+                out.push((p.display().to_string(), sc));
+            }
+        }
+    }
+    assert!(out.len() > 20, "{}", out.len());
+    out.push(("synthetic".into(), synthetic_workload(3000, 3).unwrap()));
+    out
+}
+
+/// Runs `sc` under `k` to the first error: each step's outcome and record.
+fn outcomes(sc: &Scenario, k: KernelVersion) -> Vec<(StepOutcome, StepRecord)> {
+    let opts = ModelOptions {
+        kernel: Some(k),
+        ..ModelOptions::default()
+    };
+    let Ok(mut r) = ScenarioRunner::new(sc, &opts) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in 0..sc.step.len() {
+        match r.step_outcome(i) {
+            Ok(o) => out.push((o.clone(), StepRecord::from(o))),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The typed fast paths of the replay (the tally, [`StepOutcome::same_resolution`],
+/// [`reproduces`]) agree with their string-based references on every step of the corpus,
+/// across rule sets (so both equal and differing resolutions are compared).
+#[test]
+fn typed_replay_paths_agree_with_the_string_records() {
+    let mut buf = String::new();
+    let (mut same, mut differ, mut mismatched) = (0, 0, 0);
+    for (name, sc) in corpus() {
+        let runs: Vec<_> = ALL.iter().map(|&k| outcomes(&sc, k)).collect();
+        for (k, run) in ALL.iter().zip(&runs) {
+            let mut t = Tally::default();
+            for (o, _) in run {
+                t.add(o);
+            }
+            let recs: Vec<StepRecord> = run.iter().map(|(_, r)| r.clone()).collect();
+            assert_eq!(t.summary(*k), summary_from_records(*k, &recs), "{name} {k}");
+        }
+        for a in &runs {
+            for b in &runs {
+                for ((oa, ra), (ob, rb)) in a.iter().zip(b) {
+                    let s = same_resolution(ra, rb);
+                    assert_eq!(oa.same_resolution(ob), s, "{name} step {}", oa.step);
+                    let recorded = Resolution::from(ra);
+                    let m = resolution_mismatch(&recorded, rb);
+                    assert_eq!(
+                        reproduces(&recorded, ob, &mut buf),
+                        m.is_empty(),
+                        "{name} step {}: {m:?}",
+                        oa.step
+                    );
+                    if s {
+                        same += 1;
+                    } else {
+                        differ += 1;
+                    }
+                    mismatched += usize::from(!m.is_empty());
+                }
+            }
+        }
+    }
+    assert!(
+        same > 1000 && differ > 50 && mismatched > 50,
+        "{same} {differ} {mismatched}"
+    );
+}
+
+/// A recording with a KSM scan replays deterministically: the replay keeps following page
+/// contents there (ksmd merges pages by contents; without them the scan is not modelled).
+#[test]
+fn a_ksm_recording_replays_with_contents() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../resources/scenarios/kvm-ksm-merge-then-write.toml");
+    let sc = Scenario::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let rec = record_scenario(&sc, None, &RecordMeta::default()).unwrap();
+    let scan = rec
+        .records
+        .iter()
+        .find(|r| matches!(r.step, Step::KsmScan(_)))
+        .unwrap();
+    assert_eq!(scan.model.result, "ok");
+    assert!(!scan.model.notifiers.is_empty(), "the scan merged pages");
+    let r = run(&rec, &ALL);
+    assert!(r.determinism.is_clean(), "{:?}", r.determinism.first);
+    assert_eq!(r.determinism.checked, rec.records.len() as u64);
+}
+
+/// Page contents feed no resolution but KSM's: with contents off every step of the corpus
+/// (KSM scans aside) resolves as with them on, under each rule set.
+#[test]
+fn contents_tracking_changes_no_resolution() {
+    let mut compared = 0;
+    for (name, sc) in corpus() {
+        for k in ALL {
+            let opts = ModelOptions {
+                kernel: Some(k),
+                ..ModelOptions::default()
+            };
+            let (Ok(mut on), Ok(mut off)) = (
+                ScenarioRunner::new(&sc, &opts),
+                ScenarioRunner::new(&sc, &opts),
+            ) else {
+                continue;
+            };
+            off.set_track_contents(false);
+            for (i, st) in sc.step.iter().enumerate() {
+                let (a, b) = match (on.step_outcome(i), off.step_outcome(i)) {
+                    (Ok(a), Ok(b)) => (a.clone(), b.clone()),
+                    (Err(a), Err(b)) => {
+                        assert_eq!(a.to_string(), b.to_string(), "{name} {k} step {i}");
+                        break;
+                    }
+                    (a, b) => panic!("{name} {k} step {i}: {a:?} vs {b:?}"),
+                };
+                if matches!(st, Step::KsmScan(_)) {
+                    assert!(b.is_not_modelled(), "{name} {k} step {i}");
+                    break;
+                }
+                assert!(a.same_resolution(&b), "{name} {k} step {i}: {a:?} vs {b:?}");
+                assert_eq!(b.value, None);
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 5000, "{compared}");
+}
+
+#[test]
+fn the_fast_formatters_match_std_fmt() {
+    let mut b = String::new();
+    for v in [
+        0u64,
+        1,
+        0xf,
+        0x10,
+        0x7f00_0000_1000,
+        u64::MAX,
+        1 << 63,
+        0xabc_def0,
+    ] {
+        b.clear();
+        push_hex(&mut b, v);
+        assert_eq!(b, format!("{v:#x}"));
+    }
+    for l in [Level::Pte4K, Level::Pmd2M, Level::Pud1G] {
+        assert_eq!(level_debug(l), format!("{l:?}"));
+    }
+    use crate::notifier::NotifierEvent as E;
+    for e in [
+        E::Unmap,
+        E::Clear,
+        E::ProtectionVma,
+        E::ProtectionPage,
+        E::SoftDirty,
+        E::Release,
+        E::Migrate,
+        E::Exclusive,
+    ] {
+        assert_eq!(event_name(e), format!("{e:?}"));
+    }
 }

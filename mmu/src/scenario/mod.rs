@@ -98,9 +98,11 @@
 pub mod contents;
 #[cfg(test)]
 mod fuzz;
+mod outcome;
 mod runner;
 pub mod step;
 
+pub use outcome::{gup_path_name, GupOutcome, StepOutcome, StepResult};
 pub use runner::{
     host_op, json_lines, render_table, result_name, run_step, GupRecord, HostConditions,
     HostOpOutcome, HostPage, HostPageKind, ModelBug, ModelOptions, NotifierOut, ScenarioRun,

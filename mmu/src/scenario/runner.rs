@@ -3,6 +3,7 @@
 //! `faultline check` drives against real KVM).
 
 use super::contents::{uffdio_copy_value, Contents, Scope};
+use super::outcome::{hex, GupOutcome, StepOutcome, StepResult};
 use super::step::default_value;
 use super::step::{MadviseAdvice, SignalKind, UffdModeName};
 use super::{memslot_flags, Scenario, ScenarioError, Step, VmaKind};
@@ -14,11 +15,6 @@ use crate::secondary::Kvm;
 use crate::types::{Gpa, Hva, KernelVersion, Level, NodeId, Pfn, PAGE_SIZE};
 use serde::Serialize;
 use std::fmt::Write as _;
-
-/// A hex-formatted address in the output.
-fn hex(v: u64) -> String {
-    format!("{v:#x}")
-}
 
 /// GUP summary in a step record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -175,38 +171,6 @@ fn uffd_event_out(b: &crate::secondary::fault::UffdBlocked) -> UffdEventOut {
 }
 
 impl StepRecord {
-    fn new(i: usize, st: &Step) -> Self {
-        StepRecord {
-            step: i,
-            op: st.name().to_string(),
-            gpa: None,
-            result: {
-                // Room for every result name, so a guest step's result reuses it.
-                let mut r = String::with_capacity(16);
-                r.push_str("ok");
-                r
-            },
-            retries: 0,
-            level: None,
-            writable: None,
-            gup: None,
-            host_faults: Vec::new(),
-            notifiers: Vec::new(),
-            zapped: Vec::new(),
-            young: None,
-            dirty: None,
-            async_pf: None,
-            access: st.guest_access().map(|a| a.0),
-            vcpu: st.guest_access().and_then(|a| a.2),
-            hva: None,
-            range: st.host_range(),
-            value: None,
-            not_modelled: None,
-            uffd_event: None,
-            woken: None,
-        }
-    }
-
     /// True when the model could not run the step.
     pub fn is_not_modelled(&self) -> bool {
         self.not_modelled.is_some()
@@ -350,6 +314,8 @@ pub struct ScenarioRunner {
     next: usize,
     contents: Contents,
     track_contents: bool,
+    /// The last step's outcome; its buffers are reused by the next step.
+    out: StepOutcome,
 }
 
 impl ScenarioRunner {
@@ -365,6 +331,7 @@ impl ScenarioRunner {
             next: 0,
             contents: Contents::default(),
             track_contents: true,
+            out: StepOutcome::default(),
         })
     }
 
@@ -391,6 +358,14 @@ impl ScenarioRunner {
 
     /// Runs step `index`; steps run in order, each once.
     pub fn step(&mut self, index: usize) -> Result<StepRecord, ScenarioError> {
+        self.step_outcome(index).map(StepRecord::from)
+    }
+
+    /// Runs step `index` like [`ScenarioRunner::step`] and returns its typed outcome, which
+    /// stays readable ([`ScenarioRunner::outcome`]) until the next step; nothing is
+    /// formatted and the outcome's buffers are reused, so this is the call for long runs
+    /// (a replay). `StepRecord::from(outcome)` gives the record.
+    pub fn step_outcome(&mut self, index: usize) -> Result<&StepOutcome, ScenarioError> {
         if index != self.next || index >= self.scenario.step.len() {
             return Err(ScenarioError::OutOfOrder {
                 asked: index,
@@ -398,14 +373,20 @@ impl ScenarioRunner {
             });
         }
         self.next += 1;
-        let st = self.scenario.step[index].clone();
-        step_with(self, index, &st)
+        self.run_index(index)?;
+        Ok(&self.out)
     }
 
     /// Appends `step` to the scenario and runs it: what live mode (`faultline run --live`)
     /// does with each fault the real kernel raises and each injected host event. Every
     /// step already in the scenario must have run (or been skipped) first.
     pub fn push(&mut self, step: Step) -> Result<StepRecord, ScenarioError> {
+        self.push_outcome(step).map(StepRecord::from)
+    }
+
+    /// [`ScenarioRunner::push`] returning the typed outcome (see
+    /// [`ScenarioRunner::step_outcome`]).
+    pub fn push_outcome(&mut self, step: Step) -> Result<&StepOutcome, ScenarioError> {
         if self.next != self.scenario.step.len() {
             return Err(ScenarioError::OutOfOrder {
                 asked: self.scenario.step.len(),
@@ -413,17 +394,88 @@ impl ScenarioRunner {
             });
         }
         let index = self.scenario.step.len();
-        self.scenario.step.push(step.clone());
+        self.scenario.step.push(step);
         self.next += 1;
-        step_with(self, index, &step)
+        self.run_index(index)?;
+        Ok(&self.out)
+    }
+
+    /// Runs `step` after every step of the scenario, like [`ScenarioRunner::push_outcome`],
+    /// without keeping a copy of it: what a replay does with the recording's steps, which it
+    /// owns already. The step takes the next index but is not added to
+    /// [`ScenarioRunner::scenario`], so [`ScenarioRunner::step`] and
+    /// [`ScenarioRunner::push`] refuse to run after it (out of order); further steps go
+    /// through this call.
+    pub fn run_borrowed(&mut self, step: &Step) -> Result<&StepOutcome, ScenarioError> {
+        if self.next < self.scenario.step.len() {
+            return Err(ScenarioError::OutOfOrder {
+                asked: self.scenario.step.len(),
+                next: self.next,
+            });
+        }
+        let index = self.next;
+        self.next += 1;
+        let ScenarioRunner {
+            scenario,
+            opts,
+            mm,
+            kvm,
+            contents,
+            track_contents,
+            out,
+            ..
+        } = self;
+        let parts = Parts {
+            scenario,
+            bug: opts.bug,
+            mm,
+            kvm,
+            contents: track_contents.then_some(contents),
+        };
+        step_with(parts, index, step, out)?;
+        Ok(&self.out)
+    }
+
+    /// The outcome of the last step run (a default one before the first).
+    pub fn outcome(&self) -> &StepOutcome {
+        &self.out
+    }
+
+    /// Runs `scenario.step[index]` into `self.out`, the runner's parts borrowed apart so
+    /// the step is not cloned.
+    fn run_index(&mut self, index: usize) -> Result<(), ScenarioError> {
+        let ScenarioRunner {
+            scenario,
+            opts,
+            mm,
+            kvm,
+            contents,
+            track_contents,
+            out,
+            ..
+        } = self;
+        let st = &scenario.step[index];
+        let parts = Parts {
+            scenario,
+            bug: opts.bug,
+            mm,
+            kvm,
+            contents: track_contents.then_some(contents),
+        };
+        step_with(parts, index, st, out)
     }
 
     /// Turns the page-contents prediction ([`super::contents`]) off or on. It costs a walk of
     /// every mapped page per step, which live mode (where the real pages hold the data, and
     /// a run maps up to all of guest RAM) does not need; off, [`StepRecord::value`] and
-    /// [`ScenarioRunner::page_value`] say nothing (`None` / 0).
+    /// [`ScenarioRunner::page_value`] say nothing (`None` / 0), and a `ksm-scan` step (ksmd
+    /// compares contents) is "not-modelled". Nothing else depends on it.
     pub fn set_track_contents(&mut self, on: bool) {
         self.track_contents = on;
+        // The free log only feeds the contents' free rule.
+        self.mm.frames.log_frees = on;
+        self.mm.frames.freed_log.clear();
+        self.mm.frames.freed_log_overflow = false;
     }
 
     /// Runs every remaining step.
@@ -515,15 +567,24 @@ impl ScenarioRunner {
     pub fn into_parts(self) -> (Mm, Kvm) {
         (self.mm, self.kvm)
     }
+}
 
-    /// The hugetlb VMA (as declared) that `[start, start + len)` touches, if any.
-    fn hugetlb_touched(&self, start: Hva, len: u64) -> Option<&super::VmaSpec> {
-        let end = start.0.saturating_add(len.max(1));
-        self.scenario
-            .vma
-            .iter()
-            .find(|v| v.kind == VmaKind::Hugetlb && v.start.0 < end && start.0 < v.end().0)
-    }
+/// The hugetlb VMA (as declared in `sc`) that `[start, start + len)` touches, if any.
+fn hugetlb_touched(sc: &Scenario, start: Hva, len: u64) -> Option<&super::VmaSpec> {
+    let end = start.0.saturating_add(len.max(1));
+    sc.vma
+        .iter()
+        .find(|v| v.kind == VmaKind::Hugetlb && v.start.0 < end && start.0 < v.end().0)
+}
+
+/// The parts of a [`ScenarioRunner`] a step uses, borrowed apart from its scenario.
+struct Parts<'a> {
+    scenario: &'a Scenario,
+    bug: Option<ModelBug>,
+    mm: &'a mut Mm,
+    kvm: &'a mut Kvm,
+    /// The page contents, when tracked.
+    contents: Option<&'a mut Contents>,
 }
 
 /// Runs a whole scenario (what `faultline sim` prints).
@@ -565,58 +626,61 @@ fn hugetlb_not_modelled(st: &Step) -> Option<&'static str> {
     })
 }
 
-fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, ScenarioError> {
-    let mut rec = StepRecord::new(i, st);
-    if let Some((_, gpa, _)) = st.guest_access() {
-        rec.gpa = Some(hex(gpa));
-        rec.hva = r
+fn step_with(
+    r: Parts<'_>,
+    i: usize,
+    st: &Step,
+    out: &mut StepOutcome,
+) -> Result<(), ScenarioError> {
+    out.reset(i, st);
+    if let Some(gpa) = out.gpa {
+        out.hva = r
             .kvm
             .slots
-            .find(Gpa(gpa).gfn())
-            .map(|s| Hva(s.gfn_to_hva(Gpa(gpa).gfn()).0 + (gpa & (PAGE_SIZE - 1))));
+            .find(gpa.gfn())
+            .map(|s| Hva(s.gfn_to_hva(gpa.gfn()).0 + (gpa.0 & (PAGE_SIZE - 1))));
     }
-    let touched = rec
+    let touched = out
         .hva
         .map(|h| (h, 1))
-        .or(rec.range)
-        .and_then(|(s, l)| r.hugetlb_touched(s, l));
+        .or(out.range)
+        .and_then(|(s, l)| hugetlb_touched(r.scenario, s, l));
     if let Some(why) = touched.and(hugetlb_not_modelled(st)) {
-        let _ = r.kvm.take_trace();
-        rec.result = "not-modelled".into();
-        rec.not_modelled = Some(why.into());
-        return Ok(rec);
+        r.kvm.clear_trace();
+        out.result = StepResult::NotModelled;
+        out.not_modelled = Some(why.into());
+        return Ok(());
     }
-    if !r.track_contents {
-        return run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, None, rec);
-    }
-    let before = r
-        .contents
-        .snapshot(&r.mm, contents_scope(&r.mm, st, rec.hva));
+    let Some(contents) = r.contents else {
+        return run_step_impl(r.mm, r.kvm, i, st, r.bug, None, out);
+    };
+    let before = contents.snapshot(r.mm, contents_scope(r.mm, st, out.hva));
     r.mm.frames.freed_log.clear();
     r.mm.frames.freed_log_overflow = false;
     // ksmd compares page contents, which only the runner knows (the first 8 bytes; the
     // rest of every page the guest wrote is zero).
-    let contents = &r.contents;
-    let same = |a: Pfn, b: Pfn| contents.value_of(a) == contents.value_of(b);
-    let mut rec = run_step_impl(&mut r.mm, &mut r.kvm, i, st, r.opts.bug, Some(&same), rec)?;
-    r.contents.after_step(&r.mm, &before);
-    let completed = matches!(rec.result.as_str(), "hit" | "fixed" | "spurious");
-    match (st, rec.hva) {
+    {
+        let contents = &*contents;
+        let same = |a: Pfn, b: Pfn| contents.value_of(a) == contents.value_of(b);
+        run_step_impl(r.mm, r.kvm, i, st, r.bug, Some(&same), out)?;
+    }
+    contents.after_step(r.mm, &before);
+    let completed = out.result.completed();
+    match (st, out.hva) {
         (Step::Write(w), Some(hva)) if completed => {
             let v = w.value.map_or_else(|| default_value(w.gpa.0), |n| n.0);
-            r.contents.write(&r.mm, hva, v);
-            rec.value = Some(v);
+            contents.write(r.mm, hva, v);
+            out.value = Some(v);
         }
         (Step::Read(_) | Step::Exec(_), Some(hva)) if completed => {
-            rec.value = r.contents.read(&r.mm, hva);
+            out.value = contents.read(r.mm, hva);
         }
         (Step::UffdioCopy(a), _) => {
-            r.contents
-                .write(&r.mm, Hva(a.start.0), uffdio_copy_value(a.start.0));
+            contents.write(r.mm, Hva(a.start.0), uffdio_copy_value(a.start.0));
         }
         _ => {}
     }
-    if let Some(w) = rec.woken.as_mut() {
+    if let Some(w) = out.woken.as_mut() {
         if let (true, Some(hva)) = (
             matches!(w.result.as_str(), "hit" | "fixed" | "spurious"),
             w.hva,
@@ -624,14 +688,14 @@ fn step_with(r: &mut ScenarioRunner, i: usize, st: &Step) -> Result<StepRecord, 
             match (w.access, r.scenario.step.get(w.step)) {
                 (Some(Access::Write), Some(Step::Write(ws))) => {
                     let v = ws.value.map_or_else(|| default_value(ws.gpa.0), |n| n.0);
-                    r.contents.write(&r.mm, hva, v);
+                    contents.write(r.mm, hva, v);
                     w.value = Some(v);
                 }
-                _ => w.value = r.contents.read(&r.mm, hva),
+                _ => w.value = contents.read(r.mm, hva),
             }
         }
     }
-    Ok(rec)
+    Ok(())
 }
 
 /// The part of the address space where step `st` can move a present page to another pfn
@@ -694,7 +758,9 @@ pub fn run_step(
     i: usize,
     st: &Step,
 ) -> Result<StepRecord, ScenarioError> {
-    run_step_impl(mm, kvm, i, st, None, None, StepRecord::new(i, st))
+    let mut out = StepOutcome::new(i, st);
+    run_step_impl(mm, kvm, i, st, None, None, &mut out)?;
+    Ok(StepRecord::from(&out))
 }
 
 fn run_step_impl(
@@ -704,12 +770,11 @@ fn run_step_impl(
     st: &Step,
     bug: Option<ModelBug>,
     same_page: Option<&dyn Fn(Pfn, Pfn) -> bool>,
-    mut rec: StepRecord,
-) -> Result<StepRecord, ScenarioError> {
+    rec: &mut StepOutcome,
+) -> Result<(), ScenarioError> {
     let op = st.name();
-    let _ = kvm.take_trace();
+    kvm.clear_trace();
     let e = |m: String| step_err(i, op, m);
-    let mut host_faults = Vec::new();
     let mut not_modelled: Option<String> = None;
     match st {
         Step::Read(_) | Step::Write(_) | Step::Exec(_) => {
@@ -723,10 +788,10 @@ fn run_step_impl(
                         hex(b.gpa.0)
                     )));
                 }
-                rec.result = "not-modelled".into();
+                rec.result = StepResult::NotModelled;
                 rec.not_modelled =
                     Some("two vCPUs asleep in handle_userfault() at once are not modelled".into());
-                return Ok(rec);
+                return Ok(());
             }
             let gpa = Gpa(gpa);
             let r = kvm.guest_access(mm, gpa, access);
@@ -735,21 +800,14 @@ fn run_step_impl(
                 b.vcpu = vcpu.unwrap_or(0);
                 rec.uffd_event = Some(uffd_event_out(b));
             }
-            rec.gpa = Some(hex(gpa.0));
-            rec.result.clear();
-            rec.result.push_str(result_name(r.result));
+            rec.gpa = Some(gpa);
+            rec.result = StepResult::Fault(r.result);
             rec.retries = r.retries;
-            rec.gup = r.gup.map(|g| GupRecord {
-                path: match g.path {
-                    crate::gup::GupPath::Fast => "fast",
-                    crate::gup::GupPath::Slow => "slow",
-                    crate::gup::GupPath::Remapped => "remapped",
-                    crate::gup::GupPath::None => "none",
-                }
-                .into(),
-                flags: g.flags.names(),
+            rec.gup = r.gup.map(|g| GupOutcome {
+                path: g.path,
+                flags: g.flags,
             });
-            host_faults = r.host_faults;
+            rec.host_faults = r.host_faults;
             if r.async_pf > 0 {
                 rec.async_pf = Some(r.async_pf);
             }
@@ -853,13 +911,13 @@ fn run_step_impl(
         }
         Step::DirtyLogGet(s) => {
             let d = kvm.dirty_log_get(s.memslot).map_err(|x| e(x.to_string()))?;
-            rec.dirty = Some(d.iter().map(|g| hex(g.0)).collect());
+            rec.dirty = Some(d);
         }
         Step::DirtyLogClear(s) => {
             let d = kvm
                 .dirty_log_clear(s.memslot)
                 .map_err(|x| e(x.to_string()))?;
-            rec.dirty = Some(d.iter().map(|g| hex(g.0)).collect());
+            rec.dirty = Some(d);
         }
         Step::MemslotCreate(m) => {
             kvm.create_memslot(
@@ -907,31 +965,12 @@ fn run_step_impl(
             }
         }
     }
-    let t = kvm.take_trace();
+    kvm.take_trace_into(&mut rec.notifiers, &mut rec.zapped);
     if let Some(reason) = not_modelled {
-        rec.result = "not-modelled".into();
+        rec.result = StepResult::NotModelled;
         rec.not_modelled = Some(reason);
     }
-    rec.host_faults = host_faults.iter().map(|h| h.name()).collect();
-    rec.notifiers = t
-        .notifiers
-        .iter()
-        .map(|n| NotifierOut {
-            event: n.event,
-            start: hex(n.start.0),
-            end: hex(n.end.0),
-        })
-        .collect();
-    rec.zapped = t
-        .zapped
-        .iter()
-        .map(|z| ZapOut {
-            gfn_start: hex(z.gfn_start.0),
-            gfn_end: hex(z.gfn_end.0),
-            level: z.level,
-        })
-        .collect();
-    Ok(rec)
+    Ok(())
 }
 
 /// What a host operation step returned.
@@ -1351,6 +1390,25 @@ size = "4M"
             HostPageKind::Anon
         );
         assert_eq!(r.next_step(), 3);
+    }
+
+    #[test]
+    fn borrowed_steps_run_after_the_file_and_are_not_kept() {
+        let mut r = runner(&step("read", "gpa = \"0x1000\""), ModelOptions::default());
+        let write =
+            Step::from_table(0, toml::from_str("op = \"write\"\ngpa = 0x2000").unwrap()).unwrap();
+        // Step 0 of the file has not run yet.
+        let e = r.run_borrowed(&write).unwrap_err().to_string();
+        assert!(e.contains("next step to run is 0"), "{e}");
+        r.step(0).unwrap();
+        let o = r.run_borrowed(&write).unwrap();
+        assert_eq!((o.step, o.result.name()), (1, "fixed"));
+        assert_eq!(o.hva, Some(Hva(0x7f00_0000_2000)));
+        assert_eq!(r.outcome().step, 1);
+        assert_eq!(r.scenario().step.len(), 1, "not kept");
+        assert_eq!(r.next_step(), 2);
+        assert!(r.push(write.clone()).is_err(), "push after a borrowed step");
+        assert_eq!(r.run_borrowed(&write).unwrap().result.name(), "hit");
     }
 
     #[test]

@@ -284,8 +284,13 @@ impl Kvm {
             let present = spte.is_some_and(|(s, _)| s.is_present() && !s.is_access_tracked());
             faulted = true;
             let (r, f) = self.page_fault(mm, gpa, access, present);
-            if let Some(f) = f {
-                rep.host_faults.extend(f.host_faults.iter().copied());
+            if let Some(mut f) = f {
+                if rep.host_faults.is_empty() {
+                    // The first round's handlers: take the buffer, not a copy.
+                    std::mem::swap(&mut rep.host_faults, &mut f.host_faults);
+                } else {
+                    rep.host_faults.extend(f.host_faults.iter().copied());
+                }
                 if f.gup.path != GupPath::None || f.gup.calls > 0 {
                     rep.gup = Some(f.gup);
                 }

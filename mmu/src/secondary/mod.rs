@@ -200,6 +200,29 @@ impl Kvm {
         self.trace.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// Drops what was recorded since the last take and keeps recording (no allocation).
+    pub fn clear_trace(&mut self) {
+        if let Some(t) = &mut self.trace {
+            t.notifiers.clear();
+            t.zapped.clear();
+        }
+    }
+
+    /// [`Kvm::take_trace`] into the caller's vectors (cleared first): the trace's and the
+    /// caller's buffers are swapped, so a caller that takes every step allocates nothing.
+    pub fn take_trace_into(
+        &mut self,
+        notifiers: &mut Vec<NotifierRecord>,
+        zapped: &mut Vec<ZapRecord>,
+    ) {
+        notifiers.clear();
+        zapped.clear();
+        if let Some(t) = &mut self.trace {
+            std::mem::swap(&mut t.notifiers, notifiers);
+            std::mem::swap(&mut t.zapped, zapped);
+        }
+    }
+
     pub(crate) fn trace_notifier(&mut self, r: &crate::notifier::NotifierRange) {
         if let Some(t) = &mut self.trace {
             t.notifiers.push(NotifierRecord {
