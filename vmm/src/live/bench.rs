@@ -12,9 +12,9 @@ use super::{LiveOptions, LiveSummary};
 use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
 use crate::launch::{VmBuilder, VmIo};
 use crate::measure::workload::{FaultBench, TouchParams, MARK_PORT, STAGE_END, STAGE_START};
-use crate::memory::uffd::region::RegionBacking;
 use crate::memory::uffd::UffdMode;
 use devices::bus::BusDevice;
+use mmu::backing::BackingSpec;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -103,11 +103,11 @@ pub fn run(
         .backings
         .first()
         .copied()
-        .unwrap_or(RegionBacking::Anonymous);
+        .unwrap_or(BackingSpec::ANONYMOUS);
     let backing = match region {
-        RegionBacking::Anonymous => Backing::Anon,
-        RegionBacking::AnonymousThp => Backing::Thp,
-        RegionBacking::Shmem => Backing::Shmem,
+        BackingSpec::ANONYMOUS => Backing::Anon,
+        BackingSpec::ANONYMOUS_THP => Backing::Thp,
+        BackingSpec::SHMEM => Backing::Shmem,
         other => {
             return Err(format!(
                 "bench faults --live runs anonymous, anonymous_thp or shmem; {} is not served live (live mode has no hugetlb support yet, and prefaulting defeats the comparison)",

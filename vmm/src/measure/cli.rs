@@ -7,8 +7,8 @@ use clap::Args;
 
 use super::workload::{uffd_name, Access, FaultBench};
 use crate::config::parse_size;
-use crate::memory::uffd::region::{BackingNameError, RegionBacking};
 use crate::memory::uffd::{MissingResolve, UffdConfig, UffdMode, WaitMode};
+use mmu::backing::{BackingError, BackingSpec};
 
 /// Options of `faultline bench faults`.
 #[derive(Debug, Clone, Args)]
@@ -93,7 +93,7 @@ pub struct FaultsArgs {
 pub enum FaultsArgsError {
     /// Unknown backing.
     #[error(transparent)]
-    Backing(#[from] BackingNameError),
+    Backing(#[from] BackingError),
     /// Unknown uffd mode.
     #[error("Unknown --uffd mode {0:?}; use none, MISSING or MINOR (or a comma list)")]
     Uffd(String),
@@ -120,7 +120,7 @@ impl FaultsArgs {
     /// The benchmark these options describe (validated later by [`FaultBench::validate`]).
     pub fn to_bench(&self) -> Result<FaultBench, FaultsArgsError> {
         let backings = list(&self.backing)
-            .map(RegionBacking::from_name)
+            .map(BackingSpec::parse_selftest)
             .collect::<Result<Vec<_>, _>>()?;
         if backings.is_empty() {
             return Err(FaultsArgsError::Empty("--backing"));
@@ -319,10 +319,7 @@ mod tests {
         .unwrap();
         assert_eq!(b.bytes_per_vcpu, 16 << 20);
         assert_eq!(b.vcpus, 2);
-        assert_eq!(
-            b.backings,
-            vec![RegionBacking::Anonymous, RegionBacking::Shmem]
-        );
+        assert_eq!(b.backings, vec![BackingSpec::ANONYMOUS, BackingSpec::SHMEM]);
         assert_eq!(b.uffd_modes, vec![None, Some(UffdMode::Missing)]);
         assert_eq!(b.uffd.delay, Duration::from_micros(5));
         assert_eq!(b.uffd.readers, 2);

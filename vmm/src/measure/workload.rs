@@ -27,11 +27,12 @@ use super::kvm_stats::{StatsReader, StatsSnapshot};
 use super::report::{BenchReport, RunResult, UffdSummary, VcpuResult};
 use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
 use crate::launch::{ExtraMemslot, VmBuilder, VmIo};
-use crate::memory::uffd::region::{MeasuredRegion, RegionBacking, RegionError};
+use crate::memory::uffd::region::{MeasuredRegion, RegionError};
 use crate::memory::uffd::{
     MissingResolve, UffdConfig, UffdMode, UffdRegion, UffdService, UffdStartError, UffdStopError,
 };
 use crate::vstate::stats::stats_fd;
+use mmu::backing::BackingSpec;
 
 /// Guest-physical start of the measured region.
 pub const REGION_GPA: u64 = 1 << 30;
@@ -87,7 +88,7 @@ impl Access {
 #[derive(Debug, Clone)]
 pub struct FaultBench {
     /// Backings, run in turn.
-    pub backings: Vec<RegionBacking>,
+    pub backings: Vec<BackingSpec>,
     /// uffd modes, run in turn for each backing (`None` = no uffd).
     pub uffd_modes: Vec<Option<UffdMode>>,
     /// Bytes touched per vCPU.
@@ -111,7 +112,7 @@ pub struct FaultBench {
 impl Default for FaultBench {
     fn default() -> Self {
         Self {
-            backings: vec![RegionBacking::Anonymous],
+            backings: vec![BackingSpec::ANONYMOUS],
             uffd_modes: vec![None],
             bytes_per_vcpu: 1 << 30,
             vcpus: 1,
@@ -308,7 +309,7 @@ impl BusDevice for Marks {
     }
 }
 
-fn label(backing: RegionBacking, uffd: Option<UffdMode>) -> String {
+fn label(backing: BackingSpec, uffd: Option<UffdMode>) -> String {
     match uffd {
         None => backing.name().to_string(),
         Some(UffdMode::Missing) => format!("{}/MISSING", backing.name()),
@@ -357,12 +358,12 @@ impl FaultBench {
             });
         }
         for &b in &self.backings {
-            if !self.bytes_per_vcpu.is_multiple_of(b.page_size() as u64) {
+            if !self.bytes_per_vcpu.is_multiple_of(b.page_bytes()) {
                 return Err(BenchError::BadArgument(format!(
                     "--size {} is not a multiple of the {} page size ({} bytes)",
                     self.bytes_per_vcpu,
                     b.name(),
-                    b.page_size()
+                    b.page_bytes()
                 )));
             }
             for &u in &self.uffd_modes {
@@ -406,7 +407,7 @@ impl FaultBench {
     /// One run: a fresh VM whose measured region has `backing`, served by uffd `mode`.
     pub fn run_one(
         &self,
-        backing: RegionBacking,
+        backing: BackingSpec,
         mode: Option<UffdMode>,
     ) -> Result<RunResult, BenchError> {
         let vcpus = self.vcpus as usize;
@@ -486,7 +487,7 @@ impl FaultBench {
         let service = match mode {
             None => None,
             Some(m) => {
-                let page_size = backing.page_size();
+                let page_size = crate::memory::uffd::region::page_size(backing);
                 let cfg = UffdConfig {
                     mode: m,
                     page_size,
@@ -687,7 +688,7 @@ mod tests {
             .to_string()
             .contains("shared backing"));
         let b = FaultBench {
-            backings: vec![RegionBacking::SharedHugetlb],
+            backings: vec![BackingSpec::SHARED_HUGETLB],
             bytes_per_vcpu: (2 << 20) + 4096,
             ..FaultBench::default()
         };
@@ -707,7 +708,7 @@ mod tests {
             ..FaultBench::default()
         };
         let r = b
-            .run_one(RegionBacking::Anonymous, Some(UffdMode::Missing))
+            .run_one(BackingSpec::ANONYMOUS, Some(UffdMode::Missing))
             .unwrap();
         assert_eq!(r.total_pages(), 1024);
         assert_eq!(r.uffd_summary.as_ref().unwrap().pages_installed, 1024);

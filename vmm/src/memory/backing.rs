@@ -76,6 +76,9 @@ pub enum GuestRamError {
     /// madvise failed.
     #[error("madvise(MADV_HUGEPAGE) on guest RAM failed: {0}; is THP disabled (/sys/kernel/mm/transparent_hugepage/enabled = never)?")]
     Madvise(#[source] std::io::Error),
+    /// A backing guest RAM cannot have (`VmConfig::validate` refuses it first).
+    #[error("Guest RAM cannot be backed by {0}: use anon, thp, shmem or hugetlb")]
+    Unsupported(Backing),
     /// vm-memory rejected the region layout.
     #[error("Guest RAM layout rejected: {0}")]
     Layout(String),
@@ -153,6 +156,11 @@ fn map_region(backing: Backing, size: u64) -> Result<MmapRegion, GuestRamError> 
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
             .build()
             .map_err(mmap_err)?,
+        other @ (Backing::Memfd
+        | Backing::File
+        | Backing::Pfnmap
+        | Backing::Mixedmap
+        | Backing::Devdax) => return Err(GuestRamError::Unsupported(other)),
         Backing::Shmem | Backing::Hugetlb => builder
             .with_file_offset(FileOffset::new(memfd(backing, size)?, 0))
             .with_mmap_flags(libc::MAP_SHARED)
