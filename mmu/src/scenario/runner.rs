@@ -4,9 +4,9 @@
 
 use super::contents::{uffdio_copy_value, Contents, Scope};
 use super::step::default_value;
-use super::step::{MadviseAdvice, SignalKind, UffdModeName};
+use super::step::{MadviseAdvice, SignalKind};
 use super::{memslot_flags, Scenario, ScenarioError, Step, VmaKind};
-use crate::host::{Advice, Mm, PendingSignal, ThpMode, UffdMode};
+use crate::host::{Advice, Mm, PendingSignal, ThpMode, UffdMode, UffdModes};
 use crate::notifier::{MmuNotifier, NotifierLog};
 use crate::secondary::fault::{Access, PfResult};
 use crate::secondary::stats::KvmStats;
@@ -702,12 +702,12 @@ fn run_step_impl(
             mm.exit(kvm);
         }
         Step::UffdRegister(u) => {
-            let mut mode = UffdMode::default();
+            let mut mode = UffdModes::default();
             for m in &u.mode {
                 match m {
-                    UffdModeName::Missing => mode.missing = true,
-                    UffdModeName::Wp => mode.wp = true,
-                    UffdModeName::Minor => {
+                    UffdMode::Missing => mode.missing = true,
+                    UffdMode::Wp => mode.wp = true,
+                    UffdMode::Minor => {
                         not_modelled = Some(
                             "UFFDIO_REGISTER_MODE_MINOR is not modelled (minor faults: \
                              handle_userfault() with VM_UFFD_MINOR from shmem_fault())"

@@ -128,9 +128,10 @@ impl FaultsArgs {
         let uffd_modes = list(&self.uffd)
             .map(|u| match u.to_ascii_uppercase().as_str() {
                 "NONE" | "OFF" => Ok(None),
-                "MISSING" => Ok(Some(UffdMode::Missing)),
-                "MINOR" => Ok(Some(UffdMode::Minor)),
-                _ => Err(FaultsArgsError::Uffd(u.to_string())),
+                m => match UffdMode::from_name(m) {
+                    Some(m @ (UffdMode::Missing | UffdMode::Minor)) => Ok(Some(m)),
+                    _ => Err(FaultsArgsError::Uffd(u.to_string())),
+                },
             })
             .collect::<Result<Vec<_>, _>>()?;
         if uffd_modes.is_empty() {

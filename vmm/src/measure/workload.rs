@@ -312,8 +312,7 @@ impl BusDevice for Marks {
 fn label(backing: BackingSpec, uffd: Option<UffdMode>) -> String {
     match uffd {
         None => backing.name().to_string(),
-        Some(UffdMode::Missing) => format!("{}/MISSING", backing.name()),
-        Some(UffdMode::Minor) => format!("{}/MINOR", backing.name()),
+        Some(m) => format!("{}/{}", backing.name(), m.name()),
     }
 }
 
@@ -322,8 +321,7 @@ fn label(backing: BackingSpec, uffd: Option<UffdMode>) -> String {
 pub fn uffd_name(m: Option<UffdMode>) -> &'static str {
     match m {
         None => "none",
-        Some(UffdMode::Missing) => "MISSING",
-        Some(UffdMode::Minor) => "MINOR",
+        Some(m) => m.name(),
     }
 }
 
