@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use faultline_tests::fixtures;
 use mmu::backing::BackingSpec;
 use vmm::measure::report::RunResult;
-use vmm::measure::workload::{Access, FaultBench};
+use vmm::measure::workload::{AccessPattern, FaultBench};
 use vmm::memory::uffd::{MissingResolve, UffdMode, WaitMode};
 
 const SIZE: u64 = 16 << 20;
@@ -176,7 +176,7 @@ fn hugetlb_1g_backing_runs_through_the_binary() {
 #[test]
 fn uffd_missing_copy_serves_each_page_once_and_the_guest_reads_the_pattern() {
     vmm::require_kvm!();
-    for access in [Access::Read, Access::Write] {
+    for access in [AccessPattern::READ, AccessPattern::WRITE] {
         let mut b = bench(BackingSpec::ANONYMOUS, Some(UffdMode::Missing));
         b.access = access;
         let r = run(&b);
@@ -194,7 +194,7 @@ fn uffd_missing_copy_serves_each_page_once_and_the_guest_reads_the_pattern() {
 fn uffd_missing_zeropage_reads_zero() {
     vmm::require_kvm!();
     let mut b = bench(BackingSpec::ANONYMOUS, Some(UffdMode::Missing));
-    b.access = Access::Read;
+    b.access = AccessPattern::READ;
     b.uffd.resolve = MissingResolve::ZeroPage;
     let r = run(&b);
     check_common(&b, &r);
@@ -208,7 +208,7 @@ fn uffd_missing_on_shmem_and_minor_on_shmem_read_the_pattern() {
     vmm::require_kvm!();
     for mode in [UffdMode::Missing, UffdMode::Minor] {
         let mut b = bench(BackingSpec::SHMEM, Some(mode));
-        b.access = Access::ReadWrite;
+        b.access = AccessPattern::READ_WRITE;
         let r = run(&b);
         check_common(&b, &r);
         let u = r.uffd_summary.as_ref().unwrap();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::workload::{uffd_name, Access, FaultBench};
+use super::workload::{uffd_name, AccessPattern, FaultBench};
 use crate::config::parse_size;
 use crate::memory::uffd::{MissingResolve, UffdConfig, UffdMode, WaitMode};
 use mmu::backing::{BackingError, BackingSpec};
@@ -156,11 +156,9 @@ impl FaultsArgs {
             "zeropage" | "zero" => MissingResolve::ZeroPage,
             v => return Err(choice("--uffd-resolve", v, "copy, zeropage")),
         };
-        let access = match self.access.as_str() {
-            "read" => Access::Read,
-            "write" => Access::Write,
-            "read-write" | "rw" => Access::ReadWrite,
-            v => return Err(choice("--access", v, "read, write, read-write")),
+        let access = match AccessPattern::from_name(&self.access) {
+            Some(a) => a,
+            None => return Err(choice("--access", &self.access, "read, write, read-write")),
         };
         let random = match self.order.as_str() {
             "sequential" | "seq" => false,

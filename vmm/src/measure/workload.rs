@@ -20,7 +20,6 @@ use std::time::Instant;
 
 use devices::bus::BusDevice;
 use devices::exit::VmExit;
-use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::kvm_stats::{StatsReader, StatsSnapshot};
@@ -33,6 +32,7 @@ use crate::memory::uffd::{
 };
 use crate::vstate::stats::stats_fd;
 use mmu::backing::BackingSpec;
+use mmu::secondary::fault::Access;
 
 /// Guest-physical start of the measured region.
 pub const REGION_GPA: u64 = 1 << 30;
@@ -53,33 +53,53 @@ pub const STAGE_END: u32 = 2;
 /// Offset of `Params::touched` in the guest's parameter block.
 const TOUCHED_OFFSET: u64 = 9 * 8;
 
-/// What each access does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Access {
-    /// Read and check the data.
-    Read,
-    /// Write (checked in a pass after the timed loop).
-    Write,
-    /// Read and check, then write.
-    ReadWrite,
-}
+/// What each touch of the `touch` guest does: one access, or a read then a write, each of
+/// the model's one access kind [`Access`] (`mmu::secondary::fault::Access`; the guest does
+/// not execute from the region, so there is no exec pattern).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessPattern(&'static [Access]);
 
-impl Access {
+impl AccessPattern {
+    /// Read and check the data.
+    pub const READ: AccessPattern = AccessPattern(&[Access::Read]);
+    /// Write (checked in a pass after the timed loop).
+    pub const WRITE: AccessPattern = AccessPattern(&[Access::Write]);
+    /// Read and check, then write.
+    pub const READ_WRITE: AccessPattern = AccessPattern(&[Access::Read, Access::Write]);
+
+    /// The accesses of one touch, in order.
+    #[must_use]
+    pub fn accesses(self) -> &'static [Access] {
+        self.0
+    }
+
+    /// The guest's code for it (`Params::access`).
     fn code(self) -> u64 {
-        match self {
-            Access::Read => 0,
-            Access::Write => 1,
-            Access::ReadWrite => 2,
+        match self.0 {
+            [Access::Read] => 0,
+            [Access::Write] => 1,
+            _ => 2,
         }
     }
 
     /// `read`, `write` or `read-write`.
     #[must_use]
     pub fn name(self) -> &'static str {
-        match self {
-            Access::Read => "read",
-            Access::Write => "write",
-            Access::ReadWrite => "read-write",
+        match self.0 {
+            [Access::Read] => "read",
+            [Access::Write] => "write",
+            _ => "read-write",
+        }
+    }
+
+    /// Parses `read`, `write`, `read-write` (or `rw`).
+    #[must_use]
+    pub fn from_name(s: &str) -> Option<AccessPattern> {
+        match s {
+            "read" => Some(Self::READ),
+            "write" => Some(Self::WRITE),
+            "read-write" | "rw" => Some(Self::READ_WRITE),
+            _ => None,
         }
     }
 }
@@ -98,7 +118,7 @@ pub struct FaultBench {
     /// Bytes between two accesses.
     pub stride: u64,
     /// Access kind.
-    pub access: Access,
+    pub access: AccessPattern,
     /// Random order instead of sequential.
     pub random: bool,
     /// Seed of the random order.
@@ -117,7 +137,7 @@ impl Default for FaultBench {
             bytes_per_vcpu: 1 << 30,
             vcpus: 1,
             stride: 4096,
-            access: Access::Write,
+            access: AccessPattern::WRITE,
             random: false,
             seed: 0x5eed,
             uffd: UffdConfig {
@@ -225,7 +245,7 @@ pub struct TouchParams {
     /// Bytes between accesses.
     pub stride: u64,
     /// Access kind.
-    pub access: Access,
+    pub access: AccessPattern,
     /// Random order.
     pub random: bool,
     /// 0: first reads see zero; 1: they see `PATTERN_MAGIC ^ gpa`.
