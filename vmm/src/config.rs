@@ -230,10 +230,7 @@ pub const MAX_VCPUS: u32 = 254;
 
 /// Host RAM in bytes (MemTotal in /proc/meminfo), if readable.
 pub fn host_ram() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    Some(crate::host::sysfs::meminfo("MemTotal")? * 1024)
 }
 
 fn check_readable(path: &std::path::Path) -> Result<(), String> {

@@ -96,17 +96,11 @@ pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
     }
 }
 
-fn read_num(path: &str) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 /// Checks that `size` bytes of 2 MiB hugetlb pages are free right now.
 pub fn check_huge_pages(size: u64) -> Result<(), GuestRamError> {
-    let dir = "/sys/kernel/mm/hugepages/hugepages-2048kB";
-    let total = read_num(&format!("{dir}/nr_hugepages")).unwrap_or(0);
-    let free = read_num(&format!("{dir}/free_hugepages")).unwrap_or(0);
-    let resv = read_num(&format!("{dir}/resv_hugepages")).unwrap_or(0);
-    let free = free.saturating_sub(resv);
+    let pool = crate::host::sysfs::huge_pool(HUGE_PAGE_SIZE >> 10);
+    let total = pool.map_or(0, |p| p.nr);
+    let free = pool.map_or(0, |p| p.available());
     let needed = size.div_ceil(HUGE_PAGE_SIZE);
     if needed > free {
         return Err(GuestRamError::NotEnoughHugePages {

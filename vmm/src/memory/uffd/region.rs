@@ -94,18 +94,7 @@ pub struct MeasuredRegion {
 }
 
 fn huge_pages_free(page_size: usize) -> Option<(u64, u64)> {
-    let dir = format!("/sys/kernel/mm/hugepages/hugepages-{}kB", page_size / 1024);
-    let read = |f: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("{dir}/{f}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some((
-        read("free_hugepages")?.saturating_sub(read("resv_hugepages").unwrap_or(0)),
-        read("nr_hugepages")?,
-    ))
+    crate::host::sysfs::huge_pool(page_size as u64 / 1024).map(|p| (p.available(), p.nr))
 }
 
 fn mmap(len: usize, flags: i32, fd: i32) -> std::io::Result<usize> {
