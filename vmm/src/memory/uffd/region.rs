@@ -327,7 +327,16 @@ mod tests {
     #[test]
     fn hugetlb_without_reserved_pages_says_how_to_reserve() {
         match MeasuredRegion::new(BackingSpec::ANONYMOUS_HUGETLB_1GB, 1 << 30, false) {
-            Ok(_) => eprintln!("this host has a free 1G huge page"),
+            // A free 1G page: the mapping is one 1G hugetlb page that holds data.
+            Ok(r) => {
+                assert_eq!((r.len(), page_size(r.backing())), (1 << 30, 1 << 30));
+                // SAFETY: writing then reading this region's own mapping.
+                let w = unsafe {
+                    ((r.addr() + 4096) as *mut u64).write_volatile(0x1d);
+                    ((r.addr() + 4096) as *const u64).read_volatile()
+                };
+                assert_eq!(w, 0x1d);
+            }
             Err(e) => {
                 let m = e.to_string();
                 assert!(m.contains("reserve them as root with: echo"), "{m}");
