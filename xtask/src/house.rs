@@ -25,10 +25,12 @@
 //!     (`Step::Mprotect`, `MprotectError`), the identifier `mprotect` unless it is
 //!     `libc::mprotect` (a real system call, not the operation), the string literal
 //!     `"mprotect"`; text: the word `mprotect` outside a `libc::mprotect`.
-//!   - a backing, by THP: `Backing::Thp`, `VmaKind::Thp`, identifiers starting with
-//!     `AnonymousThp`, the string literals `"thp"` and `"anonymous_thp"`, `thp = true` in a
-//!     string or comment (the scenario field; the field itself is not counted: `thp` also
-//!     names the THP sysfs mode); text: `--backing thp`, `anonymous_thp`, `thp = true`.
+//!   - a backing, by THP: `Backing::Thp`, `VmaKind::Thp`, `BackingSpec::ANONYMOUS_THP`,
+//!     identifiers starting with `AnonymousThp`, the string literal `"anonymous_thp"`,
+//!     `thp = true` in a string or comment (the scenario field). Not the bare `"thp"`
+//!     literal, which also names a host fault handler and the THP sysfs mode, nor the field
+//!     `thp` (the scenario's THP mode too); text: `--backing thp`, `anonymous_thp`,
+//!     `thp = true`.
 //!   - a bench, by `bench replay`: identifiers starting with `BenchReplay` or `ReplayBench`,
 //!     `BenchCommand::Replay`; text (comments too): `bench replay`.
 //!   - a built-in guest, by `touch`: identifiers starting with `TouchParams`, `TOUCH_` or
@@ -610,8 +612,8 @@ const CONCEPTS: &[Concept] = &[
         code: &[
             Needle::Path("Backing", "Thp"),
             Needle::Path("VmaKind", "Thp"),
+            Needle::Path("BackingSpec", "ANONYMOUS_THP"),
             Needle::IdentPrefix("AnonymousThp"),
-            Needle::Str("thp"),
             Needle::Str("anonymous_thp"),
             Needle::Text("thp = true"),
         ],
