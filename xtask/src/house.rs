@@ -38,6 +38,15 @@
 //!     touch`, `` `touch` ``.
 //!
 //!   Two numbers each: code (`.rs`) and the rest (docs, scripts).
+//! - **Definitions per concept** (one type per concept): enums by their variants (a backing
+//!   kind: variants `Shmem` and `Anon` or `Anonymous`; a uffd mode: `Missing` and `Minor` or
+//!   `Wp`; an access kind: only `Read`, `Write`, `Exec`, `ReadWrite`, with `Read` and
+//!   `Write`; a backing kind has only backing names: so page kinds and error enums do not
+//!   count), and files by what they do (a sysfs/procfs settings reader: calls
+//!   `read_to_string` or `read_dir` itself and has a `/sys/kernel/mm`, `/proc/sys/`,
+//!   `/sys/module/`, `/sys/devices/system/` or `/proc/meminfo` literal; a
+//!   spawn-with-timeout: `.spawn()` with `try_wait`, `recv_timeout` or a `kill`).
+//!   Test code counts too (it is where copies hide).
 
 use crate::lex::{lex, Kind, Token};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +67,19 @@ pub struct Report {
     pub cycles: Vec<Cycle>,
     /// `(concept, instance, code files, other files)`.
     pub touches: Vec<Touch>,
+    /// Places that define one concept (should be one each).
+    pub definitions: Vec<Definitions>,
+}
+
+/// Where one concept is defined.
+#[derive(Debug)]
+pub struct Definitions {
+    /// The concept.
+    pub concept: &'static str,
+    /// How it is recognised.
+    pub rule: &'static str,
+    /// `file: name` of each definition (or each file, for file rules), sorted.
+    pub places: Vec<String>,
 }
 
 /// One strongly connected component of more than one module.
@@ -183,6 +205,7 @@ pub fn measure(root: &Path) -> Result<Report, HouseError> {
         rep.cycles.extend(crate_cycles(&dir, &lexed));
     }
     rep.touches = touches(root, &files, &lexed)?;
+    rep.definitions = definitions(&lexed);
     Ok(rep)
 }
 
@@ -696,7 +719,11 @@ fn touches(
     lexed: &BTreeMap<PathBuf, (String, Vec<Token>)>,
 ) -> Result<Vec<Touch>, HouseError> {
     let mut others = Vec::new();
-    for f in files.iter().filter(|f| is_other_text(f)) {
+    // This tool and its recorded output name every instance on purpose.
+    for f in files
+        .iter()
+        .filter(|f| is_other_text(f) && !f.starts_with("xtask"))
+    {
         others.push((slash(f), read(&root.join(f))?));
     }
     Ok(CONCEPTS
@@ -718,6 +745,164 @@ fn touches(
                 .collect(),
         })
         .collect())
+}
+
+/// `(enum name, variant names)` of every enum in the tokens.
+fn enums(t: &[Token]) -> Vec<(String, Vec<String>)> {
+    let code: Vec<&Token> = t
+        .iter()
+        .filter(|t| !matches!(t.kind, Kind::Comment(_)))
+        .collect();
+    let mut out = Vec::new();
+    for i in 0..code.len() {
+        if code[i].kind != Kind::Ident("enum".into()) {
+            continue;
+        }
+        let Some(Kind::Ident(name)) = code.get(i + 1).map(|t| &t.kind) else {
+            continue;
+        };
+        let Some(open) =
+            (i + 2..code.len()).find(|&j| matches!(code[j].kind, Kind::Punct('{' | ';')))
+        else {
+            continue;
+        };
+        if code[open].kind != Kind::Punct('{') {
+            continue;
+        }
+        let (mut depth, mut brackets, mut vars, mut expect) = (0i32, 0i32, Vec::new(), true);
+        for tok in &code[open..] {
+            match &tok.kind {
+                Kind::Punct('{' | '(') => depth += 1,
+                Kind::Punct('}' | ')') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                Kind::Punct('[') => brackets += 1,
+                Kind::Punct(']') => brackets -= 1,
+                Kind::Punct(',') if depth == 1 && brackets == 0 => expect = true,
+                Kind::Ident(v) if depth == 1 && brackets == 0 && expect => {
+                    vars.push(v.clone());
+                    expect = false;
+                }
+                _ => {}
+            }
+        }
+        out.push((name.clone(), vars));
+    }
+    out
+}
+
+fn definitions(lexed: &BTreeMap<PathBuf, (String, Vec<Token>)>) -> Vec<Definitions> {
+    let files = lexed.iter().filter(|(p, _)| !p.starts_with("xtask"));
+    let mut by_variants: [(
+        &'static str,
+        &'static str,
+        fn(&[String]) -> bool,
+        Vec<String>,
+    ); 3] = [
+        (
+            "backing kind",
+            "enum of backing names only, with Shmem and Anon|Anonymous",
+            |v| {
+                const NAMES: &[&str] = &[
+                    "Anon",
+                    "Anonymous",
+                    "Thp",
+                    "AnonymousThp",
+                    "Shmem",
+                    "Memfd",
+                    "File",
+                    "Hugetlb",
+                    "AnonymousHugetlb",
+                    "AnonymousHugetlb1G",
+                    "SharedHugetlb",
+                    "AnonymousPrefault",
+                    "Pfnmap",
+                    "Mixedmap",
+                    "Devdax",
+                    "Device",
+                ];
+                let has = |x: &str| v.iter().any(|s| s == x);
+                v.iter().all(|x| NAMES.contains(&x.as_str()))
+                    && has("Shmem")
+                    && (has("Anon") || has("Anonymous"))
+            },
+            Vec::new(),
+        ),
+        (
+            "uffd mode",
+            "enum with Missing and Minor|Wp",
+            |v| {
+                let has = |x: &str| v.iter().any(|s| s == x);
+                has("Missing") && (has("Minor") || has("Wp"))
+            },
+            Vec::new(),
+        ),
+        (
+            "access kind",
+            "enum of Read, Write, Exec, ReadWrite only, with Read and Write",
+            |v| {
+                let has = |x: &str| v.iter().any(|s| s == x);
+                v.iter()
+                    .all(|x| ["Read", "Write", "Exec", "ReadWrite"].contains(&x.as_str()))
+                    && has("Read")
+                    && has("Write")
+            },
+            Vec::new(),
+        ),
+    ];
+    let (mut readers, mut spawners) = (Vec::new(), Vec::new());
+    for (p, (_, t)) in files {
+        for (name, vars) in enums(t) {
+            for d in by_variants.iter_mut() {
+                if d.2(&vars) {
+                    d.3.push(format!("{}: {name}", slash(p)));
+                }
+            }
+        }
+        let ident = |x: &str| t.iter().any(|k| k.kind == Kind::Ident(x.into()));
+        let reads = ident("read_to_string") || ident("read_dir");
+        const SETTINGS: [&str; 5] = [
+            "/sys/kernel/mm",
+            "/proc/sys/",
+            "/sys/module/",
+            "/sys/devices/system/",
+            "/proc/meminfo",
+        ];
+        let sys_literal = t
+            .iter()
+            .any(|k| matches!(&k.kind, Kind::Str(s) if SETTINGS.iter().any(|p| s.starts_with(p))));
+        if reads && sys_literal {
+            readers.push(slash(p));
+        }
+        let spawn = t
+            .windows(2)
+            .any(|w| w[0].kind == Kind::Punct('.') && w[1].kind == Kind::Ident("spawn".into()));
+        if spawn && (ident("try_wait") || ident("recv_timeout") || ident("kill")) {
+            spawners.push(slash(p));
+        }
+    }
+    let mut out: Vec<Definitions> = by_variants
+        .into_iter()
+        .map(|(concept, rule, _, places)| Definitions {
+            concept,
+            rule,
+            places,
+        })
+        .collect();
+    out.push(Definitions {
+        concept: "sysfs/procfs reader",
+        rule: "file calling read_to_string|read_dir itself, with a host-settings literal",
+        places: readers,
+    });
+    out.push(Definitions {
+        concept: "spawn with timeout",
+        rule: "file with .spawn() and try_wait|recv_timeout|kill",
+        places: spawners,
+    });
+    out
 }
 
 fn json_str(s: &str) -> String {
@@ -756,6 +941,9 @@ impl Report {
         );
         for t in &self.touches {
             let _ = write!(s, ", new {} {} files", t.concept, t.code.len());
+        }
+        for d in &self.definitions {
+            let _ = write!(s, ", {} definitions {}", d.concept, d.places.len());
         }
         s
     }
@@ -806,14 +994,28 @@ impl Report {
                 )
             })
             .collect();
+        let definitions: Vec<String> = self
+            .definitions
+            .iter()
+            .map(|d| {
+                format!(
+                    "{{\"concept\":{},\"rule\":{},\"count\":{},\"places\":{}}}",
+                    json_str(d.concept),
+                    json_str(d.rule),
+                    d.places.len(),
+                    json_list(&d.places)
+                )
+            })
+            .collect();
         format!(
-            "{{\"rust_files\":{},\"rust_lines\":{},\"largest\":[{}],\"import_cycles\":{},\"cycles\":[{}],\"touches\":[{}]}}",
+            "{{\"rust_files\":{},\"rust_lines\":{},\"largest\":[{}],\"import_cycles\":{},\"cycles\":[{}],\"touches\":[{}],\"definitions\":[{}]}}",
             self.rust_files.0,
             self.rust_files.1,
             largest.join(","),
             self.cycles.len(),
             cycles.join(","),
-            touches.join(",")
+            touches.join(","),
+            definitions.join(",")
         )
     }
 
@@ -862,6 +1064,16 @@ impl Report {
             );
             if !t.other.is_empty() {
                 let _ = writeln!(s, "    other: {}", t.other.join(" "));
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\ndefinitions per concept (one type per concept: 1 each)"
+        );
+        for d in &self.definitions {
+            let _ = writeln!(s, "  {:<20} {:>3}  ({})", d.concept, d.places.len(), d.rule);
+            for p in &d.places {
+                let _ = writeln!(s, "      {p}");
             }
         }
         s
@@ -939,6 +1151,18 @@ mod tests {
         assert_eq!(r.cycles.len(), 1, "{r:?}");
         assert_eq!(r.cycles[0].modules, ["a", "b"]);
         assert_eq!(r.cycles[0].edges.len(), 2);
+    }
+
+    #[test]
+    fn enums_are_read_with_their_variants() {
+        let e = enums(&lex("#[derive(X)]\npub enum A { #[serde(alias = \"b\")] Read, Write(u8), Exec { x: u32 }, }\nenum B;"));
+        assert_eq!(
+            e,
+            vec![(
+                "A".to_string(),
+                vec!["Read".to_string(), "Write".into(), "Exec".into()]
+            )]
+        );
     }
 
     #[test]
