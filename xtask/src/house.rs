@@ -794,14 +794,17 @@ fn enums(t: &[Token]) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// (concept, rule, does an enum's variant list match, the matches).
+type VariantRule = (
+    &'static str,
+    &'static str,
+    fn(&[String]) -> bool,
+    Vec<String>,
+);
+
 fn definitions(lexed: &BTreeMap<PathBuf, (String, Vec<Token>)>) -> Vec<Definitions> {
     let files = lexed.iter().filter(|(p, _)| !p.starts_with("xtask"));
-    let mut by_variants: [(
-        &'static str,
-        &'static str,
-        fn(&[String]) -> bool,
-        Vec<String>,
-    ); 3] = [
+    let mut by_variants: [VariantRule; 3] = [
         (
             "backing kind",
             "enum of backing names only, with Shmem and Anon|Anonymous",
