@@ -122,7 +122,7 @@ impl MeasuredRegion {
     /// time (for MINOR mode). `prefault` backings are populated here.
     pub fn new(backing: BackingSpec, len: usize, alias: bool) -> Result<Self, RegionError> {
         let page_size = page_size(backing);
-        if len == 0 || len % page_size != 0 {
+        if len == 0 || !len.is_multiple_of(page_size) {
             return Err(RegionError::BadSize {
                 size: len,
                 backing: backing.name(),
