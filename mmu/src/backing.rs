@@ -459,6 +459,25 @@ mod tests {
     }
 
     #[test]
+    fn a_scenario_vma_of_kind_thp_is_anon_with_thp_and_its_spec_says_so() {
+        let shipped =
+            include_str!("../../resources/scenarios/trace2-thp-read-then-write-6.12.toml");
+        assert!(shipped.contains("kind = \"anon\"\nthp = true"));
+        let a = crate::scenario::Scenario::from_toml(shipped).unwrap();
+        let b = crate::scenario::Scenario::from_toml(
+            &shipped.replace("kind = \"anon\"\nthp = true", "kind = \"thp\""),
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.vma[0].backing_spec(), BackingSpec::ANONYMOUS_THP);
+        let c = crate::scenario::Scenario::from_toml(
+            &shipped.replace("kind = \"anon\"\nthp = true", "kind = \"anonymous\""),
+        )
+        .unwrap();
+        assert_eq!(c.vma[0].backing_spec(), BackingSpec::ANONYMOUS);
+    }
+
+    #[test]
     fn specs_serialize_as_their_names() {
         let j = serde_json::to_string(&BackingSpec::ANONYMOUS_HUGETLB_1GB).unwrap();
         assert_eq!(j, "\"anonymous_hugetlb_1gb\"");
