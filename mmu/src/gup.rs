@@ -1444,7 +1444,7 @@ mod tests {
         m.uffd_register(
             a,
             1 << 20,
-            crate::host::UffdMode {
+            crate::host::UffdModes {
                 missing: true,
                 wp: false,
                 minor: false,

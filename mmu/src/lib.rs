@@ -89,6 +89,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod backing;
 pub mod explore;
 pub mod gup;
 pub mod host;

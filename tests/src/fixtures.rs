@@ -13,11 +13,10 @@
 //! Also here: finding the `faultline` binary and running it with a time limit, so a guest
 //! that hangs fails its test instead of the whole run.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The repository root (the workspace directory).
 pub fn repo_root() -> PathBuf {
@@ -200,45 +199,21 @@ impl RunOutput {
     }
 }
 
-/// Runs `cmd` (stdin closed, stdout/stderr captured) and kills it after `limit`.
-pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> RunOutput {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-    let mut out_pipe = child.stdout.take().expect("stdout piped");
-    let mut err_pipe = child.stderr.take().expect("stderr piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out_pipe.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err_pipe.read_to_end(&mut v);
-        v
-    });
-    let status = loop {
-        match child.try_wait().expect("wait for child") {
-            Some(s) => break Some(s),
-            None if start.elapsed() > limit => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
+/// Runs `cmd` (stdin closed, stdout/stderr captured) and kills it after `limit`: the VMM's
+/// spawn-with-timeout helper, [`vmm::host::process::run_with_timeout`], with the output
+/// joined back into text.
+pub fn run_with_timeout(cmd: Command, limit: Duration) -> RunOutput {
+    let c = vmm::host::process::run_with_timeout(cmd, limit).unwrap_or_else(|e| panic!("{e}"));
+    let text = |lines: &[vmm::host::process::Line]| {
+        lines
+            .iter()
+            .map(|l| format!("{}\n", l.text))
+            .collect::<String>()
     };
-    let elapsed = start.elapsed();
-    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
     RunOutput {
-        status,
-        stdout,
-        stderr,
-        elapsed,
+        status: (!c.timed_out).then_some(c.status),
+        stdout: text(&c.stdout),
+        stderr: text(&c.stderr),
+        elapsed: Duration::from_nanos(c.exit_ns.saturating_sub(c.t0)),
     }
 }

@@ -23,9 +23,9 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use faultline_tests::fixtures;
+use mmu::backing::BackingSpec;
 use vmm::measure::report::RunResult;
-use vmm::measure::workload::{Access, FaultBench};
-use vmm::memory::uffd::region::RegionBacking;
+use vmm::measure::workload::{AccessPattern, FaultBench};
 use vmm::memory::uffd::{MissingResolve, UffdMode, WaitMode};
 
 const SIZE: u64 = 16 << 20;
@@ -33,7 +33,7 @@ const SIZE: u64 = 16 << 20;
 /// One VM at a time: on 2 cores parallel runs only slow each other down.
 static VM_LOCK: Mutex<()> = Mutex::new(());
 
-fn bench(backing: RegionBacking, uffd: Option<UffdMode>) -> FaultBench {
+fn bench(backing: BackingSpec, uffd: Option<UffdMode>) -> FaultBench {
     FaultBench {
         backings: vec![backing],
         uffd_modes: vec![uffd],
@@ -100,9 +100,9 @@ fn check_kvm_worked_per_page(b: &FaultBench, r: &RunResult) {
 fn each_4k_backing_first_touch_maps_every_page() {
     vmm::require_kvm!();
     for backing in [
-        RegionBacking::Anonymous,
-        RegionBacking::Shmem,
-        RegionBacking::AnonymousPrefault,
+        BackingSpec::ANONYMOUS,
+        BackingSpec::SHMEM,
+        BackingSpec::ANONYMOUS_PREFAULT,
     ] {
         let b = bench(backing, None);
         let r = run(&b);
@@ -115,7 +115,7 @@ fn each_4k_backing_first_touch_maps_every_page() {
 #[test]
 fn thp_backing_touches_every_page() {
     vmm::require_kvm!();
-    let b = bench(RegionBacking::AnonymousThp, None);
+    let b = bench(BackingSpec::ANONYMOUS_THP, None);
     let r = run(&b);
     check_common(&b, &r);
     // With THP, KVM may map 2M at once on TDP hosts (fewer faults than pages): only check
@@ -128,10 +128,7 @@ fn hugetlb_2m_backings_touch_every_page() {
     vmm::require_kvm!();
     // One region of SIZE per run, one run at a time.
     let _pages = vmm::skip_unless!(fixtures::reserve_huge_pages(2048, SIZE / (2 << 20)));
-    for backing in [
-        RegionBacking::AnonymousHugetlb,
-        RegionBacking::SharedHugetlb,
-    ] {
+    for backing in [BackingSpec::ANONYMOUS_HUGETLB, BackingSpec::SHARED_HUGETLB] {
         let b = bench(backing, None);
         let r = run(&b);
         check_common(&b, &r);
@@ -179,8 +176,8 @@ fn hugetlb_1g_backing_runs_through_the_binary() {
 #[test]
 fn uffd_missing_copy_serves_each_page_once_and_the_guest_reads_the_pattern() {
     vmm::require_kvm!();
-    for access in [Access::Read, Access::Write] {
-        let mut b = bench(RegionBacking::Anonymous, Some(UffdMode::Missing));
+    for access in [AccessPattern::READ, AccessPattern::WRITE] {
+        let mut b = bench(BackingSpec::ANONYMOUS, Some(UffdMode::Missing));
         b.access = access;
         let r = run(&b);
         check_common(&b, &r);
@@ -196,8 +193,8 @@ fn uffd_missing_copy_serves_each_page_once_and_the_guest_reads_the_pattern() {
 #[test]
 fn uffd_missing_zeropage_reads_zero() {
     vmm::require_kvm!();
-    let mut b = bench(RegionBacking::Anonymous, Some(UffdMode::Missing));
-    b.access = Access::Read;
+    let mut b = bench(BackingSpec::ANONYMOUS, Some(UffdMode::Missing));
+    b.access = AccessPattern::READ;
     b.uffd.resolve = MissingResolve::ZeroPage;
     let r = run(&b);
     check_common(&b, &r);
@@ -210,8 +207,8 @@ fn uffd_missing_zeropage_reads_zero() {
 fn uffd_missing_on_shmem_and_minor_on_shmem_read_the_pattern() {
     vmm::require_kvm!();
     for mode in [UffdMode::Missing, UffdMode::Minor] {
-        let mut b = bench(RegionBacking::Shmem, Some(mode));
-        b.access = Access::ReadWrite;
+        let mut b = bench(BackingSpec::SHMEM, Some(mode));
+        b.access = AccessPattern::READ_WRITE;
         let r = run(&b);
         check_common(&b, &r);
         let u = r.uffd_summary.as_ref().unwrap();
@@ -226,7 +223,7 @@ fn uffd_missing_on_shmem_and_minor_on_shmem_read_the_pattern() {
 fn uffd_two_vcpus_one_uffd_two_readers_in_each_wait_mode() {
     vmm::require_kvm!();
     for wait in [WaitMode::BusyPoll, WaitMode::Poll, WaitMode::Blocking] {
-        let mut b = bench(RegionBacking::Anonymous, Some(UffdMode::Missing));
+        let mut b = bench(BackingSpec::ANONYMOUS, Some(UffdMode::Missing));
         b.vcpus = 2;
         b.uffd.single_uffd = true;
         b.uffd.readers = 2;
@@ -243,7 +240,7 @@ fn uffd_two_vcpus_one_uffd_two_readers_in_each_wait_mode() {
 #[test]
 fn uffd_larger_chunks_take_fewer_faults() {
     vmm::require_kvm!();
-    let mut b = bench(RegionBacking::Anonymous, Some(UffdMode::Missing));
+    let mut b = bench(BackingSpec::ANONYMOUS, Some(UffdMode::Missing));
     b.uffd.chunk = 64 << 10;
     let r = run(&b);
     check_common(&b, &r);

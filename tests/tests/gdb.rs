@@ -264,3 +264,68 @@ fn gdb_threads_ctrl_c_software_breakpoint_refused_and_kill() {
     assert!(stderr.contains("killed from gdb"), "{all}");
     assert_eq!(code, Some(devices::exit::STATUS_GUEST_CRASH), "{all}");
 }
+
+/// `Seccomp:` of the thread named `name` of `pid` (2 = a filter is installed).
+fn thread_seccomp(pid: u32, name: &str) -> Option<String> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    dir.flatten().find_map(|t| {
+        let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+        };
+        (field("Name:") == Some(name)).then(|| field("Seccomp:").unwrap_or_default().to_string())
+    })
+}
+
+/// The gdb server thread (the `vm-controller` thread under `--gdb`) installs the gdb filter
+/// once a debugger has connected; with `--no-seccomp` it does not. A bare TCP connection
+/// stands in for gdb (no packets: the thread is filtered before it reads any), and
+/// closing it lets the guest run to its normal exit.
+#[test]
+fn the_gdb_server_thread_is_filtered_once_connected() {
+    if !vmm::testing::kvm_or_skip("the_gdb_server_thread_is_filtered_once_connected") {
+        return;
+    }
+    for no_seccomp in [false, true] {
+        let dir = TempDir::new(if no_seccomp { "noseccomp" } else { "seccomp" });
+        let port = free_port();
+        let mut args = vec!["--guest", "hello"];
+        if no_seccomp {
+            args.push("--no-seccomp");
+        }
+        let vm = start_faultline(&args, &port.to_string(), &dir.0);
+        let pid = vm.0.as_ref().expect("child").id();
+        let conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the stub");
+        let err_path = dir.0.join("faultline.stderr");
+        let start = Instant::now();
+        let mut mode = None;
+        while start.elapsed() < Duration::from_secs(30) {
+            let connected =
+                std::fs::read_to_string(&err_path).is_ok_and(|s| s.contains("gdb connected"));
+            mode = thread_seccomp(pid, "vm-controller");
+            if connected && (mode.as_deref() == Some("2") || no_seccomp) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Give a filter that would come late the chance to show up in the negative case.
+        if no_seccomp {
+            std::thread::sleep(Duration::from_millis(200));
+            mode = thread_seccomp(pid, "vm-controller");
+        }
+        drop(conn);
+        let (code, _, _) = vm.finish(Duration::from_secs(60));
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let want = if no_seccomp { "0" } else { "2" };
+        assert_eq!(
+            mode.as_deref(),
+            Some(want),
+            "no_seccomp={no_seccomp}: {stderr}"
+        );
+        assert_eq!(code, Some(0), "no_seccomp={no_seccomp}: {stderr}");
+        assert!(!stderr.contains("seccomp"), "{stderr}");
+    }
+}

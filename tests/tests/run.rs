@@ -9,7 +9,6 @@
 use faultline_tests::guest::{
     faultline, guest_config, kvm_available, run_guest, try_run_guest, try_run_vm, VmExit,
 };
-use vmm::config::Backing;
 
 #[test]
 fn default_guest_prints_touches_memory_and_exits_0() {
@@ -177,7 +176,7 @@ fn every_backing_runs_the_default_guest() {
     }
     // 64 MiB of guest RAM in 2 MiB pages for the hugetlb backing.
     let _pages = vmm::skip_unless!(faultline_tests::fixtures::reserve_huge_pages(2048, 32));
-    for backing in Backing::ALL {
+    for backing in vmm::config::RAM_BACKINGS {
         let mut cfg = guest_config("hello", 1);
         cfg.memory.size = 64 << 20;
         cfg.memory.backing = backing;

@@ -180,7 +180,8 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u32,
-    /// Host backing of guest RAM: anon, thp, shmem or hugetlb.
+    /// Host backing of guest RAM: anon, thp, shmem or hugetlb (or the KVM selftests'
+    /// anonymous, anonymous_thp, shared_hugetlb).
     #[arg(long, value_name = "KIND", default_value = "anon")]
     pub backing: Backing,
     /// Built-in guest program to run (see --list-guests).

@@ -15,66 +15,24 @@ pub const MIN_MEMORY: u64 = 16 << 20;
 /// the in-kernel I/O APIC, and with `noapic` faultline's guest kernel hung in boot here.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 
-/// How guest RAM is backed on the host (`--backing`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Backing {
-    /// Private anonymous memory (`mmap(MAP_PRIVATE | MAP_ANONYMOUS)`), 4 KiB pages.
-    #[default]
-    Anon,
-    /// Anonymous memory with `madvise(MADV_HUGEPAGE)`: transparent huge pages.
-    Thp,
-    /// Shared memory from a memfd (`memfd_create`, shmem).
-    Shmem,
-    /// 2 MiB hugetlb pages from a `MFD_HUGETLB` memfd; needs reserved huge pages.
-    Hugetlb,
-}
+/// How guest RAM is backed on the host (`--backing`): the one backing type, shared with the
+/// model's scenarios and `bench faults` (`mmu::backing`). Guest RAM takes four of its kinds,
+/// [`RAM_BACKINGS`]; `hugetlb` here is a shared 2 MiB hugetlb memfd.
+pub use mmu::backing::Backing;
 
-impl Backing {
-    /// All backings, in CLI order.
-    pub const ALL: [Backing; 4] = [
-        Backing::Anon,
-        Backing::Thp,
-        Backing::Shmem,
-        Backing::Hugetlb,
-    ];
+/// The backings guest RAM can have, in CLI order.
+pub const RAM_BACKINGS: [Backing; 4] = [
+    Backing::Anon,
+    Backing::Thp,
+    Backing::Shmem,
+    Backing::Hugetlb,
+];
 
-    /// The CLI name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backing::Anon => "anon",
-            Backing::Thp => "thp",
-            Backing::Shmem => "shmem",
-            Backing::Hugetlb => "hugetlb",
-        }
-    }
-
-    /// Size the guest RAM size must be a multiple of.
-    pub fn alignment(self) -> u64 {
-        match self {
-            Backing::Hugetlb => 2 << 20,
-            _ => 4 << 10,
-        }
-    }
-}
-
-impl std::fmt::Display for Backing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// An unknown `--backing` value.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("Unknown backing {0:?}: use one of anon, thp, shmem, hugetlb")]
-pub struct BackingParseError(pub String);
-
-impl std::str::FromStr for Backing {
-    type Err = BackingParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Backing::ALL
-            .into_iter()
-            .find(|b| b.name() == s)
-            .ok_or_else(|| BackingParseError(s.to_string()))
+/// Size the guest RAM size must be a multiple of with `backing`.
+pub fn ram_alignment(backing: Backing) -> u64 {
+    match backing {
+        Backing::Hugetlb => 2 << 20,
+        _ => 4 << 10,
     }
 }
 
@@ -212,6 +170,9 @@ pub enum ValidationError {
         format_size(MIN_MEMORY)
     )]
     MemoryZero,
+    /// A backing guest RAM cannot have.
+    #[error("--backing {0}: guest RAM cannot be backed by {0}; use anon, thp, shmem or hugetlb")]
+    RamBacking(Backing),
     /// Memory below the minimum.
     #[error("--memory {}: too small; use at least {} (e.g. --memory 256M)", format_size(*.size), format_size(MIN_MEMORY))]
     MemoryTooSmall {
@@ -219,7 +180,7 @@ pub enum ValidationError {
         size: u64,
     },
     /// Memory not a multiple of the backing's page size.
-    #[error("--memory {}: not a multiple of {} as the {backing} backing needs; round it (e.g. --memory 256M)", format_size(*.size), format_size(backing.alignment()))]
+    #[error("--memory {}: not a multiple of {} as the {backing} backing needs; round it (e.g. --memory 256M)", format_size(*.size), format_size(ram_alignment(*backing)))]
     MemoryUnaligned {
         /// Requested bytes.
         size: u64,
@@ -269,10 +230,7 @@ pub const MAX_VCPUS: u32 = 254;
 
 /// Host RAM in bytes (MemTotal in /proc/meminfo), if readable.
 pub fn host_ram() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    Some(crate::host::sysfs::meminfo("MemTotal")? * 1024)
 }
 
 fn check_readable(path: &std::path::Path) -> Result<(), String> {
@@ -292,7 +250,10 @@ impl VmConfig {
         if size < MIN_MEMORY {
             return Err(ValidationError::MemoryTooSmall { size });
         }
-        if !size.is_multiple_of(self.memory.backing.alignment()) {
+        if !RAM_BACKINGS.contains(&self.memory.backing) {
+            return Err(ValidationError::RamBacking(self.memory.backing));
+        }
+        if !size.is_multiple_of(ram_alignment(self.memory.backing)) {
             return Err(ValidationError::MemoryUnaligned {
                 size,
                 backing: self.memory.backing,
@@ -417,9 +378,23 @@ mod tests {
 
     #[test]
     fn backing_parses_cli_names() {
-        for b in Backing::ALL {
+        for b in RAM_BACKINGS {
             assert_eq!(b.name().parse::<Backing>(), Ok(b));
         }
+        // The KVM selftests' names for the same memory.
+        assert_eq!("anonymous_thp".parse::<Backing>(), Ok(Backing::Thp));
+        let c = VmConfig {
+            memory: MemoryConfig {
+                backing: Backing::File,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("file") && e.contains("anon, thp, shmem or hugetlb"),
+            "{e}"
+        );
         assert!("huge"
             .parse::<Backing>()
             .unwrap_err()

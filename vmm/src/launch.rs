@@ -1124,7 +1124,8 @@ mod tests {
     use super::*;
     use crate::config::{Backing, MemoryConfig};
     use crate::measure::workload::{
-        Access, TouchParams, MARK_PORT, PATTERN_MAGIC, REGION_GPA, STAGE_START, STAGE_VERIFIED,
+        AccessPattern, TouchParams, MARK_PORT, PATTERN_MAGIC, REGION_GPA, STAGE_START,
+        STAGE_VERIFIED,
     };
     use devices::bus::BusDevice;
     use std::sync::mpsc;
@@ -1154,7 +1155,7 @@ mod tests {
         }
     }
 
-    fn touch_params(bytes: u64, access: Access) -> TouchParams {
+    fn touch_params(bytes: u64, access: AccessPattern) -> TouchParams {
         TouchParams {
             region_gpa: REGION_GPA,
             bytes_per_vcpu: bytes,
@@ -1229,7 +1230,7 @@ mod tests {
             .unwrap();
         // Guest RAM is one region (slot 0): the extra slot is the next free id.
         assert_eq!(vmm.extra_memslots(), &[1]);
-        touch_params(size as u64, Access::Write)
+        touch_params(size as u64, AccessPattern::WRITE)
             .write(vmm.guest_memory())
             .unwrap();
         let (outcome, bitmap) = vmm
@@ -1318,7 +1319,7 @@ mod tests {
             .build()
             .unwrap();
         let info = vmm.vm().memory_fault_info();
-        touch_params(size as u64, Access::Write)
+        touch_params(size as u64, AccessPattern::WRITE)
             .write(vmm.guest_memory())
             .unwrap();
         let outcome = vmm.run().unwrap();
@@ -1478,7 +1479,7 @@ mod tests {
             .pio_device(MARK_PORT, 4, stages.clone())
             .build()
             .unwrap();
-        touch_params(size as u64, Access::Read)
+        touch_params(size as u64, AccessPattern::READ)
             .write(vmm.guest_memory())
             .unwrap();
         let (outcome, deleted) = vmm
@@ -1573,7 +1574,7 @@ mod tests {
             .build()
             .unwrap();
         assert!(vmm.extra_memslots().is_empty());
-        touch_params(size, Access::Read)
+        touch_params(size, AccessPattern::READ)
             .write(vmm.guest_memory())
             .unwrap();
         let outcome = vmm.run().unwrap();

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod gdb;
 pub mod guests;
+pub mod host;
 pub mod launch;
 pub mod live;
 pub mod measure;

@@ -295,10 +295,7 @@ pub fn require_packages(pkgs: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The sysfs file holding the pool size of `size_kib` huge pages.
-fn pool_file(size_kib: u64, leaf: &str) -> String {
-    format!("/sys/kernel/mm/hugepages/hugepages-{size_kib}kB/{leaf}")
-}
+use crate::host::sysfs::pool_file;
 
 fn read_pool(size_kib: u64, leaf: &str) -> Result<u64, String> {
     let path = pool_file(size_kib, leaf);

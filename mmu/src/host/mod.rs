@@ -40,7 +40,7 @@ pub use ops::{
     MprotectError, MremapError, MunmapError, OpReport, RangeError, RemapPfnError,
 };
 pub use pte::Entry;
-pub use uffd::{MemoryFailureError, UffdError, UffdMode};
+pub use uffd::{MemoryFailureError, UffdError, UffdMode, UffdModes};
 pub use vma::{Backing, Prot, VmFlags, Vma};
 
 use crate::notifier::{MmuNotifier, NotifierRange};

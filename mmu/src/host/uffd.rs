@@ -12,9 +12,53 @@ use crate::notifier::{MmuNotifier, NotifierEvent, NotifierRange};
 use crate::types::{Hva, Level, Pfn, PAGE_SIZE, TASK_SIZE};
 use serde::{Deserialize, Serialize};
 
-/// UFFDIO_REGISTER modes.
+/// One userfaultfd registration mode (`UFFDIO_REGISTER_MODE_*`): the one uffd-mode type of
+/// the model's scenarios (`mode = ["missing", "wp"]`), `faultline bench faults -u` and the
+/// VMM's fault service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UffdMode {
+    /// `UFFDIO_REGISTER_MODE_MISSING`: no page at all (anon, shmem, hugetlbfs); resolved
+    /// with `UFFDIO_COPY` or `UFFDIO_ZEROPAGE`.
+    #[serde(alias = "MISSING", alias = "Missing")]
+    Missing,
+    /// `UFFDIO_REGISTER_MODE_WP`: a write to a write-protected page; resolved with
+    /// `UFFDIO_WRITEPROTECT` off.
+    #[serde(alias = "WP", alias = "Wp")]
+    Wp,
+    /// `UFFDIO_REGISTER_MODE_MINOR`: the page is in the page cache but not mapped here
+    /// (shmem, hugetlbfs); resolved with `UFFDIO_CONTINUE`.
+    #[serde(alias = "MINOR", alias = "Minor")]
+    Minor,
+}
+
+impl UffdMode {
+    /// The `UFFDIO_REGISTER_MODE_` suffix, as demand_paging_test's `-u` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UffdMode::Missing => "MISSING",
+            UffdMode::Wp => "WP",
+            UffdMode::Minor => "MINOR",
+        }
+    }
+
+    /// Parses `MISSING`, `WP` or `MINOR`, in any case.
+    pub fn from_name(s: &str) -> Option<UffdMode> {
+        [UffdMode::Missing, UffdMode::Wp, UffdMode::Minor]
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+impl std::fmt::Display for UffdMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The UFFDIO_REGISTER modes of a modelled range (the modes the model has: MISSING and WP).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UffdMode {
+pub struct UffdModes {
     /// UFFDIO_REGISTER_MODE_MISSING: faults on empty anonymous entries wait for userspace.
     pub missing: bool,
     /// UFFDIO_REGISTER_MODE_WP: writes to uffd-wp entries wait for userspace.
@@ -87,7 +131,7 @@ impl Mm {
         &mut self,
         start: Hva,
         len: u64,
-        mode: UffdMode,
+        mode: UffdModes,
     ) -> Result<OpReport, UffdError> {
         let end = range(start, len)?;
         let vmas = self.vmas_in(start, end);
@@ -301,6 +345,27 @@ impl Mm {
 mod tests {
     use super::*;
     use crate::gup::{self, FollFlags, GupError};
+
+    #[test]
+    fn one_uffd_mode_reads_the_scenario_and_the_cli_spellings() {
+        #[derive(Deserialize)]
+        struct M {
+            mode: Vec<UffdMode>,
+        }
+        let m: M = toml::from_str(r#"mode = ["missing", "wp", "minor", "MISSING"]"#).unwrap();
+        assert_eq!(
+            m.mode,
+            [
+                UffdMode::Missing,
+                UffdMode::Wp,
+                UffdMode::Minor,
+                UffdMode::Missing
+            ]
+        );
+        assert_eq!(UffdMode::from_name("minor"), Some(UffdMode::Minor));
+        assert_eq!(UffdMode::from_name("WP").map(UffdMode::name), Some("WP"));
+        assert_eq!(UffdMode::from_name("async"), None);
+    }
     use crate::host::testutil::*;
     use crate::host::FaultOutcome;
     use crate::notifier::{NoNotifier, NotifierEvent::*};
@@ -317,7 +382,7 @@ mod tests {
         m.uffd_register(
             a,
             M2,
-            UffdMode {
+            UffdModes {
                 missing: true,
                 wp: false,
                 minor: false,
@@ -356,7 +421,7 @@ mod tests {
         m.uffd_register(
             a,
             M2,
-            UffdMode {
+            UffdModes {
                 missing: false,
                 wp: true,
                 minor: false,

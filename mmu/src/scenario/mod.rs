@@ -350,62 +350,11 @@ pub struct MemslotSpec {
     pub flags: Vec<MemslotFlag>,
 }
 
-/// What backs a `[[vma]]`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VmaKind {
-    /// Anonymous memory (`MAP_ANONYMOUS`; shared: shmem).
-    #[default]
-    Anon,
-    /// A shmem file (`/dev/shm`, `MAP_SHARED | MAP_ANONYMOUS` semantics for the pages).
-    Shmem,
-    /// A `memfd_create()` file: shmem underneath.
-    Memfd,
-    /// A regular file.
-    ///
-    /// # Divergence
-    /// The model has one page cache, shmem's: a file mapping is modelled as shmem (no
-    /// writeback, no `->page_mkwrite`, no readahead).
-    File,
-    /// hugetlbfs (`MAP_HUGETLB`), page size from `page_size` (2M default).
-    ///
-    /// # Divergence
-    /// The model has `hugetlb_fault()` (mm/hugetlb.c), fork, munmap, mprotect,
-    /// MADV_DONTNEED and aging on hugetlb; mremap, migration, memory failure, userfaultfd
-    /// and punch-hole steps touching a hugetlb VMA return "not-modelled".
-    Hugetlb,
-    /// A driver's `VM_PFNMAP` mapping.
-    Pfnmap,
-    /// A driver's `VM_MIXEDMAP` mapping.
-    Mixedmap,
-    /// device-dax (ZONE_DEVICE pages).
-    Devdax,
-}
-
-/// A page size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum PageSize {
-    /// 4 KiB.
-    #[serde(rename = "4K")]
-    Size4K,
-    /// 2 MiB.
-    #[serde(rename = "2M")]
-    Size2M,
-    /// 1 GiB.
-    #[serde(rename = "1G")]
-    Size1G,
-}
-
-impl PageSize {
-    /// The page-table level of a leaf of this size.
-    pub fn level(self) -> Level {
-        match self {
-            PageSize::Size4K => Level::Pte4K,
-            PageSize::Size2M => Level::Pmd2M,
-            PageSize::Size1G => Level::Pud1G,
-        }
-    }
-}
+/// What backs a `[[vma]]` (`kind`): the one [`Backing`](crate::backing::Backing) type, with
+/// its kebab names (`anon`, `thp` (read as `anon` with `thp = true`), `shmem`, `memfd`,
+/// `file`, `hugetlb`, `pfnmap`, `mixedmap`, `devdax`).
+pub use crate::backing::Backing as VmaKind;
+pub use crate::backing::PageSize;
 
 /// The largest leaf a device driver inserts (`huge` of a pfnmap/mixedmap/devdax VMA).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -496,6 +445,21 @@ impl VmaSpec {
     pub fn contains(&self, hva: Hva) -> bool {
         hva >= self.start() && hva < self.end()
     }
+    /// The backing with its options: kind, page size, sharing (the one type `--backing` and
+    /// `bench faults -s` parse into too).
+    pub fn backing_spec(&self) -> crate::backing::BackingSpec {
+        let backing = if self.thp && self.kind == VmaKind::Anon {
+            VmaKind::Thp
+        } else {
+            self.kind
+        };
+        crate::backing::BackingSpec {
+            backing,
+            page_size: self.hugetlb_size().unwrap_or(PageSize::Size4K),
+            shared: self.shared || matches!(self.kind, VmaKind::Shmem | VmaKind::Memfd),
+            prefault: false,
+        }
+    }
     /// The hugetlb page size (2M unless `page_size` says otherwise); `None` for other kinds.
     pub fn hugetlb_size(&self) -> Option<PageSize> {
         (self.kind == VmaKind::Hugetlb).then(|| self.page_size.unwrap_or(PageSize::Size2M))
@@ -545,7 +509,15 @@ impl Scenario {
                 .vma
                 .into_iter()
                 .enumerate()
-                .map(|(i, t)| entry("vma", i, t))
+                .map(|(i, t)| {
+                    // `kind = "thp"` is `kind = "anon"` with `thp = true`.
+                    entry("vma", i, t).map(|mut v: VmaSpec| {
+                        if v.kind == VmaKind::Thp {
+                            (v.kind, v.thp) = (VmaKind::Anon, true);
+                        }
+                        v
+                    })
+                })
                 .collect::<Result<_, _>>()?,
             step,
         };
@@ -694,16 +666,7 @@ impl Scenario {
 
 /// The schema name of a VMA kind.
 pub fn kind_name(k: VmaKind) -> &'static str {
-    match k {
-        VmaKind::Anon => "anon",
-        VmaKind::Shmem => "shmem",
-        VmaKind::Memfd => "memfd",
-        VmaKind::File => "file",
-        VmaKind::Hugetlb => "hugetlb",
-        VmaKind::Pfnmap => "pfnmap",
-        VmaKind::Mixedmap => "mixedmap",
-        VmaKind::Devdax => "devdax",
-    }
+    k.name()
 }
 
 fn level_name(l: Level) -> &'static str {
@@ -774,6 +737,7 @@ pub fn build_with(sc: &Scenario, opts: &ModelOptions) -> Result<(Mm, Kvm), Scena
         };
         let (backing, hugepage) = match v.kind {
             VmaKind::Anon => (Backing::Anon, v.thp),
+            VmaKind::Thp => (Backing::Anon, true),
             VmaKind::Shmem | VmaKind::Memfd | VmaKind::File => (Backing::Shmem, v.thp),
             VmaKind::Hugetlb => (
                 Backing::Hugetlb(v.hugetlb_size().unwrap_or(PageSize::Size2M).level()),

@@ -5,9 +5,9 @@
 use super::contents::{uffdio_copy_value, Contents, Scope};
 use super::outcome::{hex, GupOutcome, StepOutcome, StepResult};
 use super::step::default_value;
-use super::step::{MadviseAdvice, SignalKind, UffdModeName};
+use super::step::{MadviseAdvice, SignalKind};
 use super::{memslot_flags, Scenario, ScenarioError, Step, VmaKind};
-use crate::host::{Advice, Mm, PendingSignal, ThpMode, UffdMode};
+use crate::host::{Advice, Mm, PendingSignal, ThpMode, UffdMode, UffdModes};
 use crate::notifier::{MmuNotifier, NotifierLog};
 use crate::secondary::fault::{Access, PfResult};
 use crate::secondary::stats::KvmStats;
@@ -863,12 +863,12 @@ fn run_step_impl(
             mm.exit(kvm);
         }
         Step::UffdRegister(u) => {
-            let mut mode = UffdMode::default();
+            let mut mode = UffdModes::default();
             for m in &u.mode {
                 match m {
-                    UffdModeName::Missing => mode.missing = true,
-                    UffdModeName::Wp => mode.wp = true,
-                    UffdModeName::Minor => mode.minor = true,
+                    UffdMode::Missing => mode.missing = true,
+                    UffdMode::Wp => mode.wp = true,
+                    UffdMode::Minor => mode.minor = true,
                 }
             }
             mm.uffd_register(Hva(u.start.0), u.size.0, mode)

@@ -223,20 +223,11 @@ pub struct SignalStep {
     pub signal: SignalKind,
 }
 
-/// A userfaultfd registration mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UffdModeName {
-    /// UFFDIO_REGISTER_MODE_MISSING
-    Missing,
-    /// UFFDIO_REGISTER_MODE_WP
-    Wp,
-    /// UFFDIO_REGISTER_MODE_MINOR
-    Minor,
-}
+/// A userfaultfd registration mode (`mode = ["missing", "wp", "minor"]`).
+pub use crate::host::UffdMode;
 
-fn default_modes() -> Vec<UffdModeName> {
-    vec![UffdModeName::Missing]
+fn default_modes() -> Vec<UffdMode> {
+    vec![UffdMode::Missing]
 }
 
 /// `uffd-register`.
@@ -249,7 +240,7 @@ pub struct UffdRegisterStep {
     pub size: Num,
     /// Modes (default `["missing"]`).
     #[serde(default = "default_modes")]
-    pub mode: Vec<UffdModeName>,
+    pub mode: Vec<UffdMode>,
 }
 
 /// `uffdio-continue` (MINOR faults): `size` defaults to 4K.

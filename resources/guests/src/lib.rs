@@ -11,7 +11,8 @@
 //! [`guest_main!`]). When `main` returns a status, vCPU 0 reports `done(status)`; other
 //! vCPUs halt. Guests talk to the host only through [`ucall`] and [`debug_exit`].
 //!
-//! Rules for guest code on faultline's hosts (shared/reference/platform.md): no `int3`, no
+//! Rules for guest code on faultline's hosts (its nested, paravirtualised development host
+//! among them; see resources/guests/README.md): no `int3`, no
 //! xsave/xrstor, no rdtsc timing, no floating point, no SSE (the crate is built without
 //! it), and format integers with [`Dec`]/[`Hex`], not `{}`/`{:x}` (libcore's integer
 //! formatting is prebuilt with SSE).
@@ -223,7 +224,7 @@ impl Write for Buf {
 }
 
 /// A number shown in decimal without libcore's integer formatting (which uses SSE; see
-/// .cargo/config.toml). Use it instead of `{}` on integers: `println!("{}", Dec(n))`.
+/// resources/guests/.cargo/config.toml). Use it instead of `{}` on integers: `println!("{}", Dec(n))`.
 #[derive(Debug, Clone, Copy)]
 pub struct Dec(pub u64);
 

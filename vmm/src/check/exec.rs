@@ -129,7 +129,7 @@ impl CheckEnv {
 fn vma_real_kind(kind: VmaKind, page_size: u64, vvar: bool) -> Result<RealKind, String> {
     match kind {
         VmaKind::Pfnmap if vvar => Ok(RealKind::Vvar),
-        VmaKind::Anon => Ok(RealKind::Anon),
+        VmaKind::Anon | VmaKind::Thp => Ok(RealKind::Anon),
         VmaKind::Shmem | VmaKind::Memfd => Ok(RealKind::Memfd),
         VmaKind::File => Ok(RealKind::File),
         VmaKind::Hugetlb => Ok(RealKind::Hugetlb { page_size }),

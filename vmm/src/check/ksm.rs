@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const KSM_DIR: &str = "/sys/kernel/mm/ksm";
+use crate::host::sysfs::KSM_DIR;
 
 /// A KSM scan could not be run.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,8 @@
 //! What `faultline check` reports: per scenario, per step, per observable, the model's value,
 //! the real kernel's value, where the real value came from, and a verdict.
 //!
-//! Verdicts, herd/litmus style (shared/STYLE.md section 7):
+//! Verdicts, herd/litmus style (herdtools7 runs one litmus test on the model and on hardware
+//! and diffs the two logs):
 //! - `agree`: model and kernel gave the same value;
 //! - `DIVERGE`: they did not (both values shown);
 //! - `not observable here`: this host cannot show the real value (the reason says why, e.g.

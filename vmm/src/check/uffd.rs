@@ -12,7 +12,7 @@
 use super::agent::{AccessKind, AccessOutcome, Agent, AgentError};
 use super::space::RealSpace;
 use crate::memory::uffd::sys::{self, RegisterModes, Uffd, UffdEvent};
-use mmu::scenario::step::UffdModeName;
+use mmu::scenario::step::UffdMode;
 use mmu::scenario::{Scenario, Step};
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,7 @@ impl UffdExec {
         let minor = sc
             .step
             .iter()
-            .any(|s| matches!(s, Step::UffdRegister(u) if u.mode.contains(&UffdModeName::Minor)));
+            .any(|s| matches!(s, Step::UffdRegister(u) if u.mode.contains(&UffdMode::Minor)));
         UffdExec {
             uffd: None,
             features: if minor { sys::FEATURE_MINOR_SHMEM } else { 0 },
@@ -122,16 +122,16 @@ impl UffdExec {
     }
 
     /// `UFFDIO_REGISTER` of the real range `real..real+len` with `modes`.
-    pub fn register(&mut self, real: u64, len: u64, modes: &[UffdModeName]) -> Result<(), String> {
+    pub fn register(&mut self, real: u64, len: u64, modes: &[UffdMode]) -> Result<(), String> {
         if self.uffd.is_none() {
             self.uffd = Some(Uffd::new(self.features, true).map_err(|e| e.to_string())?);
         }
         let mut m = RegisterModes::default();
         for mode in modes {
             m = m | match mode {
-                UffdModeName::Missing => RegisterModes::MISSING,
-                UffdModeName::Wp => RegisterModes::WP,
-                UffdModeName::Minor => RegisterModes::MINOR,
+                UffdMode::Missing => RegisterModes::MISSING,
+                UffdMode::Wp => RegisterModes::WP,
+                UffdMode::Minor => RegisterModes::MINOR,
             };
         }
         self.fd()?

@@ -73,6 +73,16 @@ fn session(hook: &GdbVcpus, h: &VmHandle<'_>, listener: &GdbListener, n: usize) 
         }
     };
     eprintln!("faultline: gdb connected");
+    // Set up (listener bound, connection accepted): from here the thread only speaks the
+    // protocol over its socket and drives the vCPUs.
+    if let Err(e) = h.seccomp().apply(crate::seccomp::ThreadKind::Gdb) {
+        hook.release();
+        h.request_stop(VmExit::Crash {
+            vcpu: 0,
+            reason: e.to_string(),
+        });
+        return;
+    }
     let mut target = GdbTarget::new(hook, h, n);
     let result = GdbStub::new(conn).run_blocking::<GdbEventLoop<'_>>(&mut target);
     hook.release();

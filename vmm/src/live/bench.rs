@@ -12,9 +12,9 @@ use super::{LiveOptions, LiveSummary};
 use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
 use crate::launch::{VmBuilder, VmIo};
 use crate::measure::workload::{FaultBench, TouchParams, MARK_PORT, STAGE_END, STAGE_START};
-use crate::memory::uffd::region::RegionBacking;
 use crate::memory::uffd::UffdMode;
 use devices::bus::BusDevice;
+use mmu::backing::BackingSpec;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -103,15 +103,15 @@ pub fn run(
         .backings
         .first()
         .copied()
-        .unwrap_or(RegionBacking::Anonymous);
-    let backing = match region {
-        RegionBacking::Anonymous => Backing::Anon,
-        RegionBacking::AnonymousThp => Backing::Thp,
-        RegionBacking::Shmem => Backing::Shmem,
-        other => {
+        .unwrap_or(BackingSpec::ANONYMOUS);
+    // Live mode serves guest RAM's own kinds at 4K (the one backing type: the region's
+    // kind is guest RAM's).
+    let backing = match region.backing {
+        b @ (Backing::Anon | Backing::Thp | Backing::Shmem) if !region.prefault => b,
+        _ => {
             return Err(format!(
                 "bench faults --live runs anonymous, anonymous_thp or shmem; {} is not served live (live mode has no hugetlb support yet, and prefaulting defeats the comparison)",
-                other.name()
+                region.name()
             ))
         }
     };

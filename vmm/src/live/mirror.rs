@@ -96,6 +96,8 @@ pub fn mirror_toml(regions: &[RamRegion], backing: Backing, opts: &ModelOptions)
             Backing::Thp => s.push_str("thp = true\n"),
             Backing::Shmem => s.push_str("kind = \"memfd\"\nshared = true\n"),
             Backing::Hugetlb => s.push_str("kind = \"hugetlb\"\nshared = true\n"),
+            // Guest RAM has the four kinds above (`VmConfig::validate`).
+            other => s.push_str(&format!("kind = \"{other}\"\n")),
         }
         s.push_str(&format!(
             "\n[[memslot]]\nid = {}\ngpa = \"{:#x}\"\nsize = \"{:#x}\"\nhva = \"{:#x}\"\n",

@@ -1180,7 +1180,7 @@ pub fn live_touch_params(ram: u64, vcpus: u32) -> crate::measure::workload::Touc
         region_gpa: region,
         bytes_per_vcpu: per,
         stride: PAGE,
-        access: crate::measure::workload::Access::ReadWrite,
+        access: crate::measure::workload::AccessPattern::READ_WRITE,
         random: false,
         expect: 0,
         seed: 1,

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::workload::{uffd_name, Access, FaultBench};
+use super::workload::{uffd_name, AccessPattern, FaultBench};
 use crate::config::parse_size;
-use crate::memory::uffd::region::{BackingNameError, RegionBacking};
 use crate::memory::uffd::{MissingResolve, UffdConfig, UffdMode, WaitMode};
+use mmu::backing::{BackingError, BackingSpec};
 
 /// Options of `faultline bench faults`.
 #[derive(Debug, Clone, Args)]
@@ -93,7 +93,7 @@ pub struct FaultsArgs {
 pub enum FaultsArgsError {
     /// Unknown backing.
     #[error(transparent)]
-    Backing(#[from] BackingNameError),
+    Backing(#[from] BackingError),
     /// Unknown uffd mode.
     #[error("Unknown --uffd mode {0:?}; use none, MISSING or MINOR (or a comma list)")]
     Uffd(String),
@@ -120,7 +120,7 @@ impl FaultsArgs {
     /// The benchmark these options describe (validated later by [`FaultBench::validate`]).
     pub fn to_bench(&self) -> Result<FaultBench, FaultsArgsError> {
         let backings = list(&self.backing)
-            .map(RegionBacking::from_name)
+            .map(BackingSpec::parse_selftest)
             .collect::<Result<Vec<_>, _>>()?;
         if backings.is_empty() {
             return Err(FaultsArgsError::Empty("--backing"));
@@ -128,9 +128,10 @@ impl FaultsArgs {
         let uffd_modes = list(&self.uffd)
             .map(|u| match u.to_ascii_uppercase().as_str() {
                 "NONE" | "OFF" => Ok(None),
-                "MISSING" => Ok(Some(UffdMode::Missing)),
-                "MINOR" => Ok(Some(UffdMode::Minor)),
-                _ => Err(FaultsArgsError::Uffd(u.to_string())),
+                m => match UffdMode::from_name(m) {
+                    Some(m @ (UffdMode::Missing | UffdMode::Minor)) => Ok(Some(m)),
+                    _ => Err(FaultsArgsError::Uffd(u.to_string())),
+                },
             })
             .collect::<Result<Vec<_>, _>>()?;
         if uffd_modes.is_empty() {
@@ -155,11 +156,9 @@ impl FaultsArgs {
             "zeropage" | "zero" => MissingResolve::ZeroPage,
             v => return Err(choice("--uffd-resolve", v, "copy, zeropage")),
         };
-        let access = match self.access.as_str() {
-            "read" => Access::Read,
-            "write" => Access::Write,
-            "read-write" | "rw" => Access::ReadWrite,
-            v => return Err(choice("--access", v, "read, write, read-write")),
+        let access = match AccessPattern::from_name(&self.access) {
+            Some(a) => a,
+            None => return Err(choice("--access", &self.access, "read, write, read-write")),
         };
         let random = match self.order.as_str() {
             "sequential" | "seq" => false,
@@ -319,10 +318,7 @@ mod tests {
         .unwrap();
         assert_eq!(b.bytes_per_vcpu, 16 << 20);
         assert_eq!(b.vcpus, 2);
-        assert_eq!(
-            b.backings,
-            vec![RegionBacking::Anonymous, RegionBacking::Shmem]
-        );
+        assert_eq!(b.backings, vec![BackingSpec::ANONYMOUS, BackingSpec::SHMEM]);
         assert_eq!(b.uffd_modes, vec![None, Some(UffdMode::Missing)]);
         assert_eq!(b.uffd.delay, Duration::from_micros(5));
         assert_eq!(b.uffd.readers, 2);

@@ -1,6 +1,7 @@
 //! The host settings that change fault-latency results, captured with every report.
 //!
-//! The sysfs/procfs readers live in [`crate::check::observe::host`], which also reads the full
+//! The sysfs/procfs readers are [`crate::host::sysfs`]'s, which
+//! [`crate::check::observe::host`] also uses for the full
 //! [`HostConditions`](crate::check::observe::host::HostConditions) the checker needs.
 
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,7 @@ pub struct HostSettings {
     pub vcpu_pinning: String,
 }
 
-use crate::check::observe::host::{bracketed, read_trim, read_u64};
+use crate::host::sysfs::{huge_pool, read_trim, read_u64, thp_setting};
 
 impl HostSettings {
     /// Reads the settings from /proc and /sys; missing files read as "unknown" or 0.
@@ -51,14 +52,11 @@ impl HostSettings {
             .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
         Self {
             kernel: read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into()),
-            thp_enabled: read_trim("/sys/kernel/mm/transparent_hugepage/enabled")
-                .map_or_else(|| "unavailable".into(), |s| bracketed(&s)),
-            thp_shmem_enabled: read_trim("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
-                .map_or_else(|| "unavailable".into(), |s| bracketed(&s)),
+            thp_enabled: thp_setting("enabled").unwrap_or_else(|| "unavailable".into()),
+            thp_shmem_enabled: thp_setting("shmem_enabled").unwrap_or_else(|| "unavailable".into()),
             nr_hugepages_2m: read_u64("/proc/sys/vm/nr_hugepages").unwrap_or(0),
-            free_hugepages_2m: read_u64("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-                .unwrap_or(0),
-            nr_hugepages_1g: read_u64("/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"),
+            free_hugepages_2m: huge_pool(2048).map_or(0, |p| p.free),
+            nr_hugepages_1g: huge_pool(1 << 20).map(|p| p.nr),
             cpu_model,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kvm_tdp_mmu: read_trim("/sys/module/kvm/parameters/tdp_mmu"),
@@ -71,12 +69,6 @@ impl HostSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bracketed_picks_the_active_choice() {
-        assert_eq!(bracketed("always [madvise] never"), "madvise");
-        assert_eq!(bracketed("[never]"), "never");
-    }
 
     #[test]
     fn capture_reads_this_host() {

@@ -20,18 +20,19 @@ use std::time::Instant;
 
 use devices::bus::BusDevice;
 use devices::exit::VmExit;
-use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::kvm_stats::{StatsReader, StatsSnapshot};
 use super::report::{BenchReport, RunResult, UffdSummary, VcpuResult};
 use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
 use crate::launch::{ExtraMemslot, VmBuilder, VmIo};
-use crate::memory::uffd::region::{MeasuredRegion, RegionBacking, RegionError};
+use crate::memory::uffd::region::{MeasuredRegion, RegionError};
 use crate::memory::uffd::{
     MissingResolve, UffdConfig, UffdMode, UffdRegion, UffdService, UffdStartError, UffdStopError,
 };
 use crate::vstate::stats::stats_fd;
+use mmu::backing::BackingSpec;
+use mmu::secondary::fault::Access;
 
 /// Guest-physical start of the measured region.
 pub const REGION_GPA: u64 = 1 << 30;
@@ -52,33 +53,53 @@ pub const STAGE_END: u32 = 2;
 /// Offset of `Params::touched` in the guest's parameter block.
 const TOUCHED_OFFSET: u64 = 9 * 8;
 
-/// What each access does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Access {
-    /// Read and check the data.
-    Read,
-    /// Write (checked in a pass after the timed loop).
-    Write,
-    /// Read and check, then write.
-    ReadWrite,
-}
+/// What each touch of the `touch` guest does: one access, or a read then a write, each of
+/// the model's one access kind [`Access`] (`mmu::secondary::fault::Access`; the guest does
+/// not execute from the region, so there is no exec pattern).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessPattern(&'static [Access]);
 
-impl Access {
+impl AccessPattern {
+    /// Read and check the data.
+    pub const READ: AccessPattern = AccessPattern(&[Access::Read]);
+    /// Write (checked in a pass after the timed loop).
+    pub const WRITE: AccessPattern = AccessPattern(&[Access::Write]);
+    /// Read and check, then write.
+    pub const READ_WRITE: AccessPattern = AccessPattern(&[Access::Read, Access::Write]);
+
+    /// The accesses of one touch, in order.
+    #[must_use]
+    pub fn accesses(self) -> &'static [Access] {
+        self.0
+    }
+
+    /// The guest's code for it (`Params::access`).
     fn code(self) -> u64 {
-        match self {
-            Access::Read => 0,
-            Access::Write => 1,
-            Access::ReadWrite => 2,
+        match self.0 {
+            [Access::Read] => 0,
+            [Access::Write] => 1,
+            _ => 2,
         }
     }
 
     /// `read`, `write` or `read-write`.
     #[must_use]
     pub fn name(self) -> &'static str {
-        match self {
-            Access::Read => "read",
-            Access::Write => "write",
-            Access::ReadWrite => "read-write",
+        match self.0 {
+            [Access::Read] => "read",
+            [Access::Write] => "write",
+            _ => "read-write",
+        }
+    }
+
+    /// Parses `read`, `write`, `read-write` (or `rw`).
+    #[must_use]
+    pub fn from_name(s: &str) -> Option<AccessPattern> {
+        match s {
+            "read" => Some(Self::READ),
+            "write" => Some(Self::WRITE),
+            "read-write" | "rw" => Some(Self::READ_WRITE),
+            _ => None,
         }
     }
 }
@@ -87,7 +108,7 @@ impl Access {
 #[derive(Debug, Clone)]
 pub struct FaultBench {
     /// Backings, run in turn.
-    pub backings: Vec<RegionBacking>,
+    pub backings: Vec<BackingSpec>,
     /// uffd modes, run in turn for each backing (`None` = no uffd).
     pub uffd_modes: Vec<Option<UffdMode>>,
     /// Bytes touched per vCPU.
@@ -97,7 +118,7 @@ pub struct FaultBench {
     /// Bytes between two accesses.
     pub stride: u64,
     /// Access kind.
-    pub access: Access,
+    pub access: AccessPattern,
     /// Random order instead of sequential.
     pub random: bool,
     /// Seed of the random order.
@@ -111,12 +132,12 @@ pub struct FaultBench {
 impl Default for FaultBench {
     fn default() -> Self {
         Self {
-            backings: vec![RegionBacking::Anonymous],
+            backings: vec![BackingSpec::ANONYMOUS],
             uffd_modes: vec![None],
             bytes_per_vcpu: 1 << 30,
             vcpus: 1,
             stride: 4096,
-            access: Access::Write,
+            access: AccessPattern::WRITE,
             random: false,
             seed: 0x5eed,
             uffd: UffdConfig {
@@ -224,7 +245,7 @@ pub struct TouchParams {
     /// Bytes between accesses.
     pub stride: u64,
     /// Access kind.
-    pub access: Access,
+    pub access: AccessPattern,
     /// Random order.
     pub random: bool,
     /// 0: first reads see zero; 1: they see `PATTERN_MAGIC ^ gpa`.
@@ -308,11 +329,10 @@ impl BusDevice for Marks {
     }
 }
 
-fn label(backing: RegionBacking, uffd: Option<UffdMode>) -> String {
+fn label(backing: BackingSpec, uffd: Option<UffdMode>) -> String {
     match uffd {
         None => backing.name().to_string(),
-        Some(UffdMode::Missing) => format!("{}/MISSING", backing.name()),
-        Some(UffdMode::Minor) => format!("{}/MINOR", backing.name()),
+        Some(m) => format!("{}/{}", backing.name(), m.name()),
     }
 }
 
@@ -321,8 +341,7 @@ fn label(backing: RegionBacking, uffd: Option<UffdMode>) -> String {
 pub fn uffd_name(m: Option<UffdMode>) -> &'static str {
     match m {
         None => "none",
-        Some(UffdMode::Missing) => "MISSING",
-        Some(UffdMode::Minor) => "MINOR",
+        Some(m) => m.name(),
     }
 }
 
@@ -357,12 +376,12 @@ impl FaultBench {
             });
         }
         for &b in &self.backings {
-            if !self.bytes_per_vcpu.is_multiple_of(b.page_size() as u64) {
+            if !self.bytes_per_vcpu.is_multiple_of(b.page_bytes()) {
                 return Err(BenchError::BadArgument(format!(
                     "--size {} is not a multiple of the {} page size ({} bytes)",
                     self.bytes_per_vcpu,
                     b.name(),
-                    b.page_size()
+                    b.page_bytes()
                 )));
             }
             for &u in &self.uffd_modes {
@@ -406,7 +425,7 @@ impl FaultBench {
     /// One run: a fresh VM whose measured region has `backing`, served by uffd `mode`.
     pub fn run_one(
         &self,
-        backing: RegionBacking,
+        backing: BackingSpec,
         mode: Option<UffdMode>,
     ) -> Result<RunResult, BenchError> {
         let vcpus = self.vcpus as usize;
@@ -486,7 +505,7 @@ impl FaultBench {
         let service = match mode {
             None => None,
             Some(m) => {
-                let page_size = backing.page_size();
+                let page_size = crate::memory::uffd::region::page_size(backing);
                 let cfg = UffdConfig {
                     mode: m,
                     page_size,
@@ -687,7 +706,7 @@ mod tests {
             .to_string()
             .contains("shared backing"));
         let b = FaultBench {
-            backings: vec![RegionBacking::SharedHugetlb],
+            backings: vec![BackingSpec::SHARED_HUGETLB],
             bytes_per_vcpu: (2 << 20) + 4096,
             ..FaultBench::default()
         };
@@ -707,7 +726,7 @@ mod tests {
             ..FaultBench::default()
         };
         let r = b
-            .run_one(RegionBacking::Anonymous, Some(UffdMode::Missing))
+            .run_one(BackingSpec::ANONYMOUS, Some(UffdMode::Missing))
             .unwrap();
         assert_eq!(r.total_pages(), 1024);
         assert_eq!(r.uffd_summary.as_ref().unwrap().pages_installed, 1024);

@@ -76,6 +76,9 @@ pub enum GuestRamError {
     /// madvise failed.
     #[error("madvise(MADV_HUGEPAGE) on guest RAM failed: {0}; is THP disabled (/sys/kernel/mm/transparent_hugepage/enabled = never)?")]
     Madvise(#[source] std::io::Error),
+    /// A backing guest RAM cannot have (`VmConfig::validate` refuses it first).
+    #[error("Guest RAM cannot be backed by {0}: use anon, thp, shmem or hugetlb")]
+    Unsupported(Backing),
     /// vm-memory rejected the region layout.
     #[error("Guest RAM layout rejected: {0}")]
     Layout(String),
@@ -93,17 +96,11 @@ pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
     }
 }
 
-fn read_num(path: &str) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 /// Checks that `size` bytes of 2 MiB hugetlb pages are free right now.
 pub fn check_huge_pages(size: u64) -> Result<(), GuestRamError> {
-    let dir = "/sys/kernel/mm/hugepages/hugepages-2048kB";
-    let total = read_num(&format!("{dir}/nr_hugepages")).unwrap_or(0);
-    let free = read_num(&format!("{dir}/free_hugepages")).unwrap_or(0);
-    let resv = read_num(&format!("{dir}/resv_hugepages")).unwrap_or(0);
-    let free = free.saturating_sub(resv);
+    let pool = crate::host::sysfs::huge_pool(HUGE_PAGE_SIZE >> 10);
+    let total = pool.map_or(0, |p| p.nr);
+    let free = pool.map_or(0, |p| p.available());
     let needed = size.div_ceil(HUGE_PAGE_SIZE);
     if needed > free {
         return Err(GuestRamError::NotEnoughHugePages {
@@ -153,6 +150,11 @@ fn map_region(backing: Backing, size: u64) -> Result<MmapRegion, GuestRamError> 
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
             .build()
             .map_err(mmap_err)?,
+        other @ (Backing::Memfd
+        | Backing::File
+        | Backing::Pfnmap
+        | Backing::Mixedmap
+        | Backing::Devdax) => return Err(GuestRamError::Unsupported(other)),
         Backing::Shmem | Backing::Hugetlb => builder
             .with_file_offset(FileOffset::new(memfd(backing, size)?, 0))
             .with_mmap_flags(libc::MAP_SHARED)

@@ -62,15 +62,10 @@ pub fn fill_pattern(buf: &mut [u8], tag: u64) {
     }
 }
 
-/// Which faults the uffd reports (`UFFDIO_REGISTER_MODE_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum UffdMode {
-    /// `UFFDIO_REGISTER_MODE_MISSING`: no page at all (anon, shmem, hugetlbfs).
-    Missing,
-    /// `UFFDIO_REGISTER_MODE_MINOR`: the page is in the page cache but not mapped here
-    /// (shmem, hugetlbfs). Resolved with `UFFDIO_CONTINUE`.
-    Minor,
-}
+/// Which faults the uffd reports (`UFFDIO_REGISTER_MODE_*`): the model's type, shared with
+/// the scenarios. The service resolves MISSING and MINOR faults; WP alone is refused by
+/// [`UffdService::start`] (the live mode, `vmm::live`, drives WP itself).
+pub use mmu::host::UffdMode;
 
 /// How a `MISSING` fault is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -147,6 +142,9 @@ impl Default for UffdConfig {
 /// Errors of [`UffdService::start`].
 #[derive(Debug, thiserror::Error)]
 pub enum UffdStartError {
+    /// WP alone is not a fault-service mode.
+    #[error("Not implemented yet: the uffd fault service resolves MISSING and MINOR faults; WP-only registration is not wired (use -u MISSING or MINOR)")]
+    WpOnly,
     /// The uffd service cannot start: {0}
     #[error("The uffd service cannot start: {0}")]
     Create(#[source] UffdError),
@@ -412,6 +410,7 @@ impl UffdService {
         let reg_mode = match cfg.mode {
             UffdMode::Missing => RegisterModes::MISSING,
             UffdMode::Minor => RegisterModes::MINOR,
+            UffdMode::Wp => return Err(UffdStartError::WpOnly),
         };
         for (i, r) in regions.iter().enumerate() {
             let uffd = &uffds[if cfg.single_uffd { 0 } else { i }];
@@ -736,6 +735,9 @@ fn resolve(
         }
         // SAFETY: as above; maps the page-cache pages the caller filled through its alias.
         (UffdMode::Minor, _) => unsafe { uffd.continue_(dst, len) }.map(|_| ()),
+        // Not registered (`start` refuses WP); a write-protect fault is resolved by lifting
+        // the protection.
+        (UffdMode::Wp, _) => uffd.writeprotect(dst, len, false),
     };
     match outcome {
         Ok(()) => {

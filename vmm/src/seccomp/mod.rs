@@ -29,7 +29,8 @@
 //! | `vmm-event` (launch.rs: the event loop, stdin, the watchdog's kicks and report) | [`ThreadKind::EventLoop`] | after its epoll set is built |
 //! | `uffdN-rM`, `uffd-spinN` (memory/uffd.rs) | [`ThreadKind::UffdReader`] | first thing in the thread: the uffds are registered |
 //! | the thread that calls `Vmm::run` in `faultline run` (main.rs) | [`ThreadKind::Main`] | after `build()`; it spawns the others, so its list is a superset of theirs (filters stack) |
-//! | `vm-controller` ([`crate::Vmm::run_with`]) | none | it runs the caller's code: `check`'s host operations (munmap, mprotect, madvise, mremap, fork, memfd/fallocate, tracefs, /proc): a list would be the whole syscall table |
+//! | `vm-controller` under `faultline run --gdb` (gdb/mod.rs: the gdb server) | [`ThreadKind::Gdb`] | once gdb has connected (listener bound, connection accepted) |
+//! | `vm-controller` ([`crate::Vmm::run_with`]) elsewhere | none | it runs the caller's code: `check`'s host operations (munmap, mprotect, madvise, mremap, fork, memfd/fallocate, tracefs, /proc), `test mm`'s, live mode's resolver: a list would be the whole syscall table |
 //! | the thread calling `Vmm::run` elsewhere (bench faults, check, test mm) | none | it builds the next VM and writes the reports after this one: it only waits while the VM runs |
 //! | `vm-setup` (launch.rs) | none | ends before any vCPU runs |
 //!
@@ -71,11 +72,13 @@ pub enum ThreadKind {
     /// The thread that runs a single VM for the whole process (`faultline run`): it spawns
     /// the vCPU and event-loop threads, waits, and reports.
     Main,
-    /// The gdb server thread (socket accept/read/write, vCPU ioctls). A first list from what
-    /// such a thread must do; its owner checks it with `strace -f`.
+    /// The gdb server thread (socket read/write, vCPU ioctls), filtered once gdb has
+    /// connected (`tests/tests/gdb.rs` runs whole sessions under it).
     Gdb,
     /// The live-mode uffd resolver (UFFDIO_* ioctls, pagemap/kpageflags preads, madvise,
-    /// mmap/munmap). A first list from what such a thread must do; its owner checks it.
+    /// mmap/munmap). A first list from what such a thread must do; not installed yet: the
+    /// resolver runs in live mode's `run_with` controller, which also injects host events
+    /// (fork, DONTNEED, tracefs), so it needs a thread of its own first.
     LiveResolver,
 }
 

@@ -12,6 +12,10 @@
 //! admin toggling THP) is not seen. The paging mode is inferred from module parameters: a
 //! `kvm_pvm` module (paravirtualised KVM) always means shadow paging.
 
+/// The shared readers (`crate::host::sysfs`), re-exported for the checker's modules.
+pub use crate::host::sysfs::{
+    self, bracketed, meminfo_kb, parse_bool, parse_list, read_trim, read_u64,
+};
 use serde::{Deserialize, Serialize};
 
 /// A value read from a file, with the file.
@@ -184,59 +188,6 @@ fn read_thp_dir(dir: &str) -> (Option<Vec<MthpSize>>, Option<Vec<(String, String
     (Some(mthp), Some(other))
 }
 
-/// Reads a file, trimmed.
-pub(crate) fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-/// The active choice of a sysfs multiple-choice file: `always [madvise] never` -> `madvise`.
-pub(crate) fn bracketed(s: &str) -> String {
-    s.split_whitespace()
-        .find(|w| w.starts_with('['))
-        .map(|w| w.trim_matches(['[', ']']).to_string())
-        .unwrap_or_else(|| s.to_string())
-}
-
-/// Reads a file holding one unsigned number.
-pub(crate) fn read_u64(path: &str) -> Option<u64> {
-    read_trim(path).and_then(|s| s.parse().ok())
-}
-
-/// `Y`/`N`/`1`/`0` module parameters.
-fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim() {
-        "Y" | "y" | "1" => Some(true),
-        "N" | "n" | "0" => Some(false),
-        _ => None,
-    }
-}
-
-/// `0-1,3` -> [0, 1, 3] (a sysfs cpulist/nodelist).
-pub fn parse_list(s: &str) -> Option<Vec<u32>> {
-    let mut out = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-                if b < a || b - a > 65_536 {
-                    return None;
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().ok()?),
-        }
-    }
-    Some(out)
-}
-
-fn meminfo_kb(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// Infers KVM's paging mode from module parameters (`tdp_enabled`, arch/x86/kvm/mmu/mmu.c).
 pub fn paging_mode(
     pvm: Option<bool>,
@@ -258,10 +209,12 @@ pub fn paging_mode(
 /// The hugetlb pool of page size `size` (`"2048kB"`, `"1048576kB"`).
 pub(crate) fn pool(size: &str) -> Observed<HugetlbPool> {
     let dir = format!("/sys/kernel/mm/hugepages/hugepages-{size}");
-    let nr = read_u64(&format!("{dir}/nr_hugepages"));
-    let free = read_u64(&format!("{dir}/free_hugepages"));
+    let kib = size.trim_end_matches("kB").parse().unwrap_or(0);
     Observed::new(
-        nr.zip(free).map(|(nr, free)| HugetlbPool { nr, free }),
+        sysfs::huge_pool(kib).map(|p| HugetlbPool {
+            nr: p.nr,
+            free: p.free,
+        }),
         format!("{dir}/{{nr,free}}_hugepages"),
     )
 }
@@ -312,10 +265,7 @@ impl HostConditions {
             thp_defrag: choice("defrag"),
             use_zero_page: boolean("/sys/kernel/mm/transparent_hugepage/use_zero_page"),
             shmem_enabled: choice("shmem_enabled"),
-            numa_nodes: Observed::new(
-                read_trim("/sys/devices/system/node/online").and_then(|s| parse_list(&s)),
-                "/sys/devices/system/node/online",
-            ),
+            numa_nodes: Observed::new(sysfs::numa_online(), "/sys/devices/system/node/online"),
             numa_balancing: Observed::new(
                 read_u64("/proc/sys/kernel/numa_balancing").and_then(|v| u32::try_from(v).ok()),
                 "/proc/sys/kernel/numa_balancing",
@@ -328,7 +278,7 @@ impl HostConditions {
             hugetlb_2m: pool("2048kB"),
             hugetlb_1g: pool("1048576kB"),
             ksm_run: Observed::new(
-                read_u64("/sys/kernel/mm/ksm/run").and_then(|v| u32::try_from(v).ok()),
+                sysfs::ksm("run").and_then(|v| u32::try_from(v).ok()),
                 "/sys/kernel/mm/ksm/run",
             ),
             swap: Observed::new(swap, "/proc/meminfo SwapTotal+SwapFree"),

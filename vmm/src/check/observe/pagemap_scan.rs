@@ -90,9 +90,8 @@ mod tests {
 
     #[test]
     fn a_pmd_mapped_thp_is_huge_and_a_4k_page_is_not() {
-        let thp_mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-            .unwrap_or_default();
-        if thp_mode.contains("[never]") {
+        let thp_mode = crate::host::sysfs::thp_setting("enabled").unwrap_or_default();
+        if thp_mode == "never" {
             eprintln!("SKIPPED a_pmd_mapped_thp_is_huge: THP is disabled on this host");
             return;
         }

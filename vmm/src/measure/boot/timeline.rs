@@ -9,15 +9,7 @@ pub const TIMELINE_ENV: &str = "FAULTLINE_BENCH_TIMELINE";
 pub const TIMELINE_PREFIX: &str = "faultline-timeline ";
 
 /// CLOCK_MONOTONIC now, in nanoseconds.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass and nothing else.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::host::process::monotonic_ns;
 
 /// CLOCK_MONOTONIC of an earlier `Instant` (both count the same clock on Linux).
 pub fn instant_to_monotonic_ns(t: Instant) -> u64 {

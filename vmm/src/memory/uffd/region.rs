@@ -8,104 +8,24 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 
-use serde::{Deserialize, Serialize};
-
 use super::fill_pattern;
 
 const PAGE_4K: usize = 4096;
 const PAGE_2M: usize = 2 << 20;
 const PAGE_1G: usize = 1 << 30;
 
-/// Backing of the measured region (`-s/--backing`; the names are the KVM selftests'
-/// `vm_mem_backing_src_alias` names, plus `anonymous_prefault`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RegionBacking {
-    /// `anonymous`: private anonymous memory, 4K pages (THP off for the range).
-    Anonymous,
-    /// `anonymous_thp`: private anonymous memory with `MADV_HUGEPAGE`.
-    AnonymousThp,
-    /// `anonymous_hugetlb` (= `anonymous_hugetlb_2mb`): `MAP_PRIVATE | MAP_HUGETLB`, 2M.
-    AnonymousHugetlb,
-    /// `anonymous_hugetlb_1gb`: `MAP_HUGETLB | MAP_HUGE_1GB`.
-    AnonymousHugetlb1G,
-    /// `shmem`: a memfd mapped `MAP_SHARED` (4K pages; shmem THP follows the host setting).
-    Shmem,
-    /// `shared_hugetlb`: a 2M hugetlb memfd mapped `MAP_SHARED`.
-    SharedHugetlb,
-    /// `anonymous_prefault`: `anonymous`, populated with `MADV_POPULATE_WRITE` before the run
-    /// (host page tables filled; KVM's still empty).
-    AnonymousPrefault,
-}
+/// Every `-s` backing, in the order `--backing all` runs them.
+pub use mmu::backing::ALL_SELFTEST_BACKINGS as ALL_BACKINGS;
+/// The backing of the measured region (`-s/--backing`; the KVM selftests' names): the one
+/// backing type, with its options.
+pub use mmu::backing::{BackingError, BackingSpec};
 
-/// Every backing, in the order `--backing all` runs them.
-pub const ALL_BACKINGS: [RegionBacking; 7] = [
-    RegionBacking::Anonymous,
-    RegionBacking::AnonymousThp,
-    RegionBacking::AnonymousHugetlb,
-    RegionBacking::AnonymousHugetlb1G,
-    RegionBacking::Shmem,
-    RegionBacking::SharedHugetlb,
-    RegionBacking::AnonymousPrefault,
-];
-
-/// Errors of [`RegionBacking::from_name`].
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BackingNameError {
-    /// Unknown backing {0:?}; use one of anonymous, anonymous_thp, anonymous_hugetlb, anonymous_hugetlb_2mb, anonymous_hugetlb_1gb, shmem, shared_hugetlb, anonymous_prefault (or a comma list)
-    #[error("Unknown backing {0:?}; use one of anonymous, anonymous_thp, anonymous_hugetlb, anonymous_hugetlb_2mb, anonymous_hugetlb_1gb, shmem, shared_hugetlb, anonymous_prefault (or a comma list)")]
-    Unknown(String),
-}
-
-impl RegionBacking {
-    /// Parses a selftest backing name.
-    pub fn from_name(name: &str) -> Result<Self, BackingNameError> {
-        Ok(match name.trim() {
-            "anonymous" | "anon" => Self::Anonymous,
-            "anonymous_thp" | "thp" => Self::AnonymousThp,
-            "anonymous_hugetlb" | "anonymous_hugetlb_2mb" => Self::AnonymousHugetlb,
-            "anonymous_hugetlb_1gb" => Self::AnonymousHugetlb1G,
-            "shmem" => Self::Shmem,
-            "shared_hugetlb" | "hugetlb" => Self::SharedHugetlb,
-            "anonymous_prefault" | "prefault" => Self::AnonymousPrefault,
-            other => return Err(BackingNameError::Unknown(other.to_string())),
-        })
-    }
-
-    /// The selftest name.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Anonymous => "anonymous",
-            Self::AnonymousThp => "anonymous_thp",
-            Self::AnonymousHugetlb => "anonymous_hugetlb",
-            Self::AnonymousHugetlb1G => "anonymous_hugetlb_1gb",
-            Self::Shmem => "shmem",
-            Self::SharedHugetlb => "shared_hugetlb",
-            Self::AnonymousPrefault => "anonymous_prefault",
-        }
-    }
-
-    /// The host page size of the backing (what uffd must install per fault at least).
-    #[must_use]
-    pub fn page_size(self) -> usize {
-        match self {
-            Self::AnonymousHugetlb | Self::SharedHugetlb => PAGE_2M,
-            Self::AnonymousHugetlb1G => PAGE_1G,
-            _ => PAGE_4K,
-        }
-    }
-
-    /// Whether the backing is a shared file (MINOR faults need one).
-    #[must_use]
-    pub fn is_shared(self) -> bool {
-        matches!(self, Self::Shmem | Self::SharedHugetlb)
-    }
-
-    fn is_hugetlb(self) -> bool {
-        matches!(
-            self,
-            Self::AnonymousHugetlb | Self::SharedHugetlb | Self::AnonymousHugetlb1G
-        )
+/// The host page size of `b` in bytes (what uffd must install per fault at least).
+pub fn page_size(b: BackingSpec) -> usize {
+    match b.page_size {
+        mmu::backing::PageSize::Size4K => PAGE_4K,
+        mmu::backing::PageSize::Size2M => PAGE_2M,
+        mmu::backing::PageSize::Size1G => PAGE_1G,
     }
 }
 
@@ -165,7 +85,7 @@ pub enum RegionError {
 /// The host mapping of the measured region; unmapped on drop.
 #[derive(Debug)]
 pub struct MeasuredRegion {
-    backing: RegionBacking,
+    backing: BackingSpec,
     addr: usize,
     len: usize,
     /// Alias mapping of the same file (shared backings only).
@@ -174,18 +94,7 @@ pub struct MeasuredRegion {
 }
 
 fn huge_pages_free(page_size: usize) -> Option<(u64, u64)> {
-    let dir = format!("/sys/kernel/mm/hugepages/hugepages-{}kB", page_size / 1024);
-    let read = |f: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("{dir}/{f}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some((
-        read("free_hugepages")?.saturating_sub(read("resv_hugepages").unwrap_or(0)),
-        read("nr_hugepages")?,
-    ))
+    crate::host::sysfs::huge_pool(page_size as u64 / 1024).map(|p| (p.available(), p.nr))
 }
 
 fn mmap(len: usize, flags: i32, fd: i32) -> std::io::Result<usize> {
@@ -211,9 +120,9 @@ fn mmap(len: usize, flags: i32, fd: i32) -> std::io::Result<usize> {
 impl MeasuredRegion {
     /// Maps `len` bytes with `backing`; with `alias`, a shared backing is mapped a second
     /// time (for MINOR mode). `prefault` backings are populated here.
-    pub fn new(backing: RegionBacking, len: usize, alias: bool) -> Result<Self, RegionError> {
-        let page_size = backing.page_size();
-        if len == 0 || len % page_size != 0 {
+    pub fn new(backing: BackingSpec, len: usize, alias: bool) -> Result<Self, RegionError> {
+        let page_size = page_size(backing);
+        if len == 0 || !len.is_multiple_of(page_size) {
             return Err(RegionError::BadSize {
                 size: len,
                 backing: backing.name(),
@@ -247,65 +156,55 @@ impl MeasuredRegion {
             hint,
             source,
         };
-        let (addr, file) = match backing {
-            RegionBacking::Anonymous
-            | RegionBacking::AnonymousThp
-            | RegionBacking::AnonymousPrefault => (
-                mmap(
-                    len,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                )
-                .map_err(|e| mmap_err(e, ""))?,
-                None,
-            ),
-            RegionBacking::AnonymousHugetlb | RegionBacking::AnonymousHugetlb1G => {
-                let size_flag = if page_size == PAGE_1G {
+        let hugetlb = backing.is_hugetlb();
+        let (addr, file) = if !backing.shared {
+            let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+            if hugetlb {
+                flags |= libc::MAP_HUGETLB;
+                flags |= if page_size == PAGE_1G {
                     libc::MAP_HUGE_1GB
                 } else {
                     libc::MAP_HUGE_2MB
                 };
-                (
-                    mmap(
-                        len,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | size_flag,
-                        -1,
-                    )
-                    .map_err(|e| {
-                        mmap_err(
-                            e,
-                            "; are enough huge pages reserved (/proc/sys/vm/nr_hugepages)?",
-                        )
-                    })?,
-                    None,
-                )
+            } else {
+                flags |= libc::MAP_NORESERVE;
             }
-            RegionBacking::Shmem | RegionBacking::SharedHugetlb => {
-                let mut flags = libc::MFD_CLOEXEC;
-                if backing == RegionBacking::SharedHugetlb {
-                    flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
-                }
-                // SAFETY: the name is a NUL-terminated literal; the result is checked.
-                let fd = unsafe { libc::memfd_create(c"faultline-measured".as_ptr(), flags) };
-                if fd < 0 {
-                    return Err(RegionError::Memfd {
-                        backing: name,
-                        size: len,
-                        source: std::io::Error::last_os_error(),
-                    });
-                }
-                // SAFETY: `fd` was just created and is owned by nobody else.
-                let file = unsafe { File::from_raw_fd(fd) };
-                file.set_len(len as u64)
-                    .map_err(|source| RegionError::Memfd {
-                        backing: name,
-                        size: len,
-                        source,
-                    })?;
-                let addr =
-                    mmap(len, libc::MAP_SHARED, file.as_raw_fd()).map_err(|e| mmap_err(e, ""))?;
-                (addr, Some(file))
+            let hint = if hugetlb {
+                "; are enough huge pages reserved (/proc/sys/vm/nr_hugepages)?"
+            } else {
+                ""
+            };
+            (mmap(len, flags, -1).map_err(|e| mmap_err(e, hint))?, None)
+        } else {
+            let mut flags = libc::MFD_CLOEXEC;
+            if hugetlb {
+                flags |= libc::MFD_HUGETLB;
+                flags |= if page_size == PAGE_1G {
+                    libc::MFD_HUGE_1GB
+                } else {
+                    libc::MFD_HUGE_2MB
+                };
             }
+            // SAFETY: the name is a NUL-terminated literal; the result is checked.
+            let fd = unsafe { libc::memfd_create(c"faultline-measured".as_ptr(), flags) };
+            if fd < 0 {
+                return Err(RegionError::Memfd {
+                    backing: name,
+                    size: len,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            // SAFETY: `fd` was just created and is owned by nobody else.
+            let file = unsafe { File::from_raw_fd(fd) };
+            file.set_len(len as u64)
+                .map_err(|source| RegionError::Memfd {
+                    backing: name,
+                    size: len,
+                    source,
+                })?;
+            let addr =
+                mmap(len, libc::MAP_SHARED, file.as_raw_fd()).map_err(|e| mmap_err(e, ""))?;
+            (addr, Some(file))
         };
         let mut region = Self {
             backing,
@@ -333,21 +232,22 @@ impl MeasuredRegion {
             }
             Ok(())
         };
-        match backing {
-            RegionBacking::Anonymous => advise(libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?,
-            RegionBacking::AnonymousThp => advise(libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?,
-            RegionBacking::AnonymousPrefault => {
-                advise(libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?;
-                advise(libc::MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE")?;
-            }
+        use mmu::backing::Backing;
+        match backing.backing {
+            // Plain anonymous memory is measured at 4K: THP off for the range.
+            Backing::Anon => advise(libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?,
+            Backing::Thp => advise(libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?,
             _ => {}
+        }
+        if backing.prefault {
+            advise(libc::MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE")?;
         }
         Ok(region)
     }
 
     /// The backing.
     #[must_use]
-    pub fn backing(&self) -> RegionBacking {
+    pub fn backing(&self) -> BackingSpec {
         self.backing
     }
 
@@ -408,38 +308,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn selftest_names_parse_and_unknown_names_say_what_exists() {
-        assert_eq!(
-            RegionBacking::from_name("anonymous_thp").unwrap(),
-            RegionBacking::AnonymousThp
-        );
-        assert_eq!(
-            RegionBacking::from_name("shared_hugetlb").unwrap(),
-            RegionBacking::SharedHugetlb
-        );
-        for b in ALL_BACKINGS {
-            assert_eq!(RegionBacking::from_name(b.name()).unwrap(), b);
-        }
-        let e = RegionBacking::from_name("anonymous_huge")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("anonymous_thp") && e.contains("\"anonymous_huge\""),
-            "{e}"
-        );
-    }
-
-    #[test]
     fn sizes_must_be_page_multiples() {
-        let e = MeasuredRegion::new(RegionBacking::Anonymous, 5000, false).unwrap_err();
+        let e = MeasuredRegion::new(BackingSpec::ANONYMOUS, 5000, false).unwrap_err();
         assert!(e.to_string().contains("multiple of"), "{e}");
-        let e = MeasuredRegion::new(RegionBacking::SharedHugetlb, 4096, false).unwrap_err();
+        let e = MeasuredRegion::new(BackingSpec::SHARED_HUGETLB, 4096, false).unwrap_err();
         assert!(e.to_string().contains("2097152"), "{e}");
     }
 
     #[test]
     fn shmem_alias_shows_the_same_pages() {
-        let r = MeasuredRegion::new(RegionBacking::Shmem, 64 * 4096, true).unwrap();
+        let r = MeasuredRegion::new(BackingSpec::SHMEM, 64 * 4096, true).unwrap();
         assert!(r.fill_alias(0x1000));
         // SAFETY: reading this region's own mapping.
         let w = unsafe { ((r.addr() + 4096) as *const u64).read_volatile() };
@@ -448,8 +326,17 @@ mod tests {
 
     #[test]
     fn hugetlb_without_reserved_pages_says_how_to_reserve() {
-        match MeasuredRegion::new(RegionBacking::AnonymousHugetlb1G, 1 << 30, false) {
-            Ok(_) => eprintln!("this host has a free 1G huge page"),
+        match MeasuredRegion::new(BackingSpec::ANONYMOUS_HUGETLB_1GB, 1 << 30, false) {
+            // A free 1G page: the mapping is one 1G hugetlb page that holds data.
+            Ok(r) => {
+                assert_eq!((r.len(), page_size(r.backing())), (1 << 30, 1 << 30));
+                // SAFETY: writing then reading this region's own mapping.
+                let w = unsafe {
+                    ((r.addr() + 4096) as *mut u64).write_volatile(0x1d);
+                    ((r.addr() + 4096) as *const u64).read_volatile()
+                };
+                assert_eq!(w, 0x1d);
+            }
             Err(e) => {
                 let m = e.to_string();
                 assert!(m.contains("reserve them as root with: echo"), "{m}");
@@ -459,7 +346,7 @@ mod tests {
 
     #[test]
     fn prefault_populates_the_host_page_tables() {
-        let r = MeasuredRegion::new(RegionBacking::AnonymousPrefault, 256 * 4096, false).unwrap();
+        let r = MeasuredRegion::new(BackingSpec::ANONYMOUS_PREFAULT, 256 * 4096, false).unwrap();
         let mut vec = vec![0u8; 256];
         // SAFETY: mincore on this region's own mapping, with a vector of one byte per page.
         let ret =

@@ -184,6 +184,7 @@ mod tests {
             stderr,
             exit_ns: 9_000_000,
             code: Some(0),
+            status: std::os::unix::process::ExitStatusExt::from_raw(0),
             timed_out: false,
         }
     }
