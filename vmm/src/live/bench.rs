@@ -64,7 +64,7 @@ impl LiveBenchReport {
             self.model_ns_per_fault,
             self.serve_ns_per_fault,
             self.ratio
-        )
+        ) + &self.live.phases.as_ref().map(super::profile::Phases::render).unwrap_or_default()
     }
 }
 
@@ -98,6 +98,7 @@ impl BusDevice for Marks {
 pub fn run(
     bench: &FaultBench,
     kernel_rules: Option<mmu::types::KernelVersion>,
+    profile: bool,
 ) -> Result<LiveBenchReport, String> {
     let region = bench
         .backings
@@ -148,6 +149,7 @@ pub fn run(
         guest: "touch".into(),
         no_verify: true,
         busy_poll: true,
+        profile,
         ..LiveOptions::default()
     };
     let out = super::run(vmm, backing, &opts).map_err(|e| format!("live run: {e}"))?;

@@ -31,6 +31,7 @@
 pub mod bench;
 pub mod inject;
 pub mod mirror;
+pub mod profile;
 pub mod record;
 pub mod store;
 
@@ -74,6 +75,8 @@ pub struct LiveOptions {
     /// sleeping in `poll()`: the plain uffd service's default wait, lowest latency, burns a
     /// core (`bench faults --live` uses it to compare like with like).
     pub busy_poll: bool,
+    /// Time each phase of the service loop ([`profile::Phases`], in the summary).
+    pub profile: bool,
 }
 
 /// Live mode cannot start.
@@ -178,6 +181,9 @@ pub struct LiveSummary {
     /// Nanoseconds from the model step to the end of the fault's resolution (model, ioctls,
     /// pagemap check; not the recording), in all.
     pub serve_ns: u64,
+    /// Where the service thread's time went, per phase (with [`LiveOptions::profile`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<profile::Phases>,
 }
 
 impl LiveSummary {
@@ -250,6 +256,9 @@ impl LiveSummary {
         ) {
             s += &format!("  cost per fault: model {m} ns, whole service {w} ns\n");
         }
+        if let Some(p) = &self.phases {
+            s += &p.render();
+        }
         for n in &self.notes {
             s += &format!("  note: {n}\n");
         }
@@ -301,6 +310,7 @@ struct Live {
     verify: bool,
     busy_poll: bool,
     steps: u64,
+    prof: profile::Profiler,
 }
 
 fn level_bytes(l: Level) -> u64 {
@@ -495,10 +505,12 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         verify: !opts.no_verify,
         busy_poll: opts.busy_poll,
         steps: 0,
+        prof: profile::Profiler::new(opts.profile),
     };
     live.tell_present();
     let (outcome, live) = vmm.run_with(move |h| {
         live.start = Instant::now();
+        live.prof = profile::Profiler::new(live.prof.on());
         live.serve(h);
         live
     })?;
@@ -508,8 +520,14 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         )));
     };
     let Live {
-        writer, summary, ..
+        writer,
+        mut summary,
+        prof,
+        ..
     } = live;
+    if prof.on() {
+        summary.phases = Some(prof.phases);
+    }
     if let Some(w) = writer {
         w.finish()?;
     }
@@ -627,17 +645,22 @@ impl Live {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            self.prof.lap(profile::Phase::Loop);
             if !self.busy_poll {
                 let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
                 // SAFETY: one valid pollfd for the duration of the call.
                 unsafe { libc::poll(&mut pfd, 1, ms) };
             }
             match self.uffd.read_events(&mut buf) {
-                Ok(events) if events.is_empty() && self.busy_poll => {
-                    // SAFETY: sched_yield has no preconditions.
-                    unsafe { libc::sched_yield() };
+                Ok(events) if events.is_empty() => {
+                    if self.busy_poll {
+                        // SAFETY: sched_yield has no preconditions.
+                        unsafe { libc::sched_yield() };
+                    }
+                    self.prof.lap(profile::Phase::Wait);
                 }
                 Ok(events) => {
+                    self.prof.lap(profile::Phase::Read);
                     for ev in events {
                         self.handle(ev, h);
                     }
@@ -645,12 +668,15 @@ impl Live {
                 Err(e) => {
                     self.summary.error(format!("reading uffd events: {e}"));
                     std::thread::sleep(Duration::from_millis(1));
+                    self.prof.lap(profile::Phase::Wait);
                 }
             }
             let now = self.start.elapsed();
             for i in self.timer.due(&self.events, now) {
                 let ev = self.events[i].clone();
+                self.prof.lap(profile::Phase::Loop);
                 self.inject(&ev, h);
+                self.prof.lap(profile::Phase::Inject);
             }
         }
     }
@@ -713,9 +739,12 @@ impl Live {
             })
         };
         let seq = self.seq();
+        self.prof.lap(profile::Phase::Prepare);
         let t0 = Instant::now();
         let rec = self.push_record(step.clone());
         self.summary.model_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
+        self.prof.lap(profile::Phase::Model);
+        self.prof.fault();
         self.summary.model_resolutions += 1;
         let model = rec.as_ref().map(Resolution::from).unwrap_or(Resolution {
             result: "model-error".into(),
@@ -732,6 +761,7 @@ impl Live {
         if let Some(g) = &model.gup_path {
             *self.summary.gup_paths.entry(g.clone()).or_default() += 1;
         }
+        self.prof.lap(profile::Phase::Account);
         let hp = self.runner.host_page(Hva(page));
         let mut disagreements = Vec::new();
         let data = self.store.get(page).copied();
@@ -788,7 +818,9 @@ impl Live {
                 applied += &format!(" (model maps {})", level_name(p.leaf));
             }
         }
+        self.prof.lap(profile::Phase::Decide);
         let installed = self.apply(page, action, data.as_ref());
+        self.prof.lap(profile::Phase::Ioctl);
         if let Err(e) = &installed {
             applied += &format!(" failed: {e}");
         }
@@ -822,6 +854,7 @@ impl Live {
             }
         }
         self.summary.serve_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
+        self.prof.lap(profile::Phase::Verify);
         for d in &disagreements {
             self.summary.disagree(Disagreement {
                 step: seq,
@@ -854,6 +887,7 @@ impl Live {
             real,
             disagreements,
         });
+        self.prof.lap(profile::Phase::Record);
     }
 
     /// Applies `action` at `page`; `Ok(true)` when it installed a page there.
@@ -1260,6 +1294,7 @@ fn run_cli_inner(args: &crate::cli::RunArgs) -> Result<LiveOutcome, String> {
         guest,
         no_verify: false,
         busy_poll: false,
+        profile: std::env::var_os(profile::PROFILE_ENV).is_some_and(|v| v != "0"),
     };
     run(vmm, backing, &opts).map_err(|e| e.to_string())
 }
