@@ -64,7 +64,12 @@ impl LiveBenchReport {
             self.model_ns_per_fault,
             self.serve_ns_per_fault,
             self.ratio
-        ) + &self.live.phases.as_ref().map(super::profile::Phases::render).unwrap_or_default()
+        ) + &self
+            .live
+            .phases
+            .as_ref()
+            .map(super::profile::Phases::render)
+            .unwrap_or_default()
     }
 }
 

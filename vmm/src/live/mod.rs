@@ -48,7 +48,8 @@ use mmu::scenario::step::{
     ForkStep, GuestStep, MadviseAdvice, MadviseStep, MemslotFlagsStep, RaceRange, Range, WriteStep,
 };
 use mmu::scenario::{
-    HostPageKind, MemslotFlag, ModelOptions, Num, ScenarioError, ScenarioRunner, Step, StepRecord,
+    HostPage, HostPageKind, MemslotFlag, ModelOptions, Num, ScenarioError, ScenarioRunner, Step,
+    StepRecord,
 };
 use mmu::types::{Hva, KernelVersion, Level};
 use serde::Serialize;
@@ -208,7 +209,7 @@ impl LiveSummary {
     }
 
     fn ioctl(&mut self, name: &str) {
-        *self.ioctls.entry(name.to_string()).or_default() += 1;
+        bump(&mut self.ioctls, name);
     }
 
     /// The text summary printed after a live run.
@@ -311,6 +312,33 @@ struct Live {
     busy_poll: bool,
     steps: u64,
     prof: profile::Profiler,
+    /// vCPU thread ids as last read from the VM (index = vCPU).
+    vcpu_tids: Vec<u32>,
+}
+
+/// Adds one to `m[k]`, allocating the key only the first time.
+fn bump(m: &mut BTreeMap<String, u64>, k: &str) {
+    match m.get_mut(k) {
+        Some(v) => *v += 1,
+        None => {
+            m.insert(k.to_string(), 1);
+        }
+    }
+}
+
+/// The source of a `UFFDIO_COPY` for a page the store holds nothing for.
+static ZEROS: [u8; store::PAGE] = [0; store::PAGE];
+
+/// The actuator's decision for one fault, and what it noticed on the way.
+#[derive(Debug, Clone, Copy)]
+struct Decision {
+    action: Action,
+    /// Served from the store although the model maps the zero page.
+    restore: bool,
+    /// A WP fault after which the model keeps the page read-only.
+    read_only_after_write: bool,
+    /// The model left the page unmapped (served anyway).
+    unmapped: bool,
 }
 
 fn level_bytes(l: Level) -> u64 {
@@ -506,6 +534,7 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         busy_poll: opts.busy_poll,
         steps: 0,
         prof: profile::Profiler::new(opts.profile),
+        vcpu_tids: Vec::new(),
     };
     live.tell_present();
     let (outcome, live) = vmm.run_with(move |h| {
@@ -688,6 +717,80 @@ impl Live {
             .find(|r| r.gpa_of(hva).is_some())
     }
 
+    /// The vCPU whose thread raised a fault (`None` for the VMM's own threads); looks the
+    /// thread ids up again only when `tid` is not among those seen so far.
+    fn vcpu_of(&mut self, tid: u32, h: &VmHandle<'_>) -> Option<u32> {
+        if tid == 0 {
+            return None;
+        }
+        let find = |ids: &[u32]| ids.iter().position(|t| *t == tid);
+        let i = match find(&self.vcpu_tids) {
+            Some(i) => i,
+            None => {
+                self.vcpu_tids = h.vcpu_thread_ids();
+                find(&self.vcpu_tids)?
+            }
+        };
+        u32::try_from(i).ok()
+    }
+
+    /// What the actuator does for a fault, from the model's host page after the step (`hp`)
+    /// and whether the store holds data for the page.
+    fn decide(&self, hp: Option<HostPage>, wp: bool, minor: bool, has_data: bool) -> Decision {
+        let read_only = hp.is_some_and(|p| !p.writable);
+        let mut d = Decision {
+            action: Action::Unprotect,
+            restore: false,
+            read_only_after_write: false,
+            unmapped: false,
+        };
+        d.action = if wp {
+            d.read_only_after_write = read_only;
+            Action::Unprotect
+        } else if minor {
+            Action::Continue {
+                wp: self.wp && read_only,
+            }
+        } else if self.backing == Backing::Shmem {
+            // shmem's UFFDIO_ZEROPAGE allocates a zeroed page-cache page (no zero page).
+            Action::Zeropage {
+                wp: self.wp && read_only,
+            }
+        } else {
+            match hp.map(|p| p.kind) {
+                Some(HostPageKind::Zero | HostPageKind::HugeZero) if !has_data => {
+                    Action::Zeropage { wp: self.wp }
+                }
+                Some(HostPageKind::Zero | HostPageKind::HugeZero) => {
+                    d.restore = true;
+                    Action::Copy {
+                        wp: self.wp,
+                        from_store: true,
+                    }
+                }
+                Some(_) => Action::Copy {
+                    wp: self.wp && read_only,
+                    from_store: has_data,
+                },
+                None => {
+                    d.unmapped = true;
+                    if has_data {
+                        Action::Copy {
+                            wp: false,
+                            from_store: true,
+                        }
+                    } else {
+                        Action::Zeropage { wp: false }
+                    }
+                }
+            }
+        };
+        d
+    }
+
+    /// Serves one uffd event. Only what the guest must wait for runs before the ioctl (the
+    /// model's step, the decision from its host page, the ioctl itself); the summary's
+    /// counters, the real-page check and the record follow it, while the guest runs on.
     fn handle(&mut self, ev: UffdEvent, h: &VmHandle<'_>) {
         let UffdEvent::Pagefault {
             addr,
@@ -717,11 +820,7 @@ impl Live {
             return;
         }
         let gpa = region.gpa_of(page).unwrap_or(0);
-        let vcpu = h
-            .vcpu_thread_ids()
-            .iter()
-            .position(|t| *t != 0 && *t == thread_id)
-            .and_then(|i| u32::try_from(i).ok());
+        let vcpu = self.vcpu_of(thread_id, h);
         let step = if write || wp {
             Step::Write(WriteStep {
                 gpa: Num(gpa),
@@ -739,117 +838,59 @@ impl Live {
             })
         };
         let seq = self.seq();
+        // The record needs the step after the model has taken it.
+        let kept = self.writer.is_some().then(|| step.clone());
         self.prof.lap(profile::Phase::Prepare);
         let t0 = Instant::now();
-        let rec = self.push_record(step.clone());
-        self.summary.model_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
+        let rec = self.push_record(step);
+        let model_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
         self.prof.lap(profile::Phase::Model);
+        let hp = self.runner.host_page(Hva(page));
+        let decision = self.decide(hp, wp, minor, self.store.get(page).is_some());
+        let action = decision.action;
+        self.prof.lap(profile::Phase::Decide);
+        let installed = self.apply(page, action);
+        self.prof.lap(profile::Phase::Ioctl);
         self.prof.fault();
+        // The guest runs again from here on.
+        self.summary.model_ns += model_ns;
         self.summary.model_resolutions += 1;
-        let model = rec.as_ref().map(Resolution::from).unwrap_or(Resolution {
-            result: "model-error".into(),
-            ..Resolution::default()
-        });
-        *self
-            .summary
-            .results
-            .entry(model.result.clone())
-            .or_default() += 1;
-        if let Some(l) = model.level {
-            *self.summary.levels.entry(level_name(l).into()).or_default() += 1;
+        let result = rec.as_ref().map_or("model-error", |r| r.result.as_str());
+        bump(&mut self.summary.results, result);
+        if let Some(l) = rec.as_ref().and_then(|r| r.level) {
+            bump(&mut self.summary.levels, level_name(l));
         }
-        if let Some(g) = &model.gup_path {
-            *self.summary.gup_paths.entry(g.clone()).or_default() += 1;
+        if let Some(g) = rec.as_ref().and_then(|r| r.gup.as_ref()) {
+            bump(&mut self.summary.gup_paths, &g.path);
+        }
+        if decision.restore {
+            self.summary.store_restores += 1;
+        }
+        let mismatch = hp
+            .map(|p| p.leaf)
+            .filter(|l| level_bytes(*l) > PAGE && action != Action::Unprotect);
+        if mismatch.is_some() {
+            self.summary.size_mismatches += 1;
+        }
+        let mut disagreements = Vec::new();
+        if decision.read_only_after_write {
+            disagreements.push("the model keeps the page read-only after the write".to_string());
+        }
+        if decision.unmapped {
+            disagreements.push(format!(
+                "the model left the page unmapped ({result}); served anyway"
+            ));
         }
         self.prof.lap(profile::Phase::Account);
-        let hp = self.runner.host_page(Hva(page));
-        let mut disagreements = Vec::new();
-        let data = self.store.get(page).copied();
-        let action = if wp {
-            if hp.is_some_and(|p| !p.writable) {
-                disagreements
-                    .push("the model keeps the page read-only after the write".to_string());
-            }
-            Action::Unprotect
-        } else if minor {
-            Action::Continue {
-                wp: self.wp && hp.is_some_and(|p| !p.writable),
-            }
-        } else if self.backing == Backing::Shmem {
-            // shmem's UFFDIO_ZEROPAGE allocates a zeroed page-cache page (no zero page).
-            Action::Zeropage {
-                wp: self.wp && hp.is_some_and(|p| !p.writable),
-            }
-        } else {
-            match hp.map(|p| p.kind) {
-                Some(HostPageKind::Zero | HostPageKind::HugeZero) if data.is_none() => {
-                    Action::Zeropage { wp: self.wp }
-                }
-                Some(HostPageKind::Zero | HostPageKind::HugeZero) => {
-                    self.summary.store_restores += 1;
-                    Action::Copy {
-                        wp: self.wp,
-                        from_store: true,
-                    }
-                }
-                Some(_) => Action::Copy {
-                    wp: self.wp && hp.is_some_and(|p| !p.writable),
-                    from_store: data.is_some(),
-                },
-                None => {
-                    disagreements.push(format!(
-                        "the model left the page unmapped ({}); served anyway",
-                        model.result
-                    ));
-                    match data {
-                        Some(_) => Action::Copy {
-                            wp: false,
-                            from_store: true,
-                        },
-                        None => Action::Zeropage { wp: false },
-                    }
-                }
-            }
-        };
-        let mut applied = action.describe();
-        if let Some(p) = hp {
-            if level_bytes(p.leaf) > PAGE && action != Action::Unprotect {
-                self.summary.size_mismatches += 1;
-                applied += &format!(" (model maps {})", level_name(p.leaf));
-            }
-        }
-        self.prof.lap(profile::Phase::Decide);
-        let installed = self.apply(page, action, data.as_ref());
-        self.prof.lap(profile::Phase::Ioctl);
-        if let Err(e) = &installed {
-            applied += &format!(" failed: {e}");
-        }
         let mut real = None;
         if installed == Ok(true) && self.verify {
             if let Some(pm) = self.pagemap.as_ref() {
                 if let Ok(st) = real_page(pm, page) {
-                    let zero = st.zero_page;
-                    real = Some(st.clone());
                     self.summary.pages_compared += 1;
-                    let model_zero = hp.is_some_and(|p| {
-                        matches!(p.kind, HostPageKind::Zero | HostPageKind::HugeZero)
-                    });
-                    let restore = matches!(
-                        action,
-                        Action::Copy {
-                            from_store: true,
-                            ..
-                        }
-                    );
-                    if !st.present {
-                        disagreements.push("the real page is not present after the ioctl".into());
-                    } else if hp.is_some() && model_zero != zero && !restore {
-                        disagreements.push(format!(
-                            "page: model {}, real {}",
-                            if model_zero { "zero page" } else { "a folio" },
-                            if zero { "zero page" } else { "a folio" }
-                        ));
+                    if let Some(d) = page_disagreement(&st, hp, action) {
+                        disagreements.push(d);
                     }
+                    real = Some(st);
                 }
             }
         }
@@ -861,6 +902,21 @@ impl Live {
                 gfn: Some(gpa / PAGE),
                 what: d.clone(),
             });
+        }
+        let Some(step) = kept else {
+            self.prof.lap(profile::Phase::Record);
+            return;
+        };
+        let model = rec.as_ref().map(Resolution::from).unwrap_or(Resolution {
+            result: "model-error".into(),
+            ..Resolution::default()
+        });
+        let mut applied = action.describe();
+        if let Some(l) = mismatch {
+            applied += &format!(" (model maps {})", level_name(l));
+        }
+        if let Err(e) = &installed {
+            applied += &format!(" failed: {e}");
         }
         let flags = u64::from(write) | (u64::from(wp) << 1) | (u64::from(minor) << 2);
         let kind = if wp {
@@ -890,18 +946,12 @@ impl Live {
         self.prof.lap(profile::Phase::Record);
     }
 
-    /// Applies `action` at `page`; `Ok(true)` when it installed a page there.
-    fn apply(
-        &mut self,
-        page: u64,
-        action: Action,
-        data: Option<&[u8; store::PAGE]>,
-    ) -> Result<bool, String> {
+    /// Applies `action` at `page` (data from the store, zeros without); `Ok(true)` when it
+    /// installed a page there. The ioctls are counted after they return.
+    fn apply(&mut self, page: u64, action: Action) -> Result<bool, String> {
         let (p, n) = (page as usize, PAGE as usize);
-        let zeros = [0u8; store::PAGE];
         let r = match action {
             Action::Zeropage { wp } => {
-                self.summary.ioctl("UFFDIO_ZEROPAGE");
                 let r = if wp {
                     // SAFETY: `page` lies in guest RAM, registered with this uffd; the guest
                     // owns its contents and no Rust reference points into it.
@@ -912,22 +962,26 @@ impl Live {
                 };
                 match r {
                     Ok(_) if wp => {
-                        self.summary.ioctl("UFFDIO_WRITEPROTECT");
                         let w = self.uffd.writeprotect(p, n, true);
-                        self.summary.ioctl("UFFDIO_WAKE");
                         let _ = self.uffd.wake(p, n);
+                        self.summary.ioctl("UFFDIO_ZEROPAGE");
+                        self.summary.ioctl("UFFDIO_WRITEPROTECT");
+                        self.summary.ioctl("UFFDIO_WAKE");
                         w.map(|()| {
                             self.wp_pages.insert(page);
                         })
                     }
-                    other => other.map(|_| ()),
+                    other => {
+                        self.summary.ioctl("UFFDIO_ZEROPAGE");
+                        other.map(|_| ())
+                    }
                 }
             }
             Action::Copy { wp, from_store } => {
-                self.summary.ioctl("UFFDIO_COPY");
-                let src = data.unwrap_or(&zeros);
+                let src = self.store.get(page).unwrap_or(&ZEROS);
                 // SAFETY: as above.
                 let r = unsafe { self.uffd.copy(p, src, wp) };
+                self.summary.ioctl("UFFDIO_COPY");
                 if r.is_ok() {
                     if from_store {
                         self.store.forget(page);
@@ -939,7 +993,6 @@ impl Live {
                 r.map(|_| ())
             }
             Action::Continue { wp } => {
-                self.summary.ioctl("UFFDIO_CONTINUE");
                 let r = if wp {
                     // SAFETY: as above; the page cache already holds the guest's page.
                     unsafe { self.uffd.continue_wp(p, n) }
@@ -947,35 +1000,33 @@ impl Live {
                     // SAFETY: as above.
                     unsafe { self.uffd.continue_(p, n) }
                 };
+                self.summary.ioctl("UFFDIO_CONTINUE");
                 if r.is_ok() && wp {
                     self.wp_pages.insert(page);
                 }
                 r.map(|_| ())
             }
             Action::Unprotect => {
+                let r = self.uffd.writeprotect(p, n, false);
                 self.summary.ioctl("UFFDIO_WRITEPROTECT");
                 self.wp_pages.remove(&page);
-                return self
-                    .uffd
-                    .writeprotect(p, n, false)
-                    .map(|()| false)
-                    .map_err(|e| {
-                        let _ = self.uffd.wake(p, n);
-                        e.to_string()
-                    });
+                return r.map(|()| false).map_err(|e| {
+                    let _ = self.uffd.wake(p, n);
+                    e.to_string()
+                });
             }
         };
         match r {
             Ok(()) => Ok(true),
             // Another vCPU's fault on the same page was served first.
             Err(UffdError::Exists { .. }) => {
-                self.summary.ioctl("UFFDIO_WAKE");
                 let _ = self.uffd.wake(p, n);
+                self.summary.ioctl("UFFDIO_WAKE");
                 Ok(false)
             }
             Err(e) => {
-                self.summary.error(e.to_string());
                 let _ = self.uffd.wake(p, n);
+                self.summary.error(e.to_string());
                 Err(e.to_string())
             }
         }
@@ -1330,6 +1381,32 @@ fn real_page(pm: &PageMap, page: u64) -> Result<RealPage, String> {
         size: Some(if compound { 2 << 20 } else { PAGE }),
         zero_page: matches!(kind, PageKind::Zero | PageKind::HugeZero),
     })
+}
+
+/// What differs between the real page `st` after `action` and the model's host page `hp`
+/// (present; zero page or folio), if anything. A store restore maps a folio where the model
+/// (which lost the data with the DONTNEED) has the zero page: not a disagreement.
+fn page_disagreement(st: &RealPage, hp: Option<HostPage>, action: Action) -> Option<String> {
+    let model_zero =
+        hp.is_some_and(|p| matches!(p.kind, HostPageKind::Zero | HostPageKind::HugeZero));
+    let restore = matches!(
+        action,
+        Action::Copy {
+            from_store: true,
+            ..
+        }
+    );
+    if !st.present {
+        Some("the real page is not present after the ioctl".into())
+    } else if hp.is_some() && model_zero != st.zero_page && !restore {
+        Some(format!(
+            "page: model {}, real {}",
+            if model_zero { "zero page" } else { "a folio" },
+            if st.zero_page { "zero page" } else { "a folio" }
+        ))
+    } else {
+        None
+    }
 }
 
 fn memslot_flags_step(slot: u32, on: bool) -> Step {
