@@ -577,6 +577,15 @@ impl Live {
         }
     }
 
+    fn write_step(&mut self, rec: FaultRecord, step: StepRecord) {
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.write_step(rec, step) {
+                self.summary.error(e.to_string());
+                self.writer = None;
+            }
+        }
+    }
+
     fn seq(&self) -> u64 {
         self.writer.as_ref().map_or(self.steps, |w| w.next_seq())
     }
@@ -679,6 +688,7 @@ impl Live {
                 let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
                 // SAFETY: one valid pollfd for the duration of the call.
                 unsafe { libc::poll(&mut pfd, 1, ms) };
+                self.prof.lap(profile::Phase::Wait);
             }
             match self.uffd.read_events(&mut buf) {
                 Ok(events) if events.is_empty() => {
@@ -907,10 +917,13 @@ impl Live {
             self.prof.lap(profile::Phase::Record);
             return;
         };
-        let model = rec.as_ref().map(Resolution::from).unwrap_or(Resolution {
-            result: "model-error".into(),
-            ..Resolution::default()
-        });
+        let model = match rec {
+            Some(_) => Resolution::default(),
+            None => Resolution {
+                result: "model-error".into(),
+                ..Resolution::default()
+            },
+        };
         let mut applied = action.describe();
         if let Some(l) = mismatch {
             applied += &format!(" (model maps {})", level_name(l));
@@ -926,7 +939,7 @@ impl Live {
         } else {
             "missing"
         };
-        self.write(FaultRecord {
+        let record = FaultRecord {
             seq,
             t_ns: self.t_ns(),
             step,
@@ -942,7 +955,12 @@ impl Live {
             model_only: false,
             real,
             disagreements,
-        });
+        };
+        // The resolution's strings are made by the writer thread.
+        match rec {
+            Some(r) => self.write_step(record, r),
+            None => self.write(record),
+        }
         self.prof.lap(profile::Phase::Record);
     }
 
