@@ -170,14 +170,16 @@ fn parse_hex(s: &str) -> u64 {
 }
 
 impl VersionSummary {
-    fn new(kernel: KernelVersion) -> Self {
+    /// An empty summary of rule set `kernel` (live mode keeps one of its model's steps too).
+    pub fn new(kernel: KernelVersion) -> Self {
         VersionSummary {
             kernel,
             ..VersionSummary::default()
         }
     }
 
-    fn add(&mut self, r: &StepRecord) {
+    /// Counts one step's record.
+    pub fn add(&mut self, r: &StepRecord) {
         self.steps += 1;
         bump(&mut self.results, &r.result, 1);
         if r.access.is_some() {

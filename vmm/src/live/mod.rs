@@ -44,6 +44,7 @@ use crate::memory::uffd::sys::{self as uffd_sys, RegisterModes, Uffd, UffdError,
 use inject::{EventKind, Injection, Timer};
 use mirror::RamRegion;
 use mmu::record::{FaultRecord, RealPage, RecordHeader, Resolution, UffdEventRecord};
+use mmu::replay::VersionSummary;
 use mmu::scenario::step::{
     ForkStep, GuestStep, MadviseAdvice, MadviseStep, MemslotFlagsStep, RaceRange, Range, WriteStep,
 };
@@ -135,11 +136,18 @@ pub struct Disagreement {
     pub what: String,
 }
 
-/// What a live run saw.
+/// What a live run saw: the model's steps counted as a replay counts them
+/// ([`VersionSummary`], so a live run and the replay of its recording compare field by
+/// field), plus what only live mode has (uffd events and ioctls, the store, the checks
+/// against the kernel, costs).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LiveSummary {
     /// Rule set and where it came from.
     pub rules: String,
+    /// Every model step of the run (faults, injected events, the pages present at start):
+    /// results, guest accesses by level, GUP paths, retries, notifiers, zaps, host fault
+    /// handlers.
+    pub model: VersionSummary,
     /// Page-fault events read from the uffd.
     pub uffd_events: u64,
     /// Events resolved through the model (one model step each).
@@ -149,12 +157,6 @@ pub struct LiveSummary {
     pub stale_events: u64,
     /// Pages present before registration, told to the model.
     pub present_at_start: u64,
-    /// Model results ("fixed", "hit", ...).
-    pub results: BTreeMap<String, u64>,
-    /// Faults by the level the model mapped.
-    pub levels: BTreeMap<String, u64>,
-    /// GUP paths of the model's faults.
-    pub gup_paths: BTreeMap<String, u64>,
     /// uffd ioctls issued, by kind.
     pub ioctls: BTreeMap<String, u64>,
     /// Faults where the model mapped more than the actuator could install (e.g. THP 2M vs 4K).
@@ -228,9 +230,31 @@ impl LiveSummary {
             "live: model rules {}\n  uffd events {}, model resolutions {}, stale {}, pages present at start {}\n",
             self.rules, self.uffd_events, self.model_resolutions, self.stale_events, self.present_at_start
         );
-        s += &format!("  results: {}\n", map(&self.results));
-        s += &format!("  faults by model level: {}\n", map(&self.levels));
-        s += &format!("  GUP paths: {}\n", map(&self.gup_paths));
+        let m = &self.model;
+        s += &format!(
+            "  model steps {}, guest accesses {} (retried {}, {} retries), results: {}\n",
+            m.steps,
+            m.guest_accesses,
+            m.retried_accesses,
+            m.retries,
+            map(&m.results)
+        );
+        let levels: Vec<String> = [Level::Pte4K, Level::Pmd2M, Level::Pud1G]
+            .into_iter()
+            .filter(|l| m.faults_by_level.get(*l) > 0)
+            .map(|l| format!("{} {}", level_name(l), m.faults_by_level.get(l)))
+            .chain((m.unmapped > 0).then(|| format!("unmapped {}", m.unmapped)))
+            .collect();
+        s += &format!(
+            "  faults by model level: {}\n",
+            if levels.is_empty() {
+                "-".to_string()
+            } else {
+                levels.join(", ")
+            }
+        );
+        s += &format!("  GUP paths: {}\n", map(&m.gup_paths));
+        s += &format!("  host fault handlers: {}\n", map(&m.host_faults));
         s += &format!("  uffd ioctls: {}\n", map(&self.ioctls));
         s += &format!(
             "  model larger than actuator (size mismatches): {}, served from the source store: {}\n",
@@ -452,6 +476,7 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
     let uffd = Uffd::new(features, true).map_err(uerr("opening a userfaultfd"))?;
     let mut summary = LiveSummary {
         rules,
+        model: VersionSummary::new(runner.kernel()),
         ..LiveSummary::default()
     };
     // What is already present (the loaded payload): tell the model, before registering.
@@ -645,7 +670,10 @@ impl Live {
     fn push(&mut self, step: Step) -> Resolution {
         self.steps += 1;
         match self.runner.push(step) {
-            Ok(r) => Resolution::from(&r),
+            Ok(r) => {
+                self.summary.model.add(&r);
+                Resolution::from(&r)
+            }
             Err(e) => {
                 self.summary.error(format!("model: {e}"));
                 Resolution {
@@ -656,7 +684,17 @@ impl Live {
         }
     }
 
+    /// Runs one step on the model and counts it in the summary.
     fn push_record(&mut self, step: Step) -> Option<StepRecord> {
+        let r = self.push_uncounted(step);
+        if let Some(r) = &r {
+            self.summary.model.add(r);
+        }
+        r
+    }
+
+    /// Runs one step on the model; the caller counts it (a fault does, after its ioctl).
+    fn push_uncounted(&mut self, step: Step) -> Option<StepRecord> {
         self.steps += 1;
         match self.runner.push(step) {
             Ok(r) => Some(r),
@@ -852,7 +890,7 @@ impl Live {
         let kept = self.writer.is_some().then(|| step.clone());
         self.prof.lap(profile::Phase::Prepare);
         let t0 = Instant::now();
-        let rec = self.push_record(step);
+        let rec = self.push_uncounted(step);
         let model_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
         self.prof.lap(profile::Phase::Model);
         let hp = self.runner.host_page(Hva(page));
@@ -865,14 +903,13 @@ impl Live {
         // The guest runs again from here on.
         self.summary.model_ns += model_ns;
         self.summary.model_resolutions += 1;
-        let result = rec.as_ref().map_or("model-error", |r| r.result.as_str());
-        bump(&mut self.summary.results, result);
-        if let Some(l) = rec.as_ref().and_then(|r| r.level) {
-            bump(&mut self.summary.levels, level_name(l));
-        }
-        if let Some(g) = rec.as_ref().and_then(|r| r.gup.as_ref()) {
-            bump(&mut self.summary.gup_paths, &g.path);
-        }
+        let result = match &rec {
+            Some(r) => {
+                self.summary.model.add(r);
+                r.result.as_str()
+            }
+            None => "model-error",
+        };
         if decision.restore {
             self.summary.store_restores += 1;
         }
