@@ -184,6 +184,10 @@ pub struct LiveSummary {
     /// Nanoseconds from the model step to the end of the fault's resolution (model, ioctls,
     /// pagemap check; not the recording), in all.
     pub serve_ns: u64,
+    /// Nanoseconds from the model step to the end of the fault's ioctls, in all: what the
+    /// faulting thread waits for beyond reading the event (the plain uffd service's
+    /// service time is the same span for its `UFFDIO_COPY`).
+    pub critical_ns: u64,
     /// Where the service thread's time went, per phase (with [`LiveOptions::profile`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<profile::Phases>,
@@ -279,7 +283,10 @@ impl LiveSummary {
             self.model_ns.checked_div(self.model_resolutions),
             self.serve_ns.checked_div(self.model_resolutions),
         ) {
-            s += &format!("  cost per fault: model {m} ns, whole service {w} ns\n");
+            let c = self.critical_ns / self.model_resolutions.max(1);
+            s += &format!(
+                "  cost per fault: model {m} ns, model to end of ioctl {c} ns, whole service {w} ns\n"
+            );
         }
         if let Some(p) = &self.phases {
             s += &p.render();
@@ -898,6 +905,7 @@ impl Live {
         let action = decision.action;
         self.prof.lap(profile::Phase::Decide);
         let installed = self.apply(page, action);
+        self.summary.critical_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
         self.prof.lap(profile::Phase::Ioctl);
         self.prof.fault();
         // The guest runs again from here on.
