@@ -6,7 +6,7 @@
 //! (live mode serves guest RAM) and times it the same way: host timestamps of the touch
 //! guest's STAGE_START / STAGE_END port writes, first start to last end. The live run skips
 //! the per-fault pagemap comparison (`no_verify`): it measures serving, not checking; and
-//! it busy-polls the uffd like the plain service's default wait. `--live-pairs N` runs
+//! it waits on the uffd as the plain service does (`--uffd-wait`: busy-polls when it fits). `--live-pairs N` runs
 //! plain and live alternately N times and reports the medians (this host's load makes single
 //! runs vary 3x); `--live-verify` turns the page check back on.
 
@@ -255,7 +255,9 @@ fn run_live(
         kernel_rules: opts.kernel_rules,
         guest: "touch".into(),
         no_verify: !opts.verify,
-        busy_poll: true,
+        // Wait as the plain service does (--uffd-wait; auto spins only while the vCPUs and
+        // the spinning readers fit the host's CPUs, and polls otherwise).
+        busy_poll: bench.uffd.wait == crate::memory::uffd::WaitMode::BusyPoll,
         profile: opts.profile,
         ..LiveOptions::default()
     };

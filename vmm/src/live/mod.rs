@@ -535,7 +535,11 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         uffd.register(addr, len, base_modes)
             .map_err(uerr("registering guest RAM"))?;
     }
+    // tracefs is read only around injected events. Without any, no session is started: its
+    // pid filter hooks every context switch and wake-up of the machine (the sched_switch /
+    // sched_wakeup probes of set_event_pid), and each fault's ioctl wakes a vCPU.
     let trace = match TraceSession::start(PidFilter::ThisProcess) {
+        _ if opts.inject.is_empty() => None,
         Ok(mut t) => {
             t.set_hva_ranges(regions.iter().map(|r| r.hva..r.hva + r.size).collect());
             Some(t)
