@@ -160,9 +160,10 @@ pub struct VersionSummary {
 }
 
 /// A [`VersionSummary`] being gathered: counts kept by typed key in small vectors (a few
-/// distinct keys each, searched linearly), turned into the summary's maps at the end.
+/// distinct keys each, searched linearly), turned into the summary's maps at the end
+/// ([`Tally::summary`]). The replay keeps one per rule set; live mode one for its model.
 #[derive(Clone, Debug, Default)]
-struct Tally {
+pub struct Tally {
     steps: u64,
     guest_accesses: u64,
     faults_by_level: LevelCounts,
@@ -186,7 +187,8 @@ fn bump<K: PartialEq + Copy>(v: &mut Vec<(K, u64)>, key: K, n: u64) {
 }
 
 impl Tally {
-    fn add(&mut self, r: &StepOutcome) {
+    /// Counts one step's outcome.
+    pub fn add(&mut self, r: &StepOutcome) {
         self.steps += 1;
         bump(&mut self.results, r.result, 1);
         if r.access.is_some() {
@@ -225,7 +227,8 @@ impl Tally {
         }
     }
 
-    fn summary(&self, kernel: KernelVersion) -> VersionSummary {
+    /// The summary of what was counted, under rule set `kernel`.
+    pub fn summary(&self, kernel: KernelVersion) -> VersionSummary {
         fn map<K: Copy>(v: &[(K, u64)], name: impl Fn(K) -> &'static str) -> BTreeMap<String, u64> {
             let mut m = BTreeMap::new();
             for &(k, n) in v {

@@ -88,6 +88,25 @@ fn touch_runs_live_and_every_fault_goes_through_the_model_once() {
     let faults = rec.records.iter().filter(|r| r.uffd.is_some()).count() as u64;
     assert_eq!(faults, events, "one fault record per uffd event");
     assert_eq!(rec.header.guest, "touch");
+    // The summary counts the model's steps as a replay does (mmu::replay::VersionSummary):
+    // one per record, and the guest accesses by level as the records' resolutions say.
+    assert_eq!(
+        summary_number(&out, "model steps"),
+        rec.records.len() as u64,
+        "{}",
+        out.transcript()
+    );
+    let at_4k = rec
+        .records
+        .iter()
+        .filter(|r| r.uffd.is_some() && r.model.level == Some(mmu::types::Level::Pte4K))
+        .count() as u64;
+    assert_eq!(
+        summary_number(&out, "faults by model level: 4K"),
+        at_4k,
+        "{}",
+        out.transcript()
+    );
     assert!(replays_to_the_same_resolutions(&record) > 8192);
     let _ = std::fs::remove_file(&record);
 }

@@ -6,7 +6,9 @@
 //! (live mode serves guest RAM) and times it the same way: host timestamps of the touch
 //! guest's STAGE_START / STAGE_END port writes, first start to last end. The live run skips
 //! the per-fault pagemap comparison (`no_verify`): it measures serving, not checking; and
-//! it busy-polls the uffd like the plain service's default wait.
+//! it waits on the uffd as the plain service does (`--uffd-wait`: busy-polls when it fits). `--live-pairs N` runs
+//! plain and live alternately N times and reports the medians (this host's load makes single
+//! runs vary 3x); `--live-verify` turns the page check back on.
 
 use super::{LiveOptions, LiveSummary};
 use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
@@ -31,17 +33,34 @@ pub struct LiveBenchReport {
     pub vcpus: u32,
     /// Bytes touched per vCPU.
     pub bytes_per_vcpu: u64,
-    /// Plain `-u MISSING`: pages per second.
+    /// Plain `-u MISSING`: pages per second (median of the runs).
     pub plain_pages_per_sec: f64,
-    /// Live mode: pages per second.
+    /// Live mode: pages per second (median of the runs).
     pub live_pages_per_sec: f64,
-    /// live / plain.
+    /// live / plain: the median of the pairs' ratios.
     pub ratio: f64,
+    /// Each pair's live / plain, in run order.
+    pub pair_ratios: Vec<f64>,
+    /// Each plain run's pages per second.
+    pub plain_runs: Vec<f64>,
+    /// Each live run's pages per second.
+    pub live_runs: Vec<f64>,
+    /// The live runs checked every installed page against pagemap/kpageflags.
+    pub verified: bool,
     /// The model's cost per fault (ns).
     pub model_ns_per_fault: u64,
-    /// The live service's cost per fault (ns): model, ioctls.
+    /// The live service's cost per fault (ns): model, ioctls, page check.
     pub serve_ns_per_fault: u64,
-    /// The live run's summary.
+    /// What the faulting thread waits for in the live service (ns per fault, median of
+    /// the runs): the model's step, the decision and the ioctls.
+    pub live_critical_ns_per_fault: u64,
+    /// The same span in the plain service (ns per fault, median of the runs' means): the
+    /// source page filled and `UFFDIO_COPY`.
+    pub plain_service_ns_per_fault: u64,
+    /// plain service / live critical path: the rate ratio the two services allow when the
+    /// guest's side costs nothing; unlike the rates, hardly moved by the host's load.
+    pub service_ratio: f64,
+    /// The last live run's summary.
     pub live: LiveSummary,
 }
 
@@ -50,21 +69,41 @@ impl LiveBenchReport {
     pub fn table(&self) -> String {
         format!(
             "backing   vCPUs  size/vCPU  mode          pages/s       cost/fault\n\
-             {:<9} {:<6} {:<10} uffd MISSING  {:>12.0}  -\n\
-             {:<9} {:<6} {:<10} --live        {:>12.0}  model {} ns, service {} ns\n\
-             live / plain: {:.2}\n",
+             {:<9} {:<6} {:<10} uffd MISSING  {:>12.0}  service {} ns (fill + UFFDIO_COPY)\n\
+             {:<9} {:<6} {:<10} --live        {:>12.0}  model {} ns, model..ioctl end {} ns, service {} ns\n\
+             service-time ratio (plain service / live model..ioctl end): {:.2}\n\
+             live / plain: {:.2} (median of {} alternating pairs: {}){}\n",
             self.backing,
             self.vcpus,
             crate::config::format_size(self.bytes_per_vcpu),
             self.plain_pages_per_sec,
+            self.plain_service_ns_per_fault,
             self.backing,
             self.vcpus,
             crate::config::format_size(self.bytes_per_vcpu),
             self.live_pages_per_sec,
             self.model_ns_per_fault,
+            self.live_critical_ns_per_fault,
             self.serve_ns_per_fault,
-            self.ratio
-        )
+            self.service_ratio,
+            self.ratio,
+            self.pair_ratios.len(),
+            self.pair_ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            if self.verified {
+                "; every live page checked with pagemap"
+            } else {
+                ""
+            }
+        ) + &self
+            .live
+            .phases
+            .as_ref()
+            .map(super::profile::Phases::render)
+            .unwrap_or_default()
     }
 }
 
@@ -94,11 +133,33 @@ impl BusDevice for Marks {
     }
 }
 
-/// Runs both and reports them.
-pub fn run(
-    bench: &FaultBench,
-    kernel_rules: Option<mmu::types::KernelVersion>,
-) -> Result<LiveBenchReport, String> {
+/// How `bench faults --live` runs.
+#[derive(Debug, Clone, Default)]
+pub struct LiveBenchOptions {
+    /// The model's rule set (`None`: the host kernel's).
+    pub kernel_rules: Option<mmu::types::KernelVersion>,
+    /// Time each phase of the live service ([`super::profile`]).
+    pub profile: bool,
+    /// Plain/live pairs, run alternately (0 counts as 1); the report gives the medians.
+    pub pairs: u32,
+    /// Check every installed page against pagemap/kpageflags in the live runs, as
+    /// `run --live` does (off by default: the bench measures serving).
+    pub verify: bool,
+}
+
+/// The median of `v` (0 for none).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Runs plain and live alternately `opts.pairs` times and reports the medians.
+pub fn run(bench: &FaultBench, opts: &LiveBenchOptions) -> Result<LiveBenchReport, String> {
     let region = bench
         .backings
         .first()
@@ -115,9 +176,56 @@ pub fn run(
             ))
         }
     };
-    let plain = bench
-        .run_one(region, Some(UffdMode::Missing))
-        .map_err(|e| format!("plain -u MISSING run: {e}"))?;
+    let (mut plain, mut live, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = None;
+    let (mut model_ns, mut serve_ns) = (Vec::new(), Vec::new());
+    let (mut critical_ns, mut plain_ns) = (Vec::new(), Vec::new());
+    for _ in 0..opts.pairs.max(1) {
+        let pr = bench
+            .run_one(region, Some(UffdMode::Missing))
+            .map_err(|e| format!("plain -u MISSING run: {e}"))?;
+        let p = pr.pages_per_sec();
+        if let Some(u) = &pr.uffd_summary {
+            plain_ns.push(u.mean_ns);
+        }
+        let (l, summary) = run_live(bench, backing, opts)?;
+        let n = summary.model_resolutions.max(1);
+        model_ns.push((summary.model_ns / n) as f64);
+        serve_ns.push((summary.serve_ns / n) as f64);
+        critical_ns.push((summary.critical_ns / n) as f64);
+        plain.push(p);
+        live.push(l);
+        ratios.push(l / p.max(1e-9));
+        last = Some(summary);
+    }
+    let plain_rate = median(&plain);
+    let live_rate = median(&live);
+    Ok(LiveBenchReport {
+        backing: region.name().to_string(),
+        vcpus: bench.vcpus,
+        bytes_per_vcpu: bench.bytes_per_vcpu,
+        plain_pages_per_sec: plain_rate,
+        live_pages_per_sec: live_rate,
+        ratio: median(&ratios),
+        pair_ratios: ratios,
+        plain_runs: plain,
+        live_runs: live,
+        verified: opts.verify,
+        model_ns_per_fault: median(&model_ns) as u64,
+        serve_ns_per_fault: median(&serve_ns) as u64,
+        live_critical_ns_per_fault: median(&critical_ns) as u64,
+        plain_service_ns_per_fault: median(&plain_ns) as u64,
+        service_ratio: median(&plain_ns) / median(&critical_ns).max(1.0),
+        live: last.unwrap_or_default(),
+    })
+}
+
+/// One live run of the touch workload: its rate (pages/s) and summary.
+fn run_live(
+    bench: &FaultBench,
+    backing: Backing,
+    opts: &LiveBenchOptions,
+) -> Result<(f64, LiveSummary), String> {
     let per = bench.bytes_per_vcpu;
     let size = LIVE_REGION_GPA + per * u64::from(bench.vcpus);
     let config = VmConfig {
@@ -143,14 +251,17 @@ pub fn run(
     }
     .write(vmm.guest_memory())
     .map_err(|e| format!("live run: writing the touch parameters: {e}"))?;
-    let opts = LiveOptions {
-        kernel_rules,
+    let live_opts = LiveOptions {
+        kernel_rules: opts.kernel_rules,
         guest: "touch".into(),
-        no_verify: true,
-        busy_poll: true,
+        no_verify: !opts.verify,
+        // Wait as the plain service does (--uffd-wait; auto spins only while the vCPUs and
+        // the spinning readers fit the host's CPUs, and polls otherwise).
+        busy_poll: bench.uffd.wait == crate::memory::uffd::WaitMode::BusyPoll,
+        profile: opts.profile,
         ..LiveOptions::default()
     };
-    let out = super::run(vmm, backing, &opts).map_err(|e| format!("live run: {e}"))?;
+    let out = super::run(vmm, backing, &live_opts).map_err(|e| format!("live run: {e}"))?;
     if out.outcome.exit.status() != 0 {
         return Err(format!(
             "live run: the touch guest ended with {}",
@@ -163,18 +274,17 @@ pub fn run(
         _ => return Err("live run: the touch guest never marked its start and end".into()),
     };
     let pages = (per / bench.stride.max(1)) * u64::from(bench.vcpus);
-    let live_rate = pages as f64 / secs.max(1e-9);
-    let plain_rate = plain.pages_per_sec();
-    let n = out.summary.model_resolutions.max(1);
-    Ok(LiveBenchReport {
-        backing: region.name().to_string(),
-        vcpus: bench.vcpus,
-        bytes_per_vcpu: per,
-        plain_pages_per_sec: plain_rate,
-        live_pages_per_sec: live_rate,
-        ratio: live_rate / plain_rate.max(1e-9),
-        model_ns_per_fault: out.summary.model_ns / n,
-        serve_ns_per_fault: out.summary.serve_ns / n,
-        live: out.summary,
-    })
+    Ok((pages as f64 / secs.max(1e-9), out.summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_even_and_empty_lists() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
 }

@@ -31,6 +31,7 @@
 pub mod bench;
 pub mod inject;
 pub mod mirror;
+pub mod profile;
 pub mod record;
 pub mod store;
 
@@ -43,11 +44,13 @@ use crate::memory::uffd::sys::{self as uffd_sys, RegisterModes, Uffd, UffdError,
 use inject::{EventKind, Injection, Timer};
 use mirror::RamRegion;
 use mmu::record::{FaultRecord, RealPage, RecordHeader, Resolution, UffdEventRecord};
+use mmu::replay::{Tally, VersionSummary};
 use mmu::scenario::step::{
     ForkStep, GuestStep, MadviseAdvice, MadviseStep, MemslotFlagsStep, RaceRange, Range, WriteStep,
 };
 use mmu::scenario::{
-    HostPageKind, MemslotFlag, ModelOptions, Num, ScenarioError, ScenarioRunner, Step, StepRecord,
+    HostPage, HostPageKind, MemslotFlag, ModelOptions, Num, ScenarioError, ScenarioRunner, Step,
+    StepRecord,
 };
 use mmu::types::{Hva, KernelVersion, Level};
 use serde::Serialize;
@@ -74,6 +77,8 @@ pub struct LiveOptions {
     /// sleeping in `poll()`: the plain uffd service's default wait, lowest latency, burns a
     /// core (`bench faults --live` uses it to compare like with like).
     pub busy_poll: bool,
+    /// Time each phase of the service loop ([`profile::Phases`], in the summary).
+    pub profile: bool,
 }
 
 /// Live mode cannot start.
@@ -131,11 +136,18 @@ pub struct Disagreement {
     pub what: String,
 }
 
-/// What a live run saw.
+/// What a live run saw: the model's steps counted as a replay counts them
+/// ([`VersionSummary`], so a live run and the replay of its recording compare field by
+/// field), plus what only live mode has (uffd events and ioctls, the store, the checks
+/// against the kernel, costs).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LiveSummary {
     /// Rule set and where it came from.
     pub rules: String,
+    /// Every model step of the run (faults, injected events, the pages present at start):
+    /// results, guest accesses by level, GUP paths, retries, notifiers, zaps, host fault
+    /// handlers.
+    pub model: VersionSummary,
     /// Page-fault events read from the uffd.
     pub uffd_events: u64,
     /// Events resolved through the model (one model step each).
@@ -145,12 +157,6 @@ pub struct LiveSummary {
     pub stale_events: u64,
     /// Pages present before registration, told to the model.
     pub present_at_start: u64,
-    /// Model results ("fixed", "hit", ...).
-    pub results: BTreeMap<String, u64>,
-    /// Faults by the level the model mapped.
-    pub levels: BTreeMap<String, u64>,
-    /// GUP paths of the model's faults.
-    pub gup_paths: BTreeMap<String, u64>,
     /// uffd ioctls issued, by kind.
     pub ioctls: BTreeMap<String, u64>,
     /// Faults where the model mapped more than the actuator could install (e.g. THP 2M vs 4K).
@@ -178,6 +184,13 @@ pub struct LiveSummary {
     /// Nanoseconds from the model step to the end of the fault's resolution (model, ioctls,
     /// pagemap check; not the recording), in all.
     pub serve_ns: u64,
+    /// Nanoseconds from the model step to the end of the fault's ioctls, in all: what the
+    /// faulting thread waits for beyond reading the event (the plain uffd service's
+    /// service time is the same span for its `UFFDIO_COPY`).
+    pub critical_ns: u64,
+    /// Where the service thread's time went, per phase (with [`LiveOptions::profile`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<profile::Phases>,
 }
 
 impl LiveSummary {
@@ -202,7 +215,7 @@ impl LiveSummary {
     }
 
     fn ioctl(&mut self, name: &str) {
-        *self.ioctls.entry(name.to_string()).or_default() += 1;
+        bump(&mut self.ioctls, name);
     }
 
     /// The text summary printed after a live run.
@@ -221,9 +234,31 @@ impl LiveSummary {
             "live: model rules {}\n  uffd events {}, model resolutions {}, stale {}, pages present at start {}\n",
             self.rules, self.uffd_events, self.model_resolutions, self.stale_events, self.present_at_start
         );
-        s += &format!("  results: {}\n", map(&self.results));
-        s += &format!("  faults by model level: {}\n", map(&self.levels));
-        s += &format!("  GUP paths: {}\n", map(&self.gup_paths));
+        let m = &self.model;
+        s += &format!(
+            "  model steps {}, guest accesses {} (retried {}, {} retries), results: {}\n",
+            m.steps,
+            m.guest_accesses,
+            m.retried_accesses,
+            m.retries,
+            map(&m.results)
+        );
+        let levels: Vec<String> = [Level::Pte4K, Level::Pmd2M, Level::Pud1G]
+            .into_iter()
+            .filter(|l| m.faults_by_level.get(*l) > 0)
+            .map(|l| format!("{} {}", level_name(l), m.faults_by_level.get(l)))
+            .chain((m.unmapped > 0).then(|| format!("unmapped {}", m.unmapped)))
+            .collect();
+        s += &format!(
+            "  faults by model level: {}\n",
+            if levels.is_empty() {
+                "-".to_string()
+            } else {
+                levels.join(", ")
+            }
+        );
+        s += &format!("  GUP paths: {}\n", map(&m.gup_paths));
+        s += &format!("  host fault handlers: {}\n", map(&m.host_faults));
         s += &format!("  uffd ioctls: {}\n", map(&self.ioctls));
         s += &format!(
             "  model larger than actuator (size mismatches): {}, served from the source store: {}\n",
@@ -248,7 +283,13 @@ impl LiveSummary {
             self.model_ns.checked_div(self.model_resolutions),
             self.serve_ns.checked_div(self.model_resolutions),
         ) {
-            s += &format!("  cost per fault: model {m} ns, whole service {w} ns\n");
+            let c = self.critical_ns / self.model_resolutions.max(1);
+            s += &format!(
+                "  cost per fault: model {m} ns, model to end of ioctl {c} ns, whole service {w} ns\n"
+            );
+        }
+        if let Some(p) = &self.phases {
+            s += &p.render();
         }
         for n in &self.notes {
             s += &format!("  note: {n}\n");
@@ -295,12 +336,42 @@ struct Live {
     trace: Option<TraceSession>,
     writer: Option<record::RecordWriter>,
     summary: LiveSummary,
+    /// The model's steps counted as they run ([`LiveSummary::model`] at the end).
+    tally: Tally,
     events: Vec<Injection>,
     timer: Timer,
     start: Instant,
     verify: bool,
     busy_poll: bool,
     steps: u64,
+    prof: profile::Profiler,
+    /// vCPU thread ids as last read from the VM (index = vCPU).
+    vcpu_tids: Vec<u32>,
+}
+
+/// Adds one to `m[k]`, allocating the key only the first time.
+fn bump(m: &mut BTreeMap<String, u64>, k: &str) {
+    match m.get_mut(k) {
+        Some(v) => *v += 1,
+        None => {
+            m.insert(k.to_string(), 1);
+        }
+    }
+}
+
+/// The source of a `UFFDIO_COPY` for a page the store holds nothing for.
+static ZEROS: [u8; store::PAGE] = [0; store::PAGE];
+
+/// The actuator's decision for one fault, and what it noticed on the way.
+#[derive(Debug, Clone, Copy)]
+struct Decision {
+    action: Action,
+    /// Served from the store although the model maps the zero page.
+    restore: bool,
+    /// A WP fault after which the model keeps the page read-only.
+    read_only_after_write: bool,
+    /// The model left the page unmapped (served anyway).
+    unmapped: bool,
 }
 
 fn level_bytes(l: Level) -> u64 {
@@ -465,7 +536,11 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         uffd.register(addr, len, base_modes)
             .map_err(uerr("registering guest RAM"))?;
     }
+    // tracefs is read only around injected events. Without any, no session is started: its
+    // pid filter hooks every context switch and wake-up of the machine (the sched_switch /
+    // sched_wakeup probes of set_event_pid), and each fault's ioctl wakes a vCPU.
     let trace = match TraceSession::start(PidFilter::ThisProcess) {
+        _ if opts.inject.is_empty() => None,
         Ok(mut t) => {
             t.set_hva_ranges(regions.iter().map(|r| r.hva..r.hva + r.size).collect());
             Some(t)
@@ -489,16 +564,20 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         trace,
         writer,
         summary,
+        tally: Tally::default(),
         timer: Timer::new(&opts.inject),
         events: opts.inject.clone(),
         start: Instant::now(),
         verify: !opts.no_verify,
         busy_poll: opts.busy_poll,
         steps: 0,
+        prof: profile::Profiler::new(opts.profile),
+        vcpu_tids: Vec::new(),
     };
     live.tell_present();
     let (outcome, live) = vmm.run_with(move |h| {
         live.start = Instant::now();
+        live.prof = profile::Profiler::new(live.prof.on());
         live.serve(h);
         live
     })?;
@@ -508,8 +587,17 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         )));
     };
     let Live {
-        writer, summary, ..
+        writer,
+        mut summary,
+        tally,
+        runner,
+        prof,
+        ..
     } = live;
+    summary.model = tally.summary(runner.kernel());
+    if prof.on() {
+        summary.phases = Some(prof.phases);
+    }
     if let Some(w) = writer {
         w.finish()?;
     }
@@ -524,6 +612,15 @@ impl Live {
     fn write(&mut self, rec: FaultRecord) {
         if let Some(w) = self.writer.as_mut() {
             if let Err(e) = w.write(rec) {
+                self.summary.error(e.to_string());
+                self.writer = None;
+            }
+        }
+    }
+
+    fn write_step(&mut self, rec: FaultRecord, step: StepRecord) {
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.write_step(rec, step) {
                 self.summary.error(e.to_string());
                 self.writer = None;
             }
@@ -589,7 +686,10 @@ impl Live {
     fn push(&mut self, step: Step) -> Resolution {
         self.steps += 1;
         match self.runner.push(step) {
-            Ok(r) => Resolution::from(&r),
+            Ok(r) => {
+                self.tally.add(self.runner.outcome());
+                Resolution::from(&r)
+            }
             Err(e) => {
                 self.summary.error(format!("model: {e}"));
                 Resolution {
@@ -600,7 +700,17 @@ impl Live {
         }
     }
 
+    /// Runs one step on the model and counts it in the summary.
     fn push_record(&mut self, step: Step) -> Option<StepRecord> {
+        let r = self.push_uncounted(step);
+        if r.is_some() {
+            self.tally.add(self.runner.outcome());
+        }
+        r
+    }
+
+    /// Runs one step on the model; the caller counts it (a fault does, after its ioctl).
+    fn push_uncounted(&mut self, step: Step) -> Option<StepRecord> {
         self.steps += 1;
         match self.runner.push(step) {
             Ok(r) => Some(r),
@@ -627,17 +737,23 @@ impl Live {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            self.prof.lap(profile::Phase::Loop);
             if !self.busy_poll {
                 let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
                 // SAFETY: one valid pollfd for the duration of the call.
                 unsafe { libc::poll(&mut pfd, 1, ms) };
+                self.prof.lap(profile::Phase::Wait);
             }
             match self.uffd.read_events(&mut buf) {
-                Ok(events) if events.is_empty() && self.busy_poll => {
-                    // SAFETY: sched_yield has no preconditions.
-                    unsafe { libc::sched_yield() };
+                Ok(events) if events.is_empty() => {
+                    if self.busy_poll {
+                        // SAFETY: sched_yield has no preconditions.
+                        unsafe { libc::sched_yield() };
+                    }
+                    self.prof.lap(profile::Phase::Wait);
                 }
                 Ok(events) => {
+                    self.prof.lap(profile::Phase::Read);
                     for ev in events {
                         self.handle(ev, h);
                     }
@@ -645,12 +761,15 @@ impl Live {
                 Err(e) => {
                     self.summary.error(format!("reading uffd events: {e}"));
                     std::thread::sleep(Duration::from_millis(1));
+                    self.prof.lap(profile::Phase::Wait);
                 }
             }
             let now = self.start.elapsed();
             for i in self.timer.due(&self.events, now) {
                 let ev = self.events[i].clone();
+                self.prof.lap(profile::Phase::Loop);
                 self.inject(&ev, h);
+                self.prof.lap(profile::Phase::Inject);
             }
         }
     }
@@ -662,6 +781,80 @@ impl Live {
             .find(|r| r.gpa_of(hva).is_some())
     }
 
+    /// The vCPU whose thread raised a fault (`None` for the VMM's own threads); looks the
+    /// thread ids up again only when `tid` is not among those seen so far.
+    fn vcpu_of(&mut self, tid: u32, h: &VmHandle<'_>) -> Option<u32> {
+        if tid == 0 {
+            return None;
+        }
+        let find = |ids: &[u32]| ids.iter().position(|t| *t == tid);
+        let i = match find(&self.vcpu_tids) {
+            Some(i) => i,
+            None => {
+                self.vcpu_tids = h.vcpu_thread_ids();
+                find(&self.vcpu_tids)?
+            }
+        };
+        u32::try_from(i).ok()
+    }
+
+    /// What the actuator does for a fault, from the model's host page after the step (`hp`)
+    /// and whether the store holds data for the page.
+    fn decide(&self, hp: Option<HostPage>, wp: bool, minor: bool, has_data: bool) -> Decision {
+        let read_only = hp.is_some_and(|p| !p.writable);
+        let mut d = Decision {
+            action: Action::Unprotect,
+            restore: false,
+            read_only_after_write: false,
+            unmapped: false,
+        };
+        d.action = if wp {
+            d.read_only_after_write = read_only;
+            Action::Unprotect
+        } else if minor {
+            Action::Continue {
+                wp: self.wp && read_only,
+            }
+        } else if self.backing == Backing::Shmem {
+            // shmem's UFFDIO_ZEROPAGE allocates a zeroed page-cache page (no zero page).
+            Action::Zeropage {
+                wp: self.wp && read_only,
+            }
+        } else {
+            match hp.map(|p| p.kind) {
+                Some(HostPageKind::Zero | HostPageKind::HugeZero) if !has_data => {
+                    Action::Zeropage { wp: self.wp }
+                }
+                Some(HostPageKind::Zero | HostPageKind::HugeZero) => {
+                    d.restore = true;
+                    Action::Copy {
+                        wp: self.wp,
+                        from_store: true,
+                    }
+                }
+                Some(_) => Action::Copy {
+                    wp: self.wp && read_only,
+                    from_store: has_data,
+                },
+                None => {
+                    d.unmapped = true;
+                    if has_data {
+                        Action::Copy {
+                            wp: false,
+                            from_store: true,
+                        }
+                    } else {
+                        Action::Zeropage { wp: false }
+                    }
+                }
+            }
+        };
+        d
+    }
+
+    /// Serves one uffd event. Only what the guest must wait for runs before the ioctl (the
+    /// model's step, the decision from its host page, the ioctl itself); the summary's
+    /// counters, the real-page check and the record follow it, while the guest runs on.
     fn handle(&mut self, ev: UffdEvent, h: &VmHandle<'_>) {
         let UffdEvent::Pagefault {
             addr,
@@ -691,11 +884,7 @@ impl Live {
             return;
         }
         let gpa = region.gpa_of(page).unwrap_or(0);
-        let vcpu = h
-            .vcpu_thread_ids()
-            .iter()
-            .position(|t| *t != 0 && *t == thread_id)
-            .and_then(|i| u32::try_from(i).ok());
+        let vcpu = self.vcpu_of(thread_id, h);
         let step = if write || wp {
             Step::Write(WriteStep {
                 gpa: Num(gpa),
@@ -713,121 +902,88 @@ impl Live {
             })
         };
         let seq = self.seq();
+        // The record needs the step after the model has taken it.
+        let kept = self.writer.is_some().then(|| step.clone());
+        self.prof.lap(profile::Phase::Prepare);
         let t0 = Instant::now();
-        let rec = self.push_record(step.clone());
-        self.summary.model_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
-        self.summary.model_resolutions += 1;
-        let model = rec.as_ref().map(Resolution::from).unwrap_or(Resolution {
-            result: "model-error".into(),
-            ..Resolution::default()
-        });
-        *self
-            .summary
-            .results
-            .entry(model.result.clone())
-            .or_default() += 1;
-        if let Some(l) = model.level {
-            *self.summary.levels.entry(level_name(l).into()).or_default() += 1;
+        let rec = self.push_uncounted(step);
+        if rec.is_some() {
+            self.tally.add(self.runner.outcome());
         }
-        if let Some(g) = &model.gup_path {
-            *self.summary.gup_paths.entry(g.clone()).or_default() += 1;
-        }
+        let model_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
+        self.prof.lap(profile::Phase::Model);
         let hp = self.runner.host_page(Hva(page));
-        let mut disagreements = Vec::new();
-        let data = self.store.get(page).copied();
-        let action = if wp {
-            if hp.is_some_and(|p| !p.writable) {
-                disagreements
-                    .push("the model keeps the page read-only after the write".to_string());
-            }
-            Action::Unprotect
-        } else if minor {
-            Action::Continue {
-                wp: self.wp && hp.is_some_and(|p| !p.writable),
-            }
-        } else if self.backing == Backing::Shmem {
-            // shmem's UFFDIO_ZEROPAGE allocates a zeroed page-cache page (no zero page).
-            Action::Zeropage {
-                wp: self.wp && hp.is_some_and(|p| !p.writable),
-            }
-        } else {
-            match hp.map(|p| p.kind) {
-                Some(HostPageKind::Zero | HostPageKind::HugeZero) if data.is_none() => {
-                    Action::Zeropage { wp: self.wp }
-                }
-                Some(HostPageKind::Zero | HostPageKind::HugeZero) => {
-                    self.summary.store_restores += 1;
-                    Action::Copy {
-                        wp: self.wp,
-                        from_store: true,
-                    }
-                }
-                Some(_) => Action::Copy {
-                    wp: self.wp && hp.is_some_and(|p| !p.writable),
-                    from_store: data.is_some(),
-                },
-                None => {
-                    disagreements.push(format!(
-                        "the model left the page unmapped ({}); served anyway",
-                        model.result
-                    ));
-                    match data {
-                        Some(_) => Action::Copy {
-                            wp: false,
-                            from_store: true,
-                        },
-                        None => Action::Zeropage { wp: false },
-                    }
-                }
-            }
+        let decision = self.decide(hp, wp, minor, self.store.get(page).is_some());
+        let action = decision.action;
+        self.prof.lap(profile::Phase::Decide);
+        let installed = self.apply(page, action);
+        self.summary.critical_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
+        self.prof.lap(profile::Phase::Ioctl);
+        self.prof.fault();
+        // The guest runs again from here on.
+        self.summary.model_ns += model_ns;
+        self.summary.model_resolutions += 1;
+        let result = match &rec {
+            Some(r) => r.result.as_str(),
+            None => "model-error",
         };
-        let mut applied = action.describe();
-        if let Some(p) = hp {
-            if level_bytes(p.leaf) > PAGE && action != Action::Unprotect {
-                self.summary.size_mismatches += 1;
-                applied += &format!(" (model maps {})", level_name(p.leaf));
-            }
+        if decision.restore {
+            self.summary.store_restores += 1;
         }
-        let installed = self.apply(page, action, data.as_ref());
-        if let Err(e) = &installed {
-            applied += &format!(" failed: {e}");
+        let mismatch = hp
+            .map(|p| p.leaf)
+            .filter(|l| level_bytes(*l) > PAGE && action != Action::Unprotect);
+        if mismatch.is_some() {
+            self.summary.size_mismatches += 1;
         }
+        let mut disagreements = Vec::new();
+        if decision.read_only_after_write {
+            disagreements.push("the model keeps the page read-only after the write".to_string());
+        }
+        if decision.unmapped {
+            disagreements.push(format!(
+                "the model left the page unmapped ({result}); served anyway"
+            ));
+        }
+        self.prof.lap(profile::Phase::Account);
         let mut real = None;
         if installed == Ok(true) && self.verify {
             if let Some(pm) = self.pagemap.as_ref() {
                 if let Ok(st) = real_page(pm, page) {
-                    let zero = st.zero_page;
-                    real = Some(st.clone());
                     self.summary.pages_compared += 1;
-                    let model_zero = hp.is_some_and(|p| {
-                        matches!(p.kind, HostPageKind::Zero | HostPageKind::HugeZero)
-                    });
-                    let restore = matches!(
-                        action,
-                        Action::Copy {
-                            from_store: true,
-                            ..
-                        }
-                    );
-                    if !st.present {
-                        disagreements.push("the real page is not present after the ioctl".into());
-                    } else if hp.is_some() && model_zero != zero && !restore {
-                        disagreements.push(format!(
-                            "page: model {}, real {}",
-                            if model_zero { "zero page" } else { "a folio" },
-                            if zero { "zero page" } else { "a folio" }
-                        ));
+                    if let Some(d) = page_disagreement(&st, hp, action) {
+                        disagreements.push(d);
                     }
+                    real = Some(st);
                 }
             }
         }
         self.summary.serve_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
+        self.prof.lap(profile::Phase::Verify);
         for d in &disagreements {
             self.summary.disagree(Disagreement {
                 step: seq,
                 gfn: Some(gpa / PAGE),
                 what: d.clone(),
             });
+        }
+        let Some(step) = kept else {
+            self.prof.lap(profile::Phase::Record);
+            return;
+        };
+        let model = match rec {
+            Some(_) => Resolution::default(),
+            None => Resolution {
+                result: "model-error".into(),
+                ..Resolution::default()
+            },
+        };
+        let mut applied = action.describe();
+        if let Some(l) = mismatch {
+            applied += &format!(" (model maps {})", level_name(l));
+        }
+        if let Err(e) = &installed {
+            applied += &format!(" failed: {e}");
         }
         let flags = u64::from(write) | (u64::from(wp) << 1) | (u64::from(minor) << 2);
         let kind = if wp {
@@ -837,7 +993,7 @@ impl Live {
         } else {
             "missing"
         };
-        self.write(FaultRecord {
+        let record = FaultRecord {
             seq,
             t_ns: self.t_ns(),
             step,
@@ -853,21 +1009,21 @@ impl Live {
             model_only: false,
             real,
             disagreements,
-        });
+        };
+        // The resolution's strings are made by the writer thread.
+        match rec {
+            Some(r) => self.write_step(record, r),
+            None => self.write(record),
+        }
+        self.prof.lap(profile::Phase::Record);
     }
 
-    /// Applies `action` at `page`; `Ok(true)` when it installed a page there.
-    fn apply(
-        &mut self,
-        page: u64,
-        action: Action,
-        data: Option<&[u8; store::PAGE]>,
-    ) -> Result<bool, String> {
+    /// Applies `action` at `page` (data from the store, zeros without); `Ok(true)` when it
+    /// installed a page there. The ioctls are counted after they return.
+    fn apply(&mut self, page: u64, action: Action) -> Result<bool, String> {
         let (p, n) = (page as usize, PAGE as usize);
-        let zeros = [0u8; store::PAGE];
         let r = match action {
             Action::Zeropage { wp } => {
-                self.summary.ioctl("UFFDIO_ZEROPAGE");
                 let r = if wp {
                     // SAFETY: `page` lies in guest RAM, registered with this uffd; the guest
                     // owns its contents and no Rust reference points into it.
@@ -878,22 +1034,26 @@ impl Live {
                 };
                 match r {
                     Ok(_) if wp => {
-                        self.summary.ioctl("UFFDIO_WRITEPROTECT");
                         let w = self.uffd.writeprotect(p, n, true);
-                        self.summary.ioctl("UFFDIO_WAKE");
                         let _ = self.uffd.wake(p, n);
+                        self.summary.ioctl("UFFDIO_ZEROPAGE");
+                        self.summary.ioctl("UFFDIO_WRITEPROTECT");
+                        self.summary.ioctl("UFFDIO_WAKE");
                         w.map(|()| {
                             self.wp_pages.insert(page);
                         })
                     }
-                    other => other.map(|_| ()),
+                    other => {
+                        self.summary.ioctl("UFFDIO_ZEROPAGE");
+                        other.map(|_| ())
+                    }
                 }
             }
             Action::Copy { wp, from_store } => {
-                self.summary.ioctl("UFFDIO_COPY");
-                let src = data.unwrap_or(&zeros);
+                let src = self.store.get(page).unwrap_or(&ZEROS);
                 // SAFETY: as above.
                 let r = unsafe { self.uffd.copy(p, src, wp) };
+                self.summary.ioctl("UFFDIO_COPY");
                 if r.is_ok() {
                     if from_store {
                         self.store.forget(page);
@@ -905,7 +1065,6 @@ impl Live {
                 r.map(|_| ())
             }
             Action::Continue { wp } => {
-                self.summary.ioctl("UFFDIO_CONTINUE");
                 let r = if wp {
                     // SAFETY: as above; the page cache already holds the guest's page.
                     unsafe { self.uffd.continue_wp(p, n) }
@@ -913,35 +1072,33 @@ impl Live {
                     // SAFETY: as above.
                     unsafe { self.uffd.continue_(p, n) }
                 };
+                self.summary.ioctl("UFFDIO_CONTINUE");
                 if r.is_ok() && wp {
                     self.wp_pages.insert(page);
                 }
                 r.map(|_| ())
             }
             Action::Unprotect => {
+                let r = self.uffd.writeprotect(p, n, false);
                 self.summary.ioctl("UFFDIO_WRITEPROTECT");
                 self.wp_pages.remove(&page);
-                return self
-                    .uffd
-                    .writeprotect(p, n, false)
-                    .map(|()| false)
-                    .map_err(|e| {
-                        let _ = self.uffd.wake(p, n);
-                        e.to_string()
-                    });
+                return r.map(|()| false).map_err(|e| {
+                    let _ = self.uffd.wake(p, n);
+                    e.to_string()
+                });
             }
         };
         match r {
             Ok(()) => Ok(true),
             // Another vCPU's fault on the same page was served first.
             Err(UffdError::Exists { .. }) => {
-                self.summary.ioctl("UFFDIO_WAKE");
                 let _ = self.uffd.wake(p, n);
+                self.summary.ioctl("UFFDIO_WAKE");
                 Ok(false)
             }
             Err(e) => {
-                self.summary.error(e.to_string());
                 let _ = self.uffd.wake(p, n);
+                self.summary.error(e.to_string());
                 Err(e.to_string())
             }
         }
@@ -1260,6 +1417,7 @@ fn run_cli_inner(args: &crate::cli::RunArgs) -> Result<LiveOutcome, String> {
         guest,
         no_verify: false,
         busy_poll: false,
+        profile: std::env::var_os(profile::PROFILE_ENV).is_some_and(|v| v != "0"),
     };
     run(vmm, backing, &opts).map_err(|e| e.to_string())
 }
@@ -1295,6 +1453,32 @@ fn real_page(pm: &PageMap, page: u64) -> Result<RealPage, String> {
         size: Some(if compound { 2 << 20 } else { PAGE }),
         zero_page: matches!(kind, PageKind::Zero | PageKind::HugeZero),
     })
+}
+
+/// What differs between the real page `st` after `action` and the model's host page `hp`
+/// (present; zero page or folio), if anything. A store restore maps a folio where the model
+/// (which lost the data with the DONTNEED) has the zero page: not a disagreement.
+fn page_disagreement(st: &RealPage, hp: Option<HostPage>, action: Action) -> Option<String> {
+    let model_zero =
+        hp.is_some_and(|p| matches!(p.kind, HostPageKind::Zero | HostPageKind::HugeZero));
+    let restore = matches!(
+        action,
+        Action::Copy {
+            from_store: true,
+            ..
+        }
+    );
+    if !st.present {
+        Some("the real page is not present after the ioctl".into())
+    } else if hp.is_some() && model_zero != st.zero_page && !restore {
+        Some(format!(
+            "page: model {}, real {}",
+            if model_zero { "zero page" } else { "a folio" },
+            if st.zero_page { "zero page" } else { "a folio" }
+        ))
+    } else {
+        None
+    }
 }
 
 fn memslot_flags_step(slot: u32, on: bool) -> Step {

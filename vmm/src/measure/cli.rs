@@ -79,6 +79,17 @@ pub struct FaultsArgs {
     /// With --live: the model's rule set, 6.12, 6.13 or 6.18 [default: the host kernel's].
     #[arg(long, value_name = "VERSION", requires = "live", value_parser = crate::check::cli::parse_rules)]
     pub kernel_rules: Option<mmu::types::KernelVersion>,
+    /// With --live: time each phase of the live service (wait, read, model, decide, ioctl,
+    /// verify, record, ...) and print the breakdown per fault (in --json too).
+    #[arg(long, requires = "live")]
+    pub profile: bool,
+    /// With --live: plain/live pairs to run alternately; the medians are reported.
+    #[arg(long, value_name = "N", requires = "live", default_value_t = 1)]
+    pub live_pairs: u32,
+    /// With --live: check every page the live runs install against pagemap/kpageflags (as
+    /// `run --live` does); off by default, so the bench measures serving.
+    #[arg(long, requires = "live")]
+    pub live_verify: bool,
     /// KVM device node [env: FAULTLINE_KVM_DEVICE] [default: /dev/kvm].
     #[arg(long, value_name = "PATH")]
     pub kvm_device: Option<PathBuf>,
@@ -201,7 +212,15 @@ pub fn run_faults(args: &FaultsArgs) -> i32 {
         }
     };
     if args.live {
-        return match crate::live::bench::run(&bench, args.kernel_rules) {
+        return match crate::live::bench::run(
+            &bench,
+            &crate::live::bench::LiveBenchOptions {
+                kernel_rules: args.kernel_rules,
+                profile: args.profile,
+                pairs: args.live_pairs,
+                verify: args.live_verify,
+            },
+        ) {
             Ok(r) => {
                 print!("{}", r.table());
                 if let Some(path) = &args.json {
