@@ -415,23 +415,7 @@ impl ScenarioRunner {
         }
         let index = self.next;
         self.next += 1;
-        let ScenarioRunner {
-            scenario,
-            opts,
-            mm,
-            kvm,
-            contents,
-            track_contents,
-            out,
-            ..
-        } = self;
-        let parts = Parts {
-            scenario,
-            bug: opts.bug,
-            mm,
-            kvm,
-            contents: track_contents.then_some(contents),
-        };
+        let (parts, out) = self.parts();
         step_with(parts, index, step, out)?;
         Ok(&self.out)
     }
@@ -444,6 +428,13 @@ impl ScenarioRunner {
     /// Runs `scenario.step[index]` into `self.out`, the runner's parts borrowed apart so
     /// the step is not cloned.
     fn run_index(&mut self, index: usize) -> Result<(), ScenarioError> {
+        let (parts, out) = self.parts();
+        let scenario: &Scenario = parts.scenario;
+        step_with(parts, index, &scenario.step[index], out)
+    }
+
+    /// The runner's parts borrowed apart: what a step runs on, and where its outcome goes.
+    fn parts(&mut self) -> (Parts<'_>, &mut StepOutcome) {
         let ScenarioRunner {
             scenario,
             opts,
@@ -454,7 +445,6 @@ impl ScenarioRunner {
             out,
             ..
         } = self;
-        let st = &scenario.step[index];
         let parts = Parts {
             scenario,
             bug: opts.bug,
@@ -462,7 +452,7 @@ impl ScenarioRunner {
             kvm,
             contents: track_contents.then_some(contents),
         };
-        step_with(parts, index, st, out)
+        (parts, out)
     }
 
     /// Turns the page-contents prediction ([`super::contents`]) off or on. It costs a walk of

@@ -549,13 +549,7 @@ impl Agent {
         value: u64,
         timeout: Duration,
     ) -> Result<AccessOutcome, AgentError> {
-        let cmd = Command {
-            op: op_of(kind),
-            gva: gpa,
-            value,
-            ..Command::default()
-        };
-        let seq = self.post(vcpu, cmd, timeout)?;
+        let seq = self.start_access(vcpu, kind, gpa, value, timeout)?;
         self.finish_access(vcpu, seq, kind, gpa, timeout)
     }
 

@@ -6,9 +6,7 @@
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// CLOCK_MONOTONIC now, ns.
 pub fn monotonic_ns() -> u64 {
@@ -115,26 +113,23 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Capture, 
         .stderr
         .take()
         .map(|e| std::thread::spawn(|| read_lines(e)));
-    let pid = child.id();
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = {
-        let timed_out = timed_out.clone();
-        std::thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
-                timed_out.store(true, Ordering::Release);
-                if let Ok(pid) = libc::pid_t::try_from(pid) {
-                    // SAFETY: kill() on our own child's pid (not yet reaped: the main
-                    // thread is still in wait(), so the pid cannot have been reused).
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+    // Wait by polling, so the kill can only reach our own unreaped child (no pid reuse
+    // race), at a cost of at most one poll interval in `exit_ns`.
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Ok(st),
+            Ok(None) if Instant::now() >= deadline => {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait();
             }
-        })
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => break Err(e),
+        }
     };
-    let status = child.wait();
     let exit_ns = monotonic_ns();
-    let _ = tx.send(());
-    let _ = watchdog.join();
     let status = status.map_err(|e| spawn_err(&cmd, e))?;
     let join = |h: Option<std::thread::JoinHandle<Vec<Line>>>| {
         h.and_then(|h| h.join().ok()).unwrap_or_default()
@@ -146,7 +141,7 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Capture, 
         exit_ns,
         code: status.code(),
         status,
-        timed_out: timed_out.load(Ordering::Acquire),
+        timed_out,
     })
 }
 
@@ -165,7 +160,8 @@ mod tests {
         );
         assert_eq!(r.stderr[0].text, "two");
         assert_eq!((r.code, r.timed_out), (Some(3), false));
-        assert!(r.t0 <= r.stdout[0].t && r.stdout[0].t <= r.exit_ns);
+        // A line is stamped when its reader thread reads it, which may be after the exit.
+        assert!(r.t0 <= r.stdout[0].t && r.t0 <= r.exit_ns);
         let mut c = Command::new("sleep");
         c.arg("30");
         let r = run_with_timeout(c, Duration::from_millis(200)).unwrap();
