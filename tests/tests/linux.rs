@@ -20,8 +20,9 @@
 //! test with the watchdog's report (vCPU RIPs, last console lines). The early-boot stall
 //! these tests used to retry was the periodic tick's catch-up loop in
 //! `tick_handle_periodic()`, which never ends on this host when one emulated tick takes
-//! longer than its period; the guest kernel's `pvm_tick_skip_missed` option (in
-//! resources/guest-kernel/pvm-guest.patch and cmdline.txt) ends it (README, Known problems).
+//! longer than its period, and RCU's stall report locking up both vCPUs; the guest kernel's
+//! `pvm_tick_skip_missed` option (resources/guest-kernel/pvm-guest.patch) and
+//! `rcupdate.rcu_cpu_stall_timeout=300` (cmdline.txt) end them (README, Known problems).
 
 use std::path::Path;
 use std::process::Command;
