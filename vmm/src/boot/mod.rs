@@ -55,8 +55,12 @@ use devices::debug_exit::DEBUG_EXIT_PORT;
 
 /// The options this platform's KVM needs on every Linux command line (see
 /// `shared/reference/platform.md`): clear the CPU features KVM's emulator cannot handle at
-/// CPL0 here, and let faultline's guest kernel fix up user SYSCALLs. Unknown to a stock
-/// kernel, `pvm_syscall_fixup` is passed on to its init, harmlessly.
+/// CPL0 here, let faultline's guest kernel fix up user SYSCALLs (`pvm_syscall_fixup`) and
+/// drop missed periodic ticks instead of catching them up one by one (`pvm_tick_skip_missed`,
+/// the early-boot stall: README "Known problems"), and give RCU's stall detector 300 s
+/// (at its 21 s default, emulated interrupts-off stretches under load trip it and its NMI
+/// backtrace locks the boot up). Unknown to a stock kernel, the two `pvm_` options are
+/// passed on to its init, harmlessly.
 pub const PLATFORM_CMDLINE: &str = include_str!("../../../resources/guest-kernel/cmdline.txt");
 
 /// Where `struct hvm_start_info` goes (PVH).
