@@ -6,6 +6,8 @@ use crate::config::{
     DEFAULT_CMDLINE,
 };
 use crate::guests;
+use crate::live;
+pub use crate::measure::boot::args::BenchBootArgs;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -100,67 +102,6 @@ pub enum BenchCommand {
     Replay(crate::replay::BenchReplayArgs),
 }
 
-/// Options of `faultline bench boot`.
-#[derive(Debug, Args)]
-pub struct BenchBootArgs {
-    /// Number of boots to time.
-    #[arg(long, default_value_t = 10)]
-    pub runs: u32,
-    /// Built-in guest to boot.
-    #[arg(long, default_value = guests::DEFAULT_GUEST)]
-    pub guest: String,
-    /// Guest RAM.
-    #[arg(long, value_parser = parse_size, default_value = "256M")]
-    pub memory: u64,
-    /// Write the JSON report here as well as printing it.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// KVM device node [env: FAULTLINE_KVM_DEVICE] [default: /dev/kvm].
-    #[arg(long, value_name = "PATH")]
-    pub kvm_device: Option<PathBuf>,
-    /// Run without seccomp filters on the VMM's threads (they are on by default; a system
-    /// call outside a thread's filter ends the VM with status 104).
-    #[arg(long)]
-    pub no_seccomp: bool,
-    /// Built-in guest: another `faultline` binary to alternate runs with (before/after).
-    #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
-    pub baseline: Option<PathBuf>,
-    /// Boot this Linux kernel (bzImage or PVH vmlinux) instead of a built-in guest, side by
-    /// side with QEMU microvm.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: Option<PathBuf>,
-    /// Initramfs for --kernel [default: the busybox initramfs running `true`]. Its /init
-    /// must print --init-marker and end the VM (debug-exit port 0xf4 or reset).
-    #[arg(long, value_name = "PATH", requires = "kernel")]
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line for --kernel [default: faultline's default plus the platform
-    /// options and faultline.exit_port=0xf4].
-    #[arg(long, value_name = "STR", requires = "kernel")]
-    pub cmdline: Option<String>,
-    /// The serial line that marks "init started".
-    #[arg(long, value_name = "STR", default_value = "faultline-init: running")]
-    pub init_marker: String,
-    /// Number of vCPUs for --kernel.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub vcpus: u32,
-    /// QEMU binary to compare with.
-    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
-    pub qemu: PathBuf,
-    /// Do not run QEMU (faultline only).
-    #[arg(long)]
-    pub no_qemu: bool,
-    /// Give up on one boot after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    pub timeout: u64,
-    /// faultline's `run --watchdog SECS` for --kernel boots: a guest with no vCPU exit for
-    /// this long is a stall, counted in the report (0 = off; QEMU boots killed after
-    /// --timeout count as stalls too).
-    #[arg(long, value_name = "SECS", default_value_t = 180)]
-    pub watchdog: u64,
-    /// ELF with the kernel's symbols for the watchdog's report (`run --symbols`).
-    #[arg(long, value_name = "PATH", requires = "kernel")]
-    pub symbols: Option<PathBuf>,
-}
 
 /// Options of `faultline run`.
 #[derive(Debug, Args)]
@@ -392,4 +333,62 @@ mod tests {
         }
         assert!(l.contains("(default)"));
     }
+}
+
+/// `faultline run --live ...`: builds the VM, runs it live, prints the summary; returns the
+/// exit status (the guest's, or 1 when live mode cannot run).
+pub fn run_live(args: &RunArgs) -> i32 {
+    match run_live_inner(args) {
+        Ok(o) => {
+            eprint!("{}", o.summary.render());
+            let status = o.outcome.exit.status();
+            eprintln!("faultline: {} (exit status {status})", o.outcome.exit);
+            status
+        }
+        Err(e) => {
+            eprintln!("faultline: error: {e}");
+            1
+        }
+    }
+}
+
+fn run_live_inner(args: &RunArgs) -> Result<live::LiveOutcome, String> {
+    if let Some(why) = live::unsupported_backing(args.backing) {
+        return Err(live::LiveError::Backing {
+            backing: args.backing,
+            why,
+        }
+        .to_string());
+    }
+    let inject = live::injections(&args.inject, args.schedule.as_deref())?;
+    let config = args.to_config().map_err(|e| e.to_string())?;
+    let watchdog = watchdog_of(args)?;
+    let guest = match &config.payload {
+        crate::config::Payload::Guest(g) => g.clone(),
+        crate::config::Payload::Kernel(k) => {
+            format!("{} -- {}", k.kernel.display(), k.init_command.join(" "))
+        }
+    };
+    let (ram, vcpus, backing) = (config.memory.size, config.vcpus, config.memory.backing);
+    let b = crate::launch::VmBuilder::new(config, crate::launch::VmIo::stdio());
+    let b = match watchdog {
+        Some((limit, syms)) => b.watchdog(limit, syms),
+        None => b,
+    };
+    let vmm = b.build().map_err(|e| e.to_string())?;
+    if guest == "touch" {
+        crate::measure::workload::live_touch_params(ram, vcpus)
+            .write(vmm.guest_memory())
+            .map_err(|e| format!("writing the touch guest's parameters: {e}"))?;
+    }
+    let opts = live::LiveOptions {
+        kernel_rules: args.kernel_rules,
+        inject,
+        record: args.record.clone(),
+        guest,
+        no_verify: false,
+        busy_poll: false,
+        profile: std::env::var_os(live::profile::PROFILE_ENV).is_some_and(|v| v != "0"),
+    };
+    live::run(vmm, backing, &opts).map_err(|e| e.to_string())
 }

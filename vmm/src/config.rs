@@ -402,3 +402,15 @@ mod tests {
             .contains("anon, thp"));
     }
 }
+
+/// Parses `--kernel-rules` (6.12, 6.13, 6.18).
+pub fn parse_rules(s: &str) -> Result<mmu::types::KernelVersion, String> {
+    match s.trim() {
+        "6.12" => Ok(mmu::types::KernelVersion::V6_12),
+        "6.13" => Ok(mmu::types::KernelVersion::V6_13),
+        "6.18" => Ok(mmu::types::KernelVersion::V6_18),
+        other => Err(format!(
+            "unknown rule set {other:?}: use 6.12, 6.13 or 6.18"
+        )),
+    }
+}

@@ -1039,7 +1039,7 @@ impl VmHandle<'_> {
     }
 
     /// A new binary stats file of the VM (KVM_GET_STATS_FD; parse it with
-    /// `measure::kvm_stats::StatsReader`).
+    /// `vstate::stats::StatsReader`).
     pub fn vm_stats_file(&self) -> Result<std::fs::File, crate::vstate::stats::StatsFdError> {
         crate::vstate::stats::stats_fd(self.vm.fd())
     }
@@ -1530,9 +1530,9 @@ mod tests {
                 assert!(!h.stopped());
                 assert_eq!(h.vcpu_stats_files().len(), 1);
                 let vm_stats =
-                    crate::measure::kvm_stats::StatsReader::new(h.vm_stats_file().unwrap())
+                    crate::vstate::stats::StatsReader::new(h.vm_stats_file().unwrap())
                         .unwrap();
-                let vcpu_stats = crate::measure::kvm_stats::StatsReader::new(
+                let vcpu_stats = crate::vstate::stats::StatsReader::new(
                     h.vcpu_stats_files()[0].try_clone().unwrap(),
                 )
                 .unwrap();

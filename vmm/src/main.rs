@@ -37,7 +37,7 @@ fn run(args: vmm::cli::RunArgs) -> i32 {
         return 0;
     }
     if args.live {
-        return vmm::live::run_cli(&args);
+        return vmm::cli::run_live(&args);
     }
     let watchdog = match vmm::cli::watchdog_of(&args) {
         Ok(w) => w,

@@ -102,11 +102,13 @@ mod outcome;
 mod runner;
 pub mod step;
 
-pub use outcome::{gup_path_name, GupOutcome, StepOutcome, StepResult};
+pub use outcome::{
+    gup_path_name, result_name, GupOutcome, GupRecord, NotifierOut, StepOutcome, StepRecord,
+    StepResult, UffdEventOut, WokenAccess, ZapOut,
+};
 pub use runner::{
-    host_op, json_lines, render_table, result_name, run_step, GupRecord, HostConditions,
-    HostOpOutcome, HostPage, HostPageKind, ModelBug, ModelOptions, NotifierOut, ScenarioRun,
-    ScenarioRunner, StepRecord, ZapOut,
+    host_op, json_lines, render_table, run_step, HostConditions, HostOpOutcome, HostPage,
+    HostPageKind, ModelBug, ModelOptions, ScenarioRun, ScenarioRunner,
 };
 pub use step::{Step, KNOWN_OPS};
 

@@ -5,13 +5,13 @@
 //! `.expected.jsonl` files hold) is derived from it only when a caller asks
 //! (`StepRecord::from(&outcome)`); the replay ([`crate::replay`]) reads outcomes directly.
 
-use super::runner::{GupRecord, NotifierOut, StepRecord, UffdEventOut, WokenAccess, ZapOut};
 use super::step::Step;
 use crate::gup::{FollFlags, GupPath};
 use crate::host::HostFault;
 use crate::secondary::fault::{Access, PfResult};
 use crate::secondary::{NotifierRecord, ZapRecord};
 use crate::types::{Gfn, Gpa, Hva, Level};
+use serde::Serialize;
 
 /// A hex-formatted address in the schema's output (`0x1000`).
 pub(crate) fn hex(v: u64) -> String {
@@ -36,7 +36,7 @@ impl StepResult {
         match self {
             StepResult::Ok => "ok",
             StepResult::NotModelled => "not-modelled",
-            StepResult::Fault(r) => super::runner::result_name(r),
+            StepResult::Fault(r) => result_name(r),
         }
     }
 
@@ -240,5 +240,184 @@ impl From<&StepOutcome> for StepRecord {
             uffd_event: o.uffd_event.clone(),
             woken: o.woken.clone(),
         }
+    }
+}
+
+/// GUP summary in a step record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GupRecord {
+    /// "fast" | "slow" | "remapped".
+    pub path: String,
+    /// FOLL flags.
+    pub flags: Vec<&'static str>,
+}
+
+/// A notifier range in a step record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NotifierOut {
+    /// Event name.
+    pub event: crate::notifier::NotifierEvent,
+    /// Start hva.
+    pub start: String,
+    /// End hva.
+    pub end: String,
+}
+
+/// A zapped SPTE in a step record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ZapOut {
+    /// First gfn.
+    pub gfn_start: String,
+    /// End gfn.
+    pub gfn_end: String,
+    /// Level.
+    pub level: Level,
+}
+
+/// What one step did.
+///
+/// The JSON form (`faultline sim --json`, the `.expected.jsonl` files) is unchanged by the
+/// fields marked "not serialized", which the Rust API carries for `faultline check`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StepRecord {
+    /// Step index.
+    pub step: usize,
+    /// Operation.
+    pub op: String,
+    /// Guest address (guest steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpa: Option<String>,
+    /// "hit", "fixed", ... for guest steps; "ok" for host steps; "not-modelled" when the
+    /// model has no machinery for the step (see [`StepRecord::not_modelled`]).
+    pub result: String,
+    /// RET_PF_RETRY rounds.
+    pub retries: u32,
+    /// Level of the SPTE now mapping `gpa` (guest steps).
+    pub level: Option<Level>,
+    /// Whether that SPTE is writable.
+    pub writable: Option<bool>,
+    /// GUP of the last fault.
+    pub gup: Option<GupRecord>,
+    /// Host fault handlers that ran.
+    pub host_faults: Vec<&'static str>,
+    /// Notifier ranges received, in order.
+    pub notifiers: Vec<NotifierOut>,
+    /// SPTEs zapped, in order.
+    pub zapped: Vec<ZapOut>,
+    /// Young answer (aging steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub young: Option<bool>,
+    /// Dirty gfns (dirty-log-get / -clear).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<Vec<String>>,
+    /// Async page faults queued (guest steps, when any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub async_pf: Option<u32>,
+    /// Guest steps: the access kind (not serialized).
+    #[serde(skip)]
+    pub access: Option<Access>,
+    /// Guest steps: the vCPU named by the step (not serialized).
+    #[serde(skip)]
+    pub vcpu: Option<u32>,
+    /// Guest steps: the hva the gpa translates to through the memslots at the time of the
+    /// access, if any slot covers it (not serialized).
+    #[serde(skip)]
+    pub hva: Option<Hva>,
+    /// Host steps: the range the step names, `[start, start + size)` (not serialized).
+    #[serde(skip)]
+    pub range: Option<(Hva, u64)>,
+    /// Guest steps that completed (hit, fixed, spurious): the first 8 bytes of the page,
+    /// read or written (see [`super::contents`]); not serialized.
+    #[serde(skip)]
+    pub value: Option<u64>,
+    /// Why the model cannot run this step (result "not-modelled"); not serialized unless
+    /// set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_modelled: Option<String>,
+    /// Guest steps whose result is "uffd-wait": the fault the vCPU waits on (the uffd event
+    /// userspace reads); serialized only when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uffd_event: Option<UffdEventOut>,
+    /// A guest access asleep in `handle_userfault()` since an earlier step that this step
+    /// woke and that has ended (see `Kvm::uffd_wake`); serialized only when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub woken: Option<WokenAccess>,
+}
+
+/// The userfaultfd event a blocked guest access queued (`uffd_msg`, fs/userfaultfd.c
+/// `userfault_msg()`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UffdEventOut {
+    /// Page-aligned address.
+    pub address: String,
+    /// `UFFD_PAGEFAULT_FLAG_WRITE`.
+    pub write: bool,
+    /// `UFFD_PAGEFAULT_FLAG_WP`.
+    pub wp: bool,
+    /// `UFFD_PAGEFAULT_FLAG_MINOR`.
+    pub minor: bool,
+}
+
+/// How a guest access that waited in `handle_userfault()` ended, recorded on the step that
+/// woke it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WokenAccess {
+    /// The step that made the access.
+    pub step: usize,
+    /// Its gpa.
+    pub gpa: String,
+    /// Final result ("fixed", "spurious", ..., or "uffd-wait" again).
+    pub result: String,
+    /// RET_PF_RETRY rounds, the wait included.
+    pub retries: u32,
+    /// Level of the SPTE now mapping the gpa.
+    pub level: Option<Level>,
+    /// Whether that SPTE is writable.
+    pub writable: Option<bool>,
+    /// Host fault handlers that ran since the wake-up.
+    pub host_faults: Vec<&'static str>,
+    /// The access kind (not serialized).
+    #[serde(skip)]
+    pub access: Option<Access>,
+    /// The hva (not serialized).
+    #[serde(skip)]
+    pub hva: Option<Hva>,
+    /// Completed accesses: the first 8 bytes of the page (not serialized).
+    #[serde(skip)]
+    pub value: Option<u64>,
+}
+
+pub(crate) fn uffd_event_out(b: &crate::secondary::fault::UffdBlocked) -> UffdEventOut {
+    use crate::secondary::fault::UffdReason;
+    UffdEventOut {
+        address: hex(b.hva.0),
+        write: b.write,
+        wp: b.reason == UffdReason::Wp,
+        minor: b.reason == UffdReason::Minor,
+    }
+}
+
+impl StepRecord {
+    /// True when the model could not run the step.
+    pub fn is_not_modelled(&self) -> bool {
+        self.not_modelled.is_some()
+    }
+}
+
+
+/// The schema name of a result.
+pub fn result_name(r: PfResult) -> &'static str {
+    match r {
+        PfResult::Hit => "hit",
+        PfResult::Fixed => "fixed",
+        PfResult::Spurious => "spurious",
+        PfResult::Retry => "retry",
+        PfResult::Emulate => "emulate",
+        PfResult::Efault => "efault",
+        PfResult::Mmio => "mmio",
+        PfResult::WriteProtected => "write-protected",
+        PfResult::Intr => "intr",
+        PfResult::Hwpoison => "hwpoison",
+        PfResult::UffdWait => "uffd-wait",
     }
 }

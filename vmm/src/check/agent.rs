@@ -1611,7 +1611,7 @@ mod tests {
         agent.prepare(&vmm).unwrap();
         let files = vmm.vcpu_stats_files().unwrap();
         let reader =
-            crate::measure::kvm_stats::StatsReader::new(files.into_iter().next().unwrap()).unwrap();
+            crate::vstate::stats::StatsReader::new(files.into_iter().next().unwrap()).unwrap();
         let a = &agent;
         let (_o, got) = agent
             .run_with(vmm, move |_vm| {

@@ -46,17 +46,7 @@ pub struct CheckArgs {
     pub no_seccomp: bool,
 }
 
-/// Parses `--kernel-rules` (6.12, 6.13, 6.18).
-pub fn parse_rules(s: &str) -> Result<KernelVersion, String> {
-    match s.trim() {
-        "6.12" => Ok(KernelVersion::V6_12),
-        "6.13" => Ok(KernelVersion::V6_13),
-        "6.18" => Ok(KernelVersion::V6_18),
-        other => Err(format!(
-            "unknown rule set {other:?}: use 6.12, 6.13 or 6.18"
-        )),
-    }
-}
+pub use crate::config::parse_rules;
 
 fn parse_bug(s: &str) -> Result<ModelBug, String> {
     match s.trim() {

@@ -10,7 +10,7 @@
 //! that moved is shown as `not modelled`.
 
 use super::report::{Observation, Verdict};
-use crate::measure::kvm_stats::{StatsReader, StatsSnapshot};
+use crate::vstate::stats::{StatsReader, StatsSnapshot};
 use mmu::secondary::stats::KvmStats;
 use std::collections::BTreeMap;
 

@@ -28,7 +28,6 @@
 // x86_64, the only target a KVM x86 VMM builds for.
 #![allow(clippy::cast_possible_truncation)]
 
-pub mod bench;
 pub mod inject;
 pub mod mirror;
 pub mod profile;
@@ -1327,23 +1326,6 @@ impl Live {
     }
 }
 
-/// Default `touch` parameters in live mode: each vCPU reads then writes its own 16 MiB (less
-/// if RAM is small) at 64 MiB, every page once, so every page takes a MISSING fault and,
-/// with write-protect, a WP fault.
-pub fn live_touch_params(ram: u64, vcpus: u32) -> crate::measure::workload::TouchParams {
-    let region = 64 << 20;
-    let per = (ram.saturating_sub(region) / u64::from(vcpus.max(1))).min(16 << 20) & !(PAGE - 1);
-    crate::measure::workload::TouchParams {
-        region_gpa: region,
-        bytes_per_vcpu: per,
-        stride: PAGE,
-        access: crate::measure::workload::AccessPattern::READ_WRITE,
-        random: false,
-        expect: 0,
-        seed: 1,
-    }
-}
-
 /// The injections of `--inject` and `--schedule`.
 pub fn injections(
     specs: &[String],
@@ -1362,64 +1344,6 @@ pub fn injections(
         );
     }
     Ok(out)
-}
-
-/// `faultline run --live ...`: builds the VM, runs it live, prints the summary; returns the
-/// exit status (the guest's, or 1 when live mode cannot run).
-pub fn run_cli(args: &crate::cli::RunArgs) -> i32 {
-    match run_cli_inner(args) {
-        Ok(o) => {
-            eprint!("{}", o.summary.render());
-            let status = o.outcome.exit.status();
-            eprintln!("faultline: {} (exit status {status})", o.outcome.exit);
-            status
-        }
-        Err(e) => {
-            eprintln!("faultline: error: {e}");
-            1
-        }
-    }
-}
-
-fn run_cli_inner(args: &crate::cli::RunArgs) -> Result<LiveOutcome, String> {
-    if let Some(why) = unsupported_backing(args.backing) {
-        return Err(LiveError::Backing {
-            backing: args.backing,
-            why,
-        }
-        .to_string());
-    }
-    let inject = injections(&args.inject, args.schedule.as_deref())?;
-    let config = args.to_config().map_err(|e| e.to_string())?;
-    let watchdog = crate::cli::watchdog_of(args)?;
-    let guest = match &config.payload {
-        crate::config::Payload::Guest(g) => g.clone(),
-        crate::config::Payload::Kernel(k) => {
-            format!("{} -- {}", k.kernel.display(), k.init_command.join(" "))
-        }
-    };
-    let (ram, vcpus, backing) = (config.memory.size, config.vcpus, config.memory.backing);
-    let b = crate::launch::VmBuilder::new(config, crate::launch::VmIo::stdio());
-    let b = match watchdog {
-        Some((limit, syms)) => b.watchdog(limit, syms),
-        None => b,
-    };
-    let vmm = b.build().map_err(|e| e.to_string())?;
-    if guest == "touch" {
-        live_touch_params(ram, vcpus)
-            .write(vmm.guest_memory())
-            .map_err(|e| format!("writing the touch guest's parameters: {e}"))?;
-    }
-    let opts = LiveOptions {
-        kernel_rules: args.kernel_rules,
-        inject,
-        record: args.record.clone(),
-        guest,
-        no_verify: false,
-        busy_poll: false,
-        profile: std::env::var_os(profile::PROFILE_ENV).is_some_and(|v| v != "0"),
-    };
-    run(vmm, backing, &opts).map_err(|e| e.to_string())
 }
 
 /// The real page at `page` from pagemap and kpageflags alone (no smaps read: this runs per

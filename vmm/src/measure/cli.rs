@@ -77,7 +77,7 @@ pub struct FaultsArgs {
     #[arg(long)]
     pub live: bool,
     /// With --live: the model's rule set, 6.12, 6.13 or 6.18 [default: the host kernel's].
-    #[arg(long, value_name = "VERSION", requires = "live", value_parser = crate::check::cli::parse_rules)]
+    #[arg(long, value_name = "VERSION", requires = "live", value_parser = crate::config::parse_rules)]
     pub kernel_rules: Option<mmu::types::KernelVersion>,
     /// With --live: time each phase of the live service (wait, read, model, decide, ioctl,
     /// verify, record, ...) and print the breakdown per fault (in --json too).
@@ -212,9 +212,9 @@ pub fn run_faults(args: &FaultsArgs) -> i32 {
         }
     };
     if args.live {
-        return match crate::live::bench::run(
+        return match super::live::run(
             &bench,
-            &crate::live::bench::LiveBenchOptions {
+            &super::live::LiveBenchOptions {
                 kernel_rules: args.kernel_rules,
                 profile: args.profile,
                 pairs: args.live_pairs,

@@ -10,6 +10,6 @@
 pub mod boot;
 pub mod cli;
 pub mod host;
-pub mod kvm_stats;
+pub mod live;
 pub mod report;
 pub mod workload;

@@ -22,7 +22,7 @@ use devices::bus::BusDevice;
 use devices::exit::VmExit;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::kvm_stats::{StatsReader, StatsSnapshot};
+use crate::vstate::stats::{StatsReader, StatsSnapshot};
 use super::report::{BenchReport, RunResult, UffdSummary, VcpuResult};
 use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
 use crate::launch::{ExtraMemslot, VmBuilder, VmIo};
@@ -731,5 +731,22 @@ mod tests {
         assert_eq!(r.total_pages(), 1024);
         assert_eq!(r.uffd_summary.as_ref().unwrap().pages_installed, 1024);
         eprintln!("{r:?}");
+    }
+}
+
+/// Default `touch` parameters in live mode: each vCPU reads then writes its own 16 MiB (less
+/// if RAM is small) at 64 MiB, every page once, so every page takes a MISSING fault and,
+/// with write-protect, a WP fault.
+pub fn live_touch_params(ram: u64, vcpus: u32) -> TouchParams {
+    let region = 64 << 20;
+    let per = (ram.saturating_sub(region) / u64::from(vcpus.max(1))).min(16 << 20) & !(4096 - 1);
+    TouchParams {
+        region_gpa: region,
+        bytes_per_vcpu: per,
+        stride: 4096,
+        access: AccessPattern::READ_WRITE,
+        random: false,
+        expect: 0,
+        seed: 1,
     }
 }

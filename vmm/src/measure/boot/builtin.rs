@@ -3,7 +3,7 @@
 use super::summary::{mib, ms};
 use super::{current_exe, emit_json, progress, BenchBootError, ChildTimeline, Summary};
 use super::{monotonic_ns, TIMELINE_ENV, TIMELINE_PREFIX};
-use crate::cli::BenchBootArgs;
+use crate::measure::boot::args::BenchBootArgs;
 use serde::Serialize;
 use std::process::{Command, Stdio};
 

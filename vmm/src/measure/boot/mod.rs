@@ -27,6 +27,7 @@
 //! - [`linux`]: `--kernel`: Linux under faultline and QEMU microvm, console phases, report.
 //! - [`error`]: what can go wrong.
 
+pub mod args;
 pub mod builtin;
 pub mod error;
 pub mod linux;
@@ -41,7 +42,7 @@ pub use timeline::{
     TIMELINE_PREFIX,
 };
 
-use crate::cli::BenchBootArgs;
+use args::BenchBootArgs;
 use builtin::run_builtin;
 
 /// This `faultline` binary.

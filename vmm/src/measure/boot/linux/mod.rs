@@ -32,7 +32,7 @@ pub use qemu::{find_program, qemu_args, QEMU_DEBUG_EXIT_OK, QEMU_FW_CFG_TRACE};
 pub use report::{LinuxReport, LinuxSummary};
 
 use super::{emit_json, progress, BenchBootError, TIMELINE_ENV};
-use crate::cli::BenchBootArgs;
+use crate::measure::boot::args::BenchBootArgs;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;

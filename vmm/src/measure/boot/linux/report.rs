@@ -1,7 +1,7 @@
 //! Summaries of each phase over the runs, the ratios to QEMU and the table.
 
 use super::{LinuxSample, Stall, Vmm};
-use crate::cli::BenchBootArgs;
+use crate::measure::boot::args::BenchBootArgs;
 use crate::measure::boot::Summary;
 use serde::Serialize;
 use std::path::{Path, PathBuf};

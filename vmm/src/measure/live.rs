@@ -10,10 +10,10 @@
 //! plain and live alternately N times and reports the medians (this host's load makes single
 //! runs vary 3x); `--live-verify` turns the page check back on.
 
-use super::{LiveOptions, LiveSummary};
+use crate::live::{LiveOptions, LiveSummary};
 use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
 use crate::launch::{VmBuilder, VmIo};
-use crate::measure::workload::{FaultBench, TouchParams, MARK_PORT, STAGE_END, STAGE_START};
+use super::workload::{FaultBench, TouchParams, MARK_PORT, STAGE_END, STAGE_START};
 use crate::memory::uffd::UffdMode;
 use devices::bus::BusDevice;
 use mmu::backing::BackingSpec;
@@ -102,7 +102,7 @@ impl LiveBenchReport {
             .live
             .phases
             .as_ref()
-            .map(super::profile::Phases::render)
+            .map(crate::live::profile::Phases::render)
             .unwrap_or_default()
     }
 }
@@ -138,7 +138,7 @@ impl BusDevice for Marks {
 pub struct LiveBenchOptions {
     /// The model's rule set (`None`: the host kernel's).
     pub kernel_rules: Option<mmu::types::KernelVersion>,
-    /// Time each phase of the live service ([`super::profile`]).
+    /// Time each phase of the live service ([`crate::live::profile`]).
     pub profile: bool,
     /// Plain/live pairs, run alternately (0 counts as 1); the report gives the medians.
     pub pairs: u32,
@@ -261,7 +261,7 @@ fn run_live(
         profile: opts.profile,
         ..LiveOptions::default()
     };
-    let out = super::run(vmm, backing, &live_opts).map_err(|e| format!("live run: {e}"))?;
+    let out = crate::live::run(vmm, backing, &live_opts).map_err(|e| format!("live run: {e}"))?;
     if out.outcome.exit.status() != 0 {
         return Err(format!(
             "live run: the touch guest ended with {}",

@@ -1,7 +1,10 @@
 //! KVM binary statistics: `KVM_GET_STATS_FD` on a VM or vCPU fd.
 //!
-//! This module only does the ioctl; parsing the stats file (header, descriptors, values by
-//! name) lives in [`crate::measure::kvm_stats`], which needs no KVM types.
+//! This module does the ioctl; [`reader`] parses the stats file (header, descriptors, values
+//! by name).
+
+pub mod reader;
+pub use reader::*;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -40,9 +43,9 @@ mod tests {
         let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
         let vm = kvm.create_vm().expect("create VM");
         let vcpu = vm.create_vcpu(0).expect("create vCPU");
-        let vm_stats = crate::measure::kvm_stats::StatsReader::new(stats_fd(&vm).unwrap())
+        let vm_stats = crate::vstate::stats::StatsReader::new(stats_fd(&vm).unwrap())
             .expect("parse VM stats header");
-        let vcpu_stats = crate::measure::kvm_stats::StatsReader::new(stats_fd(&vcpu).unwrap())
+        let vcpu_stats = crate::vstate::stats::StatsReader::new(stats_fd(&vcpu).unwrap())
             .expect("parse vCPU stats header");
         // Generic stats every KVM since 5.14 exposes (include/linux/kvm_host.h).
         assert!(vm_stats.id().starts_with("kvm-"), "{}", vm_stats.id());
