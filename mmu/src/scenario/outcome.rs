@@ -388,12 +388,12 @@ pub struct WokenAccess {
 }
 
 pub(crate) fn uffd_event_out(b: &crate::secondary::fault::UffdBlocked) -> UffdEventOut {
-    use crate::secondary::fault::UffdReason;
+    use crate::host::UffdMode;
     UffdEventOut {
         address: hex(b.hva.0),
         write: b.write,
-        wp: b.reason == UffdReason::Wp,
-        minor: b.reason == UffdReason::Minor,
+        wp: b.reason == UffdMode::Wp,
+        minor: b.reason == UffdMode::Minor,
     }
 }
 

@@ -25,7 +25,7 @@ use super::level;
 use super::spte::{bits, level_num, MapOutcome, Spte};
 use super::Kvm;
 use crate::gup::{self, FollFlags, GupError, GupPath, PageRef};
-use crate::host::{FaultFlags, HostFault, Mm, VmFlags};
+use crate::host::{FaultFlags, HostFault, Mm, UffdMode, VmFlags};
 use crate::notifier::NotifierRange;
 use crate::types::{Gfn, Gpa, Hva, KernelVersion, Level, Pfn};
 use serde::{Deserialize, Serialize};
@@ -94,20 +94,6 @@ pub enum PfnError {
     UffdWait,
 }
 
-/// Which `handle_userfault()` reason a blocked fault waits for (the `uffd_msg` flags).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UffdReason {
-    /// `VM_UFFD_MISSING`: nothing mapped (`do_anonymous_page()`, `shmem_get_folio_gfp()`).
-    Missing,
-    /// `VM_UFFD_WP`: a write to a uffd-wp entry (`userfaultfd_pte_wp()`):
-    /// `UFFD_PAGEFAULT_FLAG_WP`.
-    Wp,
-    /// `VM_UFFD_MINOR`: the page is in the page cache but not mapped here
-    /// (`shmem_get_folio_gfp()`): `UFFD_PAGEFAULT_FLAG_MINOR`.
-    Minor,
-}
-
 /// A guest access whose blocking GUP sleeps in `handle_userfault()` (fs/userfaultfd.c):
 /// without async PF, `__kvm_faultin_pfn()`'s second `__gfn_to_pfn_memslot()` waits there
 /// (one `uffd_msg` is queued: the NOWAIT pass before it returned `VM_FAULT_RETRY` without
@@ -120,8 +106,9 @@ pub struct UffdBlocked {
     pub access: Access,
     /// The address the uffd event names (page aligned).
     pub hva: Hva,
-    /// Why it waits: the event's flags.
-    pub reason: UffdReason,
+    /// Which registration mode made it wait (`handle_userfault()`'s reason, the
+    /// `uffd_msg` flags: WP -> `UFFD_PAGEFAULT_FLAG_WP`, MINOR -> `UFFD_PAGEFAULT_FLAG_MINOR`).
+    pub reason: UffdMode,
     /// `UFFD_PAGEFAULT_FLAG_WRITE`: the fault was a write.
     pub write: bool,
     /// `fault->mmu_seq`, checked when the GUP returns.
@@ -478,10 +465,10 @@ impl Kvm {
         };
         let page = hva.align_down(Level::Pte4K);
         let reason = match mm.lookup(page) {
-            Some(m) if m.present && m.entry.is_uffd_wp() => UffdReason::Wp,
-            Some(m) if m.present => UffdReason::Missing,
-            _ if mm.uffd_minor_pending(page) => UffdReason::Minor,
-            _ => UffdReason::Missing,
+            Some(m) if m.present && m.entry.is_uffd_wp() => UffdMode::Wp,
+            Some(m) if m.present => UffdMode::Missing,
+            _ if mm.uffd_minor_pending(page) => UffdMode::Minor,
+            _ => UffdMode::Missing,
         };
         let access = if f.write {
             Access::Write
