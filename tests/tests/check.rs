@@ -108,7 +108,9 @@ fn shipped_suite_agrees_with_the_kernel_and_compares_something_in_every_scenario
 /// the step whose ioctl wakes it carries its outcome; KVM's binary stats are read per step.
 #[test]
 fn uffd_accesses_block_raise_their_event_and_end_on_the_resolving_ioctl() {
-    if !vmm::testing::kvm_or_skip("uffd_accesses_block_raise_their_event_and_end_on_the_resolving_ioctl") {
+    if !vmm::testing::kvm_or_skip(
+        "uffd_accesses_block_raise_their_event_and_end_on_the_resolving_ioctl",
+    ) {
         return;
     }
     let dir = std::env::temp_dir().join(format!("faultline-check-uffd-{}", std::process::id()));
@@ -123,7 +125,11 @@ fn uffd_accesses_block_raise_their_event_and_end_on_the_resolving_ioctl() {
     assert_eq!(code, 0, "faultline check failed:\n{stdout}\n{stderr}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let want = ["0x7f0000008000 write", "0x7f0000003000 write|wp", "0x7f0000004000 minor"];
+    let want = [
+        "0x7f0000008000 write",
+        "0x7f0000003000 write|wp",
+        "0x7f0000004000 minor",
+    ];
     for (s, event) in v["scenarios"].as_array().unwrap().iter().zip(want) {
         let file = s["file"].as_str().unwrap();
         let obs: Vec<&serde_json::Value> = s["steps"]
@@ -147,9 +153,13 @@ fn uffd_accesses_block_raise_their_event_and_end_on_the_resolving_ioctl() {
         assert_eq!(outcome["verdict"], "agree", "{file}: {outcome}");
         let woken = find("woken outcome");
         assert_eq!(woken["verdict"], "agree", "{file}: {woken}");
-        assert!(woken["real"].as_str().unwrap().ends_with("completed"), "{file}: {woken}");
         assert!(
-            obs.iter().any(|o| o["observable"].as_str().unwrap().starts_with("kvm ")),
+            woken["real"].as_str().unwrap().ends_with("completed"),
+            "{file}: {woken}"
+        );
+        assert!(
+            obs.iter()
+                .any(|o| o["observable"].as_str().unwrap().starts_with("kvm ")),
             "{file}: no KVM stats observation"
         );
     }

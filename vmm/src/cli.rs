@@ -102,7 +102,6 @@ pub enum BenchCommand {
     Replay(crate::replay::BenchReplayArgs),
 }
 
-
 /// Options of `faultline run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {

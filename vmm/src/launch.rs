@@ -1530,8 +1530,7 @@ mod tests {
                 assert!(!h.stopped());
                 assert_eq!(h.vcpu_stats_files().len(), 1);
                 let vm_stats =
-                    crate::vstate::stats::StatsReader::new(h.vm_stats_file().unwrap())
-                        .unwrap();
+                    crate::vstate::stats::StatsReader::new(h.vm_stats_file().unwrap()).unwrap();
                 let vcpu_stats = crate::vstate::stats::StatsReader::new(
                     h.vcpu_stats_files()[0].try_clone().unwrap(),
                 )

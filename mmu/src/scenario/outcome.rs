@@ -182,8 +182,13 @@ impl StepOutcome {
                 .all(|(a, b)| (a.event, a.start, a.end) == (b.event, b.start, b.end))
             && self.zapped == o.zapped
             && self.uffd_event == o.uffd_event
-            && self.woken.as_ref().map(|w| (&w.result, w.retries, w.level, w.writable, &w.host_faults))
-                == o.woken.as_ref().map(|w| (&w.result, w.retries, w.level, w.writable, &w.host_faults))
+            && self
+                .woken
+                .as_ref()
+                .map(|w| (&w.result, w.retries, w.level, w.writable, &w.host_faults))
+                == o.woken
+                    .as_ref()
+                    .map(|w| (&w.result, w.retries, w.level, w.writable, &w.host_faults))
     }
 
     /// The schema's record of the step.
@@ -403,7 +408,6 @@ impl StepRecord {
         self.not_modelled.is_some()
     }
 }
-
 
 /// The schema name of a result.
 pub fn result_name(r: PfResult) -> &'static str {

@@ -10,10 +10,10 @@
 //! plain and live alternately N times and reports the medians (this host's load makes single
 //! runs vary 3x); `--live-verify` turns the page check back on.
 
-use crate::live::{LiveOptions, LiveSummary};
+use super::workload::{FaultBench, TouchParams, MARK_PORT, STAGE_END, STAGE_START};
 use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
 use crate::launch::{VmBuilder, VmIo};
-use super::workload::{FaultBench, TouchParams, MARK_PORT, STAGE_END, STAGE_START};
+use crate::live::{LiveOptions, LiveSummary};
 use crate::memory::uffd::UffdMode;
 use devices::bus::BusDevice;
 use mmu::backing::BackingSpec;

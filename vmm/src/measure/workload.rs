@@ -22,7 +22,6 @@ use devices::bus::BusDevice;
 use devices::exit::VmExit;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::vstate::stats::{StatsReader, StatsSnapshot};
 use super::report::{BenchReport, RunResult, UffdSummary, VcpuResult};
 use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
 use crate::launch::{ExtraMemslot, VmBuilder, VmIo};
@@ -31,6 +30,7 @@ use crate::memory::uffd::{
     MissingResolve, UffdConfig, UffdMode, UffdRegion, UffdService, UffdStartError, UffdStopError,
 };
 use crate::vstate::stats::stats_fd;
+use crate::vstate::stats::{StatsReader, StatsSnapshot};
 use mmu::backing::BackingSpec;
 use mmu::secondary::fault::Access;
 
