@@ -268,6 +268,26 @@ struct Slot {
     readonly: bool,
 }
 
+impl Slot {
+    /// `KVM_SET_USER_MEMORY_REGION` for this slot at model gpa `gpa`, over its real mapping,
+    /// with `flags` (what memslot-create, -move, -flags and dirty-log-enable do).
+    fn set(
+        &self,
+        vm: &crate::vstate::vm::Vm,
+        space: &RealSpace,
+        gpa: u64,
+        flags: crate::vstate::vm::MemslotFlags,
+    ) -> Result<(), crate::vstate::vm::VmError> {
+        vm.set_memslot(
+            self.real_slot,
+            gpa + GPA_OFFSET,
+            self.size,
+            space.real_any(self.hva),
+            flags,
+        )
+    }
+}
+
 /// Checks one scenario file: runs it on the model and on real KVM and compares.
 pub fn check_file(
     path: &Path,
@@ -1026,12 +1046,11 @@ fn execute(
                 Step::MemslotDelete(_) => {
                     vm.delete_memslot(slot.real_slot).map_err(|e| e.to_string())
                 }
-                Step::DirtyLogEnable(_) => vm
-                    .set_memslot(
-                        slot.real_slot,
-                        slot.gpa + GPA_OFFSET,
-                        slot.size,
-                        space.real_any(slot.hva),
+                Step::DirtyLogEnable(_) => slot
+                    .set(
+                        vm,
+                        space,
+                        slot.gpa,
                         crate::vstate::vm::MemslotFlags {
                             readonly: false,
                             dirty_log: true,
@@ -1068,11 +1087,10 @@ fn execute(
             };
             let vm = h.vm();
             let r = vm.delete_memslot(slot.real_slot).and_then(|()| {
-                vm.set_memslot(
-                    slot.real_slot,
-                    m.gpa.0 + GPA_OFFSET,
-                    slot.size,
-                    space.real_any(slot.hva),
+                slot.set(
+                    vm,
+                    space,
+                    m.gpa.0,
                     crate::vstate::vm::MemslotFlags::default(),
                 )
             });
@@ -1089,13 +1107,7 @@ fn execute(
                 readonly: slot.readonly,
                 dirty_log: m.flags.contains(&mmu::scenario::MemslotFlag::DirtyLog),
             };
-            if let Err(e) = h.vm().set_memslot(
-                slot.real_slot,
-                slot.gpa + GPA_OFFSET,
-                slot.size,
-                space.real_any(slot.hva),
-                flags,
-            ) {
+            if let Err(e) = slot.set(h.vm(), space, slot.gpa, flags) {
                 real.host_error = Some(e.to_string());
             }
         }
@@ -1111,13 +1123,7 @@ fn execute(
                 readonly: f.flags.contains(&mmu::scenario::MemslotFlag::Readonly),
                 dirty_log: f.flags.contains(&mmu::scenario::MemslotFlag::DirtyLog),
             };
-            if let Err(e) = h.vm().set_memslot(
-                slot.real_slot,
-                slot.gpa + GPA_OFFSET,
-                slot.size,
-                space.real_any(slot.hva),
-                flags,
-            ) {
+            if let Err(e) = slot.set(h.vm(), space, slot.gpa, flags) {
                 real.host_error = Some(e.to_string());
             }
         }
