@@ -157,7 +157,7 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "gdb")]
     pub live: bool,
     /// With --live: the model's rule set, 6.12, 6.13 or 6.18 [default: the host kernel's].
-    #[arg(long, value_name = "VERSION", requires = "live", value_parser = crate::check::cli::parse_rules)]
+    #[arg(long, value_name = "VERSION", requires = "live", value_parser = crate::config::parse_rules)]
     pub kernel_rules: Option<mmu::types::KernelVersion>,
     /// With --live: inject a host event, KIND[:GPA+LEN]@every=DUR or @at=DUR[,count=N]
     /// (KIND: dontneed, thp-collapse, aging, fork, dirty-log-on, dirty-log-off, numa-scan);

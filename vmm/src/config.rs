@@ -293,6 +293,14 @@ impl VmConfig {
     }
 }
 
+/// Parses one `--kernel-rules` name (6.12, 6.13, 6.18; `KernelVersion`'s `FromStr`), with
+/// the fix in the error.
+pub fn parse_rules(s: &str) -> Result<mmu::types::KernelVersion, String> {
+    s.trim()
+        .parse::<mmu::types::KernelVersion>()
+        .map_err(|_| format!("unknown rule set {:?}: use 6.12, 6.13 or 6.18", s.trim()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,17 +408,5 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("anon, thp"));
-    }
-}
-
-/// Parses `--kernel-rules` (6.12, 6.13, 6.18).
-pub fn parse_rules(s: &str) -> Result<mmu::types::KernelVersion, String> {
-    match s.trim() {
-        "6.12" => Ok(mmu::types::KernelVersion::V6_12),
-        "6.13" => Ok(mmu::types::KernelVersion::V6_13),
-        "6.18" => Ok(mmu::types::KernelVersion::V6_18),
-        other => Err(format!(
-            "unknown rule set {other:?}: use 6.12, 6.13 or 6.18"
-        )),
     }
 }

@@ -26,11 +26,7 @@ pub const ALL_RULES: [KernelVersion; 3] = [
 ];
 
 /// Parses one rule set name (`--kernel-rules` takes a comma-separated list of them).
-pub fn parse_rules(s: &str) -> Result<KernelVersion, String> {
-    s.trim()
-        .parse::<KernelVersion>()
-        .map_err(|_| format!("unknown rule set {:?}: use 6.12, 6.13 or 6.18", s.trim()))
-}
+pub use crate::config::parse_rules;
 
 /// Why a replay, a recording or the benchmark failed.
 #[derive(Debug, thiserror::Error)]
