@@ -683,36 +683,24 @@ impl Live {
 
     /// Runs one step on the model; an error is reported and gives a "model-error" result.
     fn push(&mut self, step: Step) -> Resolution {
+        match self.push_record(step) {
+            Some(r) => Resolution::from(&r),
+            None => Resolution {
+                result: "model-error".into(),
+                ..Resolution::default()
+            },
+        }
+    }
+
+    /// Runs one step on the model and counts it in the summary; an error is reported and
+    /// gives `None`.
+    fn push_record(&mut self, step: Step) -> Option<StepRecord> {
         self.steps += 1;
         match self.runner.push(step) {
             Ok(r) => {
                 self.tally.add(self.runner.outcome());
-                Resolution::from(&r)
+                Some(r)
             }
-            Err(e) => {
-                self.summary.error(format!("model: {e}"));
-                Resolution {
-                    result: "model-error".into(),
-                    ..Resolution::default()
-                }
-            }
-        }
-    }
-
-    /// Runs one step on the model and counts it in the summary.
-    fn push_record(&mut self, step: Step) -> Option<StepRecord> {
-        let r = self.push_uncounted(step);
-        if r.is_some() {
-            self.tally.add(self.runner.outcome());
-        }
-        r
-    }
-
-    /// Runs one step on the model; the caller counts it (a fault does, after its ioctl).
-    fn push_uncounted(&mut self, step: Step) -> Option<StepRecord> {
-        self.steps += 1;
-        match self.runner.push(step) {
-            Ok(r) => Some(r),
             Err(e) => {
                 self.summary.error(format!("model: {e}"));
                 None
@@ -905,10 +893,7 @@ impl Live {
         let kept = self.writer.is_some().then(|| step.clone());
         self.prof.lap(profile::Phase::Prepare);
         let t0 = Instant::now();
-        let rec = self.push_uncounted(step);
-        if rec.is_some() {
-            self.tally.add(self.runner.outcome());
-        }
+        let rec = self.push_record(step);
         let model_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
         self.prof.lap(profile::Phase::Model);
         let hp = self.runner.host_page(Hva(page));
