@@ -71,6 +71,11 @@ pub const PVH_MODLIST_START: u64 = 0x6040;
 pub const PVH_MEMMAP_START: u64 = 0x6080;
 /// Where the zero page (`struct boot_params`) goes.
 pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Where the RNG seed's `struct setup_data` goes (zero-page boots), between the zero page
+/// and the page tables.
+pub const SETUP_DATA_START: u64 = 0x8000;
+/// Bytes of RNG seed: 256 bits, what Linux's CRNG needs to be ready.
+pub const RNG_SEED_LEN: usize = 32;
 /// Where the command line goes.
 pub const CMDLINE_START: u64 = 0x2_0000;
 /// Most command-line bytes (with the NUL) faultline writes at [`CMDLINE_START`], whatever
@@ -102,6 +107,10 @@ const HDRS_MAGIC: u32 = 0x5372_6448;
 const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 /// Boot protocol version we claim in a synthesised setup header (vmlinux, no PVH).
 const BOOT_PROTOCOL_VERSION: u16 = 0x020f;
+/// `SETUP_RNG_SEED`, arch/x86/include/uapi/asm/bootparam.h.
+const SETUP_RNG_SEED: u32 = 9;
+/// The first boot protocol with `setup_data` (2.09).
+const SETUP_DATA_PROTOCOL: u16 = 0x0209;
 /// x86 `COMMAND_LINE_SIZE` (including the NUL) when the image does not say.
 const DEFAULT_CMDLINE_SIZE: usize = 2048;
 /// Highest initrd address when the image does not say (`initrd_addr_max` of boot protocol
@@ -418,7 +427,11 @@ pub fn load_kernel(
             }
         }
         KernelFormat::BzImage | KernelFormat::Elf64 => {
-            let params = zero_page(hdr, &cmdline, initrd, &e820);
+            let mut params = zero_page(hdr, &cmdline, initrd, &e820);
+            if params.hdr.version >= SETUP_DATA_PROTOCOL {
+                write_rng_seed(mem)?;
+                params.hdr.setup_data = SETUP_DATA_START;
+            }
             LinuxBootConfigurator::write_bootparams(
                 &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
                 mem,
@@ -638,6 +651,47 @@ pub fn zero_page(
     params.e820_entries =
         u8::try_from(e820.len().min(E820_MAX_ENTRIES_ZEROPAGE)).unwrap_or(u8::MAX);
     params
+}
+
+/// Writes a `SETUP_RNG_SEED` `struct setup_data` of [`RNG_SEED_LEN`] fresh random bytes at
+/// [`SETUP_DATA_START`], as a bootloader does. Linux mixes it in and, with
+/// `random.trust_bootloader` (its default), credits it (`add_bootloader_randomness()`,
+/// called from `parse_setup_data()`), so its CRNG is ready at the first `get_random_bytes()`.
+/// Without a seed, on this host (no RDRAND for the guest: `clearcpuid=rdrand`) the CRNG
+/// stays unseeded for the whole boot and every `get_random_bytes()` runs `extract_entropy()`
+/// (BLAKE2s under a spinlock, interrupts off: emulated here), about a tenth of a boot's
+/// emulated instructions (README "Known problems").
+fn write_rng_seed(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    let mut seed = [0u8; RNG_SEED_LEN];
+    let mut got = 0;
+    while got < seed.len() {
+        // SAFETY: getrandom writes at most the given length into the buffer it is handed.
+        let n = unsafe {
+            libc::getrandom(seed[got..].as_mut_ptr().cast(), seed.len() - got, 0)
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(BootError::GuestMemory {
+                what: "the RNG seed (getrandom failed)",
+                reason: e.to_string(),
+            });
+        }
+        got += n as usize;
+    }
+    // struct setup_data { u64 next; u32 type; u32 len; u8 data[]; }
+    let mut blob = Vec::with_capacity(16 + RNG_SEED_LEN);
+    blob.extend_from_slice(&0u64.to_le_bytes());
+    blob.extend_from_slice(&SETUP_RNG_SEED.to_le_bytes());
+    blob.extend_from_slice(&(RNG_SEED_LEN as u32).to_le_bytes());
+    blob.extend_from_slice(&seed);
+    mem.write_slice(&blob, GuestAddress(SETUP_DATA_START))
+        .map_err(|e| BootError::GuestMemory {
+            what: "the RNG seed",
+            reason: e.to_string(),
+        })
 }
 
 fn low32(v: u64) -> u32 {
