@@ -16,6 +16,7 @@
 //! ```text
 //! 0x6000  hvm_start_info, then the PVH module list (0x6040) and memory map (0x6080..0x7000)
 //! 0x7000  zero page (struct boot_params)
+//! 0x8000  setup_data: a SETUP_RNG_SEED of 32 fresh random bytes (zero-page boots only)
 //! 0x20000 command line
 //! 0xf0000 MP table (floating pointer + configuration table), outside the e820 RAM
 //! 1 MiB   kernel (bzImage: the compressed kernel at code32_start; vmlinux: its p_paddr)
@@ -666,9 +667,7 @@ fn write_rng_seed(mem: &GuestMemoryMmap) -> Result<(), BootError> {
     let mut got = 0;
     while got < seed.len() {
         // SAFETY: getrandom writes at most the given length into the buffer it is handed.
-        let n = unsafe {
-            libc::getrandom(seed[got..].as_mut_ptr().cast(), seed.len() - got, 0)
-        };
+        let n = unsafe { libc::getrandom(seed[got..].as_mut_ptr().cast(), seed.len() - got, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {

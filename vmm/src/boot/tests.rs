@@ -266,6 +266,50 @@ fn elf_without_pvh_note_enters_long_mode_with_a_synthesised_zero_page() {
     assert_eq!(loaded.initrd, None);
 }
 
+/// The `SETUP_RNG_SEED` entry a zero-page boot hands the kernel: (next, type, len, seed).
+fn read_rng_seed(m: &GuestMemoryMmap) -> (u64, u32, u32, [u8; RNG_SEED_LEN]) {
+    let next: u64 = m.read_obj(GuestAddress(SETUP_DATA_START)).unwrap();
+    let kind: u32 = m.read_obj(GuestAddress(SETUP_DATA_START + 8)).unwrap();
+    let len: u32 = m.read_obj(GuestAddress(SETUP_DATA_START + 12)).unwrap();
+    let mut seed = [0u8; RNG_SEED_LEN];
+    m.read_slice(&mut seed, GuestAddress(SETUP_DATA_START + 16))
+        .unwrap();
+    (next, kind, len, seed)
+}
+
+#[test]
+fn zero_page_boots_hand_the_kernel_a_fresh_rng_seed_and_pvh_boots_none() {
+    let bz = tmpfile("seed-bz", &fake_bzimage(XLF_KERNEL_64, &[0x90; 4096]));
+    let elf = tmpfile("seed-elf64", &fake_elf(None, &[0xf4; 256]));
+    let mut seeds = Vec::new();
+    for k in [&bz, &elf, &bz] {
+        let m = mem(64 * MIB);
+        load_kernel(&m, &cfg(k), 1).unwrap();
+        assert_eq!({ read_zero_page(&m).hdr.setup_data }, SETUP_DATA_START);
+        let (next, kind, len, seed) = read_rng_seed(&m);
+        assert_eq!((next, kind, len), (0, 9, RNG_SEED_LEN as u32), "{k:?}");
+        // The seed sits between the zero page and the page tables, in e820 RAM.
+        assert!(SETUP_DATA_START >= ZERO_PAGE_START + 4096);
+        assert!(SETUP_DATA_START + 16 + RNG_SEED_LEN as u64 <= crate::vstate::entry::PML4_START);
+        seeds.push(seed);
+    }
+    // Fresh per boot: 256 random bits never repeat.
+    assert_ne!(seeds[0], seeds[1]);
+    assert_ne!(seeds[0], seeds[2]);
+    // A boot protocol older than 2.09 has no setup_data: none is written.
+    let mut old = fake_bzimage(XLF_KERNEL_64, &[0x90; 4096]);
+    old[0x206..0x208].copy_from_slice(&0x0208u16.to_le_bytes());
+    let m = mem(64 * MIB);
+    load_kernel(&m, &cfg(&tmpfile("seed-old", &old)), 1).unwrap();
+    assert_eq!({ read_zero_page(&m).hdr.setup_data }, 0);
+    assert_eq!(read_rng_seed(&m), (0, 0, 0, [0; RNG_SEED_LEN]));
+    // PVH's hvm_start_info has no setup_data (init_pvh_bootparams() reads none).
+    let m = mem(64 * MIB);
+    let pvh = tmpfile("seed-pvh", &fake_elf(Some(0x100_0000), &[0xf4; 256]));
+    load_kernel(&m, &cfg(&pvh), 1).unwrap();
+    assert_eq!(read_rng_seed(&m), (0, 0, 0, [0; RNG_SEED_LEN]));
+}
+
 #[test]
 fn missing_kernel_is_named() {
     let m = mem(64 * MIB);
