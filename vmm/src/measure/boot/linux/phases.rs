@@ -21,6 +21,24 @@ pub struct LinuxSample {
     pub init_us: f64,
     /// Spawn -> process reaped.
     pub exit_us: f64,
+    /// Whether the kernel's CRNG was ready at its first timestamp ("random: crng init
+    /// done" at `[    0.000000]`): a boot loader's seed (`SETUP_RNG_SEED`) does that, and
+    /// without one the CRNG stays unseeded here for the whole boot (README "Known
+    /// problems"). Read from the console, so it says what the guest saw, per VMM.
+    pub crng_seeded_at_boot: bool,
+}
+
+/// The console line Linux prints when its CRNG becomes ready (`crng_set_ready()` /
+/// `_credit_init_bits()` in drivers/char/random.c).
+pub const CRNG_READY: &str = "random: crng init done";
+
+/// Whether a console line is printk's `[    0.000000] ...`: printed before the clock ran.
+fn at_time_zero(line: &str) -> bool {
+    line.trim_start()
+        .strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(t, _)| t.trim().parse::<f64>().ok())
+        == Some(0.0)
 }
 
 /// The console line Linux prints when it starts unpacking the initramfs
@@ -163,6 +181,10 @@ pub fn sample_of(
         initramfs_done_us: console_line(c, INITRAMFS_DONE).map(us),
         init_us: us(init.t),
         exit_us: us(c.exit_ns),
+        crng_seeded_at_boot: c
+            .stdout
+            .iter()
+            .any(|l| l.text.contains(CRNG_READY) && at_time_zero(&l.text)),
     })
 }
 
@@ -202,6 +224,7 @@ mod tests {
         let c = capture(
             vec![
                 line(4_000_000, "[    0.000000] Linux version 6.12"),
+                line(4_500_000, "[    0.000000] random: crng init done"),
                 line(6_000_000, "faultline-init: running 'true'"),
             ],
             vec![line(
@@ -221,8 +244,26 @@ mod tests {
                 initramfs_done_us: None,
                 init_us: 5000.0,
                 exit_us: 8000.0,
+                crng_seeded_at_boot: true,
             }
         );
+    }
+
+    #[test]
+    fn a_crng_that_becomes_ready_later_was_not_seeded_at_boot() {
+        let c = capture(
+            vec![
+                line(4_000_000, "[    0.000000] Linux version 6.12"),
+                line(5_000_000, "[   12.345678] random: crng init done"),
+                line(6_000_000, "faultline-init: running 'true'"),
+            ],
+            vec![],
+        );
+        let s = linux::sample_of(linux::Vmm::Qemu, &c, "faultline-init: running", true).unwrap();
+        assert!(!s.crng_seeded_at_boot);
+        assert!(super::at_time_zero("[    0.000000] x"));
+        assert!(!super::at_time_zero("random: crng init done"));
+        assert!(!super::at_time_zero("[ garbage ] x"));
     }
 
     #[test]
