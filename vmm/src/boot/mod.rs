@@ -684,7 +684,7 @@ fn write_rng_seed(mem: &GuestMemoryMmap) -> Result<(), BootError> {
     let mut blob = Vec::with_capacity(16 + RNG_SEED_LEN);
     blob.extend_from_slice(&0u64.to_le_bytes());
     blob.extend_from_slice(&SETUP_RNG_SEED.to_le_bytes());
-    blob.extend_from_slice(&(RNG_SEED_LEN as u32).to_le_bytes());
+    blob.extend_from_slice(&u32::try_from(seed.len()).unwrap_or(u32::MAX).to_le_bytes());
     blob.extend_from_slice(&seed);
     mem.write_slice(&blob, GuestAddress(SETUP_DATA_START))
         .map_err(|e| BootError::GuestMemory {
