@@ -114,6 +114,11 @@ pub struct RunArgs {
     /// Kernel command line for --kernel.
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     pub cmdline: String,
+    /// How an ELF vmlinux is entered: `linux` (the 64-bit boot protocol with a zero page,
+    /// which carries an RNG seed) or `pvh` (its PVH note, as QEMU microvm does). A bzImage
+    /// always takes the 64-bit boot protocol.
+    #[arg(long, value_name = "PROTOCOL", value_enum, default_value_t)]
+    pub boot_protocol: crate::config::BootProtocol,
     /// Guest RAM, e.g. 256M, 2G.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
     pub memory: u64,
@@ -187,6 +192,7 @@ impl RunArgs {
                 initrd: self.initrd.clone(),
                 cmdline: self.cmdline.clone(),
                 init_command: self.command.clone(),
+                boot_protocol: self.boot_protocol,
             }),
             None => {
                 if self.initrd.is_some() {

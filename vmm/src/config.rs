@@ -113,6 +113,32 @@ pub struct KernelConfig {
     /// The command after `--` to run in the guest (empty: none). The boot code builds an
     /// initramfs whose init runs it and reports its exit status when no initrd is given.
     pub init_command: Vec<String>,
+    /// How an ELF vmlinux is entered (`--boot-protocol`); a bzImage always takes the
+    /// 64-bit boot protocol.
+    pub boot_protocol: BootProtocol,
+}
+
+/// How faultline enters an ELF vmlinux (`--boot-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProtocol {
+    /// The x86 64-bit boot protocol at the ELF entry (`startup_64`) with a zero page, as a
+    /// bzImage is entered, and as Firecracker enters a vmlinux: the zero page can carry
+    /// `setup_data`, so the kernel gets an RNG seed (`SETUP_RNG_SEED`).
+    #[default]
+    Linux,
+    /// PVH (the ELF's `XEN_ELFNOTE_PHYS32_ENTRY`, 32-bit flat entry, `hvm_start_info`), as
+    /// QEMU microvm enters a vmlinux: no `setup_data`, so no RNG seed.
+    Pvh,
+}
+
+impl std::fmt::Display for BootProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BootProtocol::Linux => "linux",
+            BootProtocol::Pvh => "pvh",
+        })
+    }
 }
 
 /// What the VM runs.
@@ -376,6 +402,7 @@ mod tests {
             initrd: None,
             cmdline: DEFAULT_CMDLINE.into(),
             init_command: vec![],
+            boot_protocol: BootProtocol::default(),
         });
         let e = c.validate().unwrap_err().to_string();
         assert!(

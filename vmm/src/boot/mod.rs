@@ -7,8 +7,12 @@
 //! | image | protocol | entry | boot information |
 //! |---|---|---|---|
 //! | bzImage | x86 boot protocol, 64-bit entry | `code32_start + 0x200` in long mode | zero page (`struct boot_params`) in RSI |
-//! | ELF vmlinux with a PVH note | PVH (`XEN_ELFNOTE_PHYS32_ENTRY`) | the note's address, 32-bit flat, paging off | `struct hvm_start_info` in EBX |
-//! | ELF vmlinux without one | 64-bit boot protocol | `e_entry` in long mode | zero page in RSI |
+//! | ELF vmlinux (`--boot-protocol linux`, the default) | 64-bit boot protocol | `e_entry` in long mode | zero page in RSI |
+//! | ELF vmlinux with a PVH note, `--boot-protocol pvh` | PVH (`XEN_ELFNOTE_PHYS32_ENTRY`) | the note's address, 32-bit flat, paging off | `struct hvm_start_info` in EBX |
+//!
+//! Zero-page boots carry a `SETUP_RNG_SEED` (see [`write_rng_seed`]); PVH has no
+//! `setup_data`, so a PVH boot's CRNG starts unseeded, which on this host costs the boot
+//! about 7% (README "Known problems"). That is why `linux` is the default for a vmlinux.
 //!
 //! Guest-physical layout (below 1 MiB `vstate` owns [`crate::vstate::entry::GDT_START`] and
 //! the page tables at `PML4_START..LOW_RESERVED_END`):
@@ -50,7 +54,7 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
-use crate::config::KernelConfig;
+use crate::config::{BootProtocol, KernelConfig};
 use crate::vstate::EntryPoint;
 use devices::debug_exit::DEBUG_EXIT_PORT;
 
@@ -155,6 +159,15 @@ pub enum BootError {
         /// The kernel path.
         path: PathBuf,
     },
+    /// `--boot-protocol pvh` for an image without a PVH entry.
+    #[error(
+        "--boot-protocol pvh: {path:?} has no PVH entry (a bzImage, or an ELF vmlinux without \
+         the XEN_ELFNOTE_PHYS32_ENTRY note of CONFIG_PVH); boot it with --boot-protocol linux"
+    )]
+    NoPvhEntry {
+        /// The kernel path.
+        path: PathBuf,
+    },
     /// linux-loader could not load an image of the right type.
     #[error("Cannot load {format} {path:?} into guest memory: {source}")]
     KernelLoad {
@@ -237,9 +250,11 @@ fn suggest_mib(memory: u64, size: u64, free: u64) -> u64 {
 pub enum KernelFormat {
     /// bzImage, 64-bit boot protocol with a zero page.
     BzImage,
-    /// ELF vmlinux with a PVH note, PVH boot with `hvm_start_info`.
+    /// ELF vmlinux with a PVH note and `--boot-protocol pvh`: PVH boot with
+    /// `hvm_start_info`.
     ElfPvh,
-    /// ELF vmlinux without a PVH note, 64-bit boot protocol with a zero page.
+    /// ELF vmlinux (`--boot-protocol linux`, the default, or no PVH note): 64-bit boot
+    /// protocol with a zero page.
     Elf64,
 }
 
@@ -318,9 +333,15 @@ pub fn load_kernel(
                     source,
                 }
             })?;
-        let format = match r.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(_) => KernelFormat::ElfPvh,
-            _ => KernelFormat::Elf64,
+        let pvh = matches!(r.pvh_boot_cap, PvhBootCapability::PvhEntryPresent(_));
+        let format = match (cfg.boot_protocol, pvh) {
+            (BootProtocol::Pvh, true) => KernelFormat::ElfPvh,
+            (BootProtocol::Pvh, false) => {
+                return Err(BootError::NoPvhEntry {
+                    path: path.to_path_buf(),
+                })
+            }
+            (BootProtocol::Linux, _) => KernelFormat::Elf64,
         };
         (format, r)
     } else {
@@ -340,6 +361,11 @@ pub fn load_kernel(
                 },
             },
         )?;
+        if cfg.boot_protocol == BootProtocol::Pvh {
+            return Err(BootError::NoPvhEntry {
+                path: path.to_path_buf(),
+            });
+        }
         (KernelFormat::BzImage, r)
     };
 

@@ -27,6 +27,14 @@ fn cfg(kernel: &Path) -> KernelConfig {
         initrd: None,
         cmdline: "console=ttyS0 reboot=k panic=-1".into(),
         init_command: vec![],
+        boot_protocol: BootProtocol::Linux,
+    }
+}
+
+fn cfg_pvh(kernel: &Path) -> KernelConfig {
+    KernelConfig {
+        boot_protocol: BootProtocol::Pvh,
+        ..cfg(kernel)
     }
 }
 
@@ -211,7 +219,7 @@ fn elf_with_pvh_note_enters_pvh_with_start_info_memmap_and_initrd_module() {
     let m = mem(128 * MIB);
     let k = tmpfile("pvh", &fake_elf(Some(0x100_0040), &[0xf4; 256]));
     let initrd = tmpfile("pvh-initrd", b"0707010000");
-    let mut c = cfg(&k);
+    let mut c = cfg_pvh(&k);
     c.initrd = Some(initrd);
     let loaded = load_kernel(&m, &c, 1).unwrap();
     assert_eq!(loaded.format, KernelFormat::ElfPvh);
@@ -240,6 +248,34 @@ fn elf_with_pvh_note_enters_pvh_with_start_info_memmap_and_initrd_module() {
     assert_eq!(module.size, 10);
     assert!(module.paddr >= loaded.kernel_end);
     assert!(read_cstr(&m, CMDLINE_START).contains("pvm_syscall_fixup"));
+}
+
+#[test]
+fn elf_with_pvh_note_enters_long_mode_by_default_and_pvh_needs_a_note() {
+    let m = mem(64 * MIB);
+    let k = tmpfile("pvh-default", &fake_elf(Some(0x100_0040), &[0xf4; 256]));
+    let loaded = load_kernel(&m, &cfg(&k), 1).unwrap();
+    assert_eq!(loaded.format, KernelFormat::Elf64);
+    assert_eq!(
+        loaded.entry,
+        EntryPoint::Long64 {
+            rip: 0x100_0000,
+            rsi: ZERO_PAGE_START
+        }
+    );
+    // --boot-protocol pvh without a PVH entry names the image and the fix.
+    for (name, img) in [
+        ("nopvh-elf", fake_elf(None, &[0xf4; 256])),
+        ("nopvh-bz", fake_bzimage(XLF_KERNEL_64, &[0x90; 4096])),
+    ] {
+        let e = load_kernel(&mem(64 * MIB), &cfg_pvh(&tmpfile(name, &img)), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(name) && e.contains("no PVH entry") && e.contains("--boot-protocol linux"),
+            "{e}"
+        );
+    }
 }
 
 #[test]
@@ -306,7 +342,7 @@ fn zero_page_boots_hand_the_kernel_a_fresh_rng_seed_and_pvh_boots_none() {
     // PVH's hvm_start_info has no setup_data (init_pvh_bootparams() reads none).
     let m = mem(64 * MIB);
     let pvh = tmpfile("seed-pvh", &fake_elf(Some(0x100_0000), &[0xf4; 256]));
-    load_kernel(&m, &cfg(&pvh), 1).unwrap();
+    load_kernel(&m, &cfg_pvh(&pvh), 1).unwrap();
     assert_eq!(read_rng_seed(&m), (0, 0, 0, [0; RNG_SEED_LEN]));
 }
 
@@ -645,10 +681,10 @@ mod fuzz {
 
         /// Kernel images, initrds and command lines of any shape: an answer, never a panic.
         #[test]
-        fn fuzz_load_kernel(img in image(), rd in initrd(), cl in cmdline(), vcpus in 1..=4u32) {
+        fn fuzz_load_kernel(img in image(), rd in initrd(), cl in cmdline(), vcpus in 1..=4u32, pvh in any::<bool>()) {
             let (kp, rp) = files("fuzz-load");
             std::fs::write(&kp, &img).unwrap();
-            let mut c = cfg(&kp);
+            let mut c = if pvh { cfg_pvh(&kp) } else { cfg(&kp) };
             c.cmdline = cl;
             match &rd {
                 Some(Initrd::Bytes(b)) => std::fs::write(&rp, b).unwrap(),
@@ -696,11 +732,12 @@ mod fuzz {
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let (kp, _) = files("fuzz-reach");
         let mut loaded = std::collections::BTreeMap::<String, u32>::new();
-        for _ in 0..400 {
+        for i in 0..400 {
             let img = image().new_tree(&mut runner).unwrap().current();
             std::fs::write(&kp, &img).unwrap();
             let m = mem(RAM);
-            let key = match load_kernel(&m, &cfg(&kp), 1) {
+            let c = if i % 2 == 1 { cfg_pvh(&kp) } else { cfg(&kp) };
+            let key = match load_kernel(&m, &c, 1) {
                 Ok(k) => format!("{:?}", k.format),
                 Err(e) => format!("{e:?}")
                     .split([' ', '(', '{'])

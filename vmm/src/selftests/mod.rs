@@ -766,6 +766,7 @@ fn boot(
             initrd: Some(initrd.to_path_buf()),
             cmdline,
             init_command: vec![],
+            boot_protocol: crate::config::BootProtocol::default(),
         }),
         kvm_device: args
             .kvm_device

@@ -48,6 +48,10 @@ pub struct BenchBootArgs {
     /// Number of vCPUs for --kernel.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u32,
+    /// How faultline enters an ELF vmlinux (`run --boot-protocol`): `linux` (64-bit boot
+    /// protocol, with an RNG seed) or `pvh` (as QEMU microvm always does).
+    #[arg(long, value_name = "PROTOCOL", value_enum, default_value_t)]
+    pub boot_protocol: crate::config::BootProtocol,
     /// QEMU binary to compare with.
     #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,

@@ -97,6 +97,8 @@ fn boot_faultline(
         .arg(args.vcpus.to_string())
         .arg("--watchdog")
         .arg(args.watchdog.to_string())
+        .arg("--boot-protocol")
+        .arg(args.boot_protocol.to_string())
         .env(TIMELINE_ENV, "1");
     if let Some(sym) = &args.symbols {
         cmd.arg("--symbols").arg(sym);

@@ -110,6 +110,11 @@ pub struct LinuxReport {
     pub qemu_stalls: usize,
     /// Every stalled boot, with where its vCPUs were.
     pub stalls: Vec<Stall>,
+    /// How faultline entered the kernel if it is an ELF vmlinux (QEMU microvm: PVH).
+    pub boot_protocol: crate::config::BootProtocol,
+    /// Whether the kernel is an ELF vmlinux (else a bzImage: both VMMs take the 64-bit boot
+    /// protocol, QEMU through its firmware).
+    pub kernel_is_elf: bool,
 }
 
 impl LinuxReport {
@@ -154,6 +159,13 @@ impl LinuxReport {
             faultline_stalls,
             qemu_stalls,
             stalls,
+            boot_protocol: args.boot_protocol,
+            kernel_is_elf: std::fs::File::open(kernel)
+                .and_then(|mut f| {
+                    let mut m = [0u8; 4];
+                    std::io::Read::read_exact(&mut f, &mut m).map(|()| m == *b"\x7fELF")
+                })
+                .unwrap_or(false),
         }
     }
 
@@ -210,6 +222,12 @@ impl LinuxReport {
                 "not run".to_string()
             }
         ));
+        if self.kernel_is_elf {
+            s.push_str(&format!(
+                "given differently: faultline enters the ELF by --boot-protocol {}, QEMU microvm by PVH\n",
+                self.boot_protocol
+            ));
+        }
         let seeded = |v: &[LinuxSample]| v.iter().filter(|s| s.crng_seeded_at_boot).count();
         s.push_str(&format!(
             "given differently: CRNG seeded at boot (a boot loader's SETUP_RNG_SEED, bzImage and \
