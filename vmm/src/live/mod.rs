@@ -55,6 +55,7 @@ use mmu::types::{Hva, KernelVersion, Level};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 const PAGE: u64 = 4096;
@@ -78,6 +79,10 @@ pub struct LiveOptions {
     pub busy_poll: bool,
     /// Time each phase of the service loop ([`profile::Phases`], in the summary).
     pub profile: bool,
+    /// Resolver threads reading the uffd (0: one per vCPU). Each serves a fault from the
+    /// read to its ioctl; the model is shared behind a lock held for the step and the
+    /// decision only, so the ioctls of different vCPUs' faults overlap.
+    pub resolvers: usize,
 }
 
 /// Live mode cannot start.
@@ -143,6 +148,8 @@ pub struct Disagreement {
 pub struct LiveSummary {
     /// Rule set and where it came from.
     pub rules: String,
+    /// Resolver threads that served the uffd.
+    pub resolvers: u64,
     /// Every model step of the run (faults, injected events, the pages present at start):
     /// results, guest accesses by level, GUP paths, retries, notifiers, zaps, host fault
     /// handlers.
@@ -230,8 +237,8 @@ impl LiveSummary {
             }
         };
         let mut s = format!(
-            "live: model rules {}\n  uffd events {}, model resolutions {}, stale {}, pages present at start {}\n",
-            self.rules, self.uffd_events, self.model_resolutions, self.stale_events, self.present_at_start
+            "live: model rules {}, {} resolver thread(s)\n  uffd events {}, model resolutions {}, stale {}, pages present at start {}\n",
+            self.rules, self.resolvers, self.uffd_events, self.model_resolutions, self.stale_events, self.present_at_start
         );
         let m = &self.model;
         s += &format!(
@@ -322,30 +329,102 @@ pub fn unsupported_backing(backing: Backing) -> Option<String> {
     }
 }
 
-/// The live state the controller thread owns.
+/// The live state every resolver shares, behind one lock ([`Shared::live`]): the model, the
+/// store, the write-protected pages, the summary, the recording. A resolver holds it for the
+/// model's step and the decision, and again for the accounting after the ioctl; never
+/// during the ioctl.
 struct Live {
     runner: ScenarioRunner,
-    uffd: Uffd,
+    uffd: Arc<Uffd>,
     regions: Vec<RamRegion>,
     backing: Backing,
     wp: bool,
     store: store::SourceStore,
+    /// Pages installed write-protected (a superset: a page is added when a resolver decides
+    /// to protect it, before its ioctl, so no WP event on it is ever taken as stale).
     wp_pages: HashSet<u64>,
-    pagemap: Option<PageMap>,
+    pagemap: Option<Arc<PageMap>>,
     trace: Option<TraceSession>,
     writer: Option<record::RecordWriter>,
     summary: LiveSummary,
     /// The model's steps counted as they run ([`LiveSummary::model`] at the end).
     tally: Tally,
-    events: Vec<Injection>,
-    timer: Timer,
     start: Instant,
     verify: bool,
     busy_poll: bool,
     steps: u64,
-    prof: profile::Profiler,
     /// vCPU thread ids as last read from the VM (index = vCPU).
     vcpu_tids: Vec<u32>,
+    /// Pages a resolver has decided on and not accounted for yet: another fault on one of
+    /// them waits, so each page's model step, ioctl and check run in model order.
+    in_flight: Vec<u64>,
+    /// The resolvers' phase timers, summed (with [`LiveOptions::profile`]).
+    phases: Option<profile::Phases>,
+}
+
+/// What the resolver threads share.
+struct Shared {
+    live: Mutex<Live>,
+    /// Held (read) by a resolver from its decision to the end of its page check, and
+    /// (write) by an injected event: an event never runs between a fault's model step and
+    /// its ioctl, so model and real mapping see the two in the same order.
+    gate: RwLock<()>,
+    uffd: Arc<Uffd>,
+    pagemap: Option<Arc<PageMap>>,
+    verify: bool,
+    busy_poll: bool,
+    resolvers: usize,
+    start: Instant,
+}
+
+/// One fault between its model step and its accounting.
+struct Job {
+    page: u64,
+    gpa: u64,
+    seq: u64,
+    /// The step, kept for the record.
+    step: Option<Step>,
+    rec: Option<StepRecord>,
+    hp: Option<HostPage>,
+    decision: Decision,
+    /// The store's contents for the page, taken out for the `UFFDIO_COPY`.
+    data: Option<Box<[u8; store::PAGE]>>,
+    model_ns: u64,
+    t0: Instant,
+    write: bool,
+    wp: bool,
+    minor: bool,
+    thread_id: u32,
+}
+
+/// What [`Live::prepare`] made of an event.
+enum Prepared {
+    /// Another resolver has the page in flight: try again once it is done.
+    Busy,
+    /// Handled (woken, counted) without a model step.
+    Done,
+    /// Resolved by the model: apply it.
+    Job(Box<Job>),
+}
+
+/// The uffd ioctls one fault's resolution issued, counted in the summary afterwards.
+#[derive(Debug, Default)]
+struct Ioctls {
+    names: [&'static str; 4],
+    n: usize,
+}
+
+impl Ioctls {
+    fn push(&mut self, name: &'static str) {
+        if let Some(slot) = self.names.get_mut(self.n) {
+            *slot = name;
+            self.n += 1;
+        }
+    }
+
+    fn names(&self) -> &[&'static str] {
+        &self.names[..self.n]
+    }
 }
 
 /// Adds one to `m[k]`, allocating the key only the first time.
@@ -551,34 +630,75 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
             None
         }
     };
+    let resolvers = match opts.resolvers {
+        0 => vmm.vcpu_count() as usize,
+        n => n,
+    }
+    .max(1);
+    summary.resolvers = resolvers as u64;
     let mut live = Live {
         runner,
-        uffd,
+        uffd: Arc::new(uffd),
         regions,
         backing,
         wp,
         store: store::SourceStore::default(),
         wp_pages: HashSet::new(),
-        pagemap,
+        pagemap: pagemap.map(Arc::new),
         trace,
         writer,
         summary,
         tally: Tally::default(),
-        timer: Timer::new(&opts.inject),
-        events: opts.inject.clone(),
         start: Instant::now(),
         verify: !opts.no_verify,
         busy_poll: opts.busy_poll,
         steps: 0,
-        prof: profile::Profiler::new(opts.profile),
         vcpu_tids: Vec::new(),
+        in_flight: Vec::with_capacity(resolvers),
+        phases: None,
     };
     live.tell_present();
+    let (profile, events) = (opts.profile, opts.inject.clone());
     let (outcome, live) = vmm.run_with(move |h| {
         live.start = Instant::now();
-        live.prof = profile::Profiler::new(live.prof.on());
-        live.serve(h);
-        live
+        let shared = Shared {
+            gate: RwLock::new(()),
+            uffd: Arc::clone(&live.uffd),
+            pagemap: live.pagemap.clone(),
+            verify: live.verify,
+            busy_poll: live.busy_poll,
+            resolvers,
+            start: live.start,
+            live: Mutex::new(live),
+        };
+        std::thread::scope(|s| {
+            let shared = &shared;
+            let helpers: Vec<_> = (1..resolvers)
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .name(format!("live-resolver{i}"))
+                        .spawn_scoped(s, move || Resolver::new(shared, i, profile, None).serve(h))
+                })
+                .collect();
+            Resolver::new(shared, 0, profile, Some((Timer::new(&events), events))).serve(h);
+            for t in helpers {
+                let failed = match t {
+                    Ok(j) => j
+                        .join()
+                        .err()
+                        .map(|_| "a live resolver thread panicked".to_string()),
+                    // The others serve its share: they all read the one uffd.
+                    Err(e) => Some(format!("spawning a live resolver thread failed: {e}")),
+                };
+                if let Some(f) = failed {
+                    lock_live(&shared.live).summary.error(f);
+                }
+            }
+        });
+        shared
+            .live
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
     })?;
     let Some(live) = live else {
         return Err(LiveError::Vmm(VmmError::EventLoop(
@@ -590,17 +710,21 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         mut summary,
         tally,
         runner,
-        prof,
+        phases,
         ..
     } = live;
     summary.model = tally.summary(runner.kernel());
-    if prof.on() {
-        summary.phases = Some(prof.phases);
-    }
+    summary.phases = phases;
     if let Some(w) = writer {
         w.finish()?;
     }
     Ok(LiveOutcome { outcome, summary })
+}
+
+/// Locks the live state; a resolver that panicked while holding it leaves it usable (its
+/// fault is lost, the counters stand).
+fn lock_live(m: &Mutex<Live>) -> MutexGuard<'_, Live> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Live {
@@ -617,17 +741,28 @@ impl Live {
         }
     }
 
-    fn write_step(&mut self, rec: FaultRecord, step: StepRecord) {
+    /// The seq of the next record (or the step count without a recording), taken: the
+    /// caller hands the record in with [`Live::write_at`].
+    fn reserve_seq(&mut self) -> u64 {
+        match self.writer.as_mut() {
+            Some(w) => w.reserve(),
+            None => self.steps,
+        }
+    }
+
+    /// Hands in the record of a reserved seq (its resolution made from `step` by the writer
+    /// thread, when given).
+    fn write_at(&mut self, seq: u64, rec: FaultRecord, step: Option<StepRecord>) {
         if let Some(w) = self.writer.as_mut() {
-            if let Err(e) = w.write_step(rec, step) {
+            let r = match step {
+                Some(s) => w.write_step_reserved(seq, rec, s),
+                None => w.write_reserved(seq, rec),
+            };
+            if let Err(e) = r {
                 self.summary.error(e.to_string());
                 self.writer = None;
             }
         }
-    }
-
-    fn seq(&self) -> u64 {
-        self.writer.as_ref().map_or(self.steps, |w| w.next_seq())
     }
 
     /// Tells the model about the pages present before registration (populate-write runs).
@@ -704,59 +839,6 @@ impl Live {
             Err(e) => {
                 self.summary.error(format!("model: {e}"));
                 None
-            }
-        }
-    }
-
-    /// The server loop: uffd events and due injections until the VM stops.
-    fn serve(&mut self, h: &VmHandle<'_>) {
-        let mut buf = vec![0u8; uffd_sys::MSG_SIZE * 64];
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.uffd);
-        while !h.stopped() {
-            let now = self.start.elapsed();
-            let wait = self
-                .timer
-                .next_due()
-                .map_or(Duration::from_millis(20), |t| t.saturating_sub(now))
-                .min(Duration::from_millis(20));
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            self.prof.lap(profile::Phase::Loop);
-            if !self.busy_poll {
-                let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut pfd, 1, ms) };
-                self.prof.lap(profile::Phase::Wait);
-            }
-            match self.uffd.read_events(&mut buf) {
-                Ok(events) if events.is_empty() => {
-                    if self.busy_poll {
-                        // SAFETY: sched_yield has no preconditions.
-                        unsafe { libc::sched_yield() };
-                    }
-                    self.prof.lap(profile::Phase::Wait);
-                }
-                Ok(events) => {
-                    self.prof.lap(profile::Phase::Read);
-                    for ev in events {
-                        self.handle(ev, h);
-                    }
-                }
-                Err(e) => {
-                    self.summary.error(format!("reading uffd events: {e}"));
-                    std::thread::sleep(Duration::from_millis(1));
-                    self.prof.lap(profile::Phase::Wait);
-                }
-            }
-            let now = self.start.elapsed();
-            for i in self.timer.due(&self.events, now) {
-                let ev = self.events[i].clone();
-                self.prof.lap(profile::Phase::Loop);
-                self.inject(&ev, h);
-                self.prof.lap(profile::Phase::Inject);
             }
         }
     }
@@ -839,28 +921,29 @@ impl Live {
         d
     }
 
-    /// Serves one uffd event. Only what the guest must wait for runs before the ioctl (the
-    /// model's step, the decision from its host page, the ioctl itself); the summary's
-    /// counters, the real-page check and the record follow it, while the guest runs on.
-    fn handle(&mut self, ev: UffdEvent, h: &VmHandle<'_>) {
-        let UffdEvent::Pagefault {
-            addr,
-            write,
-            wp,
-            minor,
-            thread_id,
-        } = ev
-        else {
-            self.summary.note(format!("ignored uffd event {ev:?}"));
-            return;
-        };
-        let page = addr as u64 & !(PAGE - 1);
+    /// The first half of serving one page fault, under the lock: the checks, the model's
+    /// step, the decision from its host page. What the guest waits for beyond this is the
+    /// ioctl, which the resolver issues after dropping the lock.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &mut self,
+        page: u64,
+        write: bool,
+        wp: bool,
+        minor: bool,
+        thread_id: u32,
+        h: &VmHandle<'_>,
+        prof: &mut profile::Profiler,
+    ) -> Prepared {
+        if self.in_flight.contains(&page) {
+            return Prepared::Busy;
+        }
         self.summary.uffd_events += 1;
         let Some(region) = self.region_of(page) else {
             self.summary
                 .error(format!("fault at {page:#x} outside guest RAM: woken"));
             let _ = self.uffd.wake(page as usize, PAGE as usize);
-            return;
+            return Prepared::Done;
         };
         if wp && !self.wp_pages.contains(&page) {
             // Dropped by an injected event after the fault was queued: the thread faults
@@ -868,7 +951,7 @@ impl Live {
             self.summary.stale_events += 1;
             self.summary.ioctl("UFFDIO_WAKE");
             let _ = self.uffd.wake(page as usize, PAGE as usize);
-            return;
+            return Prepared::Done;
         }
         let gpa = region.gpa_of(page).unwrap_or(0);
         let vcpu = self.vcpu_of(thread_id, h);
@@ -888,23 +971,103 @@ impl Live {
                 race: false,
             })
         };
-        let seq = self.seq();
+        // The seq is the model's order: taken with the step, under the same lock.
+        let seq = self.reserve_seq();
         // The record needs the step after the model has taken it.
         let kept = self.writer.is_some().then(|| step.clone());
-        self.prof.lap(profile::Phase::Prepare);
+        prof.lap(profile::Phase::Prepare);
         let t0 = Instant::now();
         let rec = self.push_record(step);
         let model_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
-        self.prof.lap(profile::Phase::Model);
+        prof.lap(profile::Phase::Model);
         let hp = self.runner.host_page(Hva(page));
         let decision = self.decide(hp, wp, minor, self.store.get(page).is_some());
+        let data = match decision.action {
+            Action::Copy {
+                from_store: true, ..
+            } => self.store.take(page),
+            _ => None,
+        };
+        match decision.action {
+            Action::Zeropage { wp: true }
+            | Action::Copy { wp: true, .. }
+            | Action::Continue { wp: true } => {
+                self.wp_pages.insert(page);
+            }
+            Action::Unprotect => {
+                self.wp_pages.remove(&page);
+            }
+            _ => {}
+        }
+        self.in_flight.push(page);
+        prof.lap(profile::Phase::Decide);
+        Prepared::Job(Box::new(Job {
+            page,
+            gpa,
+            seq,
+            step: kept,
+            rec,
+            hp,
+            decision,
+            data,
+            model_ns,
+            t0,
+            write,
+            wp,
+            minor,
+            thread_id,
+        }))
+    }
+
+    /// The second half, under the lock again once the guest runs on: the summary's
+    /// counters, the store and WP bookkeeping of a failed ioctl, the disagreements, the
+    /// record.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        job: Job,
+        installed: Result<bool, String>,
+        ioctls: &Ioctls,
+        real: Option<RealPage>,
+        page_dis: Option<String>,
+        critical_ns: u64,
+        serve_ns: u64,
+        prof: &mut profile::Profiler,
+    ) {
+        let Job {
+            page,
+            gpa,
+            seq,
+            step,
+            rec,
+            hp,
+            decision,
+            data,
+            model_ns,
+            write,
+            wp,
+            minor,
+            thread_id,
+            ..
+        } = job;
         let action = decision.action;
-        self.prof.lap(profile::Phase::Decide);
-        let installed = self.apply(page, action);
-        self.summary.critical_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
-        self.prof.lap(profile::Phase::Ioctl);
-        self.prof.fault();
-        // The guest runs again from here on.
+        self.in_flight.retain(|p| *p != page);
+        for name in ioctls.names() {
+            self.summary.ioctl(name);
+        }
+        if installed != Ok(true) {
+            if let Some(d) = data {
+                self.store.put_back(page, d);
+            }
+        }
+        if let Err(e) = &installed {
+            self.summary.error(e.clone());
+            if action == Action::Unprotect {
+                // Still protected: its next WP event must not be taken as stale.
+                self.wp_pages.insert(page);
+            }
+        }
+        self.summary.critical_ns += critical_ns;
         self.summary.model_ns += model_ns;
         self.summary.model_resolutions += 1;
         let result = match &rec {
@@ -929,21 +1092,11 @@ impl Live {
                 "the model left the page unmapped ({result}); served anyway"
             ));
         }
-        self.prof.lap(profile::Phase::Account);
-        let mut real = None;
-        if installed == Ok(true) && self.verify {
-            if let Some(pm) = self.pagemap.as_ref() {
-                if let Ok(st) = real_page(pm, page) {
-                    self.summary.pages_compared += 1;
-                    if let Some(d) = page_disagreement(&st, hp, action) {
-                        disagreements.push(d);
-                    }
-                    real = Some(st);
-                }
-            }
+        if real.is_some() {
+            self.summary.pages_compared += 1;
         }
-        self.summary.serve_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
-        self.prof.lap(profile::Phase::Verify);
+        disagreements.extend(page_dis);
+        self.summary.serve_ns += serve_ns;
         for d in &disagreements {
             self.summary.disagree(Disagreement {
                 step: seq,
@@ -951,8 +1104,8 @@ impl Live {
                 what: d.clone(),
             });
         }
-        let Some(step) = kept else {
-            self.prof.lap(profile::Phase::Record);
+        prof.lap(profile::Phase::Account);
+        let Some(step) = step else {
             return;
         };
         let model = match rec {
@@ -995,97 +1148,8 @@ impl Live {
             disagreements,
         };
         // The resolution's strings are made by the writer thread.
-        match rec {
-            Some(r) => self.write_step(record, r),
-            None => self.write(record),
-        }
-        self.prof.lap(profile::Phase::Record);
-    }
-
-    /// Applies `action` at `page` (data from the store, zeros without); `Ok(true)` when it
-    /// installed a page there. The ioctls are counted after they return.
-    fn apply(&mut self, page: u64, action: Action) -> Result<bool, String> {
-        let (p, n) = (page as usize, PAGE as usize);
-        let r = match action {
-            Action::Zeropage { wp } => {
-                let r = if wp {
-                    // SAFETY: `page` lies in guest RAM, registered with this uffd; the guest
-                    // owns its contents and no Rust reference points into it.
-                    unsafe { self.uffd.zeropage_dontwake(p, n) }
-                } else {
-                    // SAFETY: as above.
-                    unsafe { self.uffd.zeropage(p, n) }
-                };
-                match r {
-                    Ok(_) if wp => {
-                        let w = self.uffd.writeprotect(p, n, true);
-                        let _ = self.uffd.wake(p, n);
-                        self.summary.ioctl("UFFDIO_ZEROPAGE");
-                        self.summary.ioctl("UFFDIO_WRITEPROTECT");
-                        self.summary.ioctl("UFFDIO_WAKE");
-                        w.map(|()| {
-                            self.wp_pages.insert(page);
-                        })
-                    }
-                    other => {
-                        self.summary.ioctl("UFFDIO_ZEROPAGE");
-                        other.map(|_| ())
-                    }
-                }
-            }
-            Action::Copy { wp, from_store } => {
-                let src = self.store.get(page).unwrap_or(&ZEROS);
-                // SAFETY: as above.
-                let r = unsafe { self.uffd.copy(p, src, wp) };
-                self.summary.ioctl("UFFDIO_COPY");
-                if r.is_ok() {
-                    if from_store {
-                        self.store.forget(page);
-                    }
-                    if wp {
-                        self.wp_pages.insert(page);
-                    }
-                }
-                r.map(|_| ())
-            }
-            Action::Continue { wp } => {
-                let r = if wp {
-                    // SAFETY: as above; the page cache already holds the guest's page.
-                    unsafe { self.uffd.continue_wp(p, n) }
-                } else {
-                    // SAFETY: as above.
-                    unsafe { self.uffd.continue_(p, n) }
-                };
-                self.summary.ioctl("UFFDIO_CONTINUE");
-                if r.is_ok() && wp {
-                    self.wp_pages.insert(page);
-                }
-                r.map(|_| ())
-            }
-            Action::Unprotect => {
-                let r = self.uffd.writeprotect(p, n, false);
-                self.summary.ioctl("UFFDIO_WRITEPROTECT");
-                self.wp_pages.remove(&page);
-                return r.map(|()| false).map_err(|e| {
-                    let _ = self.uffd.wake(p, n);
-                    e.to_string()
-                });
-            }
-        };
-        match r {
-            Ok(()) => Ok(true),
-            // Another vCPU's fault on the same page was served first.
-            Err(UffdError::Exists { .. }) => {
-                let _ = self.uffd.wake(p, n);
-                self.summary.ioctl("UFFDIO_WAKE");
-                Ok(false)
-            }
-            Err(e) => {
-                let _ = self.uffd.wake(p, n);
-                self.summary.error(e.to_string());
-                Err(e.to_string())
-            }
-        }
+        self.write_at(seq, record, rec);
+        prof.lap(profile::Phase::Record);
     }
 
     /// Copies the present pages of `[hva, hva + len)` into the store (anon: DONTNEED loses
@@ -1139,7 +1203,7 @@ impl Live {
     }
 
     fn inject(&mut self, ev: &Injection, h: &VmHandle<'_>) {
-        let seq = self.seq();
+        let seq = self.reserve_seq();
         let range = ev
             .range
             .and_then(|(g, l)| mirror::hva_range(&self.regions, g, l));
@@ -1296,18 +1360,284 @@ impl Live {
             });
         }
         let applied = model_only.map(str::to_string).unwrap_or(applied);
-        self.write(FaultRecord {
+        let t_ns = self.t_ns();
+        self.write_at(
             seq,
-            t_ns: self.t_ns(),
-            step,
-            uffd: None,
-            hva: range.map(|r| r.0),
-            model,
-            applied: Some(applied),
-            model_only: model_only.is_some(),
-            real: None,
-            disagreements,
-        });
+            FaultRecord {
+                seq,
+                t_ns,
+                step,
+                uffd: None,
+                hva: range.map(|r| r.0),
+                model,
+                applied: Some(applied),
+                model_only: model_only.is_some(),
+                real: None,
+                disagreements,
+            },
+            None,
+        );
+    }
+}
+
+/// One resolver thread: reads uffd events and serves each (model step and decision under
+/// the lock, the ioctl outside it). Resolver 0 also fires the injected events.
+struct Resolver<'a> {
+    shared: &'a Shared,
+    prof: profile::Profiler,
+    /// The injections and their clock (resolver 0 only).
+    timers: Option<(Timer, Vec<Injection>)>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(
+        shared: &'a Shared,
+        _index: usize,
+        profile: bool,
+        timers: Option<(Timer, Vec<Injection>)>,
+    ) -> Self {
+        Resolver {
+            shared,
+            prof: profile::Profiler::new(profile),
+            timers,
+        }
+    }
+
+    /// The live state, locked; the wait counts as [`profile::Phase::Lock`].
+    fn lock(&mut self) -> MutexGuard<'a, Live> {
+        let g = lock_live(&self.shared.live);
+        self.prof.lap(profile::Phase::Lock);
+        g
+    }
+
+    /// The loop: uffd events (and, on resolver 0, due injections) until the VM stops.
+    fn serve(mut self, h: &VmHandle<'_>) {
+        let sh = self.shared;
+        // With several resolvers on the one uffd each read takes one event, so the next
+        // event goes to another resolver while this one waits for its ioctl.
+        let per_read = if sh.resolvers > 1 { 1 } else { 64 };
+        let mut buf = vec![0u8; uffd_sys::MSG_SIZE * per_read];
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*sh.uffd);
+        while !h.stopped() {
+            let wait = match &self.timers {
+                Some((t, _)) => t
+                    .next_due()
+                    .map_or(Duration::from_millis(20), |d| {
+                        d.saturating_sub(sh.start.elapsed())
+                    })
+                    .min(Duration::from_millis(20)),
+                None => Duration::from_millis(20),
+            };
+            self.prof.lap(profile::Phase::Loop);
+            if !sh.busy_poll {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, ms) };
+                self.prof.lap(profile::Phase::Wait);
+            }
+            match sh.uffd.read_events(&mut buf) {
+                Ok(events) if events.is_empty() => {
+                    if sh.busy_poll {
+                        // SAFETY: sched_yield has no preconditions.
+                        unsafe { libc::sched_yield() };
+                    }
+                    self.prof.lap(profile::Phase::Wait);
+                }
+                Ok(events) => {
+                    self.prof.lap(profile::Phase::Read);
+                    for ev in events {
+                        self.handle(ev, h);
+                    }
+                }
+                Err(e) => {
+                    self.prof.lap(profile::Phase::Read);
+                    self.lock()
+                        .summary
+                        .error(format!("reading uffd events: {e}"));
+                    std::thread::sleep(Duration::from_millis(1));
+                    self.prof.lap(profile::Phase::Wait);
+                }
+            }
+            let due: Vec<Injection> = match self.timers.as_mut() {
+                Some((t, evs)) => t
+                    .due(evs, sh.start.elapsed())
+                    .into_iter()
+                    .map(|i| evs[i].clone())
+                    .collect(),
+                None => Vec::new(),
+            };
+            for ev in due {
+                self.prof.lap(profile::Phase::Loop);
+                let mut live = self.lock();
+                // No fault between its decision and its page check from here on.
+                let gate = sh.gate.write().unwrap_or_else(PoisonError::into_inner);
+                live.inject(&ev, h);
+                drop(gate);
+                drop(live);
+                self.prof.lap(profile::Phase::Inject);
+            }
+        }
+        if self.prof.on() {
+            let phases = std::mem::take(&mut self.prof.phases);
+            self.lock()
+                .phases
+                .get_or_insert_with(profile::Phases::default)
+                .add(&phases);
+        }
+    }
+
+    /// Serves one uffd event: the model's step and decision under the lock; the ioctl (what
+    /// the guest waits for) and the page check outside it, so other resolvers' ioctls
+    /// overlap; the counters and the record under the lock again.
+    fn handle(&mut self, ev: UffdEvent, h: &VmHandle<'_>) {
+        let UffdEvent::Pagefault {
+            addr,
+            write,
+            wp,
+            minor,
+            thread_id,
+        } = ev
+        else {
+            self.lock()
+                .summary
+                .note(format!("ignored uffd event {ev:?}"));
+            return;
+        };
+        let sh = self.shared;
+        let page = addr as u64 & !(PAGE - 1);
+        self.prof.lap(profile::Phase::Prepare);
+        let (job, gate) = loop {
+            let mut live = self.lock();
+            match live.prepare(page, write, wp, minor, thread_id, h, &mut self.prof) {
+                Prepared::Busy => {
+                    drop(live);
+                    std::thread::yield_now();
+                    self.prof.lap(profile::Phase::Lock);
+                }
+                Prepared::Done => {
+                    drop(live);
+                    self.prof.lap(profile::Phase::Prepare);
+                    return;
+                }
+                Prepared::Job(job) => {
+                    // Taken before the lock is dropped: no injected event can come between
+                    // the model's step and the ioctl.
+                    let gate = sh.gate.read().unwrap_or_else(PoisonError::into_inner);
+                    drop(live);
+                    break (job, gate);
+                }
+            }
+        };
+        let mut ioctls = Ioctls::default();
+        let action = job.decision.action;
+        let installed = apply(&sh.uffd, page, action, job.data.as_deref(), &mut ioctls);
+        let critical_ns = u64::try_from(job.t0.elapsed().as_nanos()).unwrap_or(0);
+        self.prof.lap(profile::Phase::Ioctl);
+        self.prof.fault();
+        // The guest runs again from here on.
+        let (mut real, mut page_dis) = (None, None);
+        if installed == Ok(true) && sh.verify {
+            if let Some(pm) = sh.pagemap.as_deref() {
+                if let Ok(st) = real_page(pm, page) {
+                    page_dis = page_disagreement(&st, job.hp, action);
+                    real = Some(st);
+                }
+            }
+        }
+        let serve_ns = u64::try_from(job.t0.elapsed().as_nanos()).unwrap_or(0);
+        drop(gate);
+        self.prof.lap(profile::Phase::Verify);
+        let mut live = self.lock();
+        live.finish(
+            *job,
+            installed,
+            &ioctls,
+            real,
+            page_dis,
+            critical_ns,
+            serve_ns,
+            &mut self.prof,
+        );
+    }
+}
+
+/// Applies `action` at `page` (`data` from the store, zeros without); `Ok(true)` when it
+/// installed a page there, `Ok(false)` when another fault's resolution had (the faulting
+/// thread is woken) or for a WP fault. Records the ioctls issued in `ioctls`.
+fn apply(
+    uffd: &Uffd,
+    page: u64,
+    action: Action,
+    data: Option<&[u8; store::PAGE]>,
+    ioctls: &mut Ioctls,
+) -> Result<bool, String> {
+    let (p, n) = (page as usize, PAGE as usize);
+    let r = match action {
+        Action::Zeropage { wp } => {
+            let r = if wp {
+                // SAFETY: `page` lies in guest RAM, registered with this uffd; the guest owns
+                // its contents and no Rust reference points into it.
+                unsafe { uffd.zeropage_dontwake(p, n) }
+            } else {
+                // SAFETY: as above.
+                unsafe { uffd.zeropage(p, n) }
+            };
+            ioctls.push("UFFDIO_ZEROPAGE");
+            match r {
+                Ok(_) if wp => {
+                    let w = uffd.writeprotect(p, n, true);
+                    let _ = uffd.wake(p, n);
+                    ioctls.push("UFFDIO_WRITEPROTECT");
+                    ioctls.push("UFFDIO_WAKE");
+                    w
+                }
+                other => other.map(|_| ()),
+            }
+        }
+        Action::Copy { wp, .. } => {
+            let src = data.unwrap_or(&ZEROS);
+            // SAFETY: as above.
+            let r = unsafe { uffd.copy(p, src, wp) };
+            ioctls.push("UFFDIO_COPY");
+            r.map(|_| ())
+        }
+        Action::Continue { wp } => {
+            let r = if wp {
+                // SAFETY: as above; the page cache already holds the guest's page.
+                unsafe { uffd.continue_wp(p, n) }
+            } else {
+                // SAFETY: as above.
+                unsafe { uffd.continue_(p, n) }
+            };
+            ioctls.push("UFFDIO_CONTINUE");
+            r.map(|_| ())
+        }
+        Action::Unprotect => {
+            let r = uffd.writeprotect(p, n, false);
+            ioctls.push("UFFDIO_WRITEPROTECT");
+            return r.map(|()| false).map_err(|e| {
+                let _ = uffd.wake(p, n);
+                e.to_string()
+            });
+        }
+    };
+    match r {
+        Ok(()) => Ok(true),
+        // Another vCPU's fault on the same page was served first.
+        Err(UffdError::Exists { .. }) => {
+            let _ = uffd.wake(p, n);
+            ioctls.push("UFFDIO_WAKE");
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = uffd.wake(p, n);
+            Err(e.to_string())
+        }
     }
 }
 

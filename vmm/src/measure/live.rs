@@ -220,6 +220,15 @@ pub fn run(bench: &FaultBench, opts: &LiveBenchOptions) -> Result<LiveBenchRepor
     })
 }
 
+/// The live run's resolver threads: as many as the plain service's uffd readers.
+fn live_resolvers(bench: &FaultBench) -> usize {
+    let readers = bench.uffd.readers.max(1);
+    match bench.uffd.wait {
+        crate::memory::uffd::WaitMode::BusyPoll => readers,
+        _ => readers * bench.vcpus.max(1) as usize,
+    }
+}
+
 /// One live run of the touch workload: its rate (pages/s) and summary.
 fn run_live(
     bench: &FaultBench,
@@ -259,6 +268,9 @@ fn run_live(
         // the spinning readers fit the host's CPUs, and polls otherwise).
         busy_poll: bench.uffd.wait == crate::memory::uffd::WaitMode::BusyPoll,
         profile: opts.profile,
+        // As many threads as the plain service runs: `-r` spinners sweeping every uffd when
+        // busy-polling, `-r` per vCPU's uffd otherwise (live mode has one uffd for all).
+        resolvers: live_resolvers(bench),
         ..LiveOptions::default()
     };
     let out = crate::live::run(vmm, backing, &live_opts).map_err(|e| format!("live run: {e}"))?;
