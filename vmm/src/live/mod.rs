@@ -1418,6 +1418,23 @@ impl<'a> Resolver<'a> {
         let per_read = if sh.resolvers > 1 { 1 } else { 64 };
         let mut buf = vec![0u8; uffd_sys::MSG_SIZE * per_read];
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*sh.uffd);
+        // Several resolvers waiting in poll() on the one uffd would all wake for each fault
+        // (handle_userfault wakes the uffd's whole wait queue); an epoll instance per
+        // resolver with EPOLLEXCLUSIVE wakes one waiting resolver per fault instead.
+        let epoll = if sh.resolvers > 1 && !sh.busy_poll && std::env::var_os("FL_NOEPOLL").is_none()
+        {
+            match exclusive_epoll(fd) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    self.lock().summary.note(format!(
+                        "EPOLLEXCLUSIVE wait unavailable ({e}): every resolver wakes for every fault"
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         while !h.stopped() {
             let wait = match &self.timers {
                 Some((t, _)) => t
@@ -1429,7 +1446,14 @@ impl<'a> Resolver<'a> {
                 None => Duration::from_millis(20),
             };
             self.prof.lap(profile::Phase::Loop);
-            if !sh.busy_poll {
+            if let Some(ep) = &epoll {
+                let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
+                let mut ev = libc::epoll_event { events: 0, u64: 0 };
+                // SAFETY: `ep` is an epoll fd this thread owns; one event slot, valid for the
+                // duration of the call.
+                unsafe { libc::epoll_wait(std::os::fd::AsRawFd::as_raw_fd(ep), &mut ev, 1, ms) };
+                self.prof.lap(profile::Phase::Wait);
+            } else if !sh.busy_poll {
                 let mut pfd = libc::pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -1564,6 +1588,35 @@ impl<'a> Resolver<'a> {
             &mut self.prof,
         );
     }
+}
+
+/// A new epoll instance watching `fd` for input with `EPOLLEXCLUSIVE` (Linux 4.5+).
+fn exclusive_epoll(fd: std::os::fd::RawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain epoll_create1; the result is checked.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `ep` is a fresh fd nothing else owns.
+    let ep = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+        u64: 0,
+    };
+    // SAFETY: both fds are open; `ev` is valid for the call.
+    let rc = unsafe {
+        libc::epoll_ctl(
+            std::os::fd::AsRawFd::as_raw_fd(&ep),
+            libc::EPOLL_CTL_ADD,
+            fd,
+            &mut ev,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ep)
 }
 
 /// Applies `action` at `page` (`data` from the store, zeros without); `Ok(true)` when it
