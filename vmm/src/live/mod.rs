@@ -49,12 +49,13 @@ use mmu::scenario::step::{
 };
 use mmu::scenario::{
     HostPage, HostPageKind, MemslotFlag, ModelOptions, Num, ScenarioError, ScenarioRunner, Step,
-    StepRecord,
+    StepOutcome, StepRecord,
 };
 use mmu::types::{Hva, KernelVersion, Level};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,13 @@ pub struct LiveOptions {
     /// read to its ioctl; the model is shared behind a lock held for the step and the
     /// decision only, so the ioctls of different vCPUs' faults overlap.
     pub resolvers: usize,
+    /// Guest-physical ranges `(gpa, len)` registered each with a userfaultfd of its own
+    /// (the rest of guest RAM shares one): `bench faults --live` gives each vCPU's touched
+    /// region, as the plain `-u MISSING` run registers them. One uffd shared by several
+    /// vCPUs is slower (its wait queues and their locks are shared; plain `-a -r 2`
+    /// measured half the rate of a uffd per vCPU here). Each must lie inside one
+    /// guest-RAM region, 4K-aligned, not overlapping.
+    pub split: Vec<(u64, u64)>,
 }
 
 /// Live mode cannot start.
@@ -120,6 +128,16 @@ pub enum LiveError {
         /// The RAM regions.
         ram: String,
     },
+    /// A range to give its own uffd is not a piece of guest RAM.
+    #[error("live mode: the range {gpa:#x}+{len:#x} to register with a userfaultfd of its own {why}; give 4K-aligned, non-overlapping ranges inside one guest-RAM region")]
+    Split {
+        /// Start.
+        gpa: u64,
+        /// Length.
+        len: u64,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// The recording cannot be written.
     #[error(transparent)]
     Record(#[from] record::RecordWriteError),
@@ -148,8 +166,10 @@ pub struct Disagreement {
 pub struct LiveSummary {
     /// Rule set and where it came from.
     pub rules: String,
-    /// Resolver threads that served the uffd.
+    /// Resolver threads that served the uffds.
     pub resolvers: u64,
+    /// Userfaultfds guest RAM was registered with.
+    pub uffds: u64,
     /// Every model step of the run (faults, injected events, the pages present at start):
     /// results, guest accesses by level, GUP paths, retries, notifiers, zaps, host fault
     /// handlers.
@@ -237,8 +257,8 @@ impl LiveSummary {
             }
         };
         let mut s = format!(
-            "live: model rules {}, {} resolver thread(s)\n  uffd events {}, model resolutions {}, stale {}, pages present at start {}\n",
-            self.rules, self.resolvers, self.uffd_events, self.model_resolutions, self.stale_events, self.present_at_start
+            "live: model rules {}, {} resolver thread(s), {} uffd(s)\n  uffd events {}, model resolutions {}, stale {}, pages present at start {}\n",
+            self.rules, self.resolvers, self.uffds, self.uffd_events, self.model_resolutions, self.stale_events, self.present_at_start
         );
         let m = &self.model;
         s += &format!(
@@ -335,7 +355,10 @@ pub fn unsupported_backing(backing: Backing) -> Option<String> {
 /// during the ioctl.
 struct Live {
     runner: ScenarioRunner,
-    uffd: Arc<Uffd>,
+    /// The userfaultfds; [`Live::parts`] says which serves which range.
+    uffds: Vec<Arc<Uffd>>,
+    /// Registered ranges `(uffd index, hva, len)`, by hva.
+    parts: Vec<(usize, u64, u64)>,
     regions: Vec<RamRegion>,
     backing: Backing,
     wp: bool,
@@ -355,9 +378,6 @@ struct Live {
     steps: u64,
     /// vCPU thread ids as last read from the VM (index = vCPU).
     vcpu_tids: Vec<u32>,
-    /// Pages a resolver has decided on and not accounted for yet: another fault on one of
-    /// them waits, so each page's model step, ioctl and check run in model order.
-    in_flight: Vec<u64>,
     /// The resolvers' phase timers, summed (with [`LiveOptions::profile`]).
     phases: Option<profile::Phases>,
 }
@@ -369,12 +389,16 @@ struct Shared {
     /// (write) by an injected event: an event never runs between a fault's model step and
     /// its ioctl, so model and real mapping see the two in the same order.
     gate: RwLock<()>,
-    uffd: Arc<Uffd>,
+    uffds: Vec<Arc<Uffd>>,
     pagemap: Option<Arc<PageMap>>,
     verify: bool,
     busy_poll: bool,
     resolvers: usize,
     start: Instant,
+    /// The page each resolver has between its model step and the end of its page check
+    /// (hva + 1; 0: none): another fault on that page waits, so each page's model steps,
+    /// ioctls and checks run in model order. Set under the lock, cleared without it.
+    in_flight: Vec<AtomicU64>,
 }
 
 /// One fault between its model step and its accounting.
@@ -384,7 +408,10 @@ struct Job {
     seq: u64,
     /// The step, kept for the record.
     step: Option<Step>,
-    rec: Option<StepRecord>,
+    /// The model's result name ("model-error" when the step failed).
+    result: &'static str,
+    /// The model's outcome, kept for the record.
+    outcome: Option<Box<StepOutcome>>,
     hp: Option<HostPage>,
     decision: Decision,
     /// The store's contents for the page, taken out for the `UFFDIO_COPY`.
@@ -560,7 +587,12 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         }
         features |= uffd_sys::FEATURE_WP_HUGETLBFS_SHMEM & avail;
     }
-    let uffd = Uffd::new(features, true).map_err(uerr("opening a userfaultfd"))?;
+    let parts = split_parts(&regions, &opts.split)?;
+    let n_uffds = parts.iter().map(|p| p.0 + 1).max().unwrap_or(1);
+    let uffds = (0..n_uffds)
+        .map(|_| Uffd::new(features, true).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(uerr("opening a userfaultfd"))?;
     let mut summary = LiveSummary {
         rules,
         ..LiveSummary::default()
@@ -592,18 +624,19 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         _ => RegisterModes::MISSING,
     };
     let mut wp = true;
-    for r in &regions {
-        let (addr, len) = (r.hva as usize, r.size as usize);
-        let with_wp = RegisterModes(base_modes.0 | RegisterModes::WP.0);
-        if wp && uffd.register(addr, len, with_wp).is_ok() {
+    let with_wp = RegisterModes(base_modes.0 | RegisterModes::WP.0);
+    for (i, &(u, hva, len)) in parts.iter().enumerate() {
+        let (addr, len) = (hva as usize, len as usize);
+        if wp && uffds[u].register(addr, len, with_wp).is_ok() {
             continue;
         }
         if wp {
             wp = false;
             // Ranges registered with WP before stay so; drop them to register uniformly.
-            for done in regions.iter().take_while(|d| d.slot != r.slot) {
-                let _ = uffd.unregister(done.hva as usize, done.size as usize);
-                uffd.register(done.hva as usize, done.size as usize, base_modes)
+            for &(du, dhva, dlen) in &parts[..i] {
+                let _ = uffds[du].unregister(dhva as usize, dlen as usize);
+                uffds[du]
+                    .register(dhva as usize, dlen as usize, base_modes)
                     .map_err(uerr("registering guest RAM"))?;
             }
             summary.note(format!(
@@ -611,7 +644,8 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
                 backing.name()
             ));
         }
-        uffd.register(addr, len, base_modes)
+        uffds[u]
+            .register(addr, len, base_modes)
             .map_err(uerr("registering guest RAM"))?;
     }
     // tracefs is read only around injected events. Without any, no session is started: its
@@ -631,14 +665,16 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         }
     };
     let resolvers = match opts.resolvers {
-        0 => vmm.vcpu_count() as usize,
+        0 => (vmm.vcpu_count() as usize).max(uffds.len()),
         n => n,
     }
     .max(1);
     summary.resolvers = resolvers as u64;
+    summary.uffds = uffds.len() as u64;
     let mut live = Live {
         runner,
-        uffd: Arc::new(uffd),
+        uffds,
+        parts,
         regions,
         backing,
         wp,
@@ -654,7 +690,6 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         busy_poll: opts.busy_poll,
         steps: 0,
         vcpu_tids: Vec::new(),
-        in_flight: Vec::with_capacity(resolvers),
         phases: None,
     };
     live.tell_present();
@@ -663,12 +698,13 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
         live.start = Instant::now();
         let shared = Shared {
             gate: RwLock::new(()),
-            uffd: Arc::clone(&live.uffd),
+            uffds: live.uffds.clone(),
             pagemap: live.pagemap.clone(),
             verify: live.verify,
             busy_poll: live.busy_poll,
             resolvers,
             start: live.start,
+            in_flight: (0..resolvers).map(|_| AtomicU64::new(0)).collect(),
             live: Mutex::new(live),
         };
         std::thread::scope(|s| {
@@ -750,12 +786,12 @@ impl Live {
         }
     }
 
-    /// Hands in the record of a reserved seq (its resolution made from `step` by the writer
-    /// thread, when given).
-    fn write_at(&mut self, seq: u64, rec: FaultRecord, step: Option<StepRecord>) {
+    /// Hands in the record of a reserved seq (its resolution made from the model's
+    /// `outcome` by the writer thread, when given).
+    fn write_at(&mut self, seq: u64, rec: FaultRecord, outcome: Option<Box<StepOutcome>>) {
         if let Some(w) = self.writer.as_mut() {
-            let r = match step {
-                Some(s) => w.write_step_reserved(seq, rec, s),
+            let r = match outcome {
+                Some(o) => w.write_outcome_reserved(seq, rec, o),
                 None => w.write_reserved(seq, rec),
             };
             if let Err(e) = r {
@@ -841,6 +877,18 @@ impl Live {
                 None
             }
         }
+    }
+
+    /// `[hva, hva + len)` cut into the pieces each uffd serves: `(uffd index, hva, len)`.
+    fn pieces(&self, hva: u64, len: u64) -> Vec<(usize, u64, u64)> {
+        let end = hva.saturating_add(len);
+        self.parts
+            .iter()
+            .filter_map(|&(u, s, l)| {
+                let (a, b) = (s.max(hva), (s + l).min(end));
+                (a < b).then_some((u, a, b - a))
+            })
+            .collect()
     }
 
     fn region_of(&self, hva: u64) -> Option<RamRegion> {
@@ -932,17 +980,20 @@ impl Live {
         wp: bool,
         minor: bool,
         thread_id: u32,
+        uffd: &Uffd,
         h: &VmHandle<'_>,
+        in_flight: (&[AtomicU64], usize),
         prof: &mut profile::Profiler,
     ) -> Prepared {
-        if self.in_flight.contains(&page) {
+        let (slots, me) = in_flight;
+        if slots.iter().any(|s| s.load(Ordering::Acquire) == page + 1) {
             return Prepared::Busy;
         }
         self.summary.uffd_events += 1;
         let Some(region) = self.region_of(page) else {
             self.summary
                 .error(format!("fault at {page:#x} outside guest RAM: woken"));
-            let _ = self.uffd.wake(page as usize, PAGE as usize);
+            let _ = uffd.wake(page as usize, PAGE as usize);
             return Prepared::Done;
         };
         if wp && !self.wp_pages.contains(&page) {
@@ -950,7 +1001,7 @@ impl Live {
             // again (MISSING) once woken.
             self.summary.stale_events += 1;
             self.summary.ioctl("UFFDIO_WAKE");
-            let _ = self.uffd.wake(page as usize, PAGE as usize);
+            let _ = uffd.wake(page as usize, PAGE as usize);
             return Prepared::Done;
         }
         let gpa = region.gpa_of(page).unwrap_or(0);
@@ -977,7 +1028,20 @@ impl Live {
         let kept = self.writer.is_some().then(|| step.clone());
         prof.lap(profile::Phase::Prepare);
         let t0 = Instant::now();
-        let rec = self.push_record(step);
+        // The typed outcome only: the step record's strings are made for the recording,
+        // by its writer thread.
+        self.steps += 1;
+        let (result, outcome) = match self.runner.push_outcome(step) {
+            Ok(o) => {
+                self.tally.add(o);
+                let kept = self.writer.is_some().then(|| Box::new(o.clone()));
+                (o.result.name(), kept)
+            }
+            Err(e) => {
+                self.summary.error(format!("model: {e}"));
+                ("model-error", None)
+            }
+        };
         let model_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0);
         prof.lap(profile::Phase::Model);
         let hp = self.runner.host_page(Hva(page));
@@ -999,14 +1063,17 @@ impl Live {
             }
             _ => {}
         }
-        self.in_flight.push(page);
+        if let Some(s) = slots.get(me) {
+            s.store(page + 1, Ordering::Release);
+        }
         prof.lap(profile::Phase::Decide);
         Prepared::Job(Box::new(Job {
             page,
             gpa,
             seq,
             step: kept,
-            rec,
+            result,
+            outcome,
             hp,
             decision,
             data,
@@ -1030,8 +1097,7 @@ impl Live {
         ioctls: &Ioctls,
         real: Option<RealPage>,
         page_dis: Option<String>,
-        critical_ns: u64,
-        serve_ns: u64,
+        (critical_ns, serve_ns, t_ns): (u64, u64, u64),
         prof: &mut profile::Profiler,
     ) {
         let Job {
@@ -1039,7 +1105,8 @@ impl Live {
             gpa,
             seq,
             step,
-            rec,
+            result,
+            outcome,
             hp,
             decision,
             data,
@@ -1051,7 +1118,6 @@ impl Live {
             ..
         } = job;
         let action = decision.action;
-        self.in_flight.retain(|p| *p != page);
         for name in ioctls.names() {
             self.summary.ioctl(name);
         }
@@ -1070,10 +1136,6 @@ impl Live {
         self.summary.critical_ns += critical_ns;
         self.summary.model_ns += model_ns;
         self.summary.model_resolutions += 1;
-        let result = match &rec {
-            Some(r) => r.result.as_str(),
-            None => "model-error",
-        };
         if decision.restore {
             self.summary.store_restores += 1;
         }
@@ -1108,10 +1170,10 @@ impl Live {
         let Some(step) = step else {
             return;
         };
-        let model = match rec {
+        let model = match outcome {
             Some(_) => Resolution::default(),
             None => Resolution {
-                result: "model-error".into(),
+                result: result.into(),
                 ..Resolution::default()
             },
         };
@@ -1132,7 +1194,7 @@ impl Live {
         };
         let record = FaultRecord {
             seq,
-            t_ns: self.t_ns(),
+            t_ns,
             step,
             uffd: Some(UffdEventRecord {
                 kind: kind.into(),
@@ -1148,7 +1210,7 @@ impl Live {
             disagreements,
         };
         // The resolution's strings are made by the writer thread.
-        self.write_at(seq, record, rec);
+        self.write_at(seq, record, outcome);
         prof.lap(profile::Phase::Record);
     }
 
@@ -1217,8 +1279,10 @@ impl Live {
         if matches!(ev.kind, EventKind::Dontneed) && anon && self.wp {
             // Writes wait while the data is copied out, so none is lost.
             self.summary.ioctl("UFFDIO_WRITEPROTECT");
-            if let Err(e) = self.uffd.writeprotect(hva as usize, len as usize, true) {
-                self.summary.error(e.to_string());
+            for (u, a, l) in self.pieces(hva, len) {
+                if let Err(e) = self.uffds[u].writeprotect(a as usize, l as usize, true) {
+                    self.summary.error(e.to_string());
+                }
             }
         }
         let _ = self.drain_trace();
@@ -1346,7 +1410,9 @@ impl Live {
             self.wp_pages.retain(|p| *p < hva || *p >= hva + len);
             if anon && self.wp {
                 self.summary.ioctl("UFFDIO_WAKE");
-                let _ = self.uffd.wake(hva as usize, len as usize);
+                for (u, a, l) in self.pieces(hva, len) {
+                    let _ = self.uffds[u].wake(a as usize, l as usize);
+                }
             }
         }
         if model_only.is_some() {
@@ -1384,46 +1450,93 @@ impl Live {
 /// the lock, the ioctl outside it). Resolver 0 also fires the injected events.
 struct Resolver<'a> {
     shared: &'a Shared,
+    /// This resolver's slot in [`Shared::in_flight`].
+    index: usize,
     prof: profile::Profiler,
     /// The injections and their clock (resolver 0 only).
     timers: Option<(Timer, Vec<Injection>)>,
+    /// A served fault not accounted for yet: its counters and record are added the next
+    /// time this resolver holds the lock anyway (one lock per fault, not two).
+    pending: Option<Served>,
+}
+
+/// A fault whose ioctl and page check are done, waiting for [`Live::finish`].
+struct Served {
+    job: Box<Job>,
+    installed: Result<bool, String>,
+    ioctls: Ioctls,
+    real: Option<RealPage>,
+    page_dis: Option<String>,
+    critical_ns: u64,
+    serve_ns: u64,
+    /// When it was served (ns since the guest started), for the record.
+    t_ns: u64,
 }
 
 impl<'a> Resolver<'a> {
     fn new(
         shared: &'a Shared,
-        _index: usize,
+        index: usize,
         profile: bool,
         timers: Option<(Timer, Vec<Injection>)>,
     ) -> Self {
         Resolver {
             shared,
+            index,
             prof: profile::Profiler::new(profile),
             timers,
+            pending: None,
         }
     }
 
-    /// The live state, locked; the wait counts as [`profile::Phase::Lock`].
+    /// The live state, locked, with this resolver's pending fault accounted for; the wait
+    /// counts as [`profile::Phase::Lock`].
     fn lock(&mut self) -> MutexGuard<'a, Live> {
-        let g = lock_live(&self.shared.live);
+        let mut g = lock_live(&self.shared.live);
         self.prof.lap(profile::Phase::Lock);
+        if let Some(p) = self.pending.take() {
+            g.finish(
+                *p.job,
+                p.installed,
+                &p.ioctls,
+                p.real,
+                p.page_dis,
+                (p.critical_ns, p.serve_ns, p.t_ns),
+                &mut self.prof,
+            );
+        }
         g
     }
 
     /// The loop: uffd events (and, on resolver 0, due injections) until the VM stops.
     fn serve(mut self, h: &VmHandle<'_>) {
         let sh = self.shared;
-        // With several resolvers on the one uffd each read takes one event, so the next
-        // event goes to another resolver while this one waits for its ioctl.
-        let per_read = if sh.resolvers > 1 { 1 } else { 64 };
+        let (n_res, n_uffd) = (sh.resolvers.max(1), sh.uffds.len().max(1));
+        // The uffds this resolver reads: its own when there are as many resolvers as
+        // uffds, one shared with others when there are more, several when fewer.
+        let mine: Vec<usize> = if n_res >= n_uffd {
+            vec![self.index % n_uffd]
+        } else {
+            (0..n_uffd).filter(|u| u % n_res == self.index).collect()
+        };
+        let shared_uffd = n_res > n_uffd;
+        // With several resolvers on one uffd each read takes one event, so the next event
+        // goes to another resolver while this one waits for its ioctl.
+        let per_read = if shared_uffd { 1 } else { 64 };
         let mut buf = vec![0u8; uffd_sys::MSG_SIZE * per_read];
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&*sh.uffd);
-        // Several resolvers waiting in poll() on the one uffd would all wake for each fault
+        let mut pfds: Vec<libc::pollfd> = mine
+            .iter()
+            .map(|&u| libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&*sh.uffds[u]),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // Several resolvers waiting in poll() on one uffd would all wake for each fault
         // (handle_userfault wakes the uffd's whole wait queue); an epoll instance per
         // resolver with EPOLLEXCLUSIVE wakes one waiting resolver per fault instead.
-        let epoll = if sh.resolvers > 1 && !sh.busy_poll && std::env::var_os("FL_NOEPOLL").is_none()
-        {
-            match exclusive_epoll(fd) {
+        let epoll = if shared_uffd && !sh.busy_poll {
+            match exclusive_epoll(pfds[0].fd) {
                 Ok(e) => Some(e),
                 Err(e) => {
                     self.lock().summary.note(format!(
@@ -1446,45 +1559,54 @@ impl<'a> Resolver<'a> {
                 None => Duration::from_millis(20),
             };
             self.prof.lap(profile::Phase::Loop);
+            let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
+            let mut ready = true;
             if let Some(ep) = &epoll {
-                let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
                 let mut ev = libc::epoll_event { events: 0, u64: 0 };
                 // SAFETY: `ep` is an epoll fd this thread owns; one event slot, valid for the
                 // duration of the call.
-                unsafe { libc::epoll_wait(std::os::fd::AsRawFd::as_raw_fd(ep), &mut ev, 1, ms) };
+                let n = unsafe {
+                    libc::epoll_wait(std::os::fd::AsRawFd::as_raw_fd(ep), &mut ev, 1, ms)
+                };
+                ready = n > 0;
                 self.prof.lap(profile::Phase::Wait);
             } else if !sh.busy_poll {
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(20);
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut pfd, 1, ms) };
+                for p in &mut pfds {
+                    p.revents = 0;
+                }
+                let n = libc::nfds_t::try_from(pfds.len()).unwrap_or(1);
+                // SAFETY: `pfds` is a valid array of `n` pollfds for the duration of the call.
+                let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n, ms) };
+                ready = rc > 0;
                 self.prof.lap(profile::Phase::Wait);
             }
-            match sh.uffd.read_events(&mut buf) {
-                Ok(events) if events.is_empty() => {
-                    if sh.busy_poll {
-                        // SAFETY: sched_yield has no preconditions.
-                        unsafe { libc::sched_yield() };
-                    }
-                    self.prof.lap(profile::Phase::Wait);
+            for (k, &u) in mine.iter().enumerate() {
+                let polled = epoll.is_none() && !sh.busy_poll;
+                if !ready || (polled && pfds[k].revents == 0) {
+                    continue;
                 }
-                Ok(events) => {
-                    self.prof.lap(profile::Phase::Read);
-                    for ev in events {
-                        self.handle(ev, h);
+                match sh.uffds[u].read_events(&mut buf) {
+                    Ok(events) if events.is_empty() => {
+                        if sh.busy_poll {
+                            // SAFETY: sched_yield has no preconditions.
+                            unsafe { libc::sched_yield() };
+                        }
+                        self.prof.lap(profile::Phase::Wait);
                     }
-                }
-                Err(e) => {
-                    self.prof.lap(profile::Phase::Read);
-                    self.lock()
-                        .summary
-                        .error(format!("reading uffd events: {e}"));
-                    std::thread::sleep(Duration::from_millis(1));
-                    self.prof.lap(profile::Phase::Wait);
+                    Ok(events) => {
+                        self.prof.lap(profile::Phase::Read);
+                        for ev in events {
+                            self.handle(ev, u, h);
+                        }
+                    }
+                    Err(e) => {
+                        self.prof.lap(profile::Phase::Read);
+                        self.lock()
+                            .summary
+                            .error(format!("reading uffd events: {e}"));
+                        std::thread::sleep(Duration::from_millis(1));
+                        self.prof.lap(profile::Phase::Wait);
+                    }
                 }
             }
             let due: Vec<Injection> = match self.timers.as_mut() {
@@ -1506,19 +1628,19 @@ impl<'a> Resolver<'a> {
                 self.prof.lap(profile::Phase::Inject);
             }
         }
+        // The last fault's counters and record.
+        let mut live = self.lock();
         if self.prof.on() {
-            let phases = std::mem::take(&mut self.prof.phases);
-            self.lock()
-                .phases
+            live.phases
                 .get_or_insert_with(profile::Phases::default)
-                .add(&phases);
+                .add(&self.prof.phases);
         }
     }
 
     /// Serves one uffd event: the model's step and decision under the lock; the ioctl (what
     /// the guest waits for) and the page check outside it, so other resolvers' ioctls
     /// overlap; the counters and the record under the lock again.
-    fn handle(&mut self, ev: UffdEvent, h: &VmHandle<'_>) {
+    fn handle(&mut self, ev: UffdEvent, u: usize, h: &VmHandle<'_>) {
         let UffdEvent::Pagefault {
             addr,
             write,
@@ -1537,7 +1659,19 @@ impl<'a> Resolver<'a> {
         self.prof.lap(profile::Phase::Prepare);
         let (job, gate) = loop {
             let mut live = self.lock();
-            match live.prepare(page, write, wp, minor, thread_id, h, &mut self.prof) {
+            let slots = (&sh.in_flight[..], self.index);
+            let uffd = &*sh.uffds[u];
+            match live.prepare(
+                page,
+                write,
+                wp,
+                minor,
+                thread_id,
+                uffd,
+                h,
+                slots,
+                &mut self.prof,
+            ) {
                 Prepared::Busy => {
                     drop(live);
                     std::thread::yield_now();
@@ -1559,7 +1693,7 @@ impl<'a> Resolver<'a> {
         };
         let mut ioctls = Ioctls::default();
         let action = job.decision.action;
-        let installed = apply(&sh.uffd, page, action, job.data.as_deref(), &mut ioctls);
+        let installed = apply(&sh.uffds[u], page, action, job.data.as_deref(), &mut ioctls);
         let critical_ns = u64::try_from(job.t0.elapsed().as_nanos()).unwrap_or(0);
         self.prof.lap(profile::Phase::Ioctl);
         self.prof.fault();
@@ -1576,18 +1710,63 @@ impl<'a> Resolver<'a> {
         let serve_ns = u64::try_from(job.t0.elapsed().as_nanos()).unwrap_or(0);
         drop(gate);
         self.prof.lap(profile::Phase::Verify);
-        let mut live = self.lock();
-        live.finish(
-            *job,
+        // A failed ioctl puts the store's data (and a page's protection) back before the
+        // page is free for another fault; a served one is accounted for later.
+        let eager = installed.is_err() || (installed == Ok(false) && job.data.is_some());
+        self.pending = Some(Served {
+            job,
             installed,
-            &ioctls,
+            ioctls,
             real,
             page_dis,
             critical_ns,
             serve_ns,
-            &mut self.prof,
-        );
+            t_ns: u64::try_from(sh.start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        });
+        if eager {
+            drop(self.lock());
+        }
+        if let Some(s) = sh.in_flight.get(self.index) {
+            s.store(0, Ordering::Release);
+        }
     }
+}
+
+/// Guest RAM cut into the ranges each uffd serves, `(uffd index, hva, len)` by hva: uffd
+/// `i + 1` has the `i`th range of `split`, uffd 0 the rest.
+fn split_parts(
+    regions: &[RamRegion],
+    split: &[(u64, u64)],
+) -> Result<Vec<(usize, u64, u64)>, LiveError> {
+    let mut cuts: Vec<(u64, u64, usize)> = Vec::new();
+    for (i, &(gpa, len)) in split.iter().enumerate() {
+        let bad = |why| LiveError::Split { gpa, len, why };
+        if gpa % PAGE != 0 || len % PAGE != 0 || len == 0 {
+            return Err(bad("is empty or not 4K-aligned"));
+        }
+        let (hva, l) = mirror::hva_range(regions, gpa, len)
+            .ok_or_else(|| bad("is not inside one guest-RAM region"))?;
+        if cuts.iter().any(|&(s, e, _)| hva < e && s < hva + l) {
+            return Err(bad("overlaps another"));
+        }
+        cuts.push((hva, hva + l, i + 1));
+    }
+    cuts.sort_unstable();
+    let mut out = Vec::new();
+    for r in regions {
+        let (mut at, end) = (r.hva, r.hva + r.size);
+        for &(s, e, u) in cuts.iter().filter(|c| c.0 >= r.hva && c.1 <= end) {
+            if s > at {
+                out.push((0, at, s - at));
+            }
+            out.push((u, s, e - s));
+            at = e;
+        }
+        if at < end {
+            out.push((0, at, end - at));
+        }
+    }
+    Ok(out)
 }
 
 /// A new epoll instance watching `fd` for input with `EPOLLEXCLUSIVE` (Linux 4.5+).
@@ -1795,6 +1974,39 @@ fn errno_text(call: &str, rc: libc::c_int) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_ranges_get_their_own_uffd_and_the_rest_shares_one() {
+        let regions = [RamRegion {
+            slot: 0,
+            gpa: 0,
+            hva: 0x10_0000_0000,
+            size: 256 << 20,
+        }];
+        let base = 0x10_0000_0000u64;
+        let p = split_parts(&regions, &[(128 << 20, 64 << 20), (64 << 20, 64 << 20)]).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                (0, base, 64 << 20),
+                (2, base + (64 << 20), 64 << 20),
+                (1, base + (128 << 20), 64 << 20),
+                (0, base + (192 << 20), 64 << 20),
+            ]
+        );
+        assert_eq!(
+            split_parts(&regions, &[]).unwrap(),
+            vec![(0, base, 256 << 20)]
+        );
+        for (bad, why) in [
+            (vec![(0x1001, 4096)], "4K-aligned"),
+            (vec![(0, 512 << 20)], "inside one guest-RAM region"),
+            (vec![(0, 8192), (4096, 4096)], "overlaps"),
+        ] {
+            let e = split_parts(&regions, &bad).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("give 4K-aligned"), "{e}");
+        }
+    }
 
     #[test]
     fn hugetlb_is_refused_with_the_reason() {

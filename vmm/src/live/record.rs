@@ -14,7 +14,7 @@
 //! steps in (and the order `sim --replay` runs them in).
 
 use mmu::record::{FaultRecord, RecordHeader, Resolution};
-use mmu::scenario::StepRecord;
+use mmu::scenario::{StepOutcome, StepRecord};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -50,11 +50,18 @@ pub struct RecordWriter {
 }
 
 /// A record on its way to the file: its model resolution may still be the model's raw
-/// [`StepRecord`], converted by the writer thread.
+/// [`StepRecord`] or typed [`StepOutcome`], converted by the writer thread.
 #[derive(Debug)]
 struct Pending {
     rec: FaultRecord,
-    step: Option<Box<StepRecord>>,
+    step: Option<Model>,
+}
+
+/// The model's result for a record, not yet made into its [`Resolution`].
+#[derive(Debug)]
+enum Model {
+    Record(Box<StepRecord>),
+    Outcome(Box<StepOutcome>),
 }
 
 /// The writer thread: serialises each batch it receives, one line per record.
@@ -64,8 +71,10 @@ fn write_batches(
 ) -> std::io::Result<()> {
     while let Ok(batch) = rx.recv() {
         for Pending { mut rec, step } in batch {
-            if let Some(s) = step {
-                rec.model = Resolution::from(&*s);
+            match step {
+                Some(Model::Record(s)) => rec.model = Resolution::from(&*s),
+                Some(Model::Outcome(o)) => rec.model = Resolution::from(&StepRecord::from(&*o)),
+                None => {}
             }
             serde_json::to_writer(&mut out, &rec).map_err(std::io::Error::other)?;
             out.write_all(b"\n")?;
@@ -130,7 +139,7 @@ impl RecordWriter {
         step: StepRecord,
     ) -> Result<(), RecordWriteError> {
         let seq = self.reserve();
-        self.push(seq, rec, Some(Box::new(step)))
+        self.push(seq, rec, Some(Model::Record(Box::new(step))))
     }
 
     /// Hands in the record of a seq taken with [`RecordWriter::reserve`].
@@ -146,14 +155,26 @@ impl RecordWriter {
         rec: FaultRecord,
         step: StepRecord,
     ) -> Result<(), RecordWriteError> {
-        self.push(seq, rec, Some(Box::new(step)))
+        self.push(seq, rec, Some(Model::Record(Box::new(step))))
+    }
+
+    /// [`RecordWriter::write_reserved`] with the `model` resolution made from the model's
+    /// typed outcome by the writer thread (the strings of a [`StepRecord`] cost the
+    /// resolver microseconds).
+    pub fn write_outcome_reserved(
+        &mut self,
+        seq: u64,
+        rec: FaultRecord,
+        outcome: Box<StepOutcome>,
+    ) -> Result<(), RecordWriteError> {
+        self.push(seq, rec, Some(Model::Outcome(outcome)))
     }
 
     fn push(
         &mut self,
         seq: u64,
         mut rec: FaultRecord,
-        step: Option<Box<StepRecord>>,
+        step: Option<Model>,
     ) -> Result<(), RecordWriteError> {
         rec.seq = seq;
         if seq != self.next_out {
