@@ -757,10 +757,31 @@ pub fn run(vmm: Vmm, backing: Backing, opts: &LiveOptions) -> Result<LiveOutcome
     Ok(LiveOutcome { outcome, summary })
 }
 
+/// How long a resolver spins for the live state's lock before it sleeps on it.
+const LOCK_SPIN: Duration = Duration::from_micros(50);
+
 /// Locks the live state; a resolver that panicked while holding it leaves it usable (its
 /// fault is lost, the counters stand).
+///
+/// The lock is held for a model step (1-2 µs), so a resolver spins for it first: a
+/// sleeping waiter is woken by the holder's unlock, and that wake-up pulls the two
+/// resolvers, and then their vCPUs (woken by the resolvers' ioctls), onto one CPU (wake
+/// affinity). `bench faults --live -v 2`, 3 x 10 alternating pairs each, load 3.3-3.5:
+/// 0.92-0.93x plain with the spin, 0.81-0.89x with the std lock alone.
 fn lock_live(m: &Mutex<Live>) -> MutexGuard<'_, Live> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    let mut t0 = None;
+    loop {
+        for _ in 0..64 {
+            match m.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => std::hint::spin_loop(),
+            }
+        }
+        if t0.get_or_insert_with(Instant::now).elapsed() > LOCK_SPIN {
+            return m.lock().unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
 impl Live {
