@@ -1601,20 +1601,16 @@ impl<'a> Resolver<'a> {
                 ready = rc > 0;
                 self.prof.lap(profile::Phase::Wait);
             }
+            let mut got = 0;
             for (k, &u) in mine.iter().enumerate() {
                 let polled = epoll.is_none() && !sh.busy_poll;
                 if !ready || (polled && pfds[k].revents == 0) {
                     continue;
                 }
                 match sh.uffds[u].read_events(&mut buf) {
-                    Ok(events) if events.is_empty() => {
-                        if sh.busy_poll {
-                            // SAFETY: sched_yield has no preconditions.
-                            unsafe { libc::sched_yield() };
-                        }
-                        self.prof.lap(profile::Phase::Wait);
-                    }
+                    Ok(events) if events.is_empty() => self.prof.lap(profile::Phase::Wait),
                     Ok(events) => {
+                        got += events.len();
                         self.prof.lap(profile::Phase::Read);
                         for ev in events {
                             self.handle(ev, u, h);
@@ -1629,6 +1625,12 @@ impl<'a> Resolver<'a> {
                         self.prof.lap(profile::Phase::Wait);
                     }
                 }
+            }
+            if sh.busy_poll && got == 0 {
+                // A sweep of every uffd found nothing: let a vCPU on this core run.
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+                self.prof.lap(profile::Phase::Wait);
             }
             let due: Vec<Injection> = match self.timers.as_mut() {
                 Some((t, evs)) => t

@@ -227,7 +227,8 @@ fn live_resolvers(bench: &FaultBench) -> usize {
     let readers = bench.uffd.readers.max(1);
     match bench.uffd.wait {
         crate::memory::uffd::WaitMode::BusyPoll => readers,
-        _ => readers * (bench.vcpus.max(1) as usize + 1),
+        _ if bench.vcpus > 1 => readers * (bench.vcpus as usize + 1),
+        _ => readers,
     }
 }
 
@@ -274,9 +275,14 @@ fn run_live(
         // rest of guest RAM on another), and as many resolver threads as the plain
         // service's readers (plus one for the rest of RAM when they wait in poll()).
         resolvers: live_resolvers(bench),
-        split: (0..u64::from(bench.vcpus))
-            .map(|i| (LIVE_REGION_GPA + i * per, per))
-            .collect(),
+        // (one vCPU: one uffd in both runs).
+        split: if bench.vcpus > 1 {
+            (0..u64::from(bench.vcpus))
+                .map(|i| (LIVE_REGION_GPA + i * per, per))
+                .collect()
+        } else {
+            Vec::new()
+        },
         ..LiveOptions::default()
     };
     let out = crate::live::run(vmm, backing, &live_opts).map_err(|e| format!("live run: {e}"))?;
