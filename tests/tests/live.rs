@@ -6,7 +6,8 @@
 //!   every 100 ms (the source store serves them back);
 //! - the recording parses with `mmu::record::Recording::parse`, and re-running its steps on
 //!   its own mirror under its rule set gives every record's `model` again;
-//! - a Linux guest (`-- true`) boots and runs under --live (minutes);
+//! - a Linux guest (`-- true`, 2 vCPUs) boots and runs under --live, and its recording
+//!   replays to the same resolutions;
 //! - a THP recording replays with the 6.12 (split) vs 6.13+ (fresh THP) difference;
 //! - bad input: `--live --backing hugetlb`, a schedule with an unknown event;
 //! - 2 vCPUs, one resolver thread each: every uffd event resolved through the model once,
@@ -385,7 +386,8 @@ fn a_linux_guest_runs_under_live() {
         fixtures::guest_kernel().unwrap_or_else(|e| panic!("the guest kernel fixture failed: {e}"));
     let record = temp("linux.jsonl");
     let mut cmd = std::process::Command::new(fixtures::faultline_bin());
-    cmd.args(["run", "--live", "--record"])
+    // Two vCPUs: an SMP boot, its faults served by two resolver threads.
+    cmd.args(["run", "--live", "--vcpus", "2", "--record"])
         .arg(&record)
         .arg("--kernel")
         .arg(&k.vmlinux)
@@ -395,8 +397,15 @@ fn a_linux_guest_runs_under_live() {
     let events = summary_number(&out, "uffd events");
     assert_eq!(events, summary_number(&out, "model resolutions"));
     assert!(events > 1000, "{}", out.transcript());
+    assert!(
+        out.stderr.contains("2 resolver thread(s)"),
+        "{}",
+        out.transcript()
+    );
     let rec = Recording::parse(&std::fs::read_to_string(&record).unwrap()).unwrap();
     assert!(rec.records.len() as u64 >= events);
+    assert_eq!(rec.header.vcpus, 2);
+    assert!(replays_to_the_same_resolutions(&record) as u64 >= events);
     let _ = std::fs::remove_file(&record);
 }
 

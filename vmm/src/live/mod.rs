@@ -23,6 +23,15 @@
 //! compared with the model's (present, zero page); after an injected event, the model's
 //! notifier ranges with tracefs `kvm:kvm_unmap_hva_range`. Disagreements are counted and
 //! listed with gfn and step. Hugetlb is refused: the mirror and the actuator do not do hugetlb yet.
+//!
+//! Parallel resolution: one resolver thread per vCPU (or per uffd, [`LiveOptions::split`]),
+//! each serving its events from the read to the ioctl. The model and the rest of the shared
+//! state (`Live`) sit behind one lock, held for the model's step and the decision (and, a
+//! fault later, for the first fault's counters and record), never during an ioctl, so the
+//! ioctls of different vCPUs overlap. The seq of a record is taken with its model step, and
+//! the recording is written in seq order, so a replay runs the steps in the model's order.
+//! Two faults on one page are served one after the other; an injected event waits until no
+//! fault is between its model step and its page check.
 
 // Host addresses and lengths are u64 in the model and usize in the uffd ABI: equal widths on
 // x86_64, the only target a KVM x86 VMM builds for.
