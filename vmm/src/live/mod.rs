@@ -1578,6 +1578,15 @@ impl<'a> Resolver<'a> {
         } else {
             None
         };
+        if self.index > 0 {
+            // A thread of its own, set up: filter from here (resolver 0 is the controller,
+            // which injects host events, and stays unfiltered).
+            if let Err(e) = h.seccomp().apply(crate::seccomp::ThreadKind::LiveResolver) {
+                self.lock()
+                    .summary
+                    .note(format!("live-resolver{} runs unfiltered: {e}", self.index));
+            }
+        }
         while !h.stopped() {
             let wait = match &self.timers {
                 Some((t, _)) => t
