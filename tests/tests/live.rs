@@ -6,9 +6,14 @@
 //!   every 100 ms (the source store serves them back);
 //! - the recording parses with `mmu::record::Recording::parse`, and re-running its steps on
 //!   its own mirror under its rule set gives every record's `model` again;
-//! - a Linux guest (`-- true`) boots and runs under --live (minutes);
+//! - a Linux guest (`-- true`, 2 vCPUs) boots and runs under --live, and its recording
+//!   replays to the same resolutions;
 //! - a THP recording replays with the 6.12 (split) vs 6.13+ (fresh THP) difference;
-//! - bad input: `--live --backing hugetlb`, a schedule with an unknown event.
+//! - bad input: `--live --backing hugetlb`, a schedule with an unknown event;
+//! - 2 vCPUs, one resolver thread each: every uffd event resolved through the model once,
+//!   the recording in seq order with both vCPUs' faults, and `sim --replay` of it under its
+//!   rule set gives the live run's per-level counts; the `writeback` guest on 2 vCPUs reads
+//!   back what it wrote while DONTNEED drops its pages.
 
 use faultline_tests::fixtures::{self, RunOutput};
 use faultline_tests::guest::faultline;
@@ -160,6 +165,159 @@ fn the_guest_reads_back_what_it_wrote_after_injected_dontneeds() {
     let _ = std::fs::remove_file(&record);
 }
 
+/// The vCPU of a recorded guest access.
+fn step_vcpu(step: &mmu::scenario::Step) -> Option<u32> {
+    match step {
+        mmu::scenario::Step::Read(g) => g.vcpu,
+        mmu::scenario::Step::Write(w) => w.vcpu,
+        _ => None,
+    }
+}
+
+#[test]
+fn two_vcpus_are_resolved_in_parallel_and_replay_to_the_same_counts() {
+    if !fixtures::kvm_available("two_vcpus_are_resolved_in_parallel_and_replay_to_the_same_counts")
+    {
+        return;
+    }
+    let record = temp("touch2.jsonl");
+    let json = temp("touch2-replay.json");
+    let out = faultline(&[
+        "run",
+        "--live",
+        "--guest",
+        "touch",
+        "--vcpus",
+        "2",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.transcript());
+    assert!(
+        out.stderr.contains("2 resolver thread(s)"),
+        "{}",
+        out.transcript()
+    );
+    let events = summary_number(&out, "uffd events");
+    assert_eq!(
+        events,
+        summary_number(&out, "model resolutions") + summary_number(&out, ", stale"),
+        "{}",
+        out.transcript()
+    );
+    // 2 x 16 MiB read then written: a MISSING and a WP fault per page at least.
+    assert!(events >= 2 * 2 * 4096, "{}", out.transcript());
+    assert_eq!(
+        summary_number(&out, "disagreements:"),
+        0,
+        "{}",
+        out.transcript()
+    );
+    let rec = Recording::parse(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    assert_eq!(rec.header.vcpus, 2);
+    // In seq order, one record per seq, although two resolvers handed them in.
+    for (i, r) in rec.records.iter().enumerate() {
+        assert_eq!(r.seq, i as u64, "records out of seq order at {i}");
+    }
+    let faults: Vec<_> = rec.records.iter().filter(|r| r.uffd.is_some()).collect();
+    assert_eq!(
+        faults.len() as u64,
+        summary_number(&out, "model resolutions"),
+        "one fault record per model resolution"
+    );
+    for v in [0, 1] {
+        assert!(
+            faults
+                .iter()
+                .filter(|r| step_vcpu(&r.step) == Some(v))
+                .count()
+                >= 2 * 4096,
+            "vCPU {v}'s faults are not all in the recording"
+        );
+    }
+    assert!(replays_to_the_same_resolutions(&record) > 4 * 4096);
+    let replay = faultline(&[
+        "sim",
+        "--replay",
+        record.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(replay.code(), 0, "{}", replay.transcript());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let version = &report["versions"][0];
+    assert_eq!(
+        version["faults_by_level"]["4K"].as_u64(),
+        Some(summary_number(&out, "faults by model level: 4K")),
+        "the replay under the recorded rules counts the live run's 4K faults: {version}\n{}",
+        out.transcript()
+    );
+    assert_eq!(
+        version["steps"].as_u64(),
+        Some(summary_number(&out, "model steps")),
+        "{version}"
+    );
+    let _ = std::fs::remove_file(&record);
+    let _ = std::fs::remove_file(&json);
+}
+
+#[test]
+fn two_vcpus_read_back_what_they_wrote_after_injected_dontneeds() {
+    if !fixtures::kvm_available("two_vcpus_read_back_what_they_wrote_after_injected_dontneeds") {
+        return;
+    }
+    let record = temp("writeback2.jsonl");
+    let out = faultline(&[
+        "run",
+        "--live",
+        "--guest",
+        "writeback",
+        "--vcpus",
+        "2",
+        "--inject",
+        "dontneed:0x800000+16M@every=50ms,count=8",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.transcript());
+    assert!(
+        out.stdout
+            .contains("on 2 vCPU(s) and read it back 64 times; all good"),
+        "{}",
+        out.transcript()
+    );
+    assert!(
+        out.stderr.contains("2 resolver thread(s)"),
+        "{}",
+        out.transcript()
+    );
+    assert!(
+        summary_number(&out, "dontneed") >= 1,
+        "{}",
+        out.transcript()
+    );
+    assert!(
+        summary_number(&out, "served from the source store:") >= 1,
+        "no page came back from the store: {}",
+        out.transcript()
+    );
+    assert_eq!(
+        summary_number(&out, "uffd events"),
+        summary_number(&out, "model resolutions") + summary_number(&out, ", stale"),
+        "{}",
+        out.transcript()
+    );
+    assert_eq!(
+        summary_number(&out, "disagreements:"),
+        0,
+        "{}",
+        out.transcript()
+    );
+    assert!(replays_to_the_same_resolutions(&record) > 4096);
+    let _ = std::fs::remove_file(&record);
+}
+
 #[test]
 fn model_only_events_are_marked() {
     if !fixtures::kvm_available("model_only_events_are_marked") {
@@ -228,7 +386,8 @@ fn a_linux_guest_runs_under_live() {
         fixtures::guest_kernel().unwrap_or_else(|e| panic!("the guest kernel fixture failed: {e}"));
     let record = temp("linux.jsonl");
     let mut cmd = std::process::Command::new(fixtures::faultline_bin());
-    cmd.args(["run", "--live", "--record"])
+    // Two vCPUs: an SMP boot, its faults served by two resolver threads.
+    cmd.args(["run", "--live", "--vcpus", "2", "--record"])
         .arg(&record)
         .arg("--kernel")
         .arg(&k.vmlinux)
@@ -238,8 +397,15 @@ fn a_linux_guest_runs_under_live() {
     let events = summary_number(&out, "uffd events");
     assert_eq!(events, summary_number(&out, "model resolutions"));
     assert!(events > 1000, "{}", out.transcript());
+    assert!(
+        out.stderr.contains("2 resolver thread(s)"),
+        "{}",
+        out.transcript()
+    );
     let rec = Recording::parse(&std::fs::read_to_string(&record).unwrap()).unwrap();
     assert!(rec.records.len() as u64 >= events);
+    assert_eq!(rec.header.vcpus, 2);
+    assert!(replays_to_the_same_resolutions(&record) as u64 >= events);
     let _ = std::fs::remove_file(&record);
 }
 

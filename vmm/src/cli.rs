@@ -394,6 +394,8 @@ fn run_live_inner(args: &RunArgs) -> Result<live::LiveOutcome, String> {
         no_verify: false,
         busy_poll: false,
         profile: std::env::var_os(live::profile::PROFILE_ENV).is_some_and(|v| v != "0"),
+        resolvers: 0,
+        split: Vec::new(),
     };
     live::run(vmm, backing, &opts).map_err(|e| e.to_string())
 }

@@ -37,6 +37,8 @@ pub enum Phase {
     Inject,
     /// The rest of the loop: the VM's stop flag, the injection timers.
     Loop,
+    /// Waiting for the lock on the model (held by another resolver or an injected event).
+    Lock,
 }
 
 /// Summed time per phase (nanoseconds), and how many faults they served.
@@ -66,6 +68,8 @@ pub struct Phases {
     pub inject_ns: u64,
     /// [`Phase::Loop`].
     pub loop_ns: u64,
+    /// [`Phase::Lock`].
+    pub lock_ns: u64,
 }
 
 impl Phases {
@@ -82,11 +86,12 @@ impl Phases {
             Phase::Record => &mut self.record_ns,
             Phase::Inject => &mut self.inject_ns,
             Phase::Loop => &mut self.loop_ns,
+            Phase::Lock => &mut self.lock_ns,
         }
     }
 
     /// The phases in loop order, with their names.
-    pub fn named(&self) -> [(&'static str, u64); 11] {
+    pub fn named(&self) -> [(&'static str, u64); 12] {
         [
             ("wait", self.wait_ns),
             ("read", self.read_ns),
@@ -99,7 +104,30 @@ impl Phases {
             ("record", self.record_ns),
             ("inject", self.inject_ns),
             ("loop", self.loop_ns),
+            ("lock", self.lock_ns),
         ]
+    }
+
+    /// Adds `other`'s time and faults (another resolver's) to these.
+    pub fn add(&mut self, other: &Phases) {
+        self.faults += other.faults;
+        let mut o = other.clone();
+        for p in [
+            Phase::Wait,
+            Phase::Read,
+            Phase::Prepare,
+            Phase::Model,
+            Phase::Decide,
+            Phase::Ioctl,
+            Phase::Account,
+            Phase::Verify,
+            Phase::Record,
+            Phase::Inject,
+            Phase::Loop,
+            Phase::Lock,
+        ] {
+            *self.slot(p) += *o.slot(p);
+        }
     }
 
     /// One line: nanoseconds per fault of each phase, and the critical path (what the guest

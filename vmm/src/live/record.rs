@@ -6,9 +6,16 @@
 //! collects them in batches of [`BATCH`]; a writer thread of its own serialises them into a
 //! buffered file. One hand-off (one wake-up) per batch; [`RecordWriter::finish`] sends the
 //! last, partial batch and waits for the file to be complete and flushed.
+//!
+//! With several resolvers a record's seq is taken when its model step runs
+//! ([`RecordWriter::reserve`]) and the record is handed in later
+//! ([`RecordWriter::write_reserved`]), possibly after records with higher seqs: the writer
+//! holds those back, so the file stays in seq order, which is the order the model ran the
+//! steps in (and the order `sim --replay` runs them in).
 
 use mmu::record::{FaultRecord, RecordHeader, Resolution};
-use mmu::scenario::StepRecord;
+use mmu::scenario::{StepOutcome, StepRecord};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -33,17 +40,28 @@ pub struct RecordWriteError {
 pub struct RecordWriter {
     path: PathBuf,
     seq: u64,
+    /// The seq the next record in the file has.
+    next_out: u64,
+    /// Records handed in ahead of `next_out`, by seq.
+    early: BTreeMap<u64, Pending>,
     batch: Vec<Pending>,
     tx: Option<mpsc::Sender<Vec<Pending>>>,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// A record on its way to the file: its model resolution may still be the model's raw
-/// [`StepRecord`], converted by the writer thread.
+/// [`StepRecord`] or typed [`StepOutcome`], converted by the writer thread.
 #[derive(Debug)]
 struct Pending {
     rec: FaultRecord,
-    step: Option<Box<StepRecord>>,
+    step: Option<Model>,
+}
+
+/// The model's result for a record, not yet made into its [`Resolution`].
+#[derive(Debug)]
+enum Model {
+    Record(Box<StepRecord>),
+    Outcome(Box<StepOutcome>),
 }
 
 /// The writer thread: serialises each batch it receives, one line per record.
@@ -53,8 +71,10 @@ fn write_batches(
 ) -> std::io::Result<()> {
     while let Ok(batch) = rx.recv() {
         for Pending { mut rec, step } in batch {
-            if let Some(s) = step {
-                rec.model = Resolution::from(&*s);
+            match step {
+                Some(Model::Record(s)) => rec.model = Resolution::from(&*s),
+                Some(Model::Outcome(o)) => rec.model = Resolution::from(&StepRecord::from(&*o)),
+                None => {}
             }
             serde_json::to_writer(&mut out, &rec).map_err(std::io::Error::other)?;
             out.write_all(b"\n")?;
@@ -82,6 +102,8 @@ impl RecordWriter {
         Ok(RecordWriter {
             path: path.to_path_buf(),
             seq: 0,
+            next_out: 0,
+            early: BTreeMap::new(),
             batch: Vec::with_capacity(BATCH),
             tx: Some(tx),
             thread: Some(thread),
@@ -93,10 +115,20 @@ impl RecordWriter {
         self.seq
     }
 
+    /// Takes the next seq for a record handed in later with [`RecordWriter::write_reserved`]
+    /// or [`RecordWriter::write_step_reserved`]. Every reserved seq must be written: the
+    /// records after it wait for it (until [`RecordWriter::finish`]).
+    pub fn reserve(&mut self) -> u64 {
+        let s = self.seq;
+        self.seq += 1;
+        s
+    }
+
     /// Appends `rec`, giving it the next seq. An error of the writer thread (the disk is
     /// full, ...) shows at the next hand-off.
     pub fn write(&mut self, rec: FaultRecord) -> Result<(), RecordWriteError> {
-        self.push(rec, None)
+        let seq = self.reserve();
+        self.push(seq, rec, None)
     }
 
     /// [`RecordWriter::write`] with the record's `model` resolution made from the model's
@@ -106,17 +138,55 @@ impl RecordWriter {
         rec: FaultRecord,
         step: StepRecord,
     ) -> Result<(), RecordWriteError> {
-        self.push(rec, Some(Box::new(step)))
+        let seq = self.reserve();
+        self.push(seq, rec, Some(Model::Record(Box::new(step))))
+    }
+
+    /// Hands in the record of a seq taken with [`RecordWriter::reserve`].
+    pub fn write_reserved(&mut self, seq: u64, rec: FaultRecord) -> Result<(), RecordWriteError> {
+        self.push(seq, rec, None)
+    }
+
+    /// [`RecordWriter::write_reserved`] with the `model` resolution made from `step` by the
+    /// writer thread.
+    pub fn write_step_reserved(
+        &mut self,
+        seq: u64,
+        rec: FaultRecord,
+        step: StepRecord,
+    ) -> Result<(), RecordWriteError> {
+        self.push(seq, rec, Some(Model::Record(Box::new(step))))
+    }
+
+    /// [`RecordWriter::write_reserved`] with the `model` resolution made from the model's
+    /// typed outcome by the writer thread (the strings of a [`StepRecord`] cost the
+    /// resolver microseconds).
+    pub fn write_outcome_reserved(
+        &mut self,
+        seq: u64,
+        rec: FaultRecord,
+        outcome: Box<StepOutcome>,
+    ) -> Result<(), RecordWriteError> {
+        self.push(seq, rec, Some(Model::Outcome(outcome)))
     }
 
     fn push(
         &mut self,
+        seq: u64,
         mut rec: FaultRecord,
-        step: Option<Box<StepRecord>>,
+        step: Option<Model>,
     ) -> Result<(), RecordWriteError> {
-        rec.seq = self.seq;
-        self.seq += 1;
+        rec.seq = seq;
+        if seq != self.next_out {
+            self.early.insert(seq, Pending { rec, step });
+            return Ok(());
+        }
         self.batch.push(Pending { rec, step });
+        self.next_out += 1;
+        while let Some(p) = self.early.remove(&self.next_out) {
+            self.batch.push(p);
+            self.next_out += 1;
+        }
         if self.batch.len() >= BATCH {
             self.hand_off()?;
         }
@@ -154,6 +224,9 @@ impl RecordWriter {
 
     /// Writes the last records and flushes the file.
     pub fn finish(mut self) -> Result<(), RecordWriteError> {
+        // A reserved seq never written (its resolver failed) holds nothing back any more.
+        let early = std::mem::take(&mut self.early);
+        self.batch.extend(early.into_values());
         if !self.batch.is_empty() {
             self.hand_off()?;
         }
@@ -228,6 +301,32 @@ mod tests {
             assert_eq!(r.seq, i as u64, "{l}");
             assert_eq!(r.t_ns, i as u64 * 4096);
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reserved_records_handed_in_out_of_order_reach_the_file_in_seq_order() {
+        let dir = std::env::temp_dir().join(format!("faultline-record-r-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.jsonl");
+        let mut w = RecordWriter::create(&path, &header()).unwrap();
+        let n = BATCH + 10;
+        let seqs: Vec<u64> = (0..n).map(|_| w.reserve()).collect();
+        // Hand them in pairwise swapped (as two resolvers finish), then one written plainly.
+        for pair in seqs.chunks(2) {
+            for &s in pair.iter().rev() {
+                w.write_reserved(s, record(s * 4096)).unwrap();
+            }
+        }
+        w.write(record(n as u64 * 4096)).unwrap();
+        w.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let seqs: Vec<u64> = text
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str::<FaultRecord>(l).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, (0..=n as u64).collect::<Vec<_>>());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

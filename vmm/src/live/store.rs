@@ -33,6 +33,18 @@ impl SourceStore {
         self.pages.remove(&hva);
     }
 
+    /// Takes the contents kept for the page at `hva` out of the store (a resolver installs
+    /// them without holding the store's lock).
+    pub fn take(&mut self, hva: u64) -> Option<Box<[u8; PAGE]>> {
+        self.pages.remove(&hva)
+    }
+
+    /// Puts contents taken with [`SourceStore::take`] back after they could not be
+    /// installed, unless newer contents were saved for the page meanwhile.
+    pub fn put_back(&mut self, hva: u64, data: Box<[u8; PAGE]>) {
+        self.pages.entry(hva).or_insert(data);
+    }
+
     /// Pages holding data.
     pub fn len(&self) -> usize {
         self.pages.len()
@@ -60,5 +72,16 @@ mod tests {
         assert_eq!(s.len(), 1);
         s.forget(0x2000);
         assert!(s.get(0x2000).is_none());
+        s.save(0x3000, &d);
+        let taken = s.take(0x3000).unwrap();
+        assert!(s.get(0x3000).is_none());
+        let mut newer = [0u8; PAGE];
+        newer[7] = 1;
+        s.save(0x3000, &newer);
+        s.put_back(0x3000, taken);
+        assert_eq!(s.get(0x3000).map(|p| p[7]), Some(1), "newer contents win");
+        s.forget(0x3000);
+        s.put_back(0x3000, Box::new(d));
+        assert_eq!(s.get(0x3000).map(|p| p[7]), Some(9));
     }
 }

@@ -220,6 +220,18 @@ pub fn run(bench: &FaultBench, opts: &LiveBenchOptions) -> Result<LiveBenchRepor
     })
 }
 
+/// The live run's resolver threads: as many as the plain service's uffd readers (`-r`
+/// spinners sweeping every uffd when busy-polling, `-r` per uffd otherwise, the uffd of the
+/// rest of guest RAM included).
+fn live_resolvers(bench: &FaultBench) -> usize {
+    let readers = bench.uffd.readers.max(1);
+    match bench.uffd.wait {
+        crate::memory::uffd::WaitMode::BusyPoll => readers,
+        _ if bench.vcpus > 1 => readers * (bench.vcpus as usize + 1),
+        _ => readers,
+    }
+}
+
 /// One live run of the touch workload: its rate (pages/s) and summary.
 fn run_live(
     bench: &FaultBench,
@@ -259,6 +271,18 @@ fn run_live(
         // the spinning readers fit the host's CPUs, and polls otherwise).
         busy_poll: bench.uffd.wait == crate::memory::uffd::WaitMode::BusyPoll,
         profile: opts.profile,
+        // Each vCPU's region on a uffd of its own, as the plain run registers them (the
+        // rest of guest RAM on another), and as many resolver threads as the plain
+        // service's readers (plus one for the rest of RAM when they wait in poll()).
+        resolvers: live_resolvers(bench),
+        // (one vCPU: one uffd in both runs).
+        split: if bench.vcpus > 1 {
+            (0..u64::from(bench.vcpus))
+                .map(|i| (LIVE_REGION_GPA + i * per, per))
+                .collect()
+        } else {
+            Vec::new()
+        },
         ..LiveOptions::default()
     };
     let out = crate::live::run(vmm, backing, &live_opts).map_err(|e| format!("live run: {e}"))?;

@@ -30,6 +30,7 @@
 //! | `uffdN-rM`, `uffd-spinN` (memory/uffd.rs) | [`ThreadKind::UffdReader`] | first thing in the thread: the uffds are registered |
 //! | the thread that calls `Vmm::run` in `faultline run` (main.rs) | [`ThreadKind::Main`] | after `build()`; it spawns the others, so its list is a superset of theirs (filters stack) |
 //! | `vm-controller` under `faultline run --gdb` (gdb/mod.rs: the gdb server) | [`ThreadKind::Gdb`] | once gdb has connected (listener bound, connection accepted) |
+//! | `live-resolverN` (live/mod.rs: live mode's resolvers beyond the first) | [`ThreadKind::LiveResolver`] | once its epoll instance is set up |
 //! | `vm-controller` ([`crate::Vmm::run_with`]) elsewhere | none | it runs the caller's code: `check`'s host operations (munmap, mprotect, madvise, mremap, fork, memfd/fallocate, tracefs, /proc), `test mm`'s, live mode's resolver: a list would be the whole syscall table |
 //! | the thread calling `Vmm::run` elsewhere (bench faults, check, test mm) | none | it builds the next VM and writes the reports after this one: it only waits while the VM runs |
 //! | `vm-setup` (launch.rs) | none | ends before any vCPU runs |
@@ -75,10 +76,10 @@ pub enum ThreadKind {
     /// The gdb server thread (socket read/write, vCPU ioctls), filtered once gdb has
     /// connected (`tests/tests/gdb.rs` runs whole sessions under it).
     Gdb,
-    /// The live-mode uffd resolver (UFFDIO_* ioctls, pagemap/kpageflags preads, madvise,
-    /// mmap/munmap). A first list from what such a thread must do; not installed yet: the
-    /// resolver runs in live mode's `run_with` controller, which also injects host events
-    /// (fork, DONTNEED, tracefs), so it needs a thread of its own first.
+    /// A live-mode uffd resolver thread of its own (`live-resolverN`: UFFDIO_* ioctls, uffd
+    /// reads, epoll/poll waits, pagemap/kpageflags preads). Resolver 0 runs in live mode's
+    /// `run_with` controller, which also injects host events (fork, DONTNEED, tracefs), and
+    /// stays unfiltered.
     LiveResolver,
 }
 
@@ -224,6 +225,8 @@ const LIVE_RESOLVER: &[(i64, &str)] = &[
     (libc::SYS_pread64, "/proc/self/pagemap and /proc/kpageflags"),
     (libc::SYS_poll, "waiting on the uffd and a stop eventfd"),
     (libc::SYS_ppoll, "poll where glibc implements it with ppoll"),
+    (libc::SYS_epoll_wait, "waiting on a uffd shared with other resolvers (EPOLLEXCLUSIVE)"),
+    (libc::SYS_epoll_pwait, "epoll_wait where glibc implements it with epoll_pwait"),
 ];
 
 /// Every system call `kind` may make, each with why.
