@@ -119,13 +119,13 @@ fn read_cstr(m: &GuestMemoryMmap, addr: u64) -> String {
 }
 
 #[test]
-fn e820_map_leaves_out_the_legacy_hole_and_reserves_the_mp_table() {
+fn e820_map_reserves_the_legacy_hole_with_the_mp_table_in_it() {
     let m = mem(256 * MIB);
     assert_eq!(
         e820_map(&m).unwrap(),
         vec![
             (0, EBDA_START, E820_RAM),
-            (0xf0000, 0x10000, E820_RESERVED),
+            (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
             (HIMEM_START, 256 * MIB - HIMEM_START, E820_RAM),
         ]
     );
