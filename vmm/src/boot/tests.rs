@@ -251,19 +251,7 @@ fn elf_with_pvh_note_enters_pvh_with_start_info_memmap_and_initrd_module() {
 }
 
 #[test]
-fn elf_with_pvh_note_enters_long_mode_by_default_and_pvh_needs_a_note() {
-    let m = mem(64 * MIB);
-    let k = tmpfile("pvh-default", &fake_elf(Some(0x100_0040), &[0xf4; 256]));
-    let loaded = load_kernel(&m, &cfg(&k), 1).unwrap();
-    assert_eq!(loaded.format, KernelFormat::Elf64);
-    assert_eq!(
-        loaded.entry,
-        EntryPoint::Long64 {
-            rip: 0x100_0000,
-            rsi: ZERO_PAGE_START
-        }
-    );
-    // --boot-protocol pvh without a PVH entry names the image and the fix.
+fn boot_protocol_pvh_without_a_pvh_entry_names_the_image_and_the_fix() {
     for (name, img) in [
         ("nopvh-elf", fake_elf(None, &[0xf4; 256])),
         ("nopvh-bz", fake_bzimage(XLF_KERNEL_64, &[0x90; 4096])),
@@ -279,9 +267,15 @@ fn elf_with_pvh_note_enters_long_mode_by_default_and_pvh_needs_a_note() {
 }
 
 #[test]
-fn elf_without_pvh_note_enters_long_mode_with_a_synthesised_zero_page() {
+fn elf_enters_long_mode_with_a_synthesised_zero_page_by_default_pvh_note_or_not() {
+    for (name, pvh) in [("elf64", None), ("elf64-pvh-note", Some(0x100_0040))] {
+        elf_enters_long_mode_with_a_synthesised_zero_page(name, pvh);
+    }
+}
+
+fn elf_enters_long_mode_with_a_synthesised_zero_page(name: &str, pvh: Option<u32>) {
     let m = mem(64 * MIB);
-    let k = tmpfile("elf64", &fake_elf(None, &[0xf4; 256]));
+    let k = tmpfile(name, &fake_elf(pvh, &[0xf4; 256]));
     let loaded = load_kernel(&m, &cfg(&k), 1).unwrap();
     assert_eq!(loaded.format, KernelFormat::Elf64);
     assert_eq!(
