@@ -75,6 +75,16 @@ with open(f'{out}/events.tsv', 'w') as f:
 with open(f'{out}/rips.tsv', 'w') as f:
     for (sec, rip, ins), n in sorted(rips.items()):
         f.write(f'{sec}\t{rip}\t{ins}\t{n}\n')
+# Events the ring buffer overwrote or dropped before trace_pipe was read: the counts above
+# are lower bounds by this much (OUTDIR/lost.tsv, per CPU).
+lost = 0
+with open(f'{out}/lost.tsv', 'w') as f:
+    for cpu in sorted(os.listdir(f'{inst}/per_cpu')):
+        st = dict(l.split(':', 1) for l in open(f'{inst}/per_cpu/{cpu}/stats') if ':' in l)
+        o, d = int(st.get('overrun', '0')), int(st.get('dropped events', '0'))
+        lost += o + d
+        f.write(f'{cpu}\toverrun\t{o}\tdropped\t{d}\n')
+print(f'events lost by the ring buffer: {lost} (OUTDIR/lost.tsv)', file=sys.stderr)
 for e in events:
     sysname, name = e.split(':')
     try:
