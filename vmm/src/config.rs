@@ -132,12 +132,14 @@ pub enum BootProtocol {
     Pvh,
 }
 
+/// The option's spelling (`--boot-protocol linux`), from clap's value names.
 impl std::fmt::Display for BootProtocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BootProtocol::Linux => "linux",
-            BootProtocol::Pvh => "pvh",
-        })
+        use clap::ValueEnum;
+        match self.to_possible_value() {
+            Some(v) => f.write_str(v.get_name()),
+            None => write!(f, "{self:?}"),
+        }
     }
 }
 
@@ -331,6 +333,14 @@ pub fn parse_rules(s: &str) -> Result<mmu::types::KernelVersion, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn boot_protocols_print_as_the_option_spells_them() {
+        use clap::ValueEnum;
+        for p in BootProtocol::value_variants() {
+            assert_eq!(BootProtocol::from_str(&p.to_string(), false), Ok(*p));
+        }
+        assert_eq!(BootProtocol::Linux.to_string(), "linux");
+    }
     #[test]
     fn parse_size_accepts_units() {
         assert_eq!(parse_size("4096"), Ok(4096));

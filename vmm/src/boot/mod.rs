@@ -36,6 +36,7 @@
 
 pub mod initramfs;
 pub mod mptable;
+pub mod printk;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -321,8 +322,7 @@ pub fn load_kernel(
             memory,
         });
     }
-    let mut magic = [0u8; 4];
-    let is_elf = std::io::Read::read_exact(&mut file, &mut magic).is_ok() && magic == *b"\x7fELF";
+    let is_elf = is_elf(&mut file);
 
     let (format, result) = if is_elf {
         let r =
@@ -718,6 +718,12 @@ fn write_rng_seed(mem: &GuestMemoryMmap) -> Result<(), BootError> {
             what: "the RNG seed",
             reason: e.to_string(),
         })
+}
+
+/// Whether `image` starts with the ELF magic (else [`load_kernel`] takes it for a bzImage).
+pub fn is_elf(image: &mut impl std::io::Read) -> bool {
+    let mut magic = [0u8; 4];
+    image.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF"
 }
 
 fn low32(v: u64) -> u32 {

@@ -225,13 +225,7 @@ const KERNEL_FAILURE_PATTERNS: &[&str] = &[
 
 /// The printk text of a `[    1.234567] text` line, if it is one.
 fn printk_body(line: &str) -> Option<&str> {
-    let rest = line.strip_prefix('[')?;
-    let end = rest.find(']')?;
-    let stamp = rest[..end].trim();
-    if stamp.is_empty() || !stamp.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return None;
-    }
-    Some(rest[end + 1..].trim_start())
+    crate::boot::printk::split(line).map(|(_, text)| text)
 }
 
 /// Decides the run from the console text: per test its KTAP result, its guest-measured

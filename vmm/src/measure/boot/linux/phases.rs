@@ -34,10 +34,7 @@ pub const CRNG_READY: &str = "random: crng init done";
 
 /// Whether a console line is printk's `[    0.000000] ...`: printed before the clock ran.
 fn at_time_zero(line: &str) -> bool {
-    line.trim_start()
-        .strip_prefix('[')
-        .and_then(|r| r.split_once(']'))
-        .and_then(|(t, _)| t.trim().parse::<f64>().ok())
+    crate::boot::printk::split(line.trim_start()).and_then(|(stamp, _)| stamp.parse::<f64>().ok())
         == Some(0.0)
 }
 

@@ -161,11 +161,7 @@ impl LinuxReport {
             stalls,
             boot_protocol: args.boot_protocol,
             kernel_is_elf: std::fs::File::open(kernel)
-                .and_then(|mut f| {
-                    let mut m = [0u8; 4];
-                    std::io::Read::read_exact(&mut f, &mut m).map(|()| m == *b"\x7fELF")
-                })
-                .unwrap_or(false),
+                .is_ok_and(|mut f| crate::boot::is_elf(&mut f)),
         }
     }
 
