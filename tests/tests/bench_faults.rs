@@ -237,6 +237,77 @@ fn uffd_two_vcpus_one_uffd_two_readers_in_each_wait_mode() {
     }
 }
 
+/// `--uffd-wait vcpu`: no reader threads. Each fault fails at once (UFFD_FEATURE_SIGBUS),
+/// KVM's emulator hands the access to the vCPU's own thread as an MMIO exit, and that
+/// thread installs the page and completes the access. Every page is installed once, per
+/// vCPU's own resolver, and the guest's checks of the data (the pattern on reads, its own
+/// writes read back) pass in each access kind and with MINOR on shmem.
+#[test]
+fn uffd_resolved_on_the_faulting_vcpu_serves_each_page_once() {
+    vmm::require_kvm!();
+    let cases = [
+        (
+            BackingSpec::ANONYMOUS,
+            UffdMode::Missing,
+            AccessPattern::READ,
+            false,
+        ),
+        (
+            BackingSpec::ANONYMOUS,
+            UffdMode::Missing,
+            AccessPattern::WRITE,
+            true,
+        ),
+        (
+            BackingSpec::ANONYMOUS,
+            UffdMode::Missing,
+            AccessPattern::READ_WRITE,
+            false,
+        ),
+        (
+            BackingSpec::SHMEM,
+            UffdMode::Minor,
+            AccessPattern::READ_WRITE,
+            true,
+        ),
+    ];
+    for (backing, mode, access, random) in cases {
+        let mut b = bench(backing, Some(mode));
+        b.vcpus = 2;
+        b.access = access;
+        b.random = random;
+        b.uffd.wait = WaitMode::Vcpu;
+        let r = run(&b);
+        check_common(&b, &r);
+        let what = format!(
+            "{} {} {}",
+            r.label(),
+            access.name(),
+            if random { "random" } else { "sequential" }
+        );
+        let u = r.uffd_summary.as_ref().expect("uffd summary");
+        assert_eq!(u.pages_installed, pages(&b), "{what}");
+        assert_eq!(u.faults - u.already_resolved, pages(&b), "{what}");
+        assert_eq!(
+            u.faults_per_reader.len(),
+            2,
+            "{what}: one resolver per vCPU's uffd"
+        );
+        assert!(
+            u.faults_per_reader.iter().all(|&f| f >= pages(&b) / 2),
+            "{what}: {:?}",
+            u.faults_per_reader
+        );
+        // Each fault reached userspace as an exit of the vCPU that took it.
+        let exits = r.stat("exits").expect("exits stat");
+        assert!(
+            exits >= pages(&b),
+            "{what}: {exits} exits for {} pages",
+            pages(&b)
+        );
+    }
+}
+
 #[test]
 fn uffd_larger_chunks_take_fewer_faults() {
     vmm::require_kvm!();

@@ -45,6 +45,9 @@ pub struct FaultsArgs {
     /// demand_paging_test), blocking (read()), or auto: busy when the vCPUs and the spinning
     /// readers fit the host's CPUs, else poll (spinners on oversubscribed cores steal the
     /// vCPUs' time: measured 1.3x vs 7x demand_paging_test's rate with 2 vCPUs on 2 cores).
+    /// vcpu: no readers; UFFD_FEATURE_SIGBUS makes the fault fail at once and the faulting
+    /// vCPU's own thread resolves it (KVM hands it over as an MMIO exit when it was emulating
+    /// the access, as it does for every CPL0 access on this project's hosts).
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub uffd_wait: String,
     /// How MISSING faults are resolved: copy (UFFDIO_COPY of a pattern the guest checks) or
@@ -121,6 +124,9 @@ pub enum FaultsArgsError {
     /// An empty list.
     #[error("{0} needs at least one value")]
     Empty(&'static str),
+    /// --live compares live mode with the reader-thread service.
+    #[error("--live runs the touch workload next to the plain uffd service with reader threads; --uffd-wait vcpu has none (live mode resolves every fault through the model on resolver threads): use --uffd-wait auto, busy or poll with --live")]
+    LiveVcpu,
 }
 
 fn list(s: &str) -> impl Iterator<Item = &str> {
@@ -160,8 +166,12 @@ impl FaultsArgs {
             "busy" | "busy-poll" => WaitMode::BusyPoll,
             "poll" => WaitMode::Poll,
             "blocking" | "block" => WaitMode::Blocking,
-            v => return Err(choice("--uffd-wait", v, "auto, busy, poll, blocking")),
+            "vcpu" => WaitMode::Vcpu,
+            v => return Err(choice("--uffd-wait", v, "auto, busy, poll, blocking, vcpu")),
         };
+        if self.live && wait == WaitMode::Vcpu {
+            return Err(FaultsArgsError::LiveVcpu);
+        }
         let resolve = match self.uffd_resolve.as_str() {
             "copy" => MissingResolve::Copy,
             "zeropage" | "zero" => MissingResolve::ZeroPage,
@@ -352,6 +362,8 @@ mod tests {
         assert_eq!(b.uffd.wait, want);
         let b = parse(&["--uffd-wait", "busy"]).unwrap();
         assert_eq!(b.uffd.wait, WaitMode::BusyPoll);
+        let b = parse(&["--uffd-wait", "vcpu"]).unwrap();
+        assert_eq!(b.uffd.wait, WaitMode::Vcpu);
     }
 
     #[test]
@@ -366,6 +378,11 @@ mod tests {
         let e = parse(&["--uffd-wait", "sleepy"]).unwrap_err();
         assert!(
             e.contains("--uffd-wait") && e.contains("busy, poll, blocking"),
+            "{e}"
+        );
+        let e = parse(&["--live", "--uffd-wait", "vcpu"]).unwrap_err();
+        assert!(
+            e.contains("--uffd-wait vcpu") && e.contains("auto, busy or poll"),
             "{e}"
         );
         let e = parse(&["-b", "12Q"]).unwrap_err();

@@ -26,8 +26,10 @@ use super::report::{BenchReport, RunResult, UffdSummary, VcpuResult};
 use crate::config::{Backing, MemoryConfig, Payload, VmConfig};
 use crate::launch::{ExtraMemslot, VmBuilder, VmIo};
 use crate::memory::uffd::region::{MeasuredRegion, RegionError};
+use crate::memory::uffd::vcpu::{BareFaultHook, FaultDevice};
 use crate::memory::uffd::{
     MissingResolve, UffdConfig, UffdMode, UffdRegion, UffdService, UffdStartError, UffdStopError,
+    WaitMode,
 };
 use crate::vstate::stats::stats_fd;
 use crate::vstate::stats::{StatsReader, StatsSnapshot};
@@ -464,7 +466,29 @@ impl FaultBench {
             before: None,
             after: None,
         }));
-        let vmm = VmBuilder::new(config, io)
+        // The uffd service's configuration and regions (one per vCPU's slice).
+        let uffd = mode.map(|m| {
+            let page_size = crate::memory::uffd::region::page_size(backing);
+            let cfg = UffdConfig {
+                mode: m,
+                page_size,
+                chunk: if self.uffd.chunk == 0 {
+                    page_size
+                } else {
+                    self.uffd.chunk
+                },
+                ..self.uffd
+            };
+            let regions: Vec<UffdRegion> = (0..vcpus)
+                .map(|i| UffdRegion {
+                    addr: region.addr() + i * per,
+                    len: per,
+                    pattern_base: REGION_GPA + (i * per) as u64,
+                })
+                .collect();
+            (cfg, regions)
+        });
+        let mut builder = VmBuilder::new(config, io)
             .memslot(ExtraMemslot {
                 slot: None,
                 gpa: REGION_GPA,
@@ -473,9 +497,34 @@ impl FaultBench {
                 readonly: false,
                 dirty_log: false,
             })
-            .pio_device(MARK_PORT, 4, marks.clone())
-            .build()
-            .map_err(|e| kvm_err(&e))?;
+            .pio_device(MARK_PORT, 4, marks.clone());
+        // --uffd-wait vcpu: the service has no readers; each vCPU's slice gets a device
+        // that resolves the faults KVM hands to the vCPU's thread as MMIO exits.
+        let mut service = None;
+        let mut fault_devices = Vec::new();
+        if let Some((cfg, regions)) = uffd.as_ref().filter(|(c, _)| c.wait == WaitMode::Vcpu) {
+            // SAFETY: `region` stays mapped until after `stop` below and outlives the VM and
+            // its devices (dropped when `run` returns); its contents are the service's.
+            let s = unsafe { UffdService::start(*cfg, regions) }?;
+            let resolvers = s.vcpu_resolvers();
+            for (r, res) in regions.iter().zip(resolvers) {
+                let gpa = r.pattern_base;
+                // SAFETY: as above: `r` is a slice of `region`.
+                let dev = Arc::new(Mutex::new(unsafe {
+                    FaultDevice::new(res, r.addr, r.len as u64)
+                }));
+                builder = builder.mmio_device(gpa, r.len as u64, dev.clone());
+                fault_devices.push(dev);
+            }
+            service = Some((*cfg, s));
+            builder = builder.exit_hook(Arc::new(BareFaultHook));
+        }
+        let vmm = builder.build().map_err(|e| kvm_err(&e))?;
+        for dev in &fault_devices {
+            dev.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stop_on_error(vmm.exit_signal());
+        }
         let mem = vmm.guest_memory().clone();
         let expect = match (mode, self.uffd.resolve) {
             (Some(UffdMode::Missing), MissingResolve::Copy) | (Some(UffdMode::Minor), _) => 1u64,
@@ -501,35 +550,14 @@ impl FaultBench {
         }
         marks.lock().unwrap_or_else(|e| e.into_inner()).readers = readers;
 
-        // The uffd service, registered before anything can touch the region.
-        let service = match mode {
-            None => None,
-            Some(m) => {
-                let page_size = crate::memory::uffd::region::page_size(backing);
-                let cfg = UffdConfig {
-                    mode: m,
-                    page_size,
-                    chunk: if self.uffd.chunk == 0 {
-                        page_size
-                    } else {
-                        self.uffd.chunk
-                    },
-                    ..self.uffd
-                };
-                let regions: Vec<UffdRegion> = (0..vcpus)
-                    .map(|i| UffdRegion {
-                        addr: region.addr() + i * per,
-                        len: per,
-                        pattern_base: REGION_GPA + (i * per) as u64,
-                    })
-                    .collect();
-                // SAFETY: `region` stays mapped until after `stop` below; its contents are
-                // the service's to fill.
-                Some((cfg, unsafe {
-                    UffdService::start_filtered(cfg, &regions, vmm.seccomp().clone())
-                }?))
-            }
-        };
+        // The reader-thread service, registered before anything can touch the region.
+        if let Some((cfg, regions)) = uffd.filter(|_| service.is_none()) {
+            // SAFETY: `region` stays mapped until after `stop` below; its contents are the
+            // service's to fill.
+            service = Some((cfg, unsafe {
+                UffdService::start_filtered(cfg, &regions, vmm.seccomp().clone())
+            }?));
+        }
 
         let outcome = vmm.run().map_err(|e| kvm_err(&e));
         let uffd_stats = match service {

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 pub mod region;
 pub mod sys;
+pub mod vcpu;
 
 use hdrhistogram::Histogram;
 use sys::{RegisterModes, Uffd, UffdError, UffdEvent};
@@ -88,6 +89,17 @@ pub enum WaitMode {
     Poll,
     /// A blocking `read()` per batch of events.
     Blocking,
+    /// No reader threads: the faulting vCPU resolves its own fault. The uffds are created
+    /// with `UFFD_FEATURE_SIGBUS`, so an access to a missing page fails at once in
+    /// `handle_userfault()` instead of sleeping there; KVM then hands the access to the
+    /// vCPU's thread (the emulator turns a guest access it cannot complete into an MMIO exit,
+    /// `emulator_read_write_onepage()` in arch/x86/kvm/x86.c), which resolves the page
+    /// through a [`VcpuResolver`], completes the access ([`vcpu::FaultDevice`]) and
+    /// re-enters the guest: no event queue and no wake-up at all. KVM must hand the fault
+    /// over with its address: an access KVM resolves through its own page fault instead
+    /// fails KVM_RUN with a bare EFAULT (`kvm_handle_error_pfn()`, arch/x86/kvm/mmu/mmu.c),
+    /// which this mode cannot serve.
+    Vcpu,
 }
 
 /// One host mapping whose faults the service resolves.
@@ -113,7 +125,8 @@ pub struct UffdConfig {
     /// Artificial delay before resolving each fault (`-d`).
     pub delay: Duration,
     /// Reader threads per uffd (`-r`) for [`WaitMode::Poll`] and [`WaitMode::Blocking`];
-    /// with [`WaitMode::BusyPoll`], spinning threads in all, each sweeping every uffd.
+    /// with [`WaitMode::BusyPoll`], spinning threads in all, each sweeping every uffd;
+    /// ignored with [`WaitMode::Vcpu`] (no readers).
     pub readers: usize,
     /// One uffd for every region (`-a`) instead of one per region.
     pub single_uffd: bool,
@@ -324,6 +337,53 @@ pub struct UffdService {
     shared: Arc<Shared>,
     uffds: Vec<Arc<Uffd>>,
     readers: Vec<JoinHandle<ReaderResult>>,
+    /// [`WaitMode::Vcpu`]: what each uffd's [`VcpuResolver`] did, one per uffd.
+    vcpu_results: Vec<Arc<std::sync::Mutex<ReaderResult>>>,
+}
+
+/// Resolves the faults of one uffd's regions on the thread that took them
+/// ([`WaitMode::Vcpu`]): the same resolution as a reader's (pattern copy, zero page or
+/// continue, the installed-page bitmap, the service-time histogram), called by the vCPU
+/// thread KVM handed the fault to. Get them from [`UffdService::vcpu_resolvers`].
+#[derive(Debug)]
+pub struct VcpuResolver {
+    shared: Arc<Shared>,
+    uffd: Arc<Uffd>,
+    buf: Vec<u8>,
+    result: Arc<std::sync::Mutex<ReaderResult>>,
+}
+
+impl VcpuResolver {
+    /// Installs the chunk around host address `addr` (inside one of this uffd's regions),
+    /// as a reader would for a fault event there. A chunk already installed counts as
+    /// already resolved, not as an error. A failure is kept for [`UffdService::stop`] (the
+    /// first one) and returned as text for the caller's own report.
+    pub fn resolve(&mut self, addr: usize) -> Result<(), String> {
+        let t0 = Instant::now();
+        let mut res = self.result.lock().unwrap_or_else(|e| e.into_inner());
+        match resolve(&self.shared, &self.uffd, addr, &mut self.buf, &mut res) {
+            Ok(()) => {
+                res.faults += 1;
+                let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                res.hist.saturating_record(ns.max(1));
+                Ok(())
+            }
+            Err(e) => {
+                let text = e.to_string();
+                res.error.get_or_insert(e);
+                Err(text)
+            }
+        }
+    }
+
+    /// Whether host address `addr` lies in one of the service's regions.
+    #[must_use]
+    pub fn covers(&self, addr: usize) -> bool {
+        self.shared
+            .regions
+            .iter()
+            .any(|t| addr >= t.region.addr && addr < t.region.addr + t.region.len)
+    }
 }
 
 impl std::fmt::Debug for ReaderResult {
@@ -331,6 +391,17 @@ impl std::fmt::Debug for ReaderResult {
         f.debug_struct("ReaderResult")
             .field("faults", &self.faults)
             .finish_non_exhaustive()
+    }
+}
+
+impl ReaderResult {
+    fn new() -> Self {
+        ReaderResult {
+            faults: 0,
+            already_resolved: 0,
+            hist: new_histogram(),
+            error: None,
+        }
     }
 }
 
@@ -393,11 +464,14 @@ impl UffdService {
         } else {
             regions.len().max(1)
         };
-        let features = if cfg.mode == UffdMode::Minor {
+        let mut features = if cfg.mode == UffdMode::Minor {
             sys::FEATURE_MINOR_SHMEM
         } else {
             0
         };
+        if cfg.wait == WaitMode::Vcpu {
+            features |= sys::FEATURE_SIGBUS;
+        }
         let mut uffds = Vec::with_capacity(n_uffds);
         for _ in 0..n_uffds {
             let uffd =
@@ -472,10 +546,20 @@ impl UffdService {
             stop_pages,
         });
         let mut service = Self {
+            vcpu_results: (0..if cfg.wait == WaitMode::Vcpu {
+                uffds.len()
+            } else {
+                0
+            })
+                .map(|_| Arc::new(std::sync::Mutex::new(ReaderResult::new())))
+                .collect(),
             shared,
             uffds,
             readers: Vec::new(),
         };
+        if cfg.wait == WaitMode::Vcpu {
+            return Ok(service);
+        }
         // Busy-polling readers sweep every uffd (so `readers` spinning threads serve all
         // vCPUs: on a host with few cores, one spinner per vCPU would steal the vCPUs'
         // CPUs); poll/blocking readers wait on one uffd each (demand_paging_test's layout).
@@ -505,6 +589,22 @@ impl UffdService {
         Ok(service)
     }
 
+    /// [`WaitMode::Vcpu`]: one resolver per uffd, in the order of the regions (one uffd per
+    /// region, or one for all with `single_uffd`); empty in the other modes.
+    #[must_use]
+    pub fn vcpu_resolvers(&self) -> Vec<VcpuResolver> {
+        self.uffds
+            .iter()
+            .zip(&self.vcpu_results)
+            .map(|(uffd, result)| VcpuResolver {
+                shared: Arc::clone(&self.shared),
+                uffd: Arc::clone(uffd),
+                buf: vec![0u8; self.shared.cfg.chunk],
+                result: Arc::clone(result),
+            })
+            .collect()
+    }
+
     /// The raw fds of the service's uffds (for diagnostics).
     #[must_use]
     pub fn fds(&self) -> Vec<i32> {
@@ -525,8 +625,15 @@ impl UffdService {
             service_ns: new_histogram(),
         };
         let mut first_error = None;
-        for h in std::mem::take(&mut self.readers) {
-            let r = h.join().map_err(|_| UffdStopError::ReaderPanicked)?;
+        let vcpu_results = std::mem::take(&mut self.vcpu_results).into_iter().map(|r| {
+            let mut r = r.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(std::mem::replace(&mut *r, ReaderResult::new()))
+        });
+        let joined = std::mem::take(&mut self.readers)
+            .into_iter()
+            .map(|h| h.join().map_err(|_| UffdStopError::ReaderPanicked));
+        for r in joined.chain(vcpu_results) {
+            let r = r?;
             stats.faults += r.faults;
             stats.already_resolved += r.already_resolved;
             stats.faults_per_reader.push(r.faults);
@@ -556,7 +663,7 @@ impl UffdService {
     fn signal_stop(&self) -> std::io::Result<()> {
         self.shared.stop.store(true, Ordering::SeqCst);
         match self.shared.cfg.wait {
-            WaitMode::BusyPoll => Ok(()),
+            WaitMode::BusyPoll | WaitMode::Vcpu => Ok(()),
             WaitMode::Poll => self.shared.stop_event.write(1),
             WaitMode::Blocking => {
                 let pages = self
@@ -592,12 +699,7 @@ impl Drop for UffdService {
 }
 
 fn reader(shared: &Shared, uffds: &[Arc<Uffd>], seccomp: &crate::seccomp::Seccomp) -> ReaderResult {
-    let mut res = ReaderResult {
-        faults: 0,
-        already_resolved: 0,
-        hist: new_histogram(),
-        error: None,
-    };
+    let mut res = ReaderResult::new();
     // The uffds are registered and the stop eventfd made: filter from here.
     if let Err(e) = seccomp.apply(crate::seccomp::ThreadKind::UffdReader) {
         res.error = Some(e.into());
@@ -656,6 +758,8 @@ fn reader_loop(
                 }
             }
             WaitMode::Blocking => {}
+            // No readers are started in this mode.
+            WaitMode::Vcpu => return Ok(()),
         }
         let mut got = 0;
         for ev in uffd.read_events(events).map_err(UffdHandlerError::Read)? {
@@ -927,6 +1031,94 @@ mod tests {
             assert_eq!(stats.service_ns.len(), 256);
             assert_pattern(&words, PAGE);
         }
+    }
+
+    /// A kernel copy into a missing page of `addr` (a `read()` from /dev/zero): `Ok` or the
+    /// errno. This is what KVM's emulator does with a guest access.
+    fn kernel_write_into(addr: usize) -> Result<(), i32> {
+        let zero = std::fs::File::open("/dev/zero").expect("/dev/zero");
+        // SAFETY: `addr` is 8 writable bytes of a live test mapping.
+        let n = unsafe { libc::read(zero.as_raw_fd(), addr as *mut libc::c_void, 8) };
+        if n == 8 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        }
+    }
+
+    #[test]
+    fn vcpu_mode_fails_missing_accesses_at_once_and_its_resolvers_install_each_page_once() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
+        let m = Mapping::anon(64 * PAGE);
+        let regs: Vec<_> = (0..2)
+            .map(|i| UffdRegion {
+                addr: m.addr + i * 32 * PAGE,
+                len: 32 * PAGE,
+                pattern_base: BASE + (i * 32 * PAGE) as u64,
+            })
+            .collect();
+        let cfg = UffdConfig {
+            wait: WaitMode::Vcpu,
+            ..UffdConfig::default()
+        };
+        // SAFETY: `m` stays mapped until after `stop`.
+        let svc = unsafe { UffdService::start(cfg, &regs) }.expect("start uffd service");
+        let mut resolvers = svc.vcpu_resolvers();
+        assert_eq!(resolvers.len(), 2, "one resolver per uffd");
+        // No reader waits for it: the kernel's access fails instead of sleeping.
+        assert_eq!(kernel_write_into(m.addr + 5 * PAGE), Err(libc::EFAULT));
+        for (i, r) in resolvers.iter_mut().enumerate() {
+            assert!(r.covers(m.addr + i * 32 * PAGE) && !r.covers(m.addr + m.len));
+            for p in 0..32 {
+                r.resolve(m.addr + (i * 32 + p) * PAGE + 8 * p).unwrap();
+            }
+        }
+        // Twice is not an error: the page is there already.
+        resolvers[0].resolve(m.addr + 5 * PAGE).unwrap();
+        assert_eq!(kernel_write_into(m.addr + 5 * PAGE), Ok(()));
+        let words: Vec<u64> = (0..64)
+            // SAFETY: inside `m`; every page is installed now.
+            .map(|p| unsafe { std::ptr::read_volatile((m.addr + p * PAGE) as *const u64) })
+            .collect();
+        assert_eq!(words[5], 0, "overwritten by the kernel write above");
+        for (p, w) in words.iter().enumerate().filter(|&(p, _)| p != 5) {
+            assert_eq!(*w, pattern_word(BASE + (p * PAGE) as u64), "page {p}");
+        }
+        let stats = svc.stop().expect("stop");
+        assert_eq!(
+            stats.faults, 65,
+            "the repeat counts as a fault, already resolved"
+        );
+        assert_eq!(stats.already_resolved, 1);
+        assert_eq!(stats.service_ns.len(), 65);
+        assert!(stats.every_page_once(), "{stats:?}");
+    }
+
+    #[test]
+    fn vcpu_mode_reports_a_stray_fault_at_stop() {
+        // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+        crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
+        let m = Mapping::anon(4 * PAGE);
+        let regs = [UffdRegion {
+            addr: m.addr,
+            len: 2 * PAGE,
+            pattern_base: BASE,
+        }];
+        let cfg = UffdConfig {
+            wait: WaitMode::Vcpu,
+            ..UffdConfig::default()
+        };
+        // SAFETY: `m` stays mapped until after `stop`.
+        let svc = unsafe { UffdService::start(cfg, &regs) }.expect("start uffd service");
+        let mut r = svc.vcpu_resolvers().remove(0);
+        let e = r.resolve(m.addr + 3 * PAGE).unwrap_err();
+        assert!(e.contains("outside every registered region"), "{e}");
+        let e = svc.stop().unwrap_err();
+        assert!(
+            matches!(e, UffdStopError::Handler(UffdHandlerError::Stray { .. })),
+            "{e}"
+        );
     }
 
     #[test]

@@ -154,7 +154,7 @@ const COMMON: &[(i64, &str)] = &[
 /// vCPU threads, beyond [`COMMON`].
 #[rustfmt::skip]
 const VCPU: &[(i64, &str)] = &[
-    (libc::SYS_ioctl, "KVM_RUN, KVM_GET/SET_REGS/SREGS, KVM_TRANSLATE, KVM_INTERRUPT ..."),
+    (libc::SYS_ioctl, "KVM_RUN, KVM_GET/SET_REGS/SREGS, KVM_TRANSLATE, KVM_INTERRUPT ...; UFFDIO_COPY/ZEROPAGE/CONTINUE of faults resolved on the vCPU (--uffd-wait vcpu)"),
     (libc::SYS_writev, "console output through std's buffered writers"),
     (libc::SYS_read, "an exit hook's reads of its own fds"),
     (libc::SYS_pread64, "KVM binary stats (KVM_GET_STATS_FD) read by bench faults' mark device"),
