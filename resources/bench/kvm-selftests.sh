@@ -88,9 +88,10 @@ print(int(s[:-1]) * m[s[-1].upper()] if s[-1].upper() in m else int(s))' "$size"
     local dpt
     dpt=$(sed -n 's/.*Overall demand paging rate:[[:space:]]*\([0-9.]*\).*/\1/p' "$out/dpt.txt" | head -1)
     echo "demand_paging_test -u MISSING: ${dpt:-?} pages/s"
-    # faultline's handler in each wait mode (busy-poll is the default).
+    # faultline's service in each wait mode: reader threads busy-polling or in poll() (as
+    # demand_paging_test's), and no readers at all (vcpu: the faulting vCPU resolves it).
     local wait fl_uffd
-    for wait in busy poll; do
+    for wait in busy poll vcpu; do
         set -x
         "$fl" bench faults -q -b "$size" -v "$vcpus" -s "$backing" -u MISSING --uffd-wait "$wait" \
             --json "$out/fl-uffd-$wait.json" >"$out/fl-uffd-$wait.txt"
