@@ -506,7 +506,7 @@ fn initrd_image(cfg: &KernelConfig) -> Result<(String, Option<Vec<u8>>), BootErr
         }
         None if !cfg.init_command.is_empty() => {
             let bb = initramfs::busybox_path();
-            let bytes = initramfs::build(&bb, &cfg.init_command)?;
+            let bytes = initramfs::build(&bb, &cfg.init_command, initramfs::Applets::Shell)?;
             Ok(("built-in busybox initramfs".to_string(), Some(bytes)))
         }
         None => Ok((String::new(), None)),

@@ -156,6 +156,7 @@ pub fn run(args: &BenchBootArgs, kernel: &Path) -> Result<(), BenchBootError> {
             let bytes = crate::boot::initramfs::build(
                 &crate::boot::initramfs::busybox_path(),
                 &["true".to_string()],
+                crate::boot::initramfs::Applets::Shell,
             )?;
             let path = std::env::temp_dir()
                 .join(format!("faultline-bench-boot-{}.cpio", std::process::id()));
