@@ -271,8 +271,14 @@ fn uffd_resolved_on_the_faulting_vcpu_serves_each_page_once() {
             true,
         ),
     ];
-    for (backing, mode, access, random) in cases {
+    // Each case with one uffd per vCPU, and the last one also with one uffd for both (`-a`).
+    let runs = cases
+        .iter()
+        .map(|&c| (c, false))
+        .chain(std::iter::once((cases[3], true)));
+    for ((backing, mode, access, random), single_uffd) in runs {
         let mut b = bench(backing, Some(mode));
+        b.uffd.single_uffd = single_uffd;
         b.vcpus = 2;
         b.access = access;
         b.random = random;
@@ -284,7 +290,7 @@ fn uffd_resolved_on_the_faulting_vcpu_serves_each_page_once() {
             r.label(),
             access.name(),
             if random { "random" } else { "sequential" }
-        );
+        ) + if single_uffd { " one uffd" } else { "" };
         let u = r.uffd_summary.as_ref().expect("uffd summary");
         assert_eq!(u.pages_installed, pages(&b), "{what}");
         assert_eq!(u.faults - u.already_resolved, pages(&b), "{what}");

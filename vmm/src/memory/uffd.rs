@@ -337,11 +337,11 @@ pub struct UffdService {
     shared: Arc<Shared>,
     uffds: Vec<Arc<Uffd>>,
     readers: Vec<JoinHandle<ReaderResult>>,
-    /// [`WaitMode::Vcpu`]: what each uffd's [`VcpuResolver`] did, one per uffd.
+    /// [`WaitMode::Vcpu`]: what each region's [`VcpuResolver`] did, one per region.
     vcpu_results: Vec<Arc<std::sync::Mutex<ReaderResult>>>,
 }
 
-/// Resolves the faults of one uffd's regions on the thread that took them
+/// Resolves the faults of one region on the thread that took them
 /// ([`WaitMode::Vcpu`]): the same resolution as a reader's (pattern copy, zero page or
 /// continue, the installed-page bitmap, the service-time histogram), called by the vCPU
 /// thread KVM handed the fault to. Get them from [`UffdService::vcpu_resolvers`].
@@ -547,7 +547,7 @@ impl UffdService {
         });
         let mut service = Self {
             vcpu_results: (0..if cfg.wait == WaitMode::Vcpu {
-                uffds.len()
+                regions.len()
             } else {
                 0
             })
@@ -589,16 +589,17 @@ impl UffdService {
         Ok(service)
     }
 
-    /// [`WaitMode::Vcpu`]: one resolver per uffd, in the order of the regions (one uffd per
-    /// region, or one for all with `single_uffd`); empty in the other modes.
+    /// [`WaitMode::Vcpu`]: one resolver per region, in the order of the regions, each on its
+    /// region's uffd (its own, or the one for all with `single_uffd`); empty in the other
+    /// modes.
     #[must_use]
     pub fn vcpu_resolvers(&self) -> Vec<VcpuResolver> {
-        self.uffds
+        self.vcpu_results
             .iter()
-            .zip(&self.vcpu_results)
-            .map(|(uffd, result)| VcpuResolver {
+            .enumerate()
+            .map(|(i, result)| VcpuResolver {
                 shared: Arc::clone(&self.shared),
-                uffd: Arc::clone(uffd),
+                uffd: Arc::clone(&self.uffds[if self.shared.cfg.single_uffd { 0 } else { i }]),
                 buf: vec![0u8; self.shared.cfg.chunk],
                 result: Arc::clone(result),
             })
@@ -1050,6 +1051,13 @@ mod tests {
     fn vcpu_mode_fails_missing_accesses_at_once_and_its_resolvers_install_each_page_once() {
         // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
         crate::skip_unless!(super::sys::Uffd::new(0, true).map(drop));
+        // One uffd per region, and one for both (`-a`): a resolver per region either way.
+        for single_uffd in [false, true] {
+            vcpu_mode_serves_two_regions(single_uffd);
+        }
+    }
+
+    fn vcpu_mode_serves_two_regions(single_uffd: bool) {
         let m = Mapping::anon(64 * PAGE);
         let regs: Vec<_> = (0..2)
             .map(|i| UffdRegion {
@@ -1060,12 +1068,14 @@ mod tests {
             .collect();
         let cfg = UffdConfig {
             wait: WaitMode::Vcpu,
+            single_uffd,
             ..UffdConfig::default()
         };
         // SAFETY: `m` stays mapped until after `stop`.
         let svc = unsafe { UffdService::start(cfg, &regs) }.expect("start uffd service");
         let mut resolvers = svc.vcpu_resolvers();
-        assert_eq!(resolvers.len(), 2, "one resolver per uffd");
+        assert_eq!(resolvers.len(), 2, "one resolver per region");
+        assert_eq!(svc.fds().len(), if single_uffd { 1 } else { 2 });
         // No reader waits for it: the kernel's access fails instead of sleeping.
         assert_eq!(kernel_write_into(m.addr + 5 * PAGE), Err(libc::EFAULT));
         for (i, r) in resolvers.iter_mut().enumerate() {
@@ -1093,6 +1103,7 @@ mod tests {
         assert_eq!(stats.already_resolved, 1);
         assert_eq!(stats.service_ns.len(), 65);
         assert!(stats.every_page_once(), "{stats:?}");
+        assert_eq!(stats.faults_per_reader, vec![33, 32], "per region");
     }
 
     #[test]
