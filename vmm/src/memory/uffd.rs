@@ -887,7 +887,7 @@ fn delay(d: Duration) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Real userfaultfd, no KVM: host threads touch a registered region, one access per page,
     //! while the service resolves the faults. Checks that every page was installed exactly
     //! once and that the data read back is what the mode promises.
@@ -896,15 +896,16 @@ mod tests {
 
     const PAGE: usize = 4096;
 
-    /// An mmap'ed test region (anonymous private, or a shared memfd with an alias mapping).
-    struct Mapping {
-        addr: usize,
-        len: usize,
+    /// An mmap'ed test region (anonymous private, or a shared memfd with an alias mapping),
+    /// unmapped on drop; the uffd module's tests share it.
+    pub(crate) struct Mapping {
+        pub(crate) addr: usize,
+        pub(crate) len: usize,
         alias: Option<usize>,
     }
 
     impl Mapping {
-        fn anon(len: usize) -> Self {
+        pub(crate) fn anon(len: usize) -> Self {
             // SAFETY: a fresh anonymous mapping; checked below.
             let p = unsafe {
                 libc::mmap(

@@ -758,31 +758,6 @@ mod tests {
         assert_eq!(UffdEvent::decode_all(&bytes).count(), 1);
     }
 
-    struct Anon(usize, usize);
-    impl Anon {
-        fn new(len: usize) -> Self {
-            // SAFETY: a fresh anonymous mapping; checked below.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
-            Self(p as usize, len)
-        }
-    }
-    impl Drop for Anon {
-        fn drop(&mut self) {
-            // SAFETY: a mapping this struct created.
-            unsafe { libc::munmap(self.0 as *mut libc::c_void, self.1) };
-        }
-    }
-
     #[test]
     fn real_uffd_fault_copy_eexist_zeropage() {
         // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
@@ -790,14 +765,14 @@ mod tests {
         let uffd = Uffd::new(FEATURE_THREAD_ID, true).expect("create a userfaultfd");
         assert_eq!(uffd.features(), FEATURE_THREAD_ID);
         assert_ne!(uffd.available_features() & FEATURE_THREAD_ID, 0);
-        let m = Anon::new(2 * 4096);
+        let m = crate::memory::uffd::tests::Mapping::anon(2 * 4096);
         let ioctls = uffd
-            .register(m.0, m.1, RegisterModes::MISSING)
+            .register(m.addr, m.len, RegisterModes::MISSING)
             .expect("register");
         assert!(ioctls.copy() && ioctls.zeropage() && ioctls.wake());
         let mut buf = [0u8; 4 * MSG_SIZE];
         assert!(uffd.read_events(&mut buf).unwrap().is_empty());
-        let page = m.0;
+        let page = m.addr;
         let toucher = std::thread::spawn(move || {
             // SAFETY: inside the live mapping; the read blocks until the page is copied in.
             unsafe { std::ptr::read_volatile(page as *const u64) }
@@ -830,7 +805,7 @@ mod tests {
         assert_eq!(e.errno(), Some(libc::EEXIST));
         // SAFETY: the second page is registered and untouched.
         assert_eq!(unsafe { uffd.zeropage(page + 4096, 4096) }.unwrap(), 4096);
-        uffd.unregister(m.0, m.1).expect("unregister");
+        uffd.unregister(m.addr, m.len).expect("unregister");
         // SAFETY: the page is mapped now.
         let second = unsafe { std::ptr::read_volatile((page + 4096) as *const u64) };
         assert_eq!(second, 0);

@@ -159,19 +159,8 @@ mod tests {
         // Real userfaultfds need root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
         crate::skip_unless!(crate::memory::uffd::sys::Uffd::new(0, true).map(drop));
         let len = 8 * PAGE;
-        // SAFETY: a fresh anonymous mapping, unmapped at the end of the test.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(addr, libc::MAP_FAILED);
-        let addr = addr as usize;
+        let m = crate::memory::uffd::tests::Mapping::anon(len);
+        let addr = m.addr;
         let cfg = UffdConfig {
             wait: WaitMode::Vcpu,
             ..UffdConfig::default()
@@ -234,7 +223,5 @@ mod tests {
             (stats.faults, stats.already_resolved, stats.pages_installed),
             (3, 1, 2)
         );
-        // SAFETY: the mapping this test created.
-        unsafe { libc::munmap(addr as *mut libc::c_void, len) };
     }
 }
