@@ -66,22 +66,25 @@ impl FaultDevice {
         let inside = offset
             .checked_add(len as u64)
             .is_some_and(|end| end <= self.len);
-        let addr = self.hva + offset as usize;
-        let failure = if !inside {
-            format!(
+        let addr = usize::try_from(offset)
+            .ok()
+            .filter(|_| inside)
+            .map(|o| self.hva + o);
+        let failure = match addr {
+            None => format!(
                 "guest access of {len} bytes at offset {offset:#x} runs past the {:#x}-byte region",
                 self.len
-            )
-        } else if !self.resolver.covers(addr) {
-            format!("host address {addr:#x} is outside the uffd's regions")
-        } else {
-            match self.resolver.resolve(addr) {
+            ),
+            Some(addr) if !self.resolver.covers(addr) => {
+                format!("host address {addr:#x} is outside the uffd's regions")
+            }
+            Some(addr) => match self.resolver.resolve(addr) {
                 Ok(()) => {
                     self.accesses += 1;
                     return Some(addr);
                 }
                 Err(e) => e,
-            }
+            },
         };
         if let Some(exit) = self.exit.get() {
             exit.request(VmExit::Crash {
