@@ -235,3 +235,69 @@ fn guest_kernel_panic_is_reported_as_a_crash() {
         ctx()
     );
 }
+
+/// `faultline bench boot` on faultline's kernel, faultline only (`--no-qemu`), one timed
+/// boot and `--initcalls`: the timed boot reaches init without a stall, and the diagnostic
+/// boot's kernel log gives each initcall's time, the initramfs unpack (`populate_rootfs`,
+/// synchronous under `initramfs_async=0`) among them.
+#[test]
+fn bench_boot_times_a_boot_and_its_initcalls() {
+    if !fixtures::kvm_available("bench_boot_times_a_boot_and_its_initcalls") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let k = guest_kernel_or_fail();
+    let json = std::env::temp_dir().join(format!("bench-boot-{}.json", std::process::id()));
+    let mut cmd = Command::new(fixtures::faultline_bin());
+    cmd.args([
+        "bench",
+        "boot",
+        "--no-qemu",
+        "--runs",
+        "1",
+        "--initcalls",
+        "5",
+    ])
+    .arg("--kernel")
+    .arg(&k.vmlinux)
+    .arg("--json")
+    .arg(&json);
+    let out = fixtures::run_with_timeout(cmd, 2 * BOOT_LIMIT);
+    let ctx = || out.transcript();
+    assert_eq!(out.code(), 0, "bench boot failed\n{}", ctx());
+    assert!(
+        out.stdout.contains("stalls: faultline 0 of 1 boots"),
+        "{}",
+        ctx()
+    );
+    assert!(
+        out.stdout.contains("slowest 5:"),
+        "no initcall table\n{}",
+        ctx()
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
+            .expect("the JSON report parses");
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        report["faultline"]["init_us"]["median"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{report}"
+    );
+    let calls = report["initcalls"]["faultline"]
+        .as_array()
+        .expect("initcalls");
+    assert!(
+        calls.len() > 50,
+        "only {} initcalls parsed\n{}",
+        calls.len(),
+        ctx()
+    );
+    let unpack = calls
+        .iter()
+        .find(|c| c["name"] == "populate_rootfs")
+        .unwrap_or_else(|| panic!("no populate_rootfs among the initcalls\n{}", ctx()));
+    assert!(unpack["usecs"].as_u64().unwrap_or(0) > 0, "{unpack}");
+}

@@ -69,4 +69,8 @@ pub struct BenchBootArgs {
     /// ELF with the kernel's symbols for the watchdog's report (`run --symbols`).
     #[arg(long, value_name = "PATH", requires = "kernel")]
     pub symbols: Option<PathBuf>,
+    /// After the timed boots, one more per VMM with `initcall_debug` (and
+    /// `initramfs_async=0`), untimed, and a table of the N slowest initcalls (0 = off).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "kernel")]
+    pub initcalls: usize,
 }

@@ -17,11 +17,13 @@
 //!   debug-exit port 0xf4; QEMU has `isa-debug-exit` there and exits with `(status << 1) | 1`).
 //!
 //! - [`capture`]: spawning a VMM and stamping each output line.
+//! - [`initcalls`]: `--initcalls N`, one more boot per VMM timing each initcall.
 //! - [`phases`]: one boot's phases from its console and stderr.
 //! - [`qemu`]: QEMU's command line and where to find it.
 //! - [`report`]: summaries, ratios and the table.
 
 pub mod capture;
+pub mod initcalls;
 pub mod phases;
 pub mod qemu;
 pub mod report;
@@ -75,14 +77,14 @@ pub fn default_cmdline() -> String {
     )
 }
 
-fn boot_faultline(
+/// `faultline run` of `kernel` as the bench boots it.
+fn faultline_command(
     args: &BenchBootArgs,
     exe: &Path,
     kernel: &Path,
     initrd: &Path,
     cmdline: &str,
-    run: u32,
-) -> Result<Outcome, BenchBootError> {
+) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("run")
         .arg("--kernel")
@@ -109,6 +111,18 @@ fn boot_faultline(
     if args.no_seccomp {
         cmd.arg("--no-seccomp");
     }
+    cmd
+}
+
+fn boot_faultline(
+    args: &BenchBootArgs,
+    exe: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    run: u32,
+) -> Result<Outcome, BenchBootError> {
+    let cmd = faultline_command(args, exe, kernel, initrd, cmdline);
     let c = capture(cmd, Duration::from_secs(args.timeout))
         .map_err(|(exe, source)| BenchBootError::Spawn { exe, source })?;
     outcome_of(
@@ -132,6 +146,86 @@ fn boot_qemu(
         .map_err(|(exe, source)| BenchBootError::Spawn { exe, source })?;
     let ok = matches!(c.code, Some(0) | Some(QEMU_DEBUG_EXIT_OK));
     outcome_of(Vmm::Qemu, run, &c, &args.init_marker, ok)
+}
+
+/// `--initcalls`: one untimed boot per VMM with [`initcalls::CMDLINE_EXTRA`] and an
+/// initramfs that prints the kernel log (`dmesg`), and the initcalls each one timed.
+fn initcall_boots(
+    args: &BenchBootArgs,
+    exe: &Path,
+    kernel: &Path,
+    cmdline: &str,
+    qemu: Option<&Path>,
+) -> Result<initcalls::InitcallReport, BenchBootError> {
+    let bytes = crate::boot::initramfs::build(
+        &crate::boot::initramfs::busybox_path(),
+        &["dmesg".to_string()],
+        crate::boot::initramfs::Applets::Shell,
+    )?;
+    let path = std::env::temp_dir().join(format!(
+        "faultline-bench-boot-initcalls-{}.cpio",
+        std::process::id()
+    ));
+    std::fs::write(&path, bytes).map_err(|source| BenchBootError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    let _temp = TempFile(path.clone());
+    let diag_cmdline = format!("{cmdline} {}", initcalls::CMDLINE_EXTRA);
+    let timeout = Duration::from_secs(args.timeout);
+    // The initcalls one boot printed, or why there are none.
+    let read = |cmd: Command| -> (Vec<initcalls::Initcall>, Option<String>) {
+        match capture(cmd, timeout) {
+            Err((exe, e)) => (
+                Vec::new(),
+                Some(format!("cannot run {}: {e}", exe.display())),
+            ),
+            Ok(c) => {
+                let got = initcalls::parse(c.stdout.iter().map(|l| l.text.as_str()));
+                let why = if c.timed_out {
+                    Some(format!("killed after --timeout {} s", args.timeout))
+                } else if got.is_empty() {
+                    Some(format!(
+                        "its console had no `initcall ... returned` line (exit status {:?})",
+                        c.code
+                    ))
+                } else {
+                    None
+                };
+                (got, why)
+            }
+        }
+    };
+    let bar = progress(1 + u64::from(qemu.is_some()));
+    bar.set_message("faultline (initcall_debug)");
+    let (faultline, faultline_error) =
+        read(faultline_command(args, exe, kernel, &path, &diag_cmdline));
+    bar.inc(1);
+    let (qemu, qemu_error) = match qemu {
+        Some(q) => {
+            bar.set_message("QEMU microvm (initcall_debug)");
+            let mut cmd = Command::new(q);
+            cmd.args(qemu_args(
+                kernel,
+                &path,
+                &diag_cmdline,
+                args.memory,
+                args.vcpus,
+            ));
+            let (got, why) = read(cmd);
+            bar.inc(1);
+            (Some(got), why)
+        }
+        None => (None, None),
+    };
+    bar.finish_and_clear();
+    Ok(initcalls::InitcallReport {
+        cmdline_extra: initcalls::CMDLINE_EXTRA.to_string(),
+        faultline,
+        qemu,
+        faultline_error,
+        qemu_error,
+    })
 }
 
 /// Runs the Linux benchmark, prints the table and JSON.
@@ -213,7 +307,7 @@ pub fn run(args: &BenchBootArgs, kernel: &Path) -> Result<(), BenchBootError> {
         }
     }
     bar.finish_and_clear();
-    let shown_qemu = qemu.map(|q| {
+    let shown_qemu = qemu.as_ref().map(|q| {
         let mut v = vec![q.display().to_string()];
         v.extend(qargs.iter().map(|a| {
             if *a == initrd.display().to_string() && args.initrd.is_none() {
@@ -224,8 +318,13 @@ pub fn run(args: &BenchBootArgs, kernel: &Path) -> Result<(), BenchBootError> {
         }));
         v
     });
-    let report = LinuxReport::new(args, kernel, &cmdline, shown_qemu, fl, qm, stalls);
+    let mut report = LinuxReport::new(args, kernel, &cmdline, shown_qemu, fl, qm, stalls);
     print!("{}", report.table());
+    if args.initcalls > 0 {
+        let diag = initcall_boots(args, &exe, kernel, &cmdline, qemu.as_deref())?;
+        print!("{}", diag.table(args.initcalls));
+        report.initcalls = Some(diag);
+    }
     emit_json(
         args.json.as_deref(),
         &serde_json::to_string_pretty(&report).unwrap_or_default(),

@@ -115,6 +115,8 @@ pub struct LinuxReport {
     /// Whether the kernel is an ELF vmlinux (else a bzImage: both VMMs take the 64-bit boot
     /// protocol, QEMU through its firmware).
     pub kernel_is_elf: bool,
+    /// `--initcalls`: each initcall's time in one more boot per VMM.
+    pub initcalls: Option<super::initcalls::InitcallReport>,
 }
 
 impl LinuxReport {
@@ -162,6 +164,7 @@ impl LinuxReport {
             boot_protocol: args.boot_protocol,
             kernel_is_elf: std::fs::File::open(kernel)
                 .is_ok_and(|mut f| crate::boot::is_elf(&mut f)),
+            initcalls: None,
         }
     }
 
