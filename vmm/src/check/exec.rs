@@ -1284,7 +1284,7 @@ impl Executor<'_, '_> {
 /// How many times the host operations of a race run against the guest's loop.
 pub const RACE_ROUNDS: u64 = 500;
 
-/// The pause before each race round (see [`Executor::run_race`]).
+/// The pause before each race round (see `Executor::run_race`).
 pub const RACE_GAP: Duration = Duration::from_micros(40);
 
 /// Runs the scenario's race group: one guest access, repeated by the agent in a loop, against
