@@ -288,6 +288,24 @@ impl Slot {
     }
 }
 
+/// The real side of one scenario's run: what every step executes against.
+struct Executor<'a, 'h> {
+    /// The scenario's VMAs as real mappings in this process.
+    space: &'a mut RealSpace,
+    /// The agent guest that performs the guest accesses.
+    agent: &'a Agent,
+    /// The running VM.
+    h: &'a crate::launch::VmHandle<'h>,
+    /// The model memslots and their real slots.
+    slots: &'a [Slot],
+    /// The check's options.
+    opts: &'a CheckOptions,
+    /// The host's environment.
+    env: &'a CheckEnv,
+    /// The userfaultfd and the guest access asleep in `handle_userfault()`.
+    uffd: super::uffd::UffdExec,
+}
+
 /// Checks one scenario file: runs it on the model and on real KVM and compares.
 pub fn check_file(
     path: &Path,
@@ -668,7 +686,15 @@ fn run_real(
             let mut perturbed: Vec<(String, u64, u64)> = Vec::new();
             let mut race_rate = None;
             let mut trace_out: Vec<serde_json::Value> = Vec::new();
-            let mut uffd = super::uffd::UffdExec::for_scenario(sc);
+            let mut ex = Executor {
+                space: &mut space,
+                agent: &agent,
+                h,
+                slots: &slots,
+                opts,
+                env,
+                uffd: super::uffd::UffdExec::for_scenario(sc),
+            };
             let mut kstats = super::stats::StepStats::open(h);
             let mut stat_recs: Vec<(usize, super::stats::StepStatsRecord)> = Vec::new();
             if let Some(t) = trace.as_mut() {
@@ -677,9 +703,7 @@ fn run_real(
             for (i, step) in steps.iter().enumerate() {
                 if let Some(first) = first_race {
                     if i == first {
-                        let (st, rate) = run_race(
-                            steps, &race_allowed, &mut runner, &mut space, &agent, h, &slots, opts, env,
-                        );
+                        let (st, rate) = ex.run_race(steps, &race_allowed, &mut runner);
                         race_rate = rate;
                         out.push(st);
                         if let Some(t) = trace.as_mut() {
@@ -766,26 +790,7 @@ fn run_real(
                 };
                 let mut real = RealStep::default();
                 if rec.not_modelled.is_none() {
-                    if uffd.active() && step.guest_access().is_some() {
-                        guest_access_may_block(i, step, &rec, &space, &agent, &slots, opts, &mut uffd, &mut real);
-                    } else {
-                        execute_with_uffd(step, &rec.op, &mut space, &agent, h, &slots, opts, &mut uffd, &mut real);
-                    }
-                    if step.guest_access().is_none() && uffd.pending.is_some() {
-                        // Did this step end the access asleep in handle_userfault()?
-                        let wakes = uffd.pending.is_some_and(|p| {
-                            wakes_page(step, p.hva)
-                        });
-                        if let Some((from, r)) = uffd.collect(&agent, wakes, opts.access_timeout) {
-                            real.woken = Some((from, r.map_or_else(RealAccess::Crash, real_access)));
-                        }
-                    }
-                    if uffd.active() {
-                        match uffd.events(&space) {
-                            Ok(ev) => real.uffd_events.get_or_insert_with(Vec::new).extend(ev),
-                            Err(e) => real.host_error = Some(format!("reading the userfaultfd: {e}")),
-                        }
-                    }
+                    ex.execute_step(i, step, &rec, &mut real);
                 }
                 // Observers, after the step: the pages first, then the trace, so that a
                 // kernel thread that changed a page before it was read is in this step's trace.
@@ -809,7 +814,7 @@ fn run_real(
                 real.unobservable_pages = pages
                     .iter()
                     .filter(|p| {
-                        space
+                        ex.space
                             .vmas()
                             .iter()
                             .any(|v| v.spec.kind == RealKind::Vvar && **p >= v.spec.start && **p - v.spec.start < v.spec.size)
@@ -825,7 +830,7 @@ fn run_real(
                     if let Some(pm) = pagemap.as_ref() {
                         real.pages = pages
                             .iter()
-                            .map(|p| (*p, space.real(*p).ok().and_then(|r| real_page(pm, r))))
+                            .map(|p| (*p, ex.space.real(*p).ok().and_then(|r| real_page(pm, r))))
                             .collect();
                     } else {
                         real.pages = pages.iter().map(|p| (*p, None)).collect();
@@ -840,7 +845,7 @@ fn run_real(
                             for r in &batch.records {
                                 match &r.event {
                                     TraceEvent::UnmapHvaRange { start, end } => {
-                                        if let (Some(s), Some(_)) = (space.model(*start), space.model(end.saturating_sub(1))) {
+                                        if let (Some(s), Some(_)) = (ex.space.model(*start), ex.space.model(end.saturating_sub(1))) {
                                             match daemons.iter().find(|d| d.1 == r.pid) {
                                                 // A ksm-scan step's invalidations are ksmd's.
                                                 Some(d) if matches!(step, Step::KsmScan(_)) && d.0 == "ksmd" => {
@@ -910,7 +915,7 @@ fn run_real(
             }
             // Closing the uffd wakes a vCPU still asleep in handle_userfault(), so the VM
             // can end.
-            uffd.close(&agent, opts.access_timeout);
+            ex.uffd.close(&agent, opts.access_timeout);
             let recs: Vec<super::stats::StepStatsRecord> =
                 stat_recs.iter().map(|(_, r)| r.clone()).collect();
             for ((idx, _), obs) in stat_recs.iter().zip(super::stats::finish(&recs)) {
@@ -982,169 +987,191 @@ fn madvise_value(a: MadviseAdvice) -> (i32, &'static str) {
     }
 }
 
-/// Runs one executable step for real.
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    step: &Step,
-    op: &str,
-    space: &mut RealSpace,
-    agent: &Agent,
-    h: &crate::launch::VmHandle<'_>,
-    slots: &[Slot],
-    opts: &CheckOptions,
-    real: &mut RealStep,
-) {
-    let host = |r: Result<(), SpaceError>, real: &mut RealStep| {
-        if let Err(e) = r {
-            real.host_error = Some(e.to_string());
+impl Executor<'_, '_> {
+    /// Runs one modelled step for real: the guest access (watched when userfaultfd may make it
+    /// sleep) or the host operation, then whether it woke the access asleep in
+    /// `handle_userfault()`, and the userfaultfd events it raised.
+    fn execute_step(
+        &mut self,
+        i: usize,
+        step: &Step,
+        rec: &mmu::scenario::StepRecord,
+        real: &mut RealStep,
+    ) {
+        if self.uffd.active() && step.guest_access().is_some() {
+            self.guest_access_may_block(i, step, rec, real);
+        } else {
+            self.execute_with_uffd(step, &rec.op, real);
         }
-    };
-    match step {
-        Step::Read(g) | Step::Exec(g) => {
-            let kind = if matches!(step, Step::Read(_)) {
-                AccessKind::Read
-            } else {
-                AccessKind::Exec
-            };
-            real.access = Some(access(agent, g.vcpu.unwrap_or(0), kind, g.gpa.0, 0, opts));
-        }
-        Step::Write(w) => {
-            let value = w.value.map_or_else(|| default_value(w.gpa.0), |v| v.0);
-            real.access = Some(access(
-                agent,
-                w.vcpu.unwrap_or(0),
-                AccessKind::Write,
-                w.gpa.0,
-                value,
-                opts,
-            ));
-        }
-        Step::Munmap(r) => host(space.munmap(r.start.0, r.size.0), real),
-        Step::Mprotect(m) => host(space.mprotect(m.start.0, m.size.0, prot_bits(m.prot)), real),
-        Step::Madvise(m) => {
-            let (v, name) = madvise_value(m.advice);
-            host(space.madvise(m.start.0, m.size.0, v, name), real);
-        }
-        Step::Mremap(m) => host(space.mremap(m.start.0, m.size.0, m.new_start.0), real),
-        Step::Fork(_) => host(space.fork(), real),
-        Step::KsmScan(_) => {
-            if let Err(e) = super::ksm::scan(std::time::Duration::from_secs(20)) {
-                real.host_error = Some(e.to_string());
+        if step.guest_access().is_none() && self.uffd.pending.is_some() {
+            // Did this step end the access asleep in handle_userfault()?
+            let wakes = self.uffd.pending.is_some_and(|p| wakes_page(step, p.hva));
+            if let Some((from, r)) = self
+                .uffd
+                .collect(self.agent, wakes, self.opts.access_timeout)
+            {
+                real.woken = Some((from, r.map_or_else(RealAccess::Crash, real_access)));
             }
         }
-        Step::FallocatePunchHole(r) => host(space.punch_hole(r.start.0, r.size.0), real),
-        Step::DirtyLogEnable(s)
-        | Step::DirtyLogGet(s)
-        | Step::DirtyLogClear(s)
-        | Step::MemslotDelete(s) => {
-            let Some(slot) = slots.iter().find(|x| x.id == s.memslot) else {
-                real.host_error = Some(format!("no memslot {}", s.memslot));
-                return;
-            };
-            let vm = h.vm();
-            let r = match step {
-                Step::MemslotDelete(_) => {
-                    vm.delete_memslot(slot.real_slot).map_err(|e| e.to_string())
-                }
-                Step::DirtyLogEnable(_) => slot
-                    .set(
-                        vm,
-                        space,
-                        slot.gpa,
-                        crate::vstate::vm::MemslotFlags {
-                            readonly: false,
-                            dirty_log: true,
-                        },
-                    )
-                    .map_err(|e| e.to_string()),
-                // dirty-log-get and -clear both read and clear the log, as the model's
-                // `dirty_log_get()` does: with manual protection (KVM_CAP_MANUAL_DIRTY_LOG_
-                // PROTECT2) GET leaves the bits set, so KVM_CLEAR_DIRTY_LOG clears what it
-                // returned and write-protects those pages again.
-                _ => vm
-                    .get_dirty_log(slot.real_slot, slot.size)
-                    .and_then(|bitmap| {
-                        if !vm.dirty_log_get_clears() {
-                            let pages = u32::try_from(slot.size / 4096).unwrap_or(u32::MAX);
-                            vm.clear_dirty_log(slot.real_slot, 0, pages, &bitmap)?;
-                        }
-                        Ok(bitmap)
-                    })
-                    .map(|bitmap| {
-                        real.dirty =
-                            Some(super::compare::dirty_bitmap_gfns(slot.gpa >> 12, &bitmap));
-                    })
-                    .map_err(|e| e.to_string()),
-            };
-            if let Err(e) = r {
-                real.host_error = Some(e);
+        if self.uffd.active() {
+            match self.uffd.events(self.space) {
+                Ok(ev) => real.uffd_events.get_or_insert_with(Vec::new).extend(ev),
+                Err(e) => real.host_error = Some(format!("reading the userfaultfd: {e}")),
             }
-        }
-        Step::MemslotMove(m) => {
-            let Some(slot) = slots.iter().find(|x| x.id == m.memslot) else {
-                real.host_error = Some(format!("no memslot {}", m.memslot));
-                return;
-            };
-            let vm = h.vm();
-            let r = vm.delete_memslot(slot.real_slot).and_then(|()| {
-                slot.set(
-                    vm,
-                    space,
-                    m.gpa.0,
-                    crate::vstate::vm::MemslotFlags::default(),
-                )
-            });
-            if let Err(e) = r {
-                real.host_error = Some(e.to_string());
-            }
-        }
-        Step::MemslotCreate(m) => {
-            let Some(slot) = slots.iter().find(|x| x.created && x.id == m.id) else {
-                real.host_error = Some(format!("no memslot {} to create", m.id));
-                return;
-            };
-            let flags = crate::vstate::vm::MemslotFlags {
-                readonly: slot.readonly,
-                dirty_log: m.flags.contains(&mmu::scenario::MemslotFlag::DirtyLog),
-            };
-            if let Err(e) = slot.set(h.vm(), space, slot.gpa, flags) {
-                real.host_error = Some(e.to_string());
-            }
-        }
-        Step::MemslotFlags(f) => {
-            // KVM_SET_USER_MEMORY_REGION with the same base, size and hva and new flags
-            // (KVM_MR_FLAGS_ONLY, kvm_set_memslot()). The slot's set-up gpa: a slot moved
-            // earlier in the scenario is not followed.
-            let Some(slot) = slots.iter().rev().find(|x| x.id == f.memslot) else {
-                real.host_error = Some(format!("no memslot {}", f.memslot));
-                return;
-            };
-            let flags = crate::vstate::vm::MemslotFlags {
-                readonly: f.flags.contains(&mmu::scenario::MemslotFlag::Readonly),
-                dirty_log: f.flags.contains(&mmu::scenario::MemslotFlag::DirtyLog),
-            };
-            if let Err(e) = slot.set(h.vm(), space, slot.gpa, flags) {
-                real.host_error = Some(e.to_string());
-            }
-        }
-        // Everything else was filtered out by `step_not_executable`.
-        _ => {
-            real.not_executable = Some(format!("{op} is not executable here"));
         }
     }
-}
 
-fn access(
-    agent: &Agent,
-    vcpu: u32,
-    kind: AccessKind,
-    gpa: u64,
-    value: u64,
-    opts: &CheckOptions,
-) -> RealAccess {
-    match agent.access(vcpu, kind, gpa + GPA_OFFSET, value, opts.access_timeout) {
-        Ok(o) => real_access(o),
-        Err(e) => RealAccess::Crash(e.to_string()),
+    /// Runs one executable step for real.
+    fn execute(&mut self, step: &Step, op: &str, real: &mut RealStep) {
+        let host = |r: Result<(), SpaceError>, real: &mut RealStep| {
+            if let Err(e) = r {
+                real.host_error = Some(e.to_string());
+            }
+        };
+        match step {
+            Step::Read(g) | Step::Exec(g) => {
+                let kind = if matches!(step, Step::Read(_)) {
+                    AccessKind::Read
+                } else {
+                    AccessKind::Exec
+                };
+                real.access = Some(self.access(g.vcpu.unwrap_or(0), kind, g.gpa.0, 0));
+            }
+            Step::Write(w) => {
+                let value = w.value.map_or_else(|| default_value(w.gpa.0), |v| v.0);
+                real.access =
+                    Some(self.access(w.vcpu.unwrap_or(0), AccessKind::Write, w.gpa.0, value));
+            }
+            Step::Munmap(r) => host(self.space.munmap(r.start.0, r.size.0), real),
+            Step::Mprotect(m) => host(
+                self.space.mprotect(m.start.0, m.size.0, prot_bits(m.prot)),
+                real,
+            ),
+            Step::Madvise(m) => {
+                let (v, name) = madvise_value(m.advice);
+                host(self.space.madvise(m.start.0, m.size.0, v, name), real);
+            }
+            Step::Mremap(m) => host(self.space.mremap(m.start.0, m.size.0, m.new_start.0), real),
+            Step::Fork(_) => host(self.space.fork(), real),
+            Step::KsmScan(_) => {
+                if let Err(e) = super::ksm::scan(std::time::Duration::from_secs(20)) {
+                    real.host_error = Some(e.to_string());
+                }
+            }
+            Step::FallocatePunchHole(r) => host(self.space.punch_hole(r.start.0, r.size.0), real),
+            Step::DirtyLogEnable(s)
+            | Step::DirtyLogGet(s)
+            | Step::DirtyLogClear(s)
+            | Step::MemslotDelete(s) => {
+                let Some(slot) = self.slots.iter().find(|x| x.id == s.memslot) else {
+                    real.host_error = Some(format!("no memslot {}", s.memslot));
+                    return;
+                };
+                let vm = self.h.vm();
+                let r = match step {
+                    Step::MemslotDelete(_) => {
+                        vm.delete_memslot(slot.real_slot).map_err(|e| e.to_string())
+                    }
+                    Step::DirtyLogEnable(_) => slot
+                        .set(
+                            vm,
+                            self.space,
+                            slot.gpa,
+                            crate::vstate::vm::MemslotFlags {
+                                readonly: false,
+                                dirty_log: true,
+                            },
+                        )
+                        .map_err(|e| e.to_string()),
+                    // dirty-log-get and -clear both read and clear the log, as the model's
+                    // `dirty_log_get()` does: with manual protection (KVM_CAP_MANUAL_DIRTY_LOG_
+                    // PROTECT2) GET leaves the bits set, so KVM_CLEAR_DIRTY_LOG clears what it
+                    // returned and write-protects those pages again.
+                    _ => vm
+                        .get_dirty_log(slot.real_slot, slot.size)
+                        .and_then(|bitmap| {
+                            if !vm.dirty_log_get_clears() {
+                                let pages = u32::try_from(slot.size / 4096).unwrap_or(u32::MAX);
+                                vm.clear_dirty_log(slot.real_slot, 0, pages, &bitmap)?;
+                            }
+                            Ok(bitmap)
+                        })
+                        .map(|bitmap| {
+                            real.dirty =
+                                Some(super::compare::dirty_bitmap_gfns(slot.gpa >> 12, &bitmap));
+                        })
+                        .map_err(|e| e.to_string()),
+                };
+                if let Err(e) = r {
+                    real.host_error = Some(e);
+                }
+            }
+            Step::MemslotMove(m) => {
+                let Some(slot) = self.slots.iter().find(|x| x.id == m.memslot) else {
+                    real.host_error = Some(format!("no memslot {}", m.memslot));
+                    return;
+                };
+                let vm = self.h.vm();
+                let r = vm.delete_memslot(slot.real_slot).and_then(|()| {
+                    slot.set(
+                        vm,
+                        self.space,
+                        m.gpa.0,
+                        crate::vstate::vm::MemslotFlags::default(),
+                    )
+                });
+                if let Err(e) = r {
+                    real.host_error = Some(e.to_string());
+                }
+            }
+            Step::MemslotCreate(m) => {
+                let Some(slot) = self.slots.iter().find(|x| x.created && x.id == m.id) else {
+                    real.host_error = Some(format!("no memslot {} to create", m.id));
+                    return;
+                };
+                let flags = crate::vstate::vm::MemslotFlags {
+                    readonly: slot.readonly,
+                    dirty_log: m.flags.contains(&mmu::scenario::MemslotFlag::DirtyLog),
+                };
+                if let Err(e) = slot.set(self.h.vm(), self.space, slot.gpa, flags) {
+                    real.host_error = Some(e.to_string());
+                }
+            }
+            Step::MemslotFlags(f) => {
+                // KVM_SET_USER_MEMORY_REGION with the same base, size and hva and new flags
+                // (KVM_MR_FLAGS_ONLY, kvm_set_memslot()). The slot's set-up gpa: a slot moved
+                // earlier in the scenario is not followed.
+                let Some(slot) = self.slots.iter().rev().find(|x| x.id == f.memslot) else {
+                    real.host_error = Some(format!("no memslot {}", f.memslot));
+                    return;
+                };
+                let flags = crate::vstate::vm::MemslotFlags {
+                    readonly: f.flags.contains(&mmu::scenario::MemslotFlag::Readonly),
+                    dirty_log: f.flags.contains(&mmu::scenario::MemslotFlag::DirtyLog),
+                };
+                if let Err(e) = slot.set(self.h.vm(), self.space, slot.gpa, flags) {
+                    real.host_error = Some(e.to_string());
+                }
+            }
+            // Everything else was filtered out by `step_not_executable`.
+            _ => {
+                real.not_executable = Some(format!("{op} is not executable here"));
+            }
+        }
+    }
+
+    /// One guest access by the agent, at model gpa `gpa`.
+    fn access(&self, vcpu: u32, kind: AccessKind, gpa: u64, value: u64) -> RealAccess {
+        match self.agent.access(
+            vcpu,
+            kind,
+            gpa + GPA_OFFSET,
+            value,
+            self.opts.access_timeout,
+        ) {
+            Ok(o) => real_access(o),
+            Err(e) => RealAccess::Crash(e.to_string()),
+        }
     }
 }
 
@@ -1178,217 +1205,211 @@ fn wakes_page(step: &Step, hva: u64) -> bool {
 
 /// A guest step while a range is registered with userfaultfd: the access may sleep in
 /// `handle_userfault()`, so it is started and watched ([`super::uffd::UffdExec::access`]).
-#[allow(clippy::too_many_arguments)]
-fn guest_access_may_block(
-    i: usize,
-    step: &Step,
-    rec: &mmu::scenario::StepRecord,
-    space: &RealSpace,
-    agent: &Agent,
-    slots: &[Slot],
-    opts: &CheckOptions,
-    uffd: &mut super::uffd::UffdExec,
-    real: &mut RealStep,
-) {
-    let Some((kind, gpa, vcpu)) = step.guest_access() else {
-        return;
-    };
-    let value = match step {
-        Step::Write(w) => w.value.map_or_else(|| default_value(w.gpa.0), |v| v.0),
-        _ => 0,
-    };
-    let hva = rec.hva.map(|h| h.0 & !0xfff).or_else(|| {
-        slots
-            .iter()
-            .find(|s| gpa >= s.gpa && gpa - s.gpa < s.size)
-            .map(|s| (s.hva + (gpa - s.gpa)) & !0xfff)
-    });
-    let started = uffd.access(
-        agent,
-        space,
-        i,
-        vcpu.unwrap_or(0),
-        kind,
-        gpa + GPA_OFFSET,
-        value,
-        hva.unwrap_or(0),
-        opts.access_timeout,
-    );
-    match started {
-        Ok(super::uffd::Started::Ended(o, ev)) => {
-            real.access = Some(real_access(o));
-            real.uffd_events = Some(ev);
-        }
-        Ok(super::uffd::Started::Blocked(p, ev)) => {
-            real.access = Some(RealAccess::UffdWait);
-            real.uffd_events = Some(ev);
-            uffd.pending = Some(p);
-        }
-        Err(e) => real.access = Some(RealAccess::Crash(e)),
-    }
-}
-
-/// [`execute`], with the userfaultfd steps.
-#[allow(clippy::too_many_arguments)]
-fn execute_with_uffd(
-    step: &Step,
-    op: &str,
-    space: &mut RealSpace,
-    agent: &Agent,
-    h: &crate::launch::VmHandle<'_>,
-    slots: &[Slot],
-    opts: &CheckOptions,
-    uffd: &mut super::uffd::UffdExec,
-    real: &mut RealStep,
-) {
-    let real_of = |model: u64| space.real(model).map_err(|e| e.to_string());
-    let r = match step {
-        Step::UffdRegister(u) => {
-            real_of(u.start.0).and_then(|a| uffd.register(a, u.size.0, &u.mode))
-        }
-        Step::UffdioCopy(a) => {
-            real_of(a.start.0 & !0xfff).and_then(|r| uffd.copy(r, a.start.0 & !0xfff))
-        }
-        Step::UffdioZeropage(a) => real_of(a.start.0 & !0xfff).and_then(|r| uffd.zeropage(r)),
-        Step::UffdioContinue(c) => {
-            real_of(c.start.0).and_then(|r| uffd.continue_(r, c.size.map_or(4096, |n| n.0)))
-        }
-        Step::UffdioWriteprotect(w) => {
-            real_of(w.start.0).and_then(|r| uffd.writeprotect(r, w.size.0, w.wp))
-        }
-        _ => {
-            execute(step, op, space, agent, h, slots, opts, real);
+impl Executor<'_, '_> {
+    fn guest_access_may_block(
+        &mut self,
+        i: usize,
+        step: &Step,
+        rec: &mmu::scenario::StepRecord,
+        real: &mut RealStep,
+    ) {
+        let Some((kind, gpa, vcpu)) = step.guest_access() else {
             return;
+        };
+        let value = match step {
+            Step::Write(w) => w.value.map_or_else(|| default_value(w.gpa.0), |v| v.0),
+            _ => 0,
+        };
+        let hva = rec.hva.map(|h| h.0 & !0xfff).or_else(|| {
+            self.slots
+                .iter()
+                .find(|s| gpa >= s.gpa && gpa - s.gpa < s.size)
+                .map(|s| (s.hva + (gpa - s.gpa)) & !0xfff)
+        });
+        let started = self.uffd.access(
+            self.agent,
+            self.space,
+            i,
+            vcpu.unwrap_or(0),
+            kind,
+            gpa + GPA_OFFSET,
+            value,
+            hva.unwrap_or(0),
+            self.opts.access_timeout,
+        );
+        match started {
+            Ok(super::uffd::Started::Ended(o, ev)) => {
+                real.access = Some(real_access(o));
+                real.uffd_events = Some(ev);
+            }
+            Ok(super::uffd::Started::Blocked(p, ev)) => {
+                real.access = Some(RealAccess::UffdWait);
+                real.uffd_events = Some(ev);
+                self.uffd.pending = Some(p);
+            }
+            Err(e) => real.access = Some(RealAccess::Crash(e)),
         }
-    };
-    if let Err(e) = r {
-        real.host_error = Some(e);
+    }
+
+    /// [`Executor::execute`], with the userfaultfd steps.
+    fn execute_with_uffd(&mut self, step: &Step, op: &str, real: &mut RealStep) {
+        let space: &RealSpace = self.space;
+        let uffd = &mut self.uffd;
+        let real_of = |model: u64| space.real(model).map_err(|e| e.to_string());
+        let r = match step {
+            Step::UffdRegister(u) => {
+                real_of(u.start.0).and_then(|a| uffd.register(a, u.size.0, &u.mode))
+            }
+            Step::UffdioCopy(a) => {
+                real_of(a.start.0 & !0xfff).and_then(|r| uffd.copy(r, a.start.0 & !0xfff))
+            }
+            Step::UffdioZeropage(a) => real_of(a.start.0 & !0xfff).and_then(|r| uffd.zeropage(r)),
+            Step::UffdioContinue(c) => {
+                real_of(c.start.0).and_then(|r| uffd.continue_(r, c.size.map_or(4096, |n| n.0)))
+            }
+            Step::UffdioWriteprotect(w) => {
+                real_of(w.start.0).and_then(|r| uffd.writeprotect(r, w.size.0, w.wp))
+            }
+            _ => {
+                self.execute(step, op, real);
+                return;
+            }
+        };
+        if let Err(e) = r {
+            real.host_error = Some(e);
+        }
     }
 }
 
 /// How many times the host operations of a race run against the guest's loop.
 pub const RACE_ROUNDS: u64 = 500;
 
-/// The pause before each race round (see [`run_race`]).
+/// The pause before each race round (see `Executor::run_race`).
 pub const RACE_GAP: Duration = Duration::from_micros(40);
 
 /// Runs the scenario's race group: one guest access, repeated by the agent in a loop, against
 /// the group's host operations, [`RACE_ROUNDS`] times; compares the outcome classes seen with
 /// the set the explorer allows.
-#[allow(clippy::too_many_arguments)]
-fn run_race(
-    steps: &[Step],
-    allowed: &Result<std::collections::BTreeSet<String>, String>,
-    runner: &mut ScenarioRunner,
-    space: &mut RealSpace,
-    agent: &Agent,
-    h: &crate::launch::VmHandle<'_>,
-    slots: &[Slot],
-    opts: &CheckOptions,
-    env: &CheckEnv,
-) -> (StepCheck, Option<f64>) {
-    let group: Vec<(usize, &Step)> = steps.iter().enumerate().filter(|(_, s)| s.race()).collect();
-    for (i, _) in &group {
-        let _ = runner.skip(*i);
-    }
-    let what = format!(
-        "race: {}",
-        group
+impl Executor<'_, '_> {
+    fn run_race(
+        &mut self,
+        steps: &[Step],
+        allowed: &Result<std::collections::BTreeSet<String>, String>,
+        runner: &mut ScenarioRunner,
+    ) -> (StepCheck, Option<f64>) {
+        let group: Vec<(usize, &Step)> =
+            steps.iter().enumerate().filter(|(_, s)| s.race()).collect();
+        for (i, _) in &group {
+            let _ = runner.skip(*i);
+        }
+        let what = format!(
+            "race: {}",
+            group
+                .iter()
+                .map(|(_, s)| describe(s))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let step = group.first().map_or(0, |g| g.0);
+        let fail = |v: Verdict| {
+            (
+                StepCheck {
+                    step,
+                    what: what.clone(),
+                    observations: vec![Observation::uncompared(
+                        "race outcomes",
+                        "-",
+                        None,
+                        None,
+                        v,
+                    )],
+                },
+                None,
+            )
+        };
+        let guests: Vec<&(usize, &Step)> = group
             .iter()
-            .map(|(_, s)| describe(s))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    let step = group.first().map_or(0, |g| g.0);
-    let fail = |v: Verdict| {
+            .filter(|(_, s)| s.guest_access().is_some())
+            .collect();
+        let hosts: Vec<&(usize, &Step)> = group
+            .iter()
+            .filter(|(_, s)| s.guest_access().is_none())
+            .collect();
+        if guests.len() != 1 || hosts.is_empty() {
+            return fail(Verdict::NotExecutable(
+                "faultline check races one guest access against one or more host operations".into(),
+            ));
+        }
+        if let Some(reason) = hosts
+            .iter()
+            .find_map(|(_, s)| step_not_executable(s, self.env))
+        {
+            return fail(Verdict::NotExecutable(reason));
+        }
+        let allowed = match allowed {
+            Ok(a) => a,
+            Err(e) => return fail(Verdict::NotModelled(format!("the explorer failed: {e}"))),
+        };
+        let Some((kind, gpa, vcpu)) = guests[0].1.guest_access() else {
+            return fail(Verdict::NotExecutable("no guest access".into()));
+        };
+        let value = match guests[0].1 {
+            Step::Write(w) => w.value.map_or_else(|| default_value(w.gpa.0), |v| v.0),
+            _ => 0,
+        };
+        let vcpu = vcpu.unwrap_or(0);
+        if let Err(e) = self.agent.start_loop(
+            vcpu,
+            kind,
+            gpa + GPA_OFFSET,
+            value,
+            None,
+            self.opts.access_timeout,
+        ) {
+            return fail(Verdict::NotExecutable(format!(
+                "the agent's loop did not start: {e}"
+            )));
+        }
+        let t0 = Instant::now();
+        let mut host_error = None;
+        for _ in 0..RACE_ROUNDS {
+            // Give the guest's loop time to run into the new state before the next round (a few
+            // guest accesses at this host's ~5-40 us each), so every round is a race.
+            let gap = Instant::now();
+            while gap.elapsed() < RACE_GAP {
+                std::hint::spin_loop();
+            }
+            for (_, s) in &hosts {
+                let mut real = RealStep::default();
+                self.execute(s, s.name(), &mut real);
+                if let Some(e) = real.host_error.or(real.not_executable) {
+                    host_error.get_or_insert(e);
+                }
+            }
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let counts = match self.agent.stop_loop(vcpu, self.opts.access_timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                return fail(Verdict::NotExecutable(format!(
+                    "the agent's loop did not stop: {e}"
+                )))
+            }
+        };
+        let mut obs = vec![super::race::verdict(
+            allowed,
+            &super::race::Observed::from_loop(&counts, RACE_ROUNDS, seconds),
+        )];
+        if let Some(e) = host_error {
+            obs.push(Observation::compare("result", "syscall", "ok", e));
+        }
         (
             StepCheck {
                 step,
-                what: what.clone(),
-                observations: vec![Observation::uncompared("race outcomes", "-", None, None, v)],
+                what,
+                observations: obs,
             },
-            None,
+            (seconds > 0.0).then(|| RACE_ROUNDS as f64 / seconds),
         )
-    };
-    let guests: Vec<&(usize, &Step)> = group
-        .iter()
-        .filter(|(_, s)| s.guest_access().is_some())
-        .collect();
-    let hosts: Vec<&(usize, &Step)> = group
-        .iter()
-        .filter(|(_, s)| s.guest_access().is_none())
-        .collect();
-    if guests.len() != 1 || hosts.is_empty() {
-        return fail(Verdict::NotExecutable(
-            "faultline check races one guest access against one or more host operations".into(),
-        ));
     }
-    if let Some(reason) = hosts.iter().find_map(|(_, s)| step_not_executable(s, env)) {
-        return fail(Verdict::NotExecutable(reason));
-    }
-    let allowed = match allowed {
-        Ok(a) => a,
-        Err(e) => return fail(Verdict::NotModelled(format!("the explorer failed: {e}"))),
-    };
-    let Some((kind, gpa, vcpu)) = guests[0].1.guest_access() else {
-        return fail(Verdict::NotExecutable("no guest access".into()));
-    };
-    let value = match guests[0].1 {
-        Step::Write(w) => w.value.map_or_else(|| default_value(w.gpa.0), |v| v.0),
-        _ => 0,
-    };
-    let vcpu = vcpu.unwrap_or(0);
-    if let Err(e) = agent.start_loop(
-        vcpu,
-        kind,
-        gpa + GPA_OFFSET,
-        value,
-        None,
-        opts.access_timeout,
-    ) {
-        return fail(Verdict::NotExecutable(format!(
-            "the agent's loop did not start: {e}"
-        )));
-    }
-    let t0 = Instant::now();
-    let mut host_error = None;
-    for _ in 0..RACE_ROUNDS {
-        // Give the guest's loop time to run into the new state before the next round (a few
-        // guest accesses at this host's ~5-40 us each), so every round is a race.
-        let gap = Instant::now();
-        while gap.elapsed() < RACE_GAP {
-            std::hint::spin_loop();
-        }
-        for (_, s) in &hosts {
-            let mut real = RealStep::default();
-            execute(s, s.name(), space, agent, h, slots, opts, &mut real);
-            if let Some(e) = real.host_error.or(real.not_executable) {
-                host_error.get_or_insert(e);
-            }
-        }
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    let counts = match agent.stop_loop(vcpu, opts.access_timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            return fail(Verdict::NotExecutable(format!(
-                "the agent's loop did not stop: {e}"
-            )))
-        }
-    };
-    let mut obs = vec![super::race::verdict(
-        allowed,
-        &super::race::Observed::from_loop(&counts, RACE_ROUNDS, seconds),
-    )];
-    if let Some(e) = host_error {
-        obs.push(Observation::compare("result", "syscall", "ok", e));
-    }
-    (
-        StepCheck {
-            step,
-            what,
-            observations: obs,
-        },
-        (seconds > 0.0).then(|| RACE_ROUNDS as f64 / seconds),
-    )
 }
