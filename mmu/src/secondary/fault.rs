@@ -1262,6 +1262,49 @@ mod tests {
         assert_eq!(kvm.inval.in_progress, 0);
     }
 
+    /// `kvm_follow_pfn`'s `map_writable`: NULL (a read-only memslot) skips GUP-fast for a
+    /// read and never maps writable; non-NULL lets a read take a writable PTE through
+    /// GUP-fast (FOLL_WRITE) and reports it writable.
+    #[test]
+    fn follow_pfn_map_writable_null_skips_fast_gup_and_never_maps_writable() {
+        use super::{FollFlags, GupPath, PageFault};
+        use crate::host::{MmConfig, MmapRequest};
+        use crate::secondary::{Kvm, KvmConfig};
+        use crate::types::{Gpa, Hva};
+        let base = Hva(0x7f00_0000_0000);
+        let mut mm = crate::host::Mm::new(MmConfig::default());
+        mm.mmap(MmapRequest::anon(base, 1 << 21)).unwrap();
+        mm.user_access(base.add(0x1000), true, &mut crate::notifier::NoNotifier)
+            .unwrap();
+        let mut kvm = Kvm::new(KvmConfig::default());
+        let lookup = |kvm: &mut Kvm, mm: &mut crate::host::Mm, want_writable: bool| {
+            let mut f = PageFault::new(Gpa(0x1000), super::Access::Read, false);
+            let pfn = {
+                let mut kfp = f.follow_pfn(0, base.add(0x1000), FollFlags::empty(), want_writable);
+                kvm.hva_to_pfn(&mut kfp, mm)
+            };
+            (pfn, f)
+        };
+        let (pfn, f) = lookup(&mut kvm, &mut mm, false);
+        assert!(pfn.is_ok());
+        assert_eq!(
+            (f.gup.path, f.gup.calls),
+            (GupPath::Slow, 1),
+            "no GUP-fast try"
+        );
+        assert!(!f.gup.flags.contains(FollFlags::WRITE));
+        assert!(!f.map_writable, "NULL map_writable: never writable");
+        assert!(f.page.is_some(), "the reference is handed back");
+        let (pfn2, f) = lookup(&mut kvm, &mut mm, true);
+        assert_eq!(pfn2, pfn);
+        assert_eq!((f.gup.path, f.gup.calls), (GupPath::Fast, 1));
+        assert!(
+            f.map_writable,
+            "a writable PTE maps writable even for a read"
+        );
+        assert!(f.page.is_some());
+    }
+
     #[test]
     fn write_to_a_huge_zero_spte_on_6_12_splits_and_ends_in_4k() {
         let body = anon("thp = true\n") + &step("read", 0x40_0000) + &step("write", 0x40_0000);
