@@ -5,7 +5,8 @@
 //! `__kvm_faultin_pfn()`, post-check), `is_page_fault_stale()`, `kvm_tdp_mmu_map()` and the
 //! release of the page reference (6.12 `kvm_release_pfn_clean()` after unlock; 6.13+
 //! `kvm_release_faultin_page()` under `mmu_lock`). gfn → hva → pfn follows
-//! `__gfn_to_pfn_memslot()` / `hva_to_pfn()` (virt/kvm/kvm_main.c) on [`crate::gup`].
+//! `__gfn_to_pfn_memslot()` / `hva_to_pfn()` (virt/kvm/kvm_main.c) on [`crate::gup`], one
+//! `FollowPfn` (`struct kvm_follow_pfn`) per lookup.
 //!
 //! The fault is a sequence of steps ([`Kvm::fault_snapshot`], [`Kvm::fault_precheck`],
 //! [`Kvm::fault_gup`], [`Kvm::fault_stale_check`], [`Kvm::fault_install`],
