@@ -5,7 +5,8 @@
 //! `__kvm_faultin_pfn()`, post-check), `is_page_fault_stale()`, `kvm_tdp_mmu_map()` and the
 //! release of the page reference (6.12 `kvm_release_pfn_clean()` after unlock; 6.13+
 //! `kvm_release_faultin_page()` under `mmu_lock`). gfn → hva → pfn follows
-//! `__gfn_to_pfn_memslot()` / `hva_to_pfn()` (virt/kvm/kvm_main.c) on [`crate::gup`].
+//! `__gfn_to_pfn_memslot()` / `hva_to_pfn()` (virt/kvm/kvm_main.c) on [`crate::gup`], one
+//! `FollowPfn` (`struct kvm_follow_pfn`) per lookup.
 //!
 //! The fault is a sequence of steps ([`Kvm::fault_snapshot`], [`Kvm::fault_precheck`],
 //! [`Kvm::fault_gup`], [`Kvm::fault_stale_check`], [`Kvm::fault_install`],
@@ -173,6 +174,32 @@ pub struct PageFault {
     pub gup: GupTrace,
     /// Host fault handlers run on behalf of this fault.
     pub host_faults: Vec<HostFault>,
+}
+
+/// One hva → pfn lookup (`struct kvm_follow_pfn`, virt/kvm/kvm_mm.h, 6.13+; 6.12 passes the
+/// same as `hva_to_pfn()`'s arguments): what to look up, and where the results go.
+#[derive(Debug)]
+struct FollowPfn<'a> {
+    /// `kfp->slot`: the memslot's id.
+    slot: u16,
+    /// `kfp->hva`: what `__gfn_to_hva_many()` gave for `kfp->gfn` (the caller's, so the
+    /// model keeps no gfn here).
+    hva: Hva,
+    /// `kfp->flags`: `FOLL_WRITE`, `FOLL_NOWAIT`, `FOLL_INTERRUPTIBLE`; `FOLL_TRIED` for the
+    /// retry after a `handle_userfault()` wait (which mm/gup.c sets inside GUP).
+    flags: FollFlags,
+    /// `kfp->map_writable`: None (NULL) when the pfn may not be mapped writable (a
+    /// read-only memslot), else set to whether it may.
+    map_writable: Option<&'a mut bool>,
+    /// `kfp->refcounted_page`: the page reference the caller drops once done.
+    refcounted_page: &'a mut Option<PageRef>,
+    /// Set when the NOWAIT lookup needs I/O (6.12 `*async`; 6.13+ returns
+    /// `KVM_PFN_ERR_NEEDS_IO`).
+    needs_io: bool,
+    /// The model's report: GUP calls, path and FOLL flags.
+    gup: &'a mut GupTrace,
+    /// The model's report: the host fault handlers the lookup ran.
+    host_faults: &'a mut Vec<HostFault>,
 }
 
 /// Result of one step: go on, or the fault is over with this result.
@@ -423,16 +450,20 @@ impl Kvm {
         let Some(slot_id) = f.slot else {
             return Ok(()); // noslot: nothing to resolve
         };
-        let mut needs_io = false;
-        self.gfn_to_pfn(f, mm, slot_id, true, false, &mut needs_io);
-        if needs_io {
+        // __kvm_mmu_faultin_pfn(): foll = FOLL_WRITE for a write, FOLL_NOWAIT first.
+        let foll = if f.write {
+            FollFlags::WRITE
+        } else {
+            FollFlags::empty()
+        };
+        if self.gfn_to_pfn(f, mm, slot_id, foll | FollFlags::NOWAIT) {
             if !f.prefetch && self.config.async_pf {
                 // kvm_arch_setup_async_pf(): the work runs get_user_pages_remote(FOLL_WRITE)
                 // and the vCPU re-enters the guest.
                 self.async_pf_work(f, mm);
                 return Err(PfResult::Retry);
             }
-            self.gfn_to_pfn(f, mm, slot_id, false, true, &mut needs_io);
+            self.gfn_to_pfn(f, mm, slot_id, foll | FollFlags::INTERRUPTIBLE);
         }
         if f.pfn == Err(PfnError::UffdWait) {
             self.block_on_userfault(f, mm);
@@ -528,17 +559,14 @@ impl Kvm {
             .map(|s| s.gfn_to_hva(f.gfn))
             .unwrap_or(b.hva);
         f.hva = Some(hva);
-        let mut needs_io = false;
-        self.hva_to_pfn_slow(
-            &mut f,
-            mm,
-            hva,
-            false,
-            true,
-            true,
-            b.want_writable,
-            &mut needs_io,
-        );
+        let mut flags = FollFlags::INTERRUPTIBLE | FollFlags::TRIED;
+        if f.write {
+            flags |= FollFlags::WRITE;
+        }
+        f.pfn = {
+            let mut kfp = f.follow_pfn(b.slot, hva, flags, b.want_writable);
+            self.hva_to_pfn_slow(&mut kfp, mm)
+        };
         rep.host_faults.extend(f.host_faults.iter().copied());
         rep.gup = Some(f.gup.clone());
         if f.pfn == Err(PfnError::UffdWait) {
@@ -765,140 +793,113 @@ impl Kvm {
         Some(PfResult::Fixed)
     }
 
-    /// `__gfn_to_pfn_memslot()` → `hva_to_pfn()`: `nowait` is the first (async) pass,
-    /// `interruptible` the blocking one. Sets `f.pfn`, `f.map_writable`, `f.page`.
+    /// `__kvm_faultin_pfn()` → `kvm_follow_pfn()` (virt/kvm/kvm_main.c, 6.13+; 6.12
+    /// `__gfn_to_pfn_memslot()`): `foll` is the caller's FOLL flags (`FOLL_WRITE` for a write,
+    /// plus `FOLL_NOWAIT` on the first (async) pass or `FOLL_INTERRUPTIBLE` on the blocking
+    /// one). Sets `f.pfn`, `f.hva`, `f.map_writable`, `f.page`; returns whether the NOWAIT
+    /// pass needs I/O (6.12 `*async`, 6.13+ `KVM_PFN_ERR_NEEDS_IO`).
     fn gfn_to_pfn(
         &mut self,
         f: &mut PageFault,
         mm: &mut Mm,
         slot_id: u16,
-        nowait: bool,
-        interruptible: bool,
-        needs_io: &mut bool,
-    ) {
-        *needs_io = false;
+        foll: FollFlags,
+    ) -> bool {
         let Some(slot) = self.slots.by_id(slot_id) else {
             f.pfn = Err(PfnError::NoSlot);
-            return;
+            return false;
         };
         // __gfn_to_hva_many()
-        if slot.flags.readonly && f.write {
+        if slot.flags.readonly && foll.contains(FollFlags::WRITE) {
             f.pfn = Err(PfnError::RoFault);
-            return;
+            return false;
         }
-        let readonly = slot.flags.readonly;
+        // RO slot: writable == NULL, never mapped writable.
+        let want_writable = !slot.flags.readonly;
         let hva = slot.gfn_to_hva(f.gfn);
         f.hva = Some(hva);
-        // RO slot: writable == NULL, never mapped writable.
-        let want_writable = !readonly;
         f.map_writable = false;
-        self.hva_to_pfn(f, mm, hva, nowait, interruptible, want_writable, needs_io);
+        let (pfn, needs_io) = {
+            let mut kfp = f.follow_pfn(slot_id, hva, foll, want_writable);
+            (self.hva_to_pfn(&mut kfp, mm), kfp.needs_io)
+        };
+        f.pfn = pfn;
+        needs_io
     }
 
     /// `hva_to_pfn()` (virt/kvm/kvm_main.c, 6.12; 6.13+ differences noted).
-    #[allow(clippy::too_many_arguments)]
-    fn hva_to_pfn(
-        &mut self,
-        f: &mut PageFault,
-        mm: &mut Mm,
-        hva: Hva,
-        nowait: bool,
-        interruptible: bool,
-        want_writable: bool,
-        needs_io: &mut bool,
-    ) {
-        let write = f.write;
-        // hva_to_pfn_fast(): only with FOLL_WRITE, even for reads ("never fast-GUP for
-        // read-only: that could race with CoW").
-        if write || want_writable {
-            let page = gup::get_user_page_fast_only(mm, hva, FollFlags::WRITE);
-            f.gup.calls += 1;
-            if let Some(p) = page {
-                self.stats.gup.fast += 1;
-                f.map_writable = true;
-                f.pfn = Ok(p.pfn());
-                f.page = Some(p);
-                f.gup.path = GupPath::Fast;
-                f.gup.flags = FollFlags::WRITE | FollFlags::GET | FollFlags::FAST_ONLY;
-                return;
-            }
+    fn hva_to_pfn(&mut self, kfp: &mut FollowPfn<'_>, mm: &mut Mm) -> Result<Pfn, PfnError> {
+        if let Some(pfn) = self.hva_to_pfn_fast(kfp, mm) {
+            return Ok(pfn);
         }
-        self.hva_to_pfn_slow(
-            f,
-            mm,
-            hva,
-            nowait,
-            interruptible,
-            false,
-            want_writable,
-            needs_io,
-        );
+        self.hva_to_pfn_slow(kfp, mm)
+    }
+
+    /// `hva_to_pfn_fast()` (virt/kvm/kvm_main.c): only with FOLL_WRITE, even for reads
+    /// ("never fast-GUP for read-only: that could race with CoW").
+    fn hva_to_pfn_fast(&mut self, kfp: &mut FollowPfn<'_>, mm: &mut Mm) -> Option<Pfn> {
+        if !kfp.flags.contains(FollFlags::WRITE) && kfp.map_writable.is_none() {
+            return None;
+        }
+        let page = gup::get_user_page_fast_only(mm, kfp.hva, FollFlags::WRITE);
+        kfp.gup.calls += 1;
+        let p = page?;
+        self.stats.gup.fast += 1;
+        if let Some(w) = kfp.map_writable.as_deref_mut() {
+            *w = true;
+        }
+        let pfn = p.pfn();
+        *kfp.refcounted_page = Some(p);
+        kfp.gup.path = GupPath::Fast;
+        kfp.gup.flags = FollFlags::WRITE | FollFlags::GET | FollFlags::FAST_ONLY;
+        Some(pfn)
     }
 
     /// `hva_to_pfn_slow()` and what `hva_to_pfn()` does when it fails (virt/kvm/kvm_main.c);
-    /// `tried`: the retry after a `handle_userfault()` wait (`FOLL_TRIED`).
-    #[allow(clippy::too_many_arguments)]
-    fn hva_to_pfn_slow(
-        &mut self,
-        f: &mut PageFault,
-        mm: &mut Mm,
-        hva: Hva,
-        nowait: bool,
-        interruptible: bool,
-        tried: bool,
-        want_writable: bool,
-        needs_io: &mut bool,
-    ) {
-        let write = f.write;
-        let mut flags = FollFlags::HWPOISON | FollFlags::HONOR_NUMA_FAULT;
-        if write {
-            flags |= FollFlags::WRITE;
+    /// `FOLL_TRIED` in `kfp.flags` is the retry after a `handle_userfault()` wait.
+    fn hva_to_pfn_slow(&mut self, kfp: &mut FollowPfn<'_>, mm: &mut Mm) -> Result<Pfn, PfnError> {
+        let write = kfp.flags.contains(FollFlags::WRITE);
+        let nowait = kfp.flags.contains(FollFlags::NOWAIT);
+        let hva = kfp.hva;
+        let flags = FollFlags::HWPOISON | FollFlags::HONOR_NUMA_FAULT | kfp.flags;
+        if let Some(w) = kfp.map_writable.as_deref_mut() {
+            *w = write;
         }
-        if nowait {
-            flags |= FollFlags::NOWAIT;
-        }
-        if interruptible {
-            flags |= FollFlags::INTERRUPTIBLE;
-        }
-        if tried {
-            flags |= FollFlags::TRIED;
-        }
-        f.map_writable = write && want_writable;
         self.stats.gup.slow += 1;
         let res = gup::get_user_pages_unlocked(mm, hva, flags, self);
         let used = flags | FollFlags::TOUCH | FollFlags::UNLOCKABLE | FollFlags::GET;
-        f.host_faults
+        kfp.host_faults
             .extend(mm.last_gup().host_faults.iter().copied());
-        f.gup.calls += 1;
-        f.gup.flags = used;
+        kfp.gup.calls += 1;
+        kfp.gup.flags = used;
         let err = match res {
             Ok(mut page) => {
                 // The writable fallback: a read pinned the page read-only; take it writable
                 // if the PTE is writable now.
-                if !write && want_writable {
-                    if let Some(w) = gup::get_user_page_fast_only(mm, hva, FollFlags::WRITE) {
-                        gup::put_page(mm, page);
-                        page = w;
-                        f.map_writable = true;
+                if !write {
+                    if let Some(w) = kfp.map_writable.as_deref_mut() {
+                        if let Some(wp) = gup::get_user_page_fast_only(mm, hva, FollFlags::WRITE) {
+                            gup::put_page(mm, page);
+                            page = wp;
+                            *w = true;
+                        }
                     }
                 }
-                f.pfn = Ok(page.pfn());
-                f.page = Some(page);
-                f.gup.path = GupPath::Slow;
-                f.gup.flags = used;
-                return;
+                let pfn = page.pfn();
+                *kfp.refcounted_page = Some(page);
+                kfp.gup.path = GupPath::Slow;
+                kfp.gup.flags = used;
+                return Ok(pfn);
             }
             Err(e) => e,
         };
         // -EINTR (6.12; [6.13+] also -EAGAIN, which a single-page unlocked GUP does not
         // return in the model) is a pending signal.
         if matches!(err, GupError::Eintr(_)) {
-            f.pfn = Err(PfnError::SigPending);
-            return;
+            return Err(PfnError::SigPending);
         }
         if matches!(err, GupError::Ehwpoison(_)) {
-            f.pfn = Err(PfnError::Hwpoison);
-            return;
+            return Err(PfnError::Hwpoison);
         }
         // Without FOLL_NOWAIT, handle_userfault() does not return VM_FAULT_RETRY at once: it
         // queues the event and sleeps until userspace wakes it (the model's GUP reports the
@@ -907,31 +908,28 @@ impl Kvm {
             && matches!(err, GupError::NoPage(_))
             && mm.last_gup().host_faults.last() == Some(&HostFault::Userfault)
         {
-            f.pfn = Err(PfnError::UffdWait);
-            return;
+            return Err(PfnError::UffdWait);
         }
         // mmap_read_lock; vma = vma_lookup(hva)
         let Some(vma) = mm.find_vma(hva) else {
-            f.pfn = Err(PfnError::Fault);
-            return;
+            return Err(PfnError::Fault);
         };
         if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
             // hva_to_pfn_remapped(); the model's fixup_user_fault() does not report a
             // dropped lock, so the -EAGAIN re-lookup never happens.
-            self.hva_to_pfn_remapped(f, mm, hva);
-            return;
+            return self.hva_to_pfn_remapped(kfp, mm);
         }
         let readable = vma.flags.contains(VmFlags::READ);
         let writable_vma = vma.flags.contains(VmFlags::WRITE);
         if nowait && readable && (!write || writable_vma) {
-            *needs_io = true;
-            f.pfn = Err(if self.config.kernel >= KernelVersion::V6_13 {
+            kfp.needs_io = true;
+            Err(if self.config.kernel >= KernelVersion::V6_13 {
                 PfnError::NeedsIo
             } else {
                 PfnError::Fault
-            });
+            })
         } else {
-            f.pfn = Err(PfnError::Fault);
+            Err(PfnError::Fault)
         }
     }
 
@@ -939,9 +937,14 @@ impl Kvm {
     /// `fixup_user_fault()` only when nothing is present; a write to a present read-only
     /// entry is `KVM_PFN_ERR_RO_FAULT` (no upgrade attempted). 6.12 takes a reference on a
     /// refcounted pfn (`kvm_try_get_pfn()`), failing on a zero refcount.
-    fn hva_to_pfn_remapped(&mut self, f: &mut PageFault, mm: &mut Mm, hva: Hva) {
+    fn hva_to_pfn_remapped(
+        &mut self,
+        kfp: &mut FollowPfn<'_>,
+        mm: &mut Mm,
+    ) -> Result<Pfn, PfnError> {
         self.stats.gup.remapped += 1;
-        let write = f.write;
+        let write = kfp.flags.contains(FollFlags::WRITE);
+        let hva = kfp.hva;
         let args = match gup::follow_pfnmap_start(mm, hva) {
             Ok(a) => a,
             Err(_) => {
@@ -953,35 +956,37 @@ impl Kvm {
                 match gup::fixup_user_fault(mm, hva, flags, self) {
                     Ok(reports) => {
                         for r in reports {
-                            f.host_faults.extend(r.handlers);
+                            kfp.host_faults.extend(r.handlers);
                         }
                     }
-                    Err(_) => {
-                        f.pfn = Err(PfnError::Fault);
-                        return;
-                    }
+                    Err(_) => return Err(PfnError::Fault),
                 }
                 match gup::follow_pfnmap_start(mm, hva) {
                     Ok(a) => a,
-                    Err(_) => {
-                        f.pfn = Err(PfnError::Fault);
-                        return;
-                    }
+                    Err(_) => return Err(PfnError::Fault),
                 }
             }
         };
-        f.gup.path = GupPath::Remapped;
-        f.gup.flags = if write {
+        kfp.gup.path = GupPath::Remapped;
+        kfp.gup.flags = if write {
             FollFlags::WRITE
         } else {
             FollFlags::empty()
         };
-        f.gup.calls += 1;
-        if write && !args.writable {
-            f.pfn = Err(PfnError::RoFault);
+        kfp.gup.calls += 1;
+        let pfn = if write && !args.writable {
+            Err(PfnError::RoFault)
         } else {
-            f.map_writable = args.writable && f.map_writable_allowed(self);
-            f.pfn = Ok(args.pfn);
+            // The memslot as it is now: one deleted while the vCPU slept in
+            // handle_userfault() is not mapped writable.
+            let slot_writable = self
+                .slots
+                .by_id(kfp.slot)
+                .is_some_and(|s| !s.flags.readonly);
+            if let Some(w) = kfp.map_writable.as_deref_mut() {
+                *w = args.writable && slot_writable;
+            }
+            let mut pfn = Ok(args.pfn);
             if self.config.kernel < KernelVersion::V6_13 {
                 // kvm_try_get_pfn()
                 if let Some(info) = mm.folio_info(args.pfn) {
@@ -989,14 +994,16 @@ impl Kvm {
                         !info.reserved || info.zero || info.zone == crate::host::Zone::Device;
                     if refcounted {
                         match gup::get_page_unless_zero(mm, args.pfn) {
-                            Some(p) => f.page = Some(p),
-                            None => f.pfn = Err(PfnError::Fault),
+                            Some(p) => *kfp.refcounted_page = Some(p),
+                            None => pfn = Err(PfnError::Fault),
                         }
                     }
                 }
             }
-        }
+            pfn
+        };
         gup::follow_pfnmap_end(mm, args);
+        pfn
     }
 
     /// Runs the async page fault's work at once (`async_pf_execute()`:
@@ -1028,11 +1035,26 @@ impl Kvm {
 }
 
 impl PageFault {
-    /// Whether the slot allows a writable mapping (not a read-only memslot).
-    fn map_writable_allowed(&self, kvm: &Kvm) -> bool {
-        self.slot
-            .and_then(|id| kvm.slots.by_id(id))
-            .is_some_and(|s| !s.flags.readonly)
+    /// The [`FollowPfn`] `__kvm_faultin_pfn()` builds for this fault, its outputs pointing
+    /// into the fault (`&fault->map_writable`, `&fault->refcounted_page`); `want_writable`
+    /// false passes a NULL `map_writable` (a read-only memslot).
+    fn follow_pfn(
+        &mut self,
+        slot: u16,
+        hva: Hva,
+        flags: FollFlags,
+        want_writable: bool,
+    ) -> FollowPfn<'_> {
+        FollowPfn {
+            slot,
+            hva,
+            flags,
+            map_writable: want_writable.then_some(&mut self.map_writable),
+            refcounted_page: &mut self.page,
+            needs_io: false,
+            gup: &mut self.gup,
+            host_faults: &mut self.host_faults,
+        }
     }
 }
 
@@ -1239,6 +1261,49 @@ mod tests {
         assert_eq!(kvm.fault_stale_check(&f), Err(super::PfResult::Retry));
         kvm.fault_finish(&mut f, &mut mm, super::PfResult::Retry);
         assert_eq!(kvm.inval.in_progress, 0);
+    }
+
+    /// `kvm_follow_pfn`'s `map_writable`: NULL (a read-only memslot) skips GUP-fast for a
+    /// read and never maps writable; non-NULL lets a read take a writable PTE through
+    /// GUP-fast (FOLL_WRITE) and reports it writable.
+    #[test]
+    fn follow_pfn_map_writable_null_skips_fast_gup_and_never_maps_writable() {
+        use super::{FollFlags, GupPath, PageFault};
+        use crate::host::{MmConfig, MmapRequest};
+        use crate::secondary::{Kvm, KvmConfig};
+        use crate::types::{Gpa, Hva};
+        let base = Hva(0x7f00_0000_0000);
+        let mut mm = crate::host::Mm::new(MmConfig::default());
+        mm.mmap(MmapRequest::anon(base, 1 << 21)).unwrap();
+        mm.user_access(base.add(0x1000), true, &mut crate::notifier::NoNotifier)
+            .unwrap();
+        let mut kvm = Kvm::new(KvmConfig::default());
+        let lookup = |kvm: &mut Kvm, mm: &mut crate::host::Mm, want_writable: bool| {
+            let mut f = PageFault::new(Gpa(0x1000), super::Access::Read, false);
+            let pfn = {
+                let mut kfp = f.follow_pfn(0, base.add(0x1000), FollFlags::empty(), want_writable);
+                kvm.hva_to_pfn(&mut kfp, mm)
+            };
+            (pfn, f)
+        };
+        let (pfn, f) = lookup(&mut kvm, &mut mm, false);
+        assert!(pfn.is_ok());
+        assert_eq!(
+            (f.gup.path, f.gup.calls),
+            (GupPath::Slow, 1),
+            "no GUP-fast try"
+        );
+        assert!(!f.gup.flags.contains(FollFlags::WRITE));
+        assert!(!f.map_writable, "NULL map_writable: never writable");
+        assert!(f.page.is_some(), "the reference is handed back");
+        let (pfn2, f) = lookup(&mut kvm, &mut mm, true);
+        assert_eq!(pfn2, pfn);
+        assert_eq!((f.gup.path, f.gup.calls), (GupPath::Fast, 1));
+        assert!(
+            f.map_writable,
+            "a writable PTE maps writable even for a read"
+        );
+        assert!(f.page.is_some());
     }
 
     #[test]
