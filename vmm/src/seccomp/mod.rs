@@ -385,6 +385,7 @@ impl Seccomp {
     /// duplicated here) written when one happens. `None`: no wake-up (poll
     /// [`Seccomp::violation`]).
     pub fn on(wake: Option<&impl AsRawFd>) -> Result<Self, SeccompError> {
+        settle_allocator();
         let wake = match wake {
             None => None,
             Some(fd) => {
@@ -432,6 +433,26 @@ impl Seccomp {
         let s = self.sink.as_ref()?;
         Violation::decode(s.violation.load(Ordering::Acquire))
     }
+}
+
+/// glibc's malloc opens files lazily, once per process: `/proc/sys/vm/overcommit_memory`
+/// the first time a thread's heap shrinks (`check_may_shrink_heap()`, malloc/arena.c), and
+/// the CPU list where the arena limit is first derived from the CPU count (`arena_get2()`).
+/// A filtered thread that gets there first makes a call outside its filter (a live
+/// resolver's `openat` ended a VM so). Fixing the trim threshold (no heap is shrunk: freed
+/// memory at a heap's top stays mapped for reuse) and the arena limit (glibc's own default,
+/// 8 per CPU) before the first filter keeps malloc off both paths. Idempotent.
+fn settle_allocator() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let arenas = libc::c_int::try_from(8 * cpus).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets malloc's tunables; both values are in range.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+        }
+    });
 }
 
 thread_local! {

@@ -146,3 +146,57 @@ fn off_installs_nothing() {
     .unwrap();
     assert!(fd >= 0);
 }
+
+/// Set in the child process of
+/// [`a_thread_heap_shrinking_under_its_filter_makes_no_forbidden_call`].
+const MALLOC_CHILD: &str = "FAULTLINE_SECCOMP_MALLOC_CHILD";
+
+/// glibc's malloc opens `/proc/sys/vm/overcommit_memory` the first time, in the process,
+/// that a thread's heap shrinks (`check_may_shrink_heap()`); a live resolver once did that
+/// under its filter and ended the VM with status 104. The check needs a process in which no
+/// heap has shrunk yet, so the test runs its other half in a fresh copy of this test binary.
+#[test]
+fn a_thread_heap_shrinking_under_its_filter_makes_no_forbidden_call() {
+    if std::env::var_os(MALLOC_CHILD).is_some() {
+        let policy = Seccomp::on(None::<&EventFd>).unwrap();
+        let p = policy.clone();
+        std::thread::spawn(move || {
+            p.apply(ThreadKind::LiveResolver).unwrap();
+            // Grow this thread's heap far past glibc's trim threshold with allocations below
+            // its mmap threshold, then free them all: heap_trim() would shrink the heap.
+            let v: Vec<Vec<u8>> = (0..512).map(|i| vec![i as u8; 64 << 10]).collect();
+            let sum: usize = v.iter().map(|b| usize::from(b[1])).sum();
+            assert_eq!(sum, (0..512).map(|i| i % 256).sum::<usize>());
+            drop(v);
+            let again: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; 1 << 10]).collect();
+            drop(again);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            policy.violation(),
+            None,
+            "a call outside the LiveResolver filter"
+        );
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "seccomp::tests::a_thread_heap_shrinking_under_its_filter_makes_no_forbidden_call",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(MALLOC_CHILD, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the child failed:\n{text}");
+    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+}
