@@ -1226,17 +1226,17 @@ impl Executor<'_, '_> {
                 .find(|s| gpa >= s.gpa && gpa - s.gpa < s.size)
                 .map(|s| (s.hva + (gpa - s.gpa)) & !0xfff)
         });
-        let started = self.uffd.access(
-            self.agent,
-            self.space,
-            i,
-            vcpu.unwrap_or(0),
+        let req = super::uffd::AccessRequest {
+            step: i,
+            vcpu: vcpu.unwrap_or(0),
             kind,
-            gpa + GPA_OFFSET,
+            gpa: gpa + GPA_OFFSET,
             value,
-            hva.unwrap_or(0),
-            self.opts.access_timeout,
-        );
+            hva: hva.unwrap_or(0),
+        };
+        let started = self
+            .uffd
+            .access(self.agent, self.space, req, self.opts.access_timeout);
         match started {
             Ok(super::uffd::Started::Ended(o, ev)) => {
                 real.access = Some(real_access(o));

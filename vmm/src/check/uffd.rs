@@ -77,6 +77,24 @@ pub struct Pending {
     pub hva: u64,
 }
 
+/// One guest access for [`UffdExec::access`]: the step and vCPU it belongs to, the access,
+/// and the model page it touches.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessRequest {
+    /// The step that runs it.
+    pub step: usize,
+    /// Its vCPU.
+    pub vcpu: u32,
+    /// Its kind.
+    pub kind: AccessKind,
+    /// The real gpa.
+    pub gpa: u64,
+    /// The value a write stores.
+    pub value: u64,
+    /// The model hva of the page.
+    pub hva: u64,
+}
+
 /// What a guest access did: ended (the outcome), or sleeps with the events it raised.
 #[derive(Debug)]
 pub enum Started {
@@ -210,20 +228,22 @@ impl UffdExec {
     }
 
     /// Runs one guest access that may block: posts it, then waits at most `timeout` for its
-    /// outcome or a uffd event (then it is [`Started::Blocked`]). `hva` is the model page.
-    #[allow(clippy::too_many_arguments)]
+    /// outcome or a uffd event (then it is [`Started::Blocked`]).
     pub fn access(
         &self,
         agent: &Agent,
         space: &RealSpace,
-        step: usize,
-        vcpu: u32,
-        kind: AccessKind,
-        gpa: u64,
-        value: u64,
-        hva: u64,
+        req: AccessRequest,
         timeout: Duration,
     ) -> Result<Started, String> {
+        let AccessRequest {
+            step,
+            vcpu,
+            kind,
+            gpa,
+            value,
+            hva,
+        } = req;
         let seq = agent
             .start_access(vcpu, kind, gpa, value, timeout)
             .map_err(|e| e.to_string())?;
