@@ -297,7 +297,12 @@ fn uffd_resolved_on_the_faulting_vcpu_serves_each_page_once() {
         assert_eq!(
             u.faults_per_reader.len(),
             2,
-            "{what}: one resolver per vCPU's uffd"
+            "{what}: one resolver per vCPU's region"
+        );
+        assert_eq!(
+            (u.wait.as_str(), u.readers),
+            ("Vcpu", 0),
+            "{what}: no reader threads"
         );
         assert!(
             u.faults_per_reader.iter().all(|&f| f >= pages(&b) / 2),

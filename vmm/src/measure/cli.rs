@@ -262,9 +262,13 @@ pub fn run_faults(args: &FaultsArgs) -> i32 {
     print!("{}", report.table());
     let modes: Vec<&str> = bench.uffd_modes.iter().map(|&m| uffd_name(m)).collect();
     if modes.iter().any(|&m| m != "none") && !args.quiet {
+        let readers = if bench.uffd.wait == WaitMode::Vcpu {
+            "no readers (each vCPU resolves its own faults)".to_string()
+        } else {
+            format!("{} reader(s)", bench.uffd.readers)
+        };
         println!(
-            "uffd: {} reader(s), {} per fault, wait {:?}, delay {} us, {}",
-            bench.uffd.readers,
+            "uffd: {readers}, {} per fault, wait {:?}, delay {} us, {}",
             if bench.uffd.chunk == 0 {
                 "one page".to_string()
             } else {

@@ -84,9 +84,10 @@ pub struct UffdSummary {
     pub mode: String,
     /// How MISSING faults were resolved (copy or zeropage).
     pub resolve: String,
-    /// How readers waited (BusyPoll, Poll, Blocking).
+    /// How readers waited (BusyPoll, Poll, Blocking), or Vcpu: no readers, each vCPU
+    /// resolved its own faults.
     pub wait: String,
-    /// Reader threads per uffd.
+    /// Reader threads per uffd (0 with Vcpu).
     pub readers: usize,
     /// One uffd for all vCPUs.
     pub single_uffd: bool,
@@ -100,7 +101,7 @@ pub struct UffdSummary {
     pub already_resolved: u64,
     /// Pages installed.
     pub pages_installed: u64,
-    /// Faults per reader thread.
+    /// Faults per reader thread (with Vcpu: per vCPU's region).
     pub faults_per_reader: Vec<u64>,
     /// Mean service time (ns).
     pub mean_ns: f64,

@@ -663,7 +663,11 @@ impl FaultBench {
                         (_, MissingResolve::ZeroPage) => "zeropage".into(),
                     },
                     wait: format!("{:?}", cfg.wait),
-                    readers: cfg.readers,
+                    readers: if cfg.wait == WaitMode::Vcpu {
+                        0
+                    } else {
+                        cfg.readers
+                    },
                     single_uffd: cfg.single_uffd,
                     delay_us: u64::try_from(cfg.delay.as_micros()).unwrap_or(u64::MAX),
                     chunk_bytes: cfg.chunk,
