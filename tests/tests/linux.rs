@@ -13,9 +13,10 @@
 //!
 //! Fixtures (the guest kernel build takes ~6-8 minutes on 2 cores the first time, the Debian
 //! kernel a download) are built on first use by the resources/ scripts and cached outside
-//! the repo; see `faultline_tests::fixtures`. Boots take 80-150 s each on the nested KVM here
-//! with nothing else running, so the tests run one at a time (BOOT_LOCK) and the set is kept
-//! small: 5 boots of our kernel (one panics on purpose) and 1 of Debian's. Each boot has a time limit; a hung guest fails its test.
+//! the repo; see `faultline_tests::fixtures`. Boots take 17-40 s each on the nested KVM here
+//! with nothing else running (80-150 s before the boot fixes of sessions 4-6), so the tests
+//! run one at a time (BOOT_LOCK) and the set is kept small: 5 boots of our kernel (one panics
+//! on purpose), 2 more in `bench boot --initcalls`, and 1 of Debian's. Each boot has a time limit; a hung guest fails its test.
 //!
 //! Limits: the tests check what reaches the serial console and the exit status, not the
 //! boot's speed (that is `faultline bench boot`). Boots are not retried: a stall fails its
