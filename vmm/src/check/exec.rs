@@ -845,14 +845,15 @@ fn run_real(
                             for r in &batch.records {
                                 match &r.event {
                                     TraceEvent::UnmapHvaRange { start, end } => {
-                                        if let (Some(s), Some(_)) = (ex.space.model(*start), ex.space.model(end.saturating_sub(1))) {
+                                        // The part of the range inside the scenario's VMAs.
+                                        for (s, e) in ex.space.model_ranges(*start, *end) {
                                             match daemons.iter().find(|d| d.1 == r.pid) {
                                                 // A ksm-scan step's invalidations are ksmd's.
                                                 Some(d) if matches!(step, Step::KsmScan(_)) && d.0 == "ksmd" => {
-                                                    inv.push((s, s + (end - start)))
+                                                    inv.push((s, e))
                                                 }
-                                                Some(d) => by_daemon.push((d.0.clone(), s, s + (end - start))),
-                                                None => inv.push((s, s + (end - start))),
+                                                Some(d) => by_daemon.push((d.0.clone(), s, e)),
+                                                None => inv.push((s, e)),
                                             }
                                         }
                                     }

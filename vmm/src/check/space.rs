@@ -310,6 +310,32 @@ impl RealSpace {
             .map(|v| real.wrapping_sub(v.offset()))
     }
 
+    /// The model ranges of real range `[start, end)`: its overlap with each VMA of the space,
+    /// in model addresses, contiguous pieces joined, in order. The kernel may merge a VMA of
+    /// the scenario with an adjacent mapping of this process that the scenario knows nothing
+    /// of (a malloc arena, a thread stack placed next to it: `vma_merge_new_range()`,
+    /// mm/vma.c), and then invalidates the merged VMA whole (a fork's
+    /// `copy_page_range()`); only the part inside the scenario's VMAs is the scenario's.
+    pub fn model_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut pieces: Vec<(u64, u64)> = self
+            .vmas
+            .iter()
+            .filter_map(|v| {
+                let (s, e) = (start.max(v.real_start), end.min(v.real_start + v.spec.size));
+                (s < e).then(|| (s.wrapping_sub(v.offset()), e.wrapping_sub(v.offset())))
+            })
+            .collect();
+        pieces.sort_unstable();
+        let mut joined: Vec<(u64, u64)> = Vec::with_capacity(pieces.len());
+        for (s, e) in pieces {
+            match joined.last_mut() {
+                Some(last) if last.1 == s => last.1 = e,
+                _ => joined.push((s, e)),
+            }
+        }
+        joined
+    }
+
     /// The model range `[lo, hi)` covered by the space's ordinary VMAs, translated to real.
     pub fn real_window(&self) -> Option<(u64, u64)> {
         let lo = self.vmas.iter().map(|v| v.real_start).min()?;
@@ -697,6 +723,45 @@ mod tests {
             shared: false,
             thp: false,
         }
+    }
+
+    #[test]
+    fn a_real_range_is_clipped_to_the_scenarios_vmas_and_joined() {
+        // Two adjacent VMAs (one range in the model) and one 8M further on.
+        let s = RealSpace::new(
+            &[
+                anon(0x7f00_0000_0000, 4 << 20),
+                anon(0x7f00_0040_0000, 2 << 20),
+                anon(0x7f00_00e0_0000, 2 << 20),
+            ],
+            &[],
+        )
+        .unwrap();
+        let real = |m: u64| s.real(m).unwrap();
+        let (lo, end1) = (real(0x7f00_0000_0000), real(0x7f00_005f_f000) + 0x1000);
+        // Inside: unchanged.
+        let a = real(0x7f00_0000_1000);
+        assert_eq!(
+            s.model_ranges(a, a + 0x1000),
+            vec![(0x7f00_0000_1000, 0x7f00_0000_2000)]
+        );
+        // A merged real VMA reaching 1M below and above the scenario's first two VMAs: the
+        // part inside them, as one model range.
+        assert_eq!(
+            s.model_ranges(lo - (1 << 20), end1 + (1 << 20)),
+            vec![(0x7f00_0000_0000, 0x7f00_0060_0000)]
+        );
+        // Across the gap: two ranges.
+        assert_eq!(
+            s.model_ranges(lo, real(0x7f00_00e0_0000) + 0x1000),
+            vec![
+                (0x7f00_0000_0000, 0x7f00_0060_0000),
+                (0x7f00_00e0_0000, 0x7f00_00e0_1000)
+            ]
+        );
+        // Outside every VMA: nothing.
+        assert!(s.model_ranges(end1, end1 + 0x1000).is_empty());
+        assert!(s.model_ranges(lo - 0x2000, lo).is_empty());
     }
 
     #[test]
