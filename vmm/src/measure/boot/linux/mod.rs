@@ -67,6 +67,22 @@ impl Drop for TempFile {
     }
 }
 
+/// The busybox initramfs running `command` (applets by name, only `/bin/sh` linked), in a
+/// temporary file named after `tag` that is removed when dropped.
+fn busybox_initrd(command: &str, tag: &str) -> Result<TempFile, BenchBootError> {
+    let bytes = crate::boot::initramfs::build(
+        &crate::boot::initramfs::busybox_path(),
+        &[command.to_string()],
+        crate::boot::initramfs::Applets::Shell,
+    )?;
+    let path = std::env::temp_dir().join(format!("faultline-{tag}-{}.cpio", std::process::id()));
+    std::fs::write(&path, bytes).map_err(|source| BenchBootError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(TempFile(path))
+}
+
 /// The default command line: faultline's default, the platform options and our init's
 /// debug-exit port.
 pub fn default_cmdline() -> String {
@@ -157,20 +173,8 @@ fn initcall_boots(
     cmdline: &str,
     qemu: Option<&Path>,
 ) -> Result<initcalls::InitcallReport, BenchBootError> {
-    let bytes = crate::boot::initramfs::build(
-        &crate::boot::initramfs::busybox_path(),
-        &["dmesg".to_string()],
-        crate::boot::initramfs::Applets::Shell,
-    )?;
-    let path = std::env::temp_dir().join(format!(
-        "faultline-bench-boot-initcalls-{}.cpio",
-        std::process::id()
-    ));
-    std::fs::write(&path, bytes).map_err(|source| BenchBootError::Write {
-        path: path.clone(),
-        source,
-    })?;
-    let _temp = TempFile(path.clone());
+    let initrd = busybox_initrd("dmesg", "bench-boot-initcalls")?;
+    let path = &initrd.0;
     let diag_cmdline = format!("{cmdline} {}", initcalls::CMDLINE_EXTRA);
     let timeout = Duration::from_secs(args.timeout);
     // The initcalls one boot printed, or why there are none.
@@ -199,7 +203,7 @@ fn initcall_boots(
     let bar = progress(1 + u64::from(qemu.is_some()));
     bar.set_message("faultline (initcall_debug)");
     let (faultline, faultline_error) =
-        read(faultline_command(args, exe, kernel, &path, &diag_cmdline));
+        read(faultline_command(args, exe, kernel, path, &diag_cmdline));
     bar.inc(1);
     let (qemu, qemu_error) = match qemu {
         Some(q) => {
@@ -207,7 +211,7 @@ fn initcall_boots(
             let mut cmd = Command::new(q);
             cmd.args(qemu_args(
                 kernel,
-                &path,
+                path,
                 &diag_cmdline,
                 args.memory,
                 args.vcpus,
@@ -247,18 +251,9 @@ pub fn run(args: &BenchBootArgs, kernel: &Path) -> Result<(), BenchBootError> {
     let initrd = match &args.initrd {
         Some(p) => p.clone(),
         None => {
-            let bytes = crate::boot::initramfs::build(
-                &crate::boot::initramfs::busybox_path(),
-                &["true".to_string()],
-                crate::boot::initramfs::Applets::Shell,
-            )?;
-            let path = std::env::temp_dir()
-                .join(format!("faultline-bench-boot-{}.cpio", std::process::id()));
-            std::fs::write(&path, bytes).map_err(|source| BenchBootError::Write {
-                path: path.clone(),
-                source,
-            })?;
-            _temp = TempFile(path.clone());
+            let t = busybox_initrd("true", "bench-boot")?;
+            let path = t.0.clone();
+            _temp = t;
             path
         }
     };
