@@ -40,6 +40,11 @@ impl FaultDevice {
     /// `hva..hva+len` must stay mapped for as long as the device lives: the device reads and
     /// writes it on behalf of the guest (the contract of [`super::UffdService::start`]).
     pub unsafe fn new(resolver: VcpuResolver, hva: usize, len: u64) -> Self {
+        debug_assert!(
+            usize::try_from(len)
+                .is_ok_and(|n| n > 0 && resolver.covers(hva) && resolver.covers(hva + n - 1)),
+            "the device's {len:#x} bytes at {hva:#x} lie outside its resolver's regions"
+        );
         FaultDevice {
             resolver,
             hva,
@@ -61,7 +66,9 @@ impl FaultDevice {
     }
 
     /// Installs the page under `offset..offset+len` and returns the host address of
-    /// `offset`, or ends the VM and returns `None`.
+    /// `offset`, or ends the VM and returns `None`. Inside the device's bytes the address is
+    /// inside the resolver's regions (checked once, in `new`); the resolver's own region
+    /// lookup reports anything else.
     fn fault_in(&mut self, vcpu: usize, offset: u64, len: usize) -> Option<usize> {
         let inside = offset
             .checked_add(len as u64)
@@ -75,9 +82,6 @@ impl FaultDevice {
                 "guest access of {len} bytes at offset {offset:#x} runs past the {:#x}-byte region",
                 self.len
             ),
-            Some(addr) if !self.resolver.covers(addr) => {
-                format!("host address {addr:#x} is outside the uffd's regions")
-            }
             Some(addr) => match self.resolver.resolve(addr) {
                 Ok(()) => {
                     self.accesses += 1;
